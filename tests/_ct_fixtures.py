@@ -1,0 +1,92 @@
+"""Small CT fixtures written by the tests themselves: a synthetic chest volume and a DICOM series writer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from difflung import labels as L
+
+
+def toy_chest(shape=(12, 48, 48), spacing=(5.0, 7.0, 7.0), lesion: bool = True):
+    """A box-shaped thorax in LPI (z, y, x): body ellipse, two lungs, a trachea on the top slices, one lesion.
+
+    Returns (hu float32 (Z,Y,X), truth uint8 project ids, lesion label int (0/1) in the user's own values).
+    Coarse spacing (7 mm) keeps it tiny while the lungs stay litre-sized.
+    """
+    z, h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = h / 2, w / 2
+    body2d = ((yy - cy) / (0.42 * h)) ** 2 + ((xx - cx) / (0.46 * w)) ** 2 <= 1
+    right2d = ((yy - cy) / (0.28 * h)) ** 2 + ((xx - 0.30 * w) / (0.14 * w)) ** 2 <= 1  # x small: patient right
+    left2d = ((yy - cy) / (0.28 * h)) ** 2 + ((xx - 0.70 * w) / (0.14 * w)) ** 2 <= 1
+    trachea2d = (yy - 0.38 * h) ** 2 + (xx - cx) ** 2 <= (0.05 * w) ** 2
+    hu = np.full(shape, -1000.0, np.float32)
+    truth = np.zeros(shape, np.uint8)
+    hu[:, body2d] = 40.0
+    truth[:, body2d] = L.BODY
+    for k in range(z):
+        if k >= 1:
+            hu[k, right2d | left2d] = -860.0
+            truth[k, right2d | left2d] = L.LUNG
+        if k <= 3:
+            hu[k, trachea2d] = -1000.0
+            truth[k, trachea2d] = L.AIRWAY
+    lab = np.zeros(shape, np.int64)
+    if lesion:
+        les = ((yy - cy) ** 2 + (xx - 0.30 * w) ** 2 <= (0.05 * w) ** 2)
+        for k in range(z // 2, z // 2 + 2):
+            hu[k, les] = 20.0
+            lab[k, les] = 1
+    return hu, truth, lab
+
+
+def write_dicom_series(folder, hu, spacing=(2.5, 0.8, 0.8), *, series_uid="1.2.826.0.1.3680043.8.498.1",
+                       patient_id="TOY01", slopes=None, intercept=-1024.0, origin=(-100.0, -100.0, 50.0),
+                       shuffle_rng=None, z_up: bool = True):
+    """Write `hu` (z, y, x; z from superior to inferior) as an axial CT DICOM series, one file per slice.
+
+    Stored values are (hu - intercept) / slope (int16). With z_up, ImagePositionPatient z decreases along the
+    array (slice 0 is the most superior), as scanners record feet-first or head-first alike in patient space.
+    `shuffle_rng` writes files under names in a shuffled order so that readers must sort by position.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = hu.shape[0]
+    slopes = np.ones(n) if slopes is None else np.asarray(slopes, dtype=float)
+    names = np.arange(n) if shuffle_rng is None else shuffle_rng.permutation(n)
+    paths = []
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"IM{names[k]:04d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = "CT"
+        ds.PatientID = patient_id
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.100"
+        ds.SeriesInstanceUID = series_uid
+        ds.InstanceNumber = int(names[k]) + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        zpos = origin[2] - k * spacing[0] if z_up else origin[2] + k * spacing[0]
+        ds.ImagePositionPatient = [origin[0], origin[1], zpos]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.SliceThickness = spacing[0]
+        ds.Rows, ds.Columns = hu.shape[1:]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope = float(slopes[k])
+        ds.RescaleIntercept = float(intercept)
+        stored = np.round((hu[k] - intercept) / slopes[k]).astype(np.int16)
+        ds.PixelData = stored.tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
