@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: notebooks run under papermill, CI has no display
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -39,9 +36,10 @@ def legend_handles(ids):
 
 
 def save_figure(fig, path, *, config: dict | None = None, seed: int | None = None, dpi: int = 110) -> Path:
-    """Save `fig` as PNG atomically, with a `<name>.json` provenance sidecar (config, seed, git, versions, device)."""
+    """Save `fig` as PNG atomically and close it, with a `<name>.json` provenance sidecar (config, seed, git, versions, device)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     write_json_atomic(path.with_suffix(".json"), provenance(config=config, seed=seed))
+    plt.close(fig)  # the notebook shows the returned figure once, as its cell's last expression
     return path

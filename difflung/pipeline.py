@@ -1,0 +1,250 @@
+"""`python -m difflung run`: execute the book's notebooks in `_toc.yml` order with papermill.
+
+For each chapter `chapters/<stem>` in `_toc.yml`, the source `notebooks/<stem>.ipynb` is executed with the
+profile's parameters into `book/chapters/<stem>.ipynb` (never in place), with the repository root as working
+directory. Artifacts go to `runs/<profile>/<stem>/`; `runs/<profile>/provenance.json` records per notebook the
+parameters, wall time, device, git revision, package versions and the input key. A notebook is skipped when its
+input key -- notebook source, parameters, `difflung` code, and the keys of the notebooks before it (its upstream
+artifacts) -- is unchanged and its outputs exist, unless `--force`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from . import profiles as P
+from .provenance import REPO_ROOT, device_description, git_revision, package_versions, write_json_atomic, write_text_atomic
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def toc_chapters(root: Path = REPO_ROOT) -> list[str]:
+    """Notebook stems of the chapters listed in `_toc.yml` (entries `chapters/<stem>`), in order."""
+    toc_path = root / "_toc.yml"
+    toc = yaml.safe_load(toc_path.read_text())
+    stems = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            f = node.get("file")
+            if isinstance(f, str) and f.startswith("chapters/"):
+                stems.append(f.split("/", 1)[1].removesuffix(".ipynb"))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(toc)
+    if not stems:
+        raise PipelineError(f"{toc_path}: lists no chapters/<notebook> entries")
+    return stems
+
+
+def code_digest(root: Path = REPO_ROOT) -> str:
+    h = hashlib.sha256()
+    for p in sorted((root / "difflung").rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def input_key(nb_path: Path, params: dict, code: str, upstream: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(nb_path.read_bytes())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    h.update(code.encode())
+    for k in upstream:
+        h.update(k.encode())
+    return h.hexdigest()
+
+
+def declared_parameters(nb_path: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(nb_path)).keys())
+
+
+def _failure_message(stem: str, err: Exception, nb_path: Path) -> str:
+    """Name the notebook and the failing cell as the reader knows it: its position among the source's code cells."""
+    ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+    source = (getattr(err, "source", "") or "").strip()
+    if not source:
+        return f"notebook {stem} failed before any cell ran\n  {ename}: {evalue}"
+    import nbformat
+
+    code_cells = [c for c in nbformat.read(nb_path, as_version=4).cells if c.cell_type == "code"]
+    pos = next((i + 1 for i, c in enumerate(code_cells) if c.source.strip() == source), None)
+    where = f"code cell {pos} of {len(code_cells)}" if pos else "the injected parameters cell"
+    return f"notebook {stem} failed in {where} ({source.splitlines()[0][:80]!r})\n  {ename}: {evalue}"
+
+
+def run(profile: str, overrides: list[str] | None = None, force: bool = False, only: list[str] | None = None,
+        root: Path = REPO_ROOT, out_dir: Path | None = None, log=print) -> dict:
+    """Execute the pipeline; return the provenance dict. Raises PipelineError naming the failing notebook."""
+    prof = P.apply_overrides(P.load_profile(profile, root / "profiles"), overrides or [])
+    stems = toc_chapters(root)
+    if only:
+        unknown = sorted(set(only) - set(stems))
+        if unknown:
+            raise PipelineError(f"--only {unknown}: not in _toc.yml (chapters: {', '.join(stems)})")
+    for stem in list(prof["notebooks"]):
+        if stem not in stems:
+            raise P.ProfileError(f"{prof['path']}: section notebooks.{stem} names no chapter in _toc.yml")
+    runs_root = f"runs/{profile}"
+    out_dir = Path(out_dir or root / "book" / "chapters")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prov_path = root / runs_root / "provenance.json"
+    prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+    prov.update({"profile": profile, "overrides": list(overrides or []), "profile_values": {
+        "common": prof["common"], "notebooks": prof["notebooks"]}})
+    prov.setdefault("notebooks", {})
+    code = code_digest(root)
+    upstream: list[str] = []
+    env_before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars are for terminals, not for the rendered book
+    total = time.perf_counter()
+    try:
+        for stem in stems:
+            nb = root / "notebooks" / f"{stem}.ipynb"
+            if not nb.is_file():
+                raise PipelineError(f"notebook {stem}: {nb} does not exist (listed in _toc.yml)")
+            params = P.notebook_parameters(prof, stem, declared_parameters(nb), runs_root)
+            key = input_key(nb, params, code, upstream)
+            upstream.append(key)
+            out_nb = out_dir / f"{stem}.ipynb"
+            rec = prov["notebooks"].get(stem, {})
+            if only and stem not in only:
+                log(f"[ skip ] {stem:32s} (not in --only)")
+                continue
+            if not force and rec.get("input_key") == key and rec.get("status") == "ok" and out_nb.is_file():
+                log(f"[ same ] {stem:32s} inputs unchanged, kept ({rec.get('wall_s', 0):.1f} s last time)")
+                continue
+            log(f"[ run  ] {stem:32s} ...", )
+            t0 = time.perf_counter()
+            rec = {"parameters": params, "input_key": key, "started": _now(), "device": device_description(),
+                   "git_revision": git_revision(root), "versions": package_versions(), "status": "running"}
+            prov["notebooks"][stem] = rec
+            err = _execute(nb, out_nb, params, root / runs_root / stem, root)
+            rec["wall_s"] = round(time.perf_counter() - t0, 2)
+            if err is not None:
+                rec["status"] = "failed"
+                rec["error"] = _failure_message(stem, err, nb)
+                write_json_atomic(prov_path, prov)
+                raise PipelineError(rec["error"] + f"\n  partial notebook kept at "
+                                    f"{(root / runs_root / stem / (stem + '.failed.ipynb')).relative_to(root)}")
+            rec["status"] = "ok"
+            write_json_atomic(prov_path, prov)
+            log(f"[  ok  ] {stem:32s} {rec['wall_s']:7.1f} s")
+    finally:
+        if env_before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = env_before
+    prov["total_wall_s"] = round(time.perf_counter() - total, 2)
+    prov["chapters"] = stems
+    write_json_atomic(prov_path, prov)
+    write_reproduction_pages(prov, root / "book" / "_generated")
+    log(f"pipeline: {len(stems)} notebooks, {prov['total_wall_s']:.1f} s; provenance in {prov_path.relative_to(root)}")
+    return prov
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _execute(nb: Path, out_nb: Path, params: dict, run_dir: Path, root: Path):
+    """Run one notebook into a temporary file; rename it into place on success, keep it in run_dir on failure."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp_nb = out_nb.with_name(f".{out_nb.stem}.partial.ipynb")
+    try:
+        papermill.execute_notebook(str(nb), str(tmp_nb), parameters=params, cwd=str(root), kernel_name="python3",
+                                   progress_bar=False, log_output=False, request_save_on_cell_execute=False)
+    except (PapermillExecutionError, Exception) as e:  # noqa: B014 - keep the partial notebook either way
+        if tmp_nb.exists():
+            os.replace(tmp_nb, run_dir / f"{nb.stem}.failed.ipynb")
+        return e
+    os.replace(tmp_nb, out_nb)
+    failed = run_dir / f"{nb.stem}.failed.ipynb"
+    if failed.exists():
+        failed.unlink()
+    return None
+
+
+def write_reproduction_pages(prov: dict, gen_dir: Path) -> None:
+    """The book's Reproduction page and the intro's run summary, generated from provenance.json."""
+    rows = []
+    for stem in prov.get("chapters", []):
+        r = prov["notebooks"].get(stem, {})
+        rows.append(f"| {stem} | {r.get('status', '-')} | {r.get('wall_s', float('nan')):.1f} | {r.get('device', '-')} "
+                    f"| `{r.get('git_revision', '-')[:12]}` | {r.get('started', '-')} |")
+    first = next((prov["notebooks"][s] for s in prov.get("chapters", []) if s in prov["notebooks"]), {})
+    versions = first.get("versions", {})
+    params = "\n".join(
+        f"| {stem} | `{json.dumps(prov['notebooks'].get(stem, {}).get('parameters', {}), sort_keys=True)}` |"
+        for stem in prov.get("chapters", []))
+    page = f"""# Reproduction
+
+This page is generated by `difflung.pipeline` from `runs/{prov['profile']}/provenance.json`.
+
+Profile **{prov['profile']}**{' with overrides `' + ' '.join(prov['overrides']) + '`' if prov.get('overrides') else ''};
+total pipeline wall time {prov.get('total_wall_s', float('nan')):.1f} s (skipped notebooks count their earlier run).
+
+| notebook | status | wall time (s) | device | git revision | started (UTC) |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## Parameters
+
+| notebook | parameters |
+|---|---|
+{params}
+
+## Package versions
+
+| package | version |
+|---|---|
+{chr(10).join(f'| {k} | {v} |' for k, v in sorted(versions.items()))}
+
+## Re-running
+
+```bash
+python -m difflung run --profile {prov['profile']}{' --set ' + ' --set '.join(prov['overrides']) if prov.get('overrides') else ''}
+jupyter-book build book
+```
+"""
+    write_text_atomic(gen_dir / "reproduction.md", page)
+    summary = (f"This copy of the book was rendered from the **{prov['profile']}** profile on "
+               f"{first.get('device', 'an unknown device')}, git revision `{first.get('git_revision', '?')[:12]}`; "
+               f"the whole pipeline took {prov.get('total_wall_s', float('nan')):.0f} s "
+               f"(see [Reproduction](reproduction.md)).\n")
+    write_text_atomic(gen_dir / "run_summary.md", summary)
+
+
+def configure_parser(p) -> None:
+    p.add_argument("--profile", default="smoke", help="profiles/<name>.yml (smoke, standard, paper)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a profile parameter (common key, NOTEBOOK.key, or a notebook key); repeatable")
+    p.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
+    p.add_argument("--only", action="append", metavar="NOTEBOOK", help="run only this notebook (repeatable)")
+
+
+def run_cli(args) -> int:
+    try:
+        run(args.profile, args.overrides, force=args.force, only=args.only)
+    except (PipelineError, P.ProfileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,32 @@
+"""The built-site checker finds missing pages, missing images, tracebacks and figure-less chapters."""
+from difflung.bookcheck import check_site
+
+GOOD = '<html><body><table></table><img src="../_images/a.png"><img src="data:image/png;base64,xx"></body></html>'
+
+
+def _site(tmp_path, chapter_html=GOOD):
+    (tmp_path / "html/chapters").mkdir(parents=True)
+    (tmp_path / "html/_images").mkdir()
+    (tmp_path / "html/_images/a.png").write_bytes(b"png")
+    (tmp_path / "html/index.html").write_text("<html></html>")
+    (tmp_path / "html/chapters/01_x.html").write_text(chapter_html)
+    (tmp_path / "runs/01_x").mkdir(parents=True)
+    (tmp_path / "runs/01_x/fig1.png").write_bytes(b"png")
+    return tmp_path / "html"
+
+
+def test_good_site_passes(tmp_path):
+    assert check_site(_site(tmp_path), ["01_x"], tmp_path / "runs") == []
+
+
+def test_problems_are_reported(tmp_path):
+    html = _site(tmp_path, '<p>Traceback (most recent call last)</p><img src="../_images/missing.png">')
+    (tmp_path / "runs/01_x/fig2.png").write_bytes(b"png")
+    problems = check_site(html, ["01_x", "02_y"], tmp_path / "runs")
+    text = "\n".join(problems)
+    assert "01_x.html: contains Python traceback" in text
+    assert "missing.png does not exist" in text
+    assert "01_x.html: no table" in text
+    assert "01_x.html: 1 images, expected at least 2" in text
+    assert "chapters/02_y.html missing" in text
+    assert check_site(tmp_path / "nothing", ["01_x"]) == [f"{tmp_path}/nothing/index.html missing: the book was not built"]
