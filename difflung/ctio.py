@@ -70,17 +70,42 @@ def _read_sitk(path: Path):
     if volume_suffix(path) is None:
         raise CTReadError(f"{path}: unsupported file type {''.join(path.suffixes) or '(no extension)'}; "
                           f"expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM series folder")
+    if volume_suffix(path) == ".nii":
+        _check_nifti_size(path)  # ITK reads a truncated uncompressed .nii without complaint
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        # ITK's message is long; its useful part is the last line
-        msg = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        raise CTReadError(f"{path}: cannot be read as an image ({msg[-1] if msg else 'unknown reason'}); "
+        raise CTReadError(f"{path}: cannot be read as an image ({_itk_reason(e)}); "
                           "the file is corrupt, truncated or not a volume") from e
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise CTReadError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
                           "expected a scalar (grey-level) volume")
     return img
+
+
+def _itk_reason(e: Exception) -> str:
+    """The informative part of an ITK exception: its ERROR line without the source location, and the last line."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return "unknown reason"
+    i = next((i for i, ln in enumerate(lines) if "ERROR" in ln), len(lines) - 1)
+    msg = lines[i].split("): ", 1)[-1].split("ERROR: ", 1)[-1]
+    if i < len(lines) - 1:
+        msg += " " + lines[-1]
+    return msg[:240]
+
+
+def _check_nifti_size(path: Path):
+    import nibabel as nib
+
+    try:
+        hdr = nib.load(str(path)).header  # reads the 348-byte header only
+    except Exception:  # noqa: BLE001 -- not a NIfTI header: ITK reports it below
+        return
+    need = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+    have = path.stat().st_size
+    if have < need:
+        raise CTReadError(f"{path}: truncated NIfTI: the header announces {need} bytes, the file has {have}")
 
 
 def _check_3d(img, path: Path):
@@ -268,7 +293,8 @@ def write_volume(path, array: np.ndarray, spacing, *, origin=None, direction=Non
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
-    img.SetDirection(direction or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    if array.ndim == 3 or direction is not None:
+        img.SetDirection(direction or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
     if origin is not None:
         img.SetOrigin(tuple(float(v) for v in origin))
     sitk.WriteImage(img, str(path), useCompression=str(path).endswith((".gz", ".nrrd", ".mha")))

@@ -8,36 +8,37 @@ import numpy as np
 from difflung import labels as L
 
 
-def toy_chest(shape=(12, 48, 48), spacing=(5.0, 7.0, 7.0), lesion: bool = True):
-    """A box-shaped thorax in LPI (z, y, x): body ellipse, two lungs, a trachea on the top slices, one lesion.
+def toy_chest(shape=(12, 64, 64), spacing=(5.0, 5.0, 5.0), lesion: bool = True):
+    """A small thorax in LPI (z, y, x): body ellipse, right/left lungs, trachea on the top slices, one lesion.
 
-    Returns (hu float32 (Z,Y,X), truth uint8 project ids, lesion label int (0/1) in the user's own values).
-    Coarse spacing (7 mm) keeps it tiny while the lungs stay litre-sized.
+    Returns (hu float32 (Z,Y,X), truth uint8 project ids, user label map int64 with value 1 on the lesion).
+    5 mm voxels keep it tiny while organs keep their real size (lungs ~0.6 l each, trachea 18 mm wide).
     """
     z, h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    cy, cx = h / 2, w / 2
-    body2d = ((yy - cy) / (0.42 * h)) ** 2 + ((xx - cx) / (0.46 * w)) ** 2 <= 1
-    right2d = ((yy - cy) / (0.28 * h)) ** 2 + ((xx - 0.30 * w) / (0.14 * w)) ** 2 <= 1  # x small: patient right
-    left2d = ((yy - cy) / (0.28 * h)) ** 2 + ((xx - 0.70 * w) / (0.14 * w)) ** 2 <= 1
-    trachea2d = (yy - 0.38 * h) ** 2 + (xx - cx) ** 2 <= (0.05 * w) ** 2
+    yy, xx = np.mgrid[:h, :w] * spacing[1]  # mm
+    cy, cx = h * spacing[1] / 2, w * spacing[2] / 2
+    body2d = ((yy - cy) / 115.0) ** 2 + ((xx - cx) / 145.0) ** 2 <= 1
+    right2d = ((yy - cy) / 80.0) ** 2 + ((xx - cx + 70.0) / 45.0) ** 2 <= 1  # x small: patient's right
+    left2d = ((yy - cy) / 80.0) ** 2 + ((xx - cx - 70.0) / 45.0) ** 2 <= 1
+    trachea2d = (yy - cy + 40.0) ** 2 + (xx - cx) ** 2 <= 9.0 ** 2
     hu = np.full(shape, -1000.0, np.float32)
     truth = np.zeros(shape, np.uint8)
     hu[:, body2d] = 40.0
     truth[:, body2d] = L.BODY
     for k in range(z):
-        if k >= 1:
+        if k >= 2:
             hu[k, right2d | left2d] = -860.0
             truth[k, right2d | left2d] = L.LUNG
-        if k <= 3:
+        if k <= 4:
             hu[k, trachea2d] = -1000.0
             truth[k, trachea2d] = L.AIRWAY
     lab = np.zeros(shape, np.int64)
     if lesion:
-        les = ((yy - cy) ** 2 + (xx - 0.30 * w) ** 2 <= (0.05 * w) ** 2)
+        les = (yy - cy) ** 2 + (xx - cx + 70.0) ** 2 <= 12.0 ** 2
         for k in range(z // 2, z // 2 + 2):
             hu[k, les] = 20.0
             lab[k, les] = 1
+            truth[k, les] = L.NODULE
     return hu, truth, lab
 
 
@@ -90,3 +91,22 @@ def write_dicom_series(folder, hu, spacing=(2.5, 0.8, 0.8), *, series_uid="1.2.8
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_toy_case(folder, name="toy", *, suffix=".nrrd", layout="flat", lesion=True, shape=(12, 64, 64),
+                   spacing=(5.0, 5.0, 5.0), label_value=1):
+    """Write a toy chest as an image/label pair: layout "flat" (<name>_image/<name>_label) or "folder"
+    (<name>/image, <name>/label). Returns (image path, label path, truth)."""
+    from difflung.ctio import write_volume
+
+    hu, truth, lab = toy_chest(shape=shape, spacing=spacing, lesion=lesion)
+    folder = Path(folder)
+    if layout == "flat":
+        folder.mkdir(parents=True, exist_ok=True)
+        img, labp = folder / f"{name}_image{suffix}", folder / f"{name}_label{suffix}"
+    else:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        img, labp = folder / name / f"image{suffix}", folder / name / f"label{suffix}"
+    write_volume(img, hu.astype(np.int16), spacing)
+    write_volume(labp, (lab * label_value).astype(np.uint16), spacing)
+    return img, labp, truth

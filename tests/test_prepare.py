@@ -1,0 +1,137 @@
+"""`prepare`: inputs -> dataset artifact + summary; class maps; the real-CT fetch (offline, with a fake sdist)."""
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _ct_fixtures import toy_chest, write_dicom_series, write_toy_case
+from difflung import labels as L
+from difflung import realdata
+from difflung.classmap import ClassMap, load_classmap
+from difflung.dataset import Dataset
+from difflung.prepare import find_cases, prepare
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_single_volume_with_labels_and_classmap(tmp_path):
+    img, lab, truth = write_toy_case(tmp_path / "in", "p1")
+    cmap = tmp_path / "map.yml"
+    cmap.write_text("name: toy\nlabels:\n  1: nodule\n")
+    ds, summary = prepare(img, tmp_path / "out", labels=lab, classes=cmap, size=32, seed=0)
+    assert ds.classes == [L.BACKGROUND, L.BODY, L.LUNG, L.AIRWAY, L.NODULE]
+    (row,) = summary["patients"]
+    assert row["patient"] == "p1" and row["slices_total"] == 12 and row["slices_kept"] == 10
+    assert row["spacing_mm"] == [5.0, 5.0, 5.0]
+    # lung field of the toy: two 0.56 l lungs (nodule inside); a 5 mm voxel is 0.125 ml
+    assert row["lung_volume_ml"] == pytest.approx(np.isin(truth, L.LUNG_IDS).sum() * 0.125, rel=0.03)
+    assert row["voxel_counts"]["nodule"] == (truth == L.NODULE).sum()
+    s = ds.split("train")  # a single patient goes to the training split
+    assert s.images.shape == (10, 32, 32) and s.labels.dtype == np.uint8
+    assert -1.0 <= s.images.min() and s.images.max() <= 1.0
+    assert np.all(np.diff(s.z) > 0)  # apex to base
+    assert ds.manifest["params"]["classes"]["labels"] == {"0": "background", "1": "nodule"}  # JSON keys
+
+
+def test_folder_of_cases_flat_and_per_case_with_dicom(tmp_path):
+    root = tmp_path / "cases"
+    write_toy_case(root, "a", suffix=".nii.gz")
+    write_toy_case(root, "b", suffix=".mha", label_value=7)
+    write_toy_case(root, "c", layout="folder", suffix=".nii")
+    hu, _, _ = toy_chest(lesion=False)
+    write_dicom_series(root / "d", hu, spacing=(5.0, 5.0, 5.0), patient_id="IGNORED-FOLDER-NAME-WINS",
+                       shuffle_rng=np.random.default_rng(0))
+    cases = find_cases(root)
+    assert [c.patient for c in cases] == ["a", "b", "c", "d"]
+    assert cases[3].label is None and cases[3].image == root / "d"
+    ds, summary = prepare(root, tmp_path / "out", classes={"labels": {1: "nodule", 7: "ggo"}}, size=32, seed=1)
+    assert sorted(p["patient"] for p in summary["patients"]) == ["a", "b", "c", "d"]
+    assert sum(len(v) for v in summary["splits"].values()) == 4 and all(summary["splits"].values())
+    assert set(ds.classes) == {0, 1, 2, 3, L.GGO, L.NODULE}
+    vols = [p["lung_volume_ml"] for p in summary["patients"]]
+    assert max(vols) - min(vols) < 0.03 * max(vols)  # the same toy chest through four formats
+
+
+def test_single_class_shorthand_and_determinism(tmp_path):
+    img, lab, _ = write_toy_case(tmp_path / "in", "p1", label_value=3)
+    a, _ = prepare(img, tmp_path / "o1", labels=lab, classes="ggo", size=32, seed=0)
+    b, _ = prepare(img, tmp_path / "o2", labels=lab, classes="ggo", size=32, seed=0)
+    assert L.GGO in a.classes
+    for split in ("train", "val", "test"):
+        assert a.manifest["splits"][split]["sha256"] == b.manifest["splits"][split]["sha256"]
+
+
+def test_classmap_apply_and_ignore():
+    cm = load_classmap({"name": "x", "labels": {1: "nodule", 2: "ignore", 5: 5}})
+    arr = np.array([[0, 1, 2, 5]])
+    np.testing.assert_array_equal(cm.apply(arr), [[0, L.NODULE, 0, L.GGO]])
+    assert isinstance(cm, ClassMap) and cm.as_dict()["labels"][2] == "background"
+    assert ClassMap.single("fibrosis").apply(np.array([0, 3, 900])).tolist() == [0, L.FIBROSIS, L.FIBROSIS]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples" / "classmaps").glob("*.yml")))
+def test_example_classmaps_load(path):
+    cm = load_classmap(path)
+    assert len(cm.labels) >= 2 and all(v in L.BY_ID for v in cm.labels.values())
+
+
+def test_cli_prints_json_summary(tmp_path):
+    img, lab, _ = write_toy_case(tmp_path / "in", "p1")
+    r = subprocess.run([sys.executable, "-m", "difflung", "prepare", str(img), "--labels", str(lab),
+                        "--classes", "nodule", "--size", "32", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["patients"][0]["voxel_counts"]["nodule"] > 0
+    assert Dataset(tmp_path / "out").size == 32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fetch-data, offline: a fake sdist with the same layout, its hashes patched in
+
+def _fake_sdist(path: Path, members: dict[str, bytes]) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fetch_extracts_verifies_and_is_idempotent(tmp_path, monkeypatch):
+    contents = {m: f"content of {n}".encode() for m, (n, _) in realdata.MEMBERS.items()}
+    contents["pyradiomics-3.0.1/setup.py"] = b"import numpy"  # other members stay in the archive
+    digest = _fake_sdist(tmp_path / realdata.SDIST, contents)
+    monkeypatch.setattr(realdata, "SDIST_SHA256", digest)
+    monkeypatch.setattr(realdata, "MEMBERS", {m: (n, hashlib.sha256(contents[m]).hexdigest())
+                                              for m, (n, _) in realdata.MEMBERS.items()})
+    log = []
+    paths = realdata.fetch_pyradiomics(tmp_path / "cache", archive=tmp_path / realdata.SDIST, log=log.append)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        ["LICENSE.txt", "SOURCE.json", "lung1_image.nrrd", "lung1_label.nrrd", "lung2_image.nrrd", "lung2_label.nrrd"])
+    assert paths["lung2_label"].read_bytes() == b"content of lung2_label.nrrd"
+    log.clear()
+    realdata.fetch_pyradiomics(tmp_path / "cache", archive=tmp_path / "does-not-matter", log=log.append)
+    assert "nothing to do" in log[0]  # verified cache: the archive is not even opened
+    paths["lung1_image"].write_bytes(b"tampered")
+    realdata.fetch_pyradiomics(tmp_path / "cache", archive=tmp_path / realdata.SDIST, log=log.append)
+    assert paths["lung1_image"].read_bytes() == b"content of lung1_image.nrrd"
+
+
+@pytest.mark.slow
+def test_prepare_real_pyradiomics_ct(tmp_path):
+    """The real CT (needs `python -m difflung fetch-data` first): lung volumes of a few litres."""
+    paths = realdata.cached_paths()
+    if not all(p.is_file() for p in paths.values()):
+        pytest.skip("run `python -m difflung fetch-data` first")
+    ds, summary = prepare(paths["lung1_image"].parent, tmp_path / "real", classes="nodule", size=64)
+    rows = {r["patient"]: r for r in summary["patients"]}
+    assert 2000 < rows["lung1"]["lung_volume_ml"] < 4000 and 3000 < rows["lung2"]["lung_volume_ml"] < 5000
+    assert rows["lung1"]["voxel_counts"]["nodule"] == 837 and rows["lung2"]["voxel_counts"]["nodule"] == 24644
+    assert 10 < rows["lung1"]["airway_ml"] < 100 and 10 < rows["lung2"]["airway_ml"] < 100
