@@ -70,8 +70,8 @@ def _read_sitk(path: Path):
     if volume_suffix(path) is None:
         raise CTReadError(f"{path}: unsupported file type {''.join(path.suffixes) or '(no extension)'}; "
                           f"expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM series folder")
-    if volume_suffix(path) == ".nii":
-        _check_nifti_size(path)  # ITK reads a truncated uncompressed .nii without complaint
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti_size(path)  # ITK reads a truncated .nii or .nii.gz without complaint
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -95,6 +95,19 @@ def _itk_reason(e: Exception) -> str:
     return msg[:240]
 
 
+def _gunzipped_size(path: Path) -> int | None:
+    """Bytes in a complete gzip stream, or None when the stream ends early (one streaming pass, no copy kept)."""
+    import zlib
+
+    d, n = zlib.decompressobj(16 + zlib.MAX_WBITS), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            n += len(d.decompress(chunk))
+            if d.eof:
+                return n
+    return None
+
+
 def _check_nifti_size(path: Path):
     import nibabel as nib
 
@@ -103,7 +116,15 @@ def _check_nifti_size(path: Path):
     except Exception:  # noqa: BLE001 -- not a NIfTI header: ITK reports it below
         return
     need = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
-    have = path.stat().st_size
+    if path.name.lower().endswith(".gz"):
+        try:
+            have = _gunzipped_size(path)
+        except Exception as e:  # noqa: BLE001 -- zlib.error, OSError
+            raise CTReadError(f"{path}: corrupt gzip stream ({e})") from e
+        if have is None:
+            raise CTReadError(f"{path}: truncated NIfTI: the gzip stream ends before its end marker")
+    else:
+        have = path.stat().st_size
     if have < need:
         raise CTReadError(f"{path}: truncated NIfTI: the header announces {need} bytes, the file has {have}")
 
