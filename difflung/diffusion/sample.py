@@ -1,0 +1,142 @@
+"""Sampling CT slices from label masks with a trained model: DDIM, DPM-Solver++ or ancestral DDPM.
+
+    unet, meta = load_model("runs/smoke/03_cbmat_training/model")
+    x = sample(unet, meta, masks, generator=torch.Generator().manual_seed(0))   # (N, S, S) in [-1, 1]
+    hu = to_hu(x)
+
+Masks are project-id label maps; pixels set to UNSPECIFIED (255) leave their class to the model (partial
+masks, `remove_classes`). The initial noise of all N images is drawn up front from the CPU generator, so DDIM
+and DPM-Solver++ results do not depend on the batch size or the device beyond float rounding; DDPM also draws
+noise at every step, in batch order.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ..dataset import unwindow
+from .model import UNSPECIFIED, channel_index, check_size, encode_mask
+
+DEFAULT_STEPS = {"ddim": 50, "dpm": 20, "ddpm": 1000}
+MAX_DPM_STEPS = 25  # DPM-Solver++ (2nd order multistep) is meant for few steps
+
+
+def make_scheduler(sampler: str, noise_schedule: dict):
+    """The diffusers scheduler of `sampler` for a model trained with `noise_schedule` (meta["noise_schedule"])."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    ns = {k: noise_schedule[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                         "prediction_type")}
+    if sampler == "ddim":
+        return DDIMScheduler(**ns, clip_sample=noise_schedule.get("clip_sample", True))
+    if sampler == "dpm":
+        return DPMSolverMultistepScheduler(**ns, algorithm_type="dpmsolver++", solver_order=2)
+    if sampler == "ddpm":
+        return DDPMScheduler(**ns, clip_sample=noise_schedule.get("clip_sample", True))
+    raise ValueError(f"sampler {sampler!r}: expected one of {sorted(DEFAULT_STEPS)}")
+
+
+def _steps(sampler: str, steps: int | None) -> int:
+    if sampler not in DEFAULT_STEPS:
+        raise ValueError(f"sampler {sampler!r}: expected one of {sorted(DEFAULT_STEPS)}")
+    steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
+    if not 1 <= steps <= 1000:
+        raise ValueError(f"steps={steps}: must lie in 1..1000")
+    if sampler == "dpm" and steps > MAX_DPM_STEPS:
+        raise ValueError(f"DPM-Solver++ with {steps} steps: use at most {MAX_DPM_STEPS} (its point is few steps; "
+                         f"use sampler='ddim' for more)")
+    return steps
+
+
+def remove_classes(labels, class_ids) -> np.ndarray:
+    """A partial mask: the pixels of `class_ids` (project ids) become UNSPECIFIED. labels: (..., H, W)."""
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    out[np.isin(out, list(class_ids))] = UNSPECIFIED
+    return out
+
+
+@torch.no_grad()
+def sample(unet, meta: dict, labels, *, generator: torch.Generator, sampler: str = "ddim", steps: int | None = None,
+           batch_size: int = 16, device=None, autocast: bool | None = None, progress: bool = False) -> np.ndarray:
+    """Generate one CT slice per label mask.
+
+    Args:
+        unet: the trained `UNet2DModel` (`load_model`).
+        meta: its difflung_config.json (classes, mask_mode, noise_schedule, sample_size).
+        labels: (N, H, W) project-id masks (numpy or torch integers); UNSPECIFIED (255) where not given.
+        generator: CPU torch.Generator for the initial noise (and DDPM's per-step noise).
+        sampler: "ddim" (eta = 0), "dpm" (DPM-Solver++ 2M) or "ddpm" (ancestral, the reference).
+        steps: solver steps; None: 50 for DDIM, 20 for DPM-Solver++ (at most 25), 1000 for DDPM.
+        batch_size: masks per UNet batch.
+        device: where to run (default: the UNet's device).
+        autocast: bf16 autocast; None: on CUDA only.
+        progress: show a tqdm bar over batches.
+
+    Returns:
+        (N, H, W) float32 in [-1, 1] (the model window, `to_hu` maps it to HU).
+    """
+    from tqdm import tqdm
+
+    steps = _steps(sampler, steps)
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise TypeError("generator must be a CPU torch.Generator (noise is drawn on the CPU, then moved)")
+    labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
+    if labels.ndim == 2:
+        labels = labels[None]
+    check_size(labels.shape, int(meta["sample_size"]))
+    channel_index(labels, meta["classes"])  # clear error on labels outside the class map, before any work
+    device = torch.device(device) if device is not None else unet.device
+    autocast = device.type == "cuda" if autocast is None else autocast
+    unet = unet.to(device).eval()
+    n, s = labels.shape[0], labels.shape[-1]
+    noise = torch.randn((n, 1, s, s), generator=generator)  # (N, 1, S, S) x_T of every image, drawn up front
+    sched = make_scheduler(sampler, meta["noise_schedule"])
+    out = np.empty((n, s, s), dtype=np.float32)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    for lo in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sample {sampler}-{steps}"):
+        hi = min(lo + batch_size, n)
+        cond = encode_mask(labels[lo:hi], meta["classes"], meta["mask_mode"]).to(device)  # (b, C, S, S)
+        x = noise[lo:hi].to(device)  # (b, 1, S, S)
+        sched.set_timesteps(steps, device=device)  # also resets DPM-Solver++'s history
+        for t in sched.timesteps:
+            with ctx:
+                eps = unet(torch.cat([x, cond], dim=1), t).sample.float()  # (b, 1, S, S)
+            kw = {"eta": 0.0} if sampler == "ddim" else {"generator": generator} if sampler == "ddpm" else {}
+            x = sched.step(eps, t, x, **kw).prev_sample
+        out[lo:hi] = x.clamp(-1, 1)[:, 0].float().cpu().numpy()
+    return out
+
+
+def to_hu(x, window_hu=None) -> np.ndarray:
+    """[-1, 1] model output -> HU on the model window ([-1000, 400] unless `window_hu` says otherwise)."""
+    return unwindow(x) if window_hu is None else unwindow(x, tuple(window_hu))
+
+
+def forward_flops(unet, size: int | None = None) -> int:
+    """FLOPs of one UNet forward for one image (torch.utils.flop_counter, counted on the meta device)."""
+    from diffusers import UNet2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = int(size or unet.config.sample_size)
+    with torch.device("meta"):
+        m = UNet2DModel.from_config(unet.config)  # shapes only, no memory, no compute
+        x = torch.zeros(1, unet.config.in_channels, size, size)
+        t = torch.tensor([500])
+    with FlopCounterMode(display=False) as counter:
+        m(x, t)
+    return int(counter.get_total_flops())
+
+
+def sampling_gflops(unet, meta: dict, sampler: str = "ddim", steps: int | None = None, size: int | None = None) -> float:
+    """GFLOPs to sample one image: one UNet forward per solver step (DDIM, DPM-Solver++ 2M and DDPM all take
+    one) times the steps; the schedulers' elementwise updates are negligible and not counted.
+
+    Args:
+        unet: the model (only its config is used).
+        meta: its metadata (unused beyond validation; kept for a uniform signature).
+        sampler, steps: as in `sample`.
+        size: image side (default: the model's sample_size).
+    """
+    return forward_flops(unet, size or meta.get("sample_size")) * _steps(sampler, steps) / 1e9

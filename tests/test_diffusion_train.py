@@ -1,0 +1,124 @@
+"""Training the mask-guided DDPM: golden losses, bit-exact resume, saved model, loading errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from difflung.dataset import Dataset, write_dataset
+from difflung.diffusion.train import ModelLoadError, TrainConfig, load_model, train_diffusion
+from difflung.diffusion.toy import toy_dataset
+
+TINY = dict(preset="tiny", batch_size=4, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return toy_dataset(tmp_path_factory.mktemp("toy") / "ds", n_patients=5, n_slices=4, size=16)
+
+
+def losses(path):
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    return [float(r[1]) for r in rows]
+
+
+def test_three_step_loss_sequence_is_golden(ds, tmp_path):
+    r = train_diffusion(ds, TrainConfig(steps=3, **TINY), tmp_path / "m", device="cpu", progress=False)
+    assert r.finished and r.steps == 3 and not r.reused
+    assert losses(r.loss_csv) == pytest.approx([1.1038481, 1.1524889, 1.0963689], abs=1e-5)
+    assert r.images_per_s > 0 and r.peak_mem_bytes > 0 and r.device.startswith("cpu")
+
+
+def test_killed_and_resumed_run_ends_with_identical_weights(ds, tmp_path):
+    cfg = TrainConfig(steps=7, strategy="cbmat", **TINY)
+    full = train_diffusion(ds, cfg, tmp_path / "full", device="cpu", progress=False)
+    part = train_diffusion(ds, cfg, tmp_path / "cut", device="cpu", progress=False, stop_after=3)
+    assert not part.finished and part.steps == 3
+    assert not (tmp_path / "cut" / "difflung_config.json").exists()
+    assert [p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()] == ["step_00000003.pt"]
+    resumed = train_diffusion(ds, cfg, tmp_path / "cut", device="cpu", progress=False)
+    assert resumed.finished and resumed.steps == 7
+    a = load_file(tmp_path / "full" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "cut" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "full" / "loss.csv").read_text() == (tmp_path / "cut" / "loss.csv").read_text()
+    assert not (tmp_path / "cut" / "checkpoints").exists()  # removed once finished
+
+
+def test_saved_model_loads_with_diffusers_alone_and_records_its_setup(ds, tmp_path):
+    from diffusers import UNet2DModel
+
+    r = train_diffusion(ds, TrainConfig(steps=2, mask_mode="single", strategy="uniform", seed=5, **TINY),
+                        tmp_path / "m", device="cpu", progress=False)
+    unet = UNet2DModel.from_pretrained(r.model_dir)
+    assert unet.config.in_channels == 2
+    meta = json.loads((r.model_dir / "difflung_config.json").read_text())
+    assert meta["classes"] == ds.classes and meta["mask_mode"] == "single" and meta["seed"] == 5
+    assert meta["ablation"]["strategy"] == "uniform" and meta["train_config"]["preset"] == "tiny"
+    assert meta["frequencies"]["background"] == 0 and sum(meta["frequencies"].values()) == pytest.approx(1)
+    assert meta["dataset"]["sha256"] == ds.manifest["splits"]["train"]["sha256"]
+    assert {"git_revision", "versions", "device"} <= set(meta["provenance"])
+    unet2, meta2 = load_model(r.model_dir, ds)
+    assert meta2 == meta and not unet2.training
+
+
+def test_finished_model_is_reused_and_a_different_config_is_refused(ds, tmp_path):
+    cfg = TrainConfig(steps=2, **TINY)
+    first = train_diffusion(ds, cfg, tmp_path / "m", device="cpu", progress=False)
+    again = train_diffusion(ds, TrainConfig(steps=2, preset="tiny", batch_size=4, checkpoint_every=50),
+                            tmp_path / "m", device="cpu", progress=False)
+    assert again.reused and again.wall_s == first.wall_s
+    with pytest.raises(FileExistsError, match="another config"):
+        train_diffusion(ds, TrainConfig(steps=3, **TINY), tmp_path / "m", device="cpu", progress=False)
+
+
+def test_resume_with_another_config_is_refused(ds, tmp_path):
+    train_diffusion(ds, TrainConfig(steps=4, **TINY), tmp_path / "m", device="cpu", progress=False, stop_after=2)
+    with pytest.raises(ValueError, match=r"another config.*'lr': \(0.0001, 0.001\)"):
+        train_diffusion(ds, TrainConfig(steps=4, lr=1e-3, **TINY), tmp_path / "m", device="cpu", progress=False)
+
+
+def test_bad_config_values(ds, tmp_path):
+    with pytest.raises(ValueError, match="warmup=5 must be smaller than steps=3"):
+        train_diffusion(ds, TrainConfig(steps=3, warmup=5, **TINY), tmp_path / "m", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="steps=0"):
+        train_diffusion(ds, TrainConfig(steps=0, **TINY), tmp_path / "m", device="cpu", progress=False)
+    with pytest.raises(FileNotFoundError, match="01_data_preparation"):
+        train_diffusion(tmp_path / "nothing", TrainConfig(steps=2, **TINY), tmp_path / "m", device="cpu")
+
+
+def test_loading_refuses_pickles_and_other_class_maps(ds, tmp_path):
+    r = train_diffusion(ds, TrainConfig(steps=2, **TINY), tmp_path / "m", device="cpu", progress=False)
+    unet, _ = load_model(r.model_dir)
+    pickled = tmp_path / "pickled"
+    unet.save_pretrained(pickled, safe_serialization=False)  # diffusion_pytorch_model.bin
+    shutil.copy(r.model_dir / "difflung_config.json", pickled)
+    with pytest.raises(ModelLoadError, match=r"pickle-based weights \(diffusion_pytorch_model.bin\)"):
+        load_model(pickled)
+    # a dataset whose class map lacks fibrosis
+    tr = ds.split("train")
+    other = tr.subset(np.arange(len(tr)))
+    other.labels = np.where(other.labels == 6, 2, other.labels).astype(np.uint8)
+    ds2 = write_dataset(tmp_path / "ds2", other, source="toy", params={}, seed=0)
+    with pytest.raises(ModelLoadError, match=r"trained on classes \[0, 1, 2, 4, 5, 6\].*has classes \[0, 1, 2, 4, 5\]"):
+        load_model(r.model_dir, ds2)
+    with pytest.raises(ModelLoadError, match="difflung_config.json: missing"):
+        (tmp_path / "bare").mkdir()
+        unet.save_pretrained(tmp_path / "bare")
+        load_model(tmp_path / "bare")
+
+
+@pytest.mark.gpu
+def test_bf16_channels_last_training_on_cuda(ds, tmp_path):
+    r = train_diffusion(ds, TrainConfig(steps=3, **TINY), tmp_path / "m", device="cuda", progress=False)
+    assert r.finished and r.device.startswith("cuda") and np.isfinite(losses(r.loss_csv)).all()
+    meta = json.loads((r.model_dir / "difflung_config.json").read_text())
+    assert meta["train_config"]["mixed_precision"] == "auto" and meta["training"]["device"].startswith("cuda")
+
+
+@pytest.mark.gpu
+def test_compiled_training_on_cuda(ds, tmp_path):
+    r = train_diffusion(ds, TrainConfig(steps=3, compile=True, **TINY), tmp_path / "m", device="cuda", progress=False)
+    assert r.finished
