@@ -229,7 +229,7 @@ jupyter-book build book
     summary = (f"This copy of the book was rendered from the **{prov['profile']}** profile on "
                f"{first.get('device', 'an unknown device')}, git revision `{first.get('git_revision', '?')[:12]}`; "
                f"the whole pipeline took {prov.get('total_wall_s', float('nan')):.0f} s "
-               f"(see [Reproduction](reproduction.md)).\n")
+               f"(see {{doc}}`/_generated/reproduction`).\n")
     write_text_atomic(gen_dir / "run_summary.md", summary)
 
 

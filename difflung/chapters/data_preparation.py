@@ -94,8 +94,12 @@ def figure_hu_histograms(samples: pd.DataFrame, run_dir, *, seed: int):
     import seaborn as sns
 
     names = list(dict.fromkeys(samples["class"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8), sharey=False)
-    for ax, name in zip(np.atleast_1d(axes), names):
+    ncol = min(4, len(names))
+    nrow = -(-len(names) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol, 2.6 * nrow), squeeze=False)
+    for ax in axes.ravel()[len(names):]:
+        ax.set_axis_off()
+    for ax, name in zip(axes.ravel(), names):
         c = L.BY_NAME[name]
         sns.histplot(samples.loc[samples["class"] == name, "hu"], bins=60, binrange=(-1100, 500), ax=ax,
                      color=c.color, stat="density", element="step")
@@ -105,7 +109,7 @@ def figure_hu_histograms(samples: pd.DataFrame, run_dir, *, seed: int):
         ax.set_xlabel("HU")
         ax.set_yticks([])
         ax.set_ylabel("")
-    fig.suptitle("Phantom HU per class (grey band: literature range)", y=1.03)
+    fig.suptitle("Phantom HU per class (grey band: literature range)")
     fig.tight_layout()
     save_figure(fig, Path(run_dir) / "phantom_hu_histograms.png", seed=seed)
     return fig
