@@ -270,13 +270,13 @@ def train_segmenter(images, labels, classes, config: SegConfig, generator: torch
                 if sample_weights is not None:
                     idx = torch.multinomial(w, config.batch_size, replacement=True, generator=generator)
                 else:
-                    take = []
-                    while len(take) < config.batch_size:
+                    take, got = [], 0
+                    while got < config.batch_size:  # shuffled passes; a batch may straddle two passes
                         if pos >= len(order):
                             order, pos = torch.randperm(n, generator=generator), 0
-                        k = min(config.batch_size - len(take), len(order) - pos)
+                        k = min(config.batch_size - got, len(order) - pos)
                         take.append(order[pos:pos + k])
-                        pos += k
+                        pos, got = pos + k, got + k
                     idx = torch.cat(take)
                 idx = idx.numpy()
                 x = torch.from_numpy(images[idx]).unsqueeze(1)  # (B, 1, S, S)
@@ -303,7 +303,7 @@ def train_segmenter(images, labels, classes, config: SegConfig, generator: torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
-    info = {"steps": config.steps, "n_train": n, "wall_s": round(wall, 3),
+    info = {"steps": config.steps, "n_train": n, "images_seen": seen, "wall_s": round(wall, 3),
             "images_per_s": round(seen / wall, 2) if wall > 0 else None, "final_loss": loss_v,
             "provenance": provenance(config=asdict(config), seed=seed, device=device)}
     if log_path is not None:

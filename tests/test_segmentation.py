@@ -61,6 +61,7 @@ def test_deterministic_with_augmentation_and_independent_of_global_rng(data, tmp
     assert pa.tobytes() == pb.tobytes()
     assert a.predict(test[0]).tobytes() == b.predict(test[0]).tobytes()
     assert not np.array_equal(pa, c.predict_proba(test[0]))
+    assert a.info["images_seen"] == 12 * 8  # every step draws exactly one batch
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [int(r["step"]) for r in rows] == [10, 12] and all(np.isfinite(float(r["loss"])) for r in rows)
 
