@@ -7,7 +7,7 @@ re-thresholded at full resolution. Steps:
             in-plane hole fill (so lungs and airway are inside it).
     airway  seed: the round midline air region on the highest slices that have one (trachea); 3D region grow
             below `airway_hu` with leak control (the threshold is lowered while the grown volume exceeds
-            `airway_max_ml`), then one voxel of partial-volume rim below lung_hu.
+            `airway_max_ml`), then one in-plane voxel of partial-volume rim below lung_hu.
     lungs   air below lung_hu inside the body minus the airway; 3D components, the largest kept and any other
             of at least `min_lung_ratio` of it (excludes stomach and bowel gas); vessels filled slice by slice;
             split into right/left by components (eroding where the lungs touch), by x of their centroids.
@@ -237,7 +237,7 @@ def segment(hu: np.ndarray, spacing, cfg: AnatomyConfig | None = None, *, name: 
     if seeds:
         grown, thr = grow_airway(g, body, seeds, gs, cfg)
         if grown is not None:
-            rim = ndi.binary_dilation(grown, structure=CONN3) & (g < cfg.lung_hu)  # partial-volume wall
+            rim = ndi.binary_dilation(grown, structure=PLANE) & (g < cfg.lung_hu)  # partial-volume wall, in-plane
             airway = grown | rim
             info.update(airway_candidates=len(seeds), airway_hu=thr)
         else:

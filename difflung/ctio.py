@@ -265,7 +265,7 @@ def read_volume(path, patient: str | None = None) -> CTVolume:
 
 
 def read_label(path, like: CTVolume, *, rtol: float = 1e-3, origin_tol_voxels: float = 0.5) -> np.ndarray:
-    """Read a label map aligned with `like`: integer values (z, y, x) int64 in the same orientation.
+    """Read a label map aligned with `like`: integer values (z, y, x) in the same orientation (file's int dtype).
 
     Args:
         path: label volume file (or DICOM folder; unusual) in any format `read_volume` reads.
@@ -301,7 +301,7 @@ def read_label(path, like: CTVolume, *, rtol: float = 1e-3, origin_tol_voxels: f
             raise CTReadError(f"{path}: label map holds non-integer values; expected integer class labels")
     if arr.min() < 0:
         raise CTReadError(f"{path}: label map holds negative values (min {arr.min()}); expected labels >= 0")
-    return arr.astype(np.int64)
+    return arr if np.issubdtype(arr.dtype, np.integer) else arr.astype(np.int64)
 
 
 def _fmt(v) -> str:

@@ -217,6 +217,11 @@ def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: i
             yield vol
 
     slices, per_patient = volumes_to_slices(volumes(), int(size), min_lung_fraction=min_lung_fraction)
+    seen = {}
+    for row in rows:  # ids must be unique across inputs: the split is by patient
+        if row["patient"] in seen:
+            raise DatasetError(f"{row['image']}: patient id {row['patient']!r} is used twice (also {seen[row['patient']]})")
+        seen[row["patient"]] = row["image"]
     for row, s in zip(rows, per_patient):
         row["slices_total"], row["slices_kept"] = s["slices_total"], s["slices_kept"]
         if s["slices_kept"] == 0:

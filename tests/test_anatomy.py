@@ -92,3 +92,15 @@ def test_anatomy_on_phantom_matches_its_truth():
         assert d >= 0.94, f"{v.patient}: lung Dice {d:.3f}"
         xr, xl = np.nonzero(an.lung_right)[2].mean(), np.nonzero(an.lung_left)[2].mean()
         assert xr < 32 < xl  # phantom x also grows towards the patient's left
+
+
+def test_airway_leak_control_lowers_the_threshold():
+    """Emphysematous lungs (-960 HU) joined to the trachea by bronchi: at -950 HU the growth leaks into both
+    lungs (> 250 ml), so the threshold drops to -975 HU, where only trachea and bronchi remain."""
+    hu, truth, _ = toy_chest(lesion=False)
+    hu[truth == L.LUNG] = -960.0
+    hu[4, 22:26, 12:52] = -1000.0  # main bronchi from the trachea into both lungs
+    an = A.segment(hu, SP)
+    assert an.info["airway_hu"] == -975.0
+    assert dice(an.airway[:4], truth[:4] == L.AIRWAY) > 0.9
+    assert an.volumes_ml()["airway"] < 40.0 and an.volumes_ml()["lung"] > 1000.0  # trachea 6 ml + bronchi 20 ml

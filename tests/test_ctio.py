@@ -68,7 +68,7 @@ def test_read_label_checks_alignment(tmp_path):
     ctio.write_volume(tmp_path / "sh.nii.gz", lab[:, :, :-1], (2.5, 0.7, 0.6))
     vol = ctio.read_volume(img)
     got = ctio.read_label(tmp_path / "ok.nii.gz", vol)
-    assert got.dtype == np.int64 and got[2, 3, 4] == 3 and got.sum() == 3
+    assert got.dtype == np.uint8 and got[2, 3, 4] == 3 and got.sum() == 3
     with pytest.raises(ctio.CTReadError, match=r"sp\.nii\.gz: label spacing"):
         ctio.read_label(tmp_path / "sp.nii.gz", vol)
     with pytest.raises(ctio.CTReadError, match=r"sh\.nii\.gz: label shape"):
