@@ -5,8 +5,8 @@ INPUT is one of
     a DICOM series folder    holding the files of exactly one series      (+ --labels LABELFILE)
     a folder of cases, either
         flat files           <case>_image.<ext> with <case>_label.<ext> (also _labels, _seg, _mask), or plain
-                             volume files without labels (anatomy only); once any image has a label file,
-                             every <case>_image must have one
+                             volume files without labels (anatomy only); once any volume in the folder has a
+                             label file, every image must have one
         one folder per case  <case>/image.<ext> (or <case>/ct.<ext>, or DICOM files) with optional
                              <case>/label.<ext> (or labels/seg/mask); the folder name is the patient id
 Labels are the dataset's own values, mapped to project classes by `--classes` (a YAML class map, see
@@ -239,6 +239,10 @@ def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: i
 
 
 def configure_parser(p):
+    import argparse
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__[__doc__.index("INPUT is one of"):]
     p.add_argument("input", nargs="+", type=Path,
                    help="volume file, DICOM series folder, or folder of cases (see `difflung.prepare`)")
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write")

@@ -14,7 +14,7 @@ from _ct_fixtures import toy_chest, write_dicom_series, write_toy_case
 from difflung import labels as L
 from difflung import realdata
 from difflung.classmap import ClassMap, load_classmap
-from difflung.dataset import Dataset
+from difflung.dataset import Dataset, DatasetError
 from difflung.prepare import find_cases, prepare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,3 +165,19 @@ def test_chapter_real_data_functions_on_toy_cases(tmp_path):
     assert (tmp_path / "run" / "mask_synthesis_examples.png").is_file()
     assert (tmp_path / "run" / "mask_synthesis_examples.json").is_file()
     assert report.loc[0, "fraction_synthetic"] > report.loc[0, "fraction_before"]
+
+
+def test_dicom_series_with_a_label_volume_in_patient_space(tmp_path):
+    """A DICOM series and a NRRD label written in the same patient space line up (same origin after LPI)."""
+    from difflung.ctio import write_volume
+
+    hu, truth, lab = toy_chest()
+    write_dicom_series(tmp_path / "dcm", hu, spacing=(5.0, 5.0, 5.0), origin=(-100.0, -100.0, 50.0),
+                       patient_id="DCM-7", shuffle_rng=np.random.default_rng(1))
+    write_volume(tmp_path / "lab.nrrd", lab.astype(np.uint8), (5.0, 5.0, 5.0), origin=(-100.0, -100.0, 50.0))
+    ds, summary = prepare(tmp_path / "dcm", tmp_path / "out", labels=tmp_path / "lab.nrrd", classes="nodule", size=32)
+    row = summary["patients"][0]
+    assert row["patient"] == "DCM-7" and row["voxel_counts"]["nodule"] == (truth == L.NODULE).sum()
+    with pytest.raises(DatasetError, match=r"lab2\.nrrd: label origin"):
+        write_volume(tmp_path / "lab2.nrrd", lab.astype(np.uint8), (5.0, 5.0, 5.0), origin=(-100.0, -100.0, -5.0))
+        prepare(tmp_path / "dcm", tmp_path / "out2", labels=tmp_path / "lab2.nrrd", classes="nodule", size=32)
