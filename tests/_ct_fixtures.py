@@ -51,7 +51,6 @@ def write_dicom_series(folder, hu, spacing=(2.5, 0.8, 0.8), *, series_uid="1.2.8
     array (slice 0 is the most superior), as scanners record feet-first or head-first alike in patient space.
     `shuffle_rng` writes files under names in a shuffled order so that readers must sort by position.
     """
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 

@@ -58,9 +58,10 @@ def test_target_balance_is_approximately_reached(target):
     for name in ("emphysema", "fibrosis"):
         assert rep.loc[name, "fraction_before"] < target / 2
         assert rep.loc[name, "fraction_synthetic"] == pytest.approx(target, rel=0.25)
-        assert rep.loc[name, "fraction_before"] < rep.loc[name, "fraction_combined"] < rep.loc[name, "fraction_synthetic"]
-    assert rep.loc["emphysema", "pixels_synthetic"] == sum(p["pixels"] for p in syn.pastes if p["class"] == "emphysema") \
-        + int((masks[syn.source_index] == L.EMPHYSEMA).sum())
+        assert rep.loc[name, "fraction_before"] < rep.loc[name, "fraction_combined"]
+        assert rep.loc[name, "fraction_combined"] < rep.loc[name, "fraction_synthetic"]
+    pasted = sum(p["pixels"] for p in syn.pastes if p["class"] == "emphysema")
+    assert rep.loc["emphysema", "pixels_synthetic"] == pasted + int((masks[syn.source_index] == L.EMPHYSEMA).sum())
 
 
 def test_copies_are_exact_without_rotation_or_dilation():
@@ -75,7 +76,8 @@ def test_lesions_from_other_patients_of_another_size():
     donors = np.zeros((1, 48, 48), np.uint8)
     donors[0, 5:9, 5:8] = L.GGO
     syn = synthesize_masks(toy_masks(), {"ggo": 0.05}, np.random.default_rng(0), n_masks=3, sources=donors)
-    assert all(p["donor"] == 0 for p in syn.pastes) and (syn.labels == L.GGO).sum() > (toy_masks()[syn.source_index] == L.GGO).sum()
+    assert syn.pastes and all(p["donor"] == 0 for p in syn.pastes)
+    assert (syn.labels == L.GGO).sum() > (toy_masks()[syn.source_index] == L.GGO).sum()
 
 
 def test_bank_and_errors():
