@@ -26,6 +26,9 @@ def to_frame(rows) -> pd.DataFrame:
     extra = sorted(c for c in df.columns if c not in COLUMNS)
     df = df[list(COLUMNS[:-1]) + extra + ["value"]].copy()
     df["class"] = df["class"].fillna("all").astype(str)
+    for c in extra:  # a key column some rows lack (e.g. `patient`) reads "all" there, not nan
+        if df[c].dtype == object:
+            df[c] = df[c].fillna("all")
     df["seed"] = df["seed"].astype(int)
     df["value"] = df["value"].astype(float)
     return df

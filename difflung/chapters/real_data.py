@@ -233,12 +233,12 @@ def prepare_example(run_dir, *, size: int, seed: int, cache_dir=None, classes="n
     return ds, table, command
 
 
-def real_metrics_rows(volume_table: pd.DataFrame, agreement: pd.DataFrame | None = None,
+def real_metrics_rows(volume_table: pd.DataFrame | None, agreement: pd.DataFrame | None = None,
                       hu_stats: pd.DataFrame | None = None, *, seed: int) -> list[dict]:
     """Tidy rows for metrics.csv (model, metric, class, seed, patient, value): real lung volumes, phantom
     anatomy agreement, and healthy-lung HU statistics of both."""
     rows = []
-    for patient, r in volume_table.iterrows():
+    for patient, r in (volume_table if volume_table is not None else pd.DataFrame()).iterrows():
         for metric, cls, col in (("lung_volume_ml", "lung", "lung field ml"), ("lung_volume_ml", "lung_right", "right lung ml"),
                                  ("lung_volume_ml", "lung_left", "left lung ml"), ("airway_volume_ml", "airway", "airway ml"),
                                  ("lesion_volume_ml", "lesion", "lesion ml")):
