@@ -78,7 +78,7 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
                   real_models: dict | None = None) -> Inputs:
     """Find the upstream artifacts of a run; explicit paths override the run layout.
 
-    Defaults: `<runs_root>/01_data_preparation/dataset` (phantom), `.../dataset_real` (real CT, optional),
+    Defaults: `<runs_root>/01_data_preparation/dataset` (phantom), `.../real_dataset` (real CT, optional),
     `<runs_root>/03_cbmat_training/model` (Diff-Lung CBMAT) and `<runs_root>/04_baseline_comparison/models/segguided`
     (Seg-Guided Diffusion). A missing model is an error naming the chapter that writes it.
     """
@@ -95,10 +95,13 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
             where = {"+difflung": "chapter 3 (03_cbmat_training)", "+segguided": "chapter 4 (04_baseline_comparison)"}
             raise FileNotFoundError(f"{p}: no finished diffusion model for arm {arm} (no difflung_config.json); "
                                     f"run {where[arm]} first or pass models={{'{arm}': PATH}}")
-    real = Path(real_dataset) if real_dataset is not None else root / "01_data_preparation" / "dataset_real"
-    real = real if (real / "manifest.json").is_file() else None
-    if real_dataset is not None and real is None:
-        raise FileNotFoundError(f"{real_dataset}: no dataset manifest here")
+    if real_dataset is not None:
+        real = Path(real_dataset)
+        Dataset(real)  # clear error if missing
+    else:  # chapter 1's worked example writes real_dataset; dataset_real is accepted too
+        found = [p for p in (root / "01_data_preparation" / n for n in ("real_dataset", "dataset_real"))
+                 if (p / "manifest.json").is_file()]
+        real = found[0] if found else None
     return Inputs(ds, chosen, real, {k: Path(v) for k, v in (real_models or {}).items()})
 
 
