@@ -87,8 +87,8 @@ def build_unet(num_classes: int, config: SegConfig) -> torch.nn.Module:
                 dropout=config.dropout)
 
 
-def build_augmentation(config: SegConfig):
-    """Standard MONAI dictionary augmentation on {'image': (1,S,S), 'label': (1,S,S)}."""
+def build_augmentation(config: SegConfig, size: int):
+    """Standard MONAI dictionary augmentation on {'image': (1,S,S), 'label': (1,S,S)} for S = `size`."""
     from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised, RandRotate90d,
                                   RandShiftIntensityd)
 
@@ -100,7 +100,8 @@ def build_augmentation(config: SegConfig):
         RandRotate90d(keys, prob=config.rot90_prob, max_k=3),
         # "border" padding: slice edges are air/background, and zero would be -300 HU in the [-1, 1] window
         RandAffined(keys, prob=config.affine_prob, rotate_range=(rot,), scale_range=(config.scale, config.scale),
-                    translate_range=None, mode=("bilinear", "nearest"), padding_mode=("border", "border")),
+                    translate_range=(config.translate * size,) * 2, mode=("bilinear", "nearest"),
+                    padding_mode=("border", "border")),
         RandShiftIntensityd("image", offsets=config.shift, prob=config.shift_prob),
         RandGaussianNoised("image", prob=config.noise_prob, std=config.noise_std),
     ])
@@ -254,7 +255,8 @@ def train_segmenter(images, labels, classes, config: SegConfig, generator: torch
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         model = build_unet(len(classes), config).to(device)
-        aug = build_augmentation(config).set_random_state(seed=_seed_from(generator)) if config.augment else None
+        aug = (build_augmentation(config, images.shape[-1]).set_random_state(seed=_seed_from(generator))
+               if config.augment else None)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=config.lambda_dice,
                              lambda_ce=config.lambda_ce, batch=config.dice_batch)
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

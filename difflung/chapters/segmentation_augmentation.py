@@ -24,15 +24,30 @@ samples and overstate the evidence; it is reported beside, as a secondary view o
 seeds the signed-rank test cannot give p below 2 / 2^n (0.5 at 2 seeds, 0.0625 at 5, 0.031 at 6): at small n
 read the interval of the paired difference, not p alone.
 
-Each function is one section of `notebooks/05_segmentation_augmentation.py`. Numbers go to
-`<run_dir>/metrics.csv` (per-seed Dice rows, and aggregate rows with seed = -1); timings, which vary from run
-to run, go to `timings.json` so metrics.csv stays byte-identical for a given seed on CPU.
+Each function is one section of `notebooks/05_segmentation_augmentation.py`:
+
+    inputs = locate_inputs(runs_root); inputs_table(inputs)
+    config, seeds = seg_config(profile), training_seeds(profile, seed, n_seeds)
+    res, syn, balance = run_experiment(inputs.dataset, run_dir, tag="phantom", models=inputs.models,
+                                       config=config, seeds=seeds, seed=seed, mix_ratio=mix_ratio)
+    syn.report; balance                                   # mask synthesis and the control's class balance
+    real, real_syn, real_balance = run_experiment(inputs.real_dataset, run_dir, tag="real",
+                                                  models=inputs.real_models, ...)    # if inputs.real_dataset
+    write_chapter_metrics(run_dir, [res, real], config=config, seed=seed, synthetic=syn.sets)
+    results_table(run_dir); figure_dice(run_dir); tests_table(run_dir); winners(run_dir)   # from metrics.csv
+    figure_examples(res, run_dir)
+    real_data_summary(real); results_table(run_dir, "real"); figure_dice(run_dir, "real")
+    export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
+
+Numbers go to `<run_dir>/metrics.csv` (column `dataset`: phantom or real; per-seed Dice rows with metric
+`dice`, aggregates over seeds with seed = -1); timings, which vary from run to run, go to `timings.json`, so
+metrics.csv is byte-identical for a given seed on CPU. Per-slice Dice: `<run_dir>/<dataset>/dice_per_slice.csv`.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +72,34 @@ TABLE_HEADERS = {"lung": "Dice healthy", "emphysema": "Dice emphysema", "fibrosi
 RARE_DEFAULT = ("emphysema", "ggo", "fibrosis")
 POSTER = SEGMENTATION_DICE  # the poster's rows (healthy = lung), shown as reported, never as ours
 REPORTED = "reported (poster)"
+
+
+# Segmentation model per profile: tiny and CPU-fast for smoke (32 px), MONAI's usual 4-level UNet for standard
+# (128 px), one level deeper and wider for paper (256 px). Steps are optimisation steps, the same for every arm.
+SEG_PRESETS = {
+    "smoke": SegConfig(channels=(8, 16, 32), strides=(2, 2), num_res_units=1, steps=200, batch_size=16, lr=1e-2),
+    "standard": SegConfig(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2, steps=3000,
+                          batch_size=16, lr=3e-3),
+    "paper": SegConfig(channels=(32, 64, 128, 256, 320), strides=(2, 2, 2, 2), num_res_units=2, steps=8000,
+                       batch_size=16, lr=3e-3),
+}
+# Training seeds per arm. The signed-rank test over n seeds cannot reach p < 0.05 below n = 6 (2 / 2^5 = 0.0625).
+MIN_SEEDS = {"smoke": 2, "standard": 5, "paper": 5}
+
+
+def seg_config(profile: str, **overrides) -> SegConfig:
+    """The profile's segmentation model and budget (`SEG_PRESETS`), with `overrides` (e.g. steps=500)."""
+    if profile not in SEG_PRESETS:
+        raise ValueError(f"profile {profile!r}: expected one of {sorted(SEG_PRESETS)}")
+    return replace(SEG_PRESETS[profile], **overrides)
+
+
+def training_seeds(profile: str, seed: int, n_seeds: int) -> list[int]:
+    """seed, seed + 1, ..., seed + n_seeds - 1; at least `MIN_SEEDS[profile]` of them."""
+    if n_seeds < MIN_SEEDS.get(profile, 2):
+        raise ValueError(f"profile {profile!r} needs at least {MIN_SEEDS.get(profile, 2)} training seeds per arm "
+                         f"for its confidence intervals, got n_seeds={n_seeds}")
+    return list(range(seed, seed + n_seeds))
 
 
 def _device(device: str) -> str:
@@ -607,7 +650,7 @@ def figure_examples(res: Results, run_dir, *, seed: int = 0):
     fig, axes = plt.subplots(k, 2 + len(arms), figsize=(2.1 * (2 + len(arms)), 2.2 * k), squeeze=False)
     for r, i in enumerate(res.example_idx):
         hu = unwindow(res.test.images[i])
-        show_ct(axes[r, 0], hu, title=f"test slice {i}" if r == 0 else None)
+        show_ct(axes[r, 0], hu, title=f"test slice {i}")
         show_ct(axes[r, 1], hu, res.test.labels[i], alpha=0.5, title="truth" if r == 0 else None)
         for j, arm in enumerate(arms):
             show_ct(axes[r, 2 + j], hu, res.examples[arm][r], alpha=0.5,
