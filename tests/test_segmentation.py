@@ -62,6 +62,8 @@ def test_deterministic_with_augmentation_and_independent_of_global_rng(data, tmp
     assert a.predict(test[0]).tobytes() == b.predict(test[0]).tobytes()
     assert not np.array_equal(pa, c.predict_proba(test[0]))
     assert a.info["images_seen"] == 12 * 8  # every step draws exactly one batch
+    # golden values (CPU, torch 2.13, monai 1.6.1): the logged Dice+CE loss at steps 10 and 12
+    assert [h["loss"] for h in a.history] == pytest.approx([1.111914, 1.089205], abs=1e-4)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [int(r["step"]) for r in rows] == [10, 12] and all(np.isfinite(float(r["loss"])) for r in rows)
 
@@ -221,3 +223,13 @@ def test_chapter_experiment_end_to_end(tmp_path):
     assert ch5.winners(run_dir).index.tolist() == ["lung", "emphysema", "fibrosis", "ggo"]
     folder, summary = ch5.export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
     assert summary["numTraining"] == len(ds.split("train")) + n and summary["synthetic cases"] == n
+
+
+@pytest.mark.gpu
+def test_trains_and_predicts_on_cuda_with_bf16(data):
+    train, test = data
+    seg = train_segmenter(*train, CLASSES, SegConfig(steps=20, amp=True, **TINY), torch.Generator().manual_seed(0),
+                          device="cuda", progress=False)
+    pred = seg.predict(test[0])
+    assert pred.shape == test[0].shape and set(np.unique(pred)) <= set(CLASSES)
+    assert np.isfinite(seg.info["final_loss"]) and "cuda" in seg.info["provenance"]["device"]
