@@ -123,14 +123,15 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
 
     Defaults: `<runs_root>/01_data_preparation/dataset` (phantom), `.../real_dataset` (real CT, optional),
     `<runs_root>/03_cbmat_training/model` (Diff-Lung CBMAT) and `<runs_root>/04_baseline_comparison/models/segguided`
-    (Seg-Guided Diffusion). A missing model is an error naming the chapter that writes it.
+    (Seg-Guided Diffusion). A missing model is an error naming the chapter that writes it; `models={}` runs
+    without synthetic arms.
     """
     root = Path(runs_root)
     ds = Path(dataset) if dataset is not None else root / "01_data_preparation" / "dataset"
     Dataset(ds)  # clear error if missing or malformed
     producers = {"+difflung": root / "03_cbmat_training" / "model",
                  "+segguided": root / "04_baseline_comparison" / "models" / "segguided"}
-    chosen = {arm: Path(p) for arm, p in (models or producers).items()}
+    chosen = {arm: Path(p) for arm, p in (producers if models is None else models).items()}
     for arm, p in chosen.items():
         if arm not in SYNTHETIC_ARMS:
             raise ValueError(f"models: unknown arm {arm!r}; synthetic arms are {SYNTHETIC_ARMS}")
