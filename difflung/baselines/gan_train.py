@@ -143,7 +143,7 @@ def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, 
     gen_dir = out_dir / "generator"
     slices = dataset.split("train")
     cfg = model_config(config.model, dataset.size, dataset.classes)
-    fingerprint = {"model": cfg, "train": config.fingerprint(), "dataset": str(dataset.root),
+    fingerprint = {"model": cfg, "train": config.fingerprint(),
                    "dataset_sha256": dataset.manifest["splits"]["train"]["sha256"]}
     done = gen_dir / "config.json"
     if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
@@ -228,7 +228,7 @@ def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, 
         "params_generator": sum(p.numel() for p in G.parameters()),
         "params_discriminator": sum(p.numel() for p in D.parameters()),
         "train_seconds_last_session": round(time.perf_counter() - t0, 3),
-        "vgg_loss": bool(vgg is not None),
+        "vgg_loss": bool(vgg is not None), "dataset": str(dataset.root),
         "provenance": provenance(config={"model": cfg, "train": asdict(config)}, seed=config.seed, device=device),
     })
     return gen_dir

@@ -24,11 +24,11 @@ class BaselineSpec:
 
 BASELINES: dict[str, BaselineSpec] = {
     "pix2pix-T": BaselineSpec("pix2pix", 4, 4),
-    "pix2pix-S": BaselineSpec("pix2pix", 16, 16),
+    "pix2pix-S": BaselineSpec("pix2pix", 8, 8),
     "pix2pix-B": BaselineSpec("pix2pix", 32, 32),
     "pix2pix-L": BaselineSpec("pix2pix", 64, 64),
     "spade-T": BaselineSpec("spade", 2, 4, 4),
-    "spade-S": BaselineSpec("spade", 8, 16, 32),
+    "spade-S": BaselineSpec("spade", 4, 8, 16),
     "spade-B": BaselineSpec("spade", 32, 32, 64),
     "spade-L": BaselineSpec("spade", 64, 64, 128),
 }
