@@ -27,7 +27,7 @@ def to_frame(rows) -> pd.DataFrame:
     df = df[list(COLUMNS[:-1]) + extra + ["value"]].copy()
     df["class"] = df["class"].fillna("all").astype(str)
     for c in extra:  # a key column some rows lack (e.g. `patient`) reads "all" there, not nan
-        if df[c].dtype == object:
+        if not pd.api.types.is_numeric_dtype(df[c]):
             df[c] = df[c].fillna("all")
     df["seed"] = df["seed"].astype(int)
     df["value"] = df["value"].astype(float)
