@@ -32,7 +32,9 @@ def make_scheduler(sampler: str, noise_schedule: dict):
     if sampler == "ddim":
         return DDIMScheduler(**ns, clip_sample=noise_schedule.get("clip_sample", True))
     if sampler == "dpm":
-        return DPMSolverMultistepScheduler(**ns, algorithm_type="dpmsolver++", solver_order=2)
+        # thresholding with sample_max_value 1 clips the predicted x0 to [-1, 1], as DDIM's clip_sample
+        return DPMSolverMultistepScheduler(**ns, algorithm_type="dpmsolver++", solver_order=2,
+                                           thresholding=noise_schedule.get("clip_sample", True), sample_max_value=1.0)
     if sampler == "ddpm":
         return DDPMScheduler(**ns, clip_sample=noise_schedule.get("clip_sample", True))
     raise ValueError(f"sampler {sampler!r}: expected one of {sorted(DEFAULT_STEPS)}")
@@ -137,6 +139,7 @@ def sampling_gflops(unet, meta: dict, sampler: str = "ddim", steps: int | None =
         unet: the model (only its config is used).
         meta: its metadata (unused beyond validation; kept for a uniform signature).
         sampler, steps: as in `sample`.
-        size: image side (default: the model's sample_size).
+        size: image side (default: the model's sample_size). The attention blocks stay where the model's
+            config puts them, so for another size's cost build the model for that size (`build_unet`).
     """
     return forward_flops(unet, size or meta.get("sample_size")) * _steps(sampler, steps) / 1e9

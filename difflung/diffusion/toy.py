@@ -12,6 +12,8 @@ from .. import labels as L
 from ..dataset import Dataset, Volume, volumes_to_slices, write_dataset
 
 _HU = {L.BACKGROUND: -1000.0, L.BODY: 40.0, L.LUNG: -870.0, L.EMPHYSEMA: -975.0, L.GGO: -520.0, L.FIBROSIS: -250.0}
+_LUT = np.zeros(256, np.float32)  # label id -> HU
+_LUT[list(_HU)] = list(_HU.values())
 
 
 def toy_volume(patient: str, rng: np.random.Generator, size: int = 32, n_slices: int = 4) -> Volume:
@@ -30,7 +32,7 @@ def toy_volume(patient: str, rng: np.random.Generator, size: int = 32, n_slices:
                 r = rng.uniform(0.1, 0.18)
                 m[((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r) & (m != L.BACKGROUND) & (m != L.BODY)] = cid
         lab[k] = m
-        hu[k] = np.vectorize(_HU.get)(m) + rng.normal(0, 25, (size, size)) * (m != L.BACKGROUND)
+        hu[k] = _LUT[m] + rng.normal(0, 25, (size, size)) * (m != L.BACKGROUND)
     return Volume(patient, hu.astype(np.float32), lab, (5.0, 1.0, 1.0), source="toy")
 
 

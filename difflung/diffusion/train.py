@@ -97,7 +97,7 @@ class TrainResult:
     loss_csv: Path
     wall_s: float  # this call, setup included
     peak_mem_bytes: int  # CUDA: max allocated; CPU: the process's peak resident set size
-    images_per_s: float  # training images per second over this call's steps
+    images_per_s: float  # training images per second over this call's steps but its first
     device: str
     steps: int  # steps done in total
     finished: bool  # the final model is saved (False after `stop_after`)
@@ -311,6 +311,7 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     pending: list[tuple[int, torch.Tensor, float]] = []  # losses kept on the device until the next flush
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and acc.is_main_process),
                desc=f"train {cfg.strategy}", unit="step")
+    # throughput excludes this call's first step (allocator warm-up, cuDNN autotuning, torch.compile)
     t_loop, first = time.perf_counter(), step
     model.train()
     while step < end:
@@ -338,6 +339,10 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
         step += 1
         pending.append((step, acc.reduce(loss.detach(), "mean"), lr_now))
         bar.update(1)
+        if step == first + 1 and end - first > 1:
+            if cuda:
+                torch.cuda.synchronize(dev)
+            t_loop = time.perf_counter()
         if step % cfg.log_every == 0 or step == end or step % cfg.checkpoint_every == 0:
             losses += [(s, float(l), r) for s, l, r in pending]
             pending = []
@@ -348,7 +353,8 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     if cuda:
         torch.cuda.synchronize(dev)
     loop_s = time.perf_counter() - t_loop
-    ips = (step - first) * cfg.batch_size / loop_s if step > first else float("nan")
+    timed = step - first - (1 if step - first > 1 else 0)
+    ips = timed * cfg.batch_size / loop_s if timed > 0 else float("nan")
     result = TrainResult(out_dir, out_dir / "loss.csv", 0.0, _peak_memory(dev), ips, device_description(dev), step,
                          finished=step >= cfg.steps)
     if result.finished and acc.is_main_process:
