@@ -122,3 +122,78 @@ def test_bf16_channels_last_training_on_cuda(ds, tmp_path):
 def test_compiled_training_on_cuda(ds, tmp_path):
     r = train_diffusion(ds, TrainConfig(steps=3, compile=True, **TINY), tmp_path / "m", device="cuda", progress=False)
     assert r.finished
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# chapter sections (chapters 2 and 3) on a toy runs folder: they run, write their artifacts, and reuse models
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    toy_dataset(root / "01_data_preparation" / "dataset", n_patients=5, n_slices=4, size=16)
+    return root
+
+
+def test_ablation_chapter_sections(runs_root):
+    import pandas as pd
+
+    from difflung.chapters import ablation_study as ch
+    from difflung.metrics import read_metrics
+
+    run = runs_root / "02_ablation_study"
+    assert ch.probability_table(runs_root, steps=10).loc["fibrosis", ("cbmat", "t=T")] == 0
+    ch.schedule_figure(runs_root, run, steps=10)
+    kw = dict(steps=3, batch_size=4, preset="tiny", strategies=("none", "cbmat"), device="cpu")
+    assert not ch.train_strategies(runs_root, run, **kw)["reused"].any()
+    assert ch.train_strategies(runs_root, run, **kw)["reused"].all()  # same config and data: reused
+    ch.loss_figure(run, strategies=("none", "cbmat"))
+    seg, real_dice = ch.reference_segmenter(runs_root, run, steps=3, batch_size=4, channels=(8, 16, 32), device="cpu")
+    assert (run / "segmenter" / "segmenter.json").is_file() and "lung" in real_dice.index
+    ev = dict(strategies=("none", "cbmat"), n_test=2, sampler="ddim", sampler_steps=2, seeds=(0, 1), device="cpu")
+    per_image = ch.evaluate_strategies(runs_root, run, **ev)
+    again = pd.read_csv(run / "per_image.csv")
+    assert len(again) == len(per_image)
+    pd.testing.assert_frame_equal(per_image, ch.evaluate_strategies(runs_root, run, **ev))  # deterministic
+    assert {"full", "no fibrosis", "no body"} <= set(per_image["condition"])
+    assert set(per_image.loc[per_image["condition"] == "no lung", "seed"]) == {0}  # partial masks: first seed
+    table = ch.quality_table(per_image)
+    assert list(table.index) == ["real", "none", "cbmat"] and "Dice, rare classes" in table.columns
+    ch.dice_figure(per_image, run)
+    ch.partial_figure(per_image, run)
+    ch.sample_figure(runs_root, run, strategies=("none", "cbmat"), n=2, sampler="ddim", sampler_steps=2, device="cpu")
+    ch.write_metrics(run, ch.metric_rows(per_image))
+    m = read_metrics(run)
+    psnr = m[(m["model"] == "cbmat") & (m["metric"] == "psnr") & (m["condition"] == "full")]
+    assert sorted(psnr["seed"]) == [-1, 0, 1]  # per seed, and across seeds
+    assert {p.name for p in run.glob("*.png")} == {"ablation_schedules.png", "ablation_losses.png", "ablation_dice.png",
+                                                  "ablation_partial.png", "ablation_samples.png"}
+
+
+def test_cbmat_chapter_sections(runs_root):
+    from difflung.chapters import cbmat_training as ch
+    from difflung.metrics import read_metrics
+
+    run = runs_root / "03_cbmat_training"
+    r = ch.train_main(runs_root, run, steps=3, batch_size=4, preset="tiny", device="cpu")
+    assert (run / "model" / "diffusion_pytorch_model.safetensors").is_file() and r.finished
+    assert ch.training_table(r, run).loc["steps x batch", "value"] == "3 x 4"
+    ch.loss_figure(run)
+    ch.sample_grid(runs_root, run, n=2, sampler="ddim", sampler_steps=2, seeds=(0, 1), device="cpu")
+    gen = ch.generate_test(runs_root, run, n_test=3, sampler="dpm", sampler_steps=2, seed=0, device="cpu")
+    assert gen.images.shape == (3, 16, 16) and ch.quality_table(gen).loc["test slices", "value"] == "3"
+    assert "lung" in ch.hu_table(gen).index
+    ch.hu_figure(gen, run)
+    ch.write_metrics(run, ch.metric_rows(r, gen))
+    ch.write_cost(r, run)
+    m = read_metrics(run)
+    assert {"psnr", "ssim", "final_loss", "hu_mean_difference"} <= set(m["metric"])
+    assert json.loads((run / "cost.json").read_text())["steps"] == 3
+
+
+def test_chapters_need_the_dataset(tmp_path):
+    from difflung.chapters import ablation_study, cbmat_training
+
+    with pytest.raises(FileNotFoundError, match="01_data_preparation"):
+        ablation_study.train_strategies(tmp_path, tmp_path / "02", steps=2, batch_size=2)
+    with pytest.raises(FileNotFoundError, match="01_data_preparation"):
+        cbmat_training.train_main(tmp_path, tmp_path / "03", steps=2, batch_size=2)

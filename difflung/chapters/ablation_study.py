@@ -61,12 +61,12 @@ def probability_table(runs_root, *, steps: int, strategies=STRATEGIES) -> pd.Dat
     """P_i at t = 0, T/2 and T per class (rows) and strategy (columns), with the f_i used."""
     ds = open_dataset(runs_root)
     freqs = ablation_frequencies(ds)
-    out = pd.DataFrame({"f_i": freqs})
+    cols = {("f_i", ""): list(freqs.values())}
     for s in strategies:
         sch = AblationSchedule(s, ds.classes, freqs, steps)
         for label, t in (("t=0", 0), ("t=T/2", steps // 2), ("t=T", steps)):
-            out[(s, label)] = sch.probabilities(t).numpy()
-    out.index.name = "class"
+            cols[(s, label)] = sch.probabilities(t).tolist()
+    out = pd.DataFrame(cols, index=pd.Index(list(freqs), name="class"))
     return out
 
 
