@@ -197,3 +197,24 @@ def test_chapters_need_the_dataset(tmp_path):
         ablation_study.train_strategies(tmp_path, tmp_path / "02", steps=2, batch_size=2)
     with pytest.raises(FileNotFoundError, match="01_data_preparation"):
         cbmat_training.train_main(tmp_path, tmp_path / "03", steps=2, batch_size=2)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_model_as_one(ds, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes half of the same global batch."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, torch\ntorch.set_num_threads(1)\n"
+        "from difflung.diffusion import TrainConfig, train_diffusion\n"
+        f"train_diffusion({str(ds.root)!r}, TrainConfig(preset='tiny', steps=4, batch_size=4, checkpoint_every=2), "
+        "sys.argv[1], device='cpu', progress=False)\n")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    subprocess.run(torchrun + [str(script), str(tmp_path / "two")], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, capture_output=True)
+    a = load_file(tmp_path / "one" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "two" / "diffusion_pytorch_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6  # gradient all-reduce order only
+    assert losses(tmp_path / "one" / "loss.csv") == pytest.approx(losses(tmp_path / "two" / "loss.csv"), abs=1e-6)

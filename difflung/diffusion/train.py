@@ -269,7 +269,7 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
         raise ValueError(f"TrainConfig.warmup={warmup} must be smaller than steps={cfg.steps}")
     # not passed to accelerate.prepare, which would step it once per process: stepped once per global step
     lr_sched = get_cosine_schedule_with_warmup(opt, warmup, cfg.steps)
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay) if cfg.ema_decay else None
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=cuda) if cfg.ema_decay else None
     model, opt = acc.prepare(unet, opt)
     if cfg.compile and cuda:
         model = torch.compile(model)
