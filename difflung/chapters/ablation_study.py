@@ -13,6 +13,15 @@ Each function is one section of `notebooks/02_ablation_study.py`:
     ch.sample_figure(runs_root, run_dir, ...)
     ch.write_metrics(run_dir, ch.metric_rows(per_image))
 
+Profile parameters (the notebook passes them from profiles/*.yml):
+    smoke     size 32, preset "small", steps 200, batch_size 8, lr 2e-3, warmup 20; seg_steps 300 (segmenter
+              channels (16, 32, 64)); n_test 16, sampler "dpm", sampler_steps 10, seeds [0, 1]. Measured on
+              2 CPU threads, phantom of 10 patients: ~100 s for all five strategies including evaluation
+              (250 steps: 118 s; per step ~0.065 s).
+    standard  size 128, preset "base", steps ~10000, batch_size 16, lr 1e-4; seg_steps 2000; n_test 64,
+              sampler "dpm", sampler_steps 20, seeds [0, 1, 2] (suggested; not measured here, no GPU).
+    paper     size 256, preset "efficient" (or "paper" for the parent's UNet), as standard with more steps.
+
 Models go to `<run_dir>/models/<strategy>/` (reused when finished with the same config and data), the
 segmenter to `<run_dir>/segmenter/`, per-image results to `<run_dir>/per_image.csv`, figures beside them.
 Confidence intervals are Student-t over test slices (per seed), and over seeds (of the per-seed means) when
