@@ -25,7 +25,9 @@ def losses(path):
 
 
 def test_three_step_loss_sequence_is_golden(ds, tmp_path):
+    rng = torch.get_rng_state()
     r = train_diffusion(ds, TrainConfig(steps=3, **TINY), tmp_path / "m", device="cpu", progress=False)
+    assert torch.equal(rng, torch.get_rng_state())  # explicit generators only: the global RNG is left alone
     assert r.finished and r.steps == 3 and not r.reused
     assert losses(r.loss_csv) == pytest.approx([1.1038481, 1.1524889, 1.0963689], abs=1e-5)
     assert r.images_per_s > 0 and r.peak_mem_bytes > 0 and r.device.startswith("cpu")
@@ -70,14 +72,20 @@ def test_finished_model_is_reused_and_a_different_config_is_refused(ds, tmp_path
     again = train_diffusion(ds, TrainConfig(steps=2, preset="tiny", batch_size=4, checkpoint_every=50),
                             tmp_path / "m", device="cpu", progress=False)
     assert again.reused and again.wall_s == first.wall_s
-    with pytest.raises(FileExistsError, match="another config"):
+    with pytest.raises(FileExistsError, match="another config.*overwrite=True"):
         train_diffusion(ds, TrainConfig(steps=3, **TINY), tmp_path / "m", device="cpu", progress=False)
+    third = train_diffusion(ds, TrainConfig(steps=3, **TINY), tmp_path / "m", device="cpu", progress=False,
+                            overwrite=True)
+    assert not third.reused and third.steps == 3 and len(losses(third.loss_csv)) == 3
 
 
 def test_resume_with_another_config_is_refused(ds, tmp_path):
     train_diffusion(ds, TrainConfig(steps=4, **TINY), tmp_path / "m", device="cpu", progress=False, stop_after=2)
     with pytest.raises(ValueError, match=r"another config.*'lr': \(0.0001, 0.001\)"):
         train_diffusion(ds, TrainConfig(steps=4, lr=1e-3, **TINY), tmp_path / "m", device="cpu", progress=False)
+    r = train_diffusion(ds, TrainConfig(steps=4, lr=1e-3, **TINY), tmp_path / "m", device="cpu", progress=False,
+                        overwrite=True)  # starts afresh
+    assert r.finished and json.loads((r.model_dir / "difflung_config.json").read_text())["train_config"]["lr"] == 1e-3
 
 
 def test_bad_config_values(ds, tmp_path):

@@ -39,7 +39,9 @@ def test_ddim_golden_value(unet):
 
 @pytest.mark.parametrize("sampler, steps", [("ddim", 4), ("dpm", 4), ("ddpm", 10)])
 def test_each_sampler_is_deterministic_and_in_range(unet, sampler, steps):
+    rng = torch.get_rng_state()
     a = sample(unet, META, masks(3), generator=gen(1), sampler=sampler, steps=steps)
+    assert torch.equal(rng, torch.get_rng_state())
     b = sample(unet, META, masks(3), generator=gen(1), sampler=sampler, steps=steps)
     c = sample(unet, META, masks(3), generator=gen(2), sampler=sampler, steps=steps)
     assert a.shape == (3, 16, 16) and np.array_equal(a, b) and not np.array_equal(a, c)

@@ -133,7 +133,8 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
     for s in strategies:
         cfg = strategy_config(s, steps=steps, batch_size=batch_size, preset=preset, lr=lr, warmup=warmup,
                               mask_mode=mask_mode, seed=seed)
-        r = train_diffusion(ds, cfg, Path(run_dir) / "models" / s, device=device, progress=progress)
+        # a model of an earlier, different configuration in this chapter's folder is replaced
+        r = train_diffusion(ds, cfg, Path(run_dir) / "models" / s, device=device, progress=progress, overwrite=True)
         loss = pd.read_csv(r.loss_csv)["loss"]
         rows.append({"strategy": s, "steps": r.steps, "batch": batch_size, "wall_s": round(r.wall_s, 1),
                      "images_per_s": round(r.images_per_s, 1), "final_loss (mean of last 10%)":

@@ -63,7 +63,8 @@ def train_main(runs_root, run_dir, *, steps: int, batch_size: int, preset: str =
     """
     cfg = TrainConfig(preset=preset, mask_mode="onehot", strategy="cbmat", steps=steps, batch_size=batch_size,
                       lr=lr, warmup=warmup, seed=seed, checkpoint_every=checkpoint_every, compile=compile)
-    return train_diffusion(open_dataset(runs_root), cfg, model_dir(run_dir), device=device, progress=progress)
+    return train_diffusion(open_dataset(runs_root), cfg, model_dir(run_dir), device=device, progress=progress,
+                           overwrite=True)  # a model of another configuration in this folder is replaced
 
 
 def training_table(result: TrainResult, run_dir) -> pd.DataFrame:

@@ -192,6 +192,23 @@ def _read_losses(path: Path, upto: int) -> list[tuple[int, float, float]]:
     return [(int(s), float(l), float(r)) for s, l, r in rows if int(s) <= upto]
 
 
+def _same_run(ckpt: Path, config: TrainConfig, data_sha: str) -> bool:
+    """Whether checkpoint `ckpt` belongs to this config and training data (so the run can resume from it)."""
+    try:
+        extra = torch.load(ckpt, map_location="cpu", weights_only=True)["extra"]
+    except Exception:  # unreadable: not resumable either
+        return False
+    saved = {k: v for k, v in extra.get("config", {}).items() if k not in _EXECUTION_FIELDS}
+    return saved == config.result_key() and extra.get("dataset_sha256") == data_sha
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove a model folder's training outputs (metadata first, so a half-cleared folder is never 'finished')."""
+    for name in (META_FILE, WEIGHTS_FILE, "config.json", "loss.csv"):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+
+
 def _finished(out_dir: Path, config: TrainConfig, ds: Dataset) -> dict | None:
     """The stored metadata if `out_dir` holds a finished model of this config and data, else None."""
     mpath = out_dir / META_FILE
@@ -204,7 +221,7 @@ def _finished(out_dir: Path, config: TrainConfig, ds: Dataset) -> dict | None:
 
 
 def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *, progress: bool = True,
-                    stop_after: int | None = None, reuse: bool = True) -> TrainResult:
+                    stop_after: int | None = None, reuse: bool = True, overwrite: bool = False) -> TrainResult:
     """Train the mask-guided DDPM on a dataset artifact and save it to `out_dir`.
 
     Args:
@@ -216,12 +233,15 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
         stop_after: stop once this many steps are done in total, checkpoint and return `finished=False`
             (time-sliced jobs; the resume test). A later call resumes.
         reuse: return a finished model in `out_dir` trained with the same config on the same data instead of
-            retraining; a finished model with another config is an error unless reuse=False (then overwritten).
+            retraining.
+        overwrite: replace what `out_dir` holds when it cannot be reused or resumed (a finished model or
+            checkpoints of another config or dataset, or any finished model when reuse=False); without it
+            that is an error.
 
     Returns:
         TrainResult (model folder, loss CSV, wall time, peak memory, images/s, device).
     """
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
@@ -238,10 +258,11 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
         return TrainResult(out_dir, out_dir / "loss.csv", tr["wall_s"], tr["peak_mem_bytes"], tr["images_per_s"],
                            tr["device"], tr["steps"], True, reused=True)
     if (out_dir / META_FILE).is_file():
-        if reuse:
-            raise FileExistsError(f"{out_dir}: holds a finished model with another config or dataset; "
-                                  f"choose another folder or pass reuse=False to overwrite it")
-        (out_dir / META_FILE).unlink()
+        if not overwrite:
+            what = "another config or dataset" if reuse else "a finished model (reuse=False)"
+            raise FileExistsError(f"{out_dir}: holds a finished model of {what}; choose another folder or pass "
+                                  f"overwrite=True to replace it")
+        _clear(out_dir)
 
     slices = ds.split(cfg.split)
     classes, size = ds.classes, ds.size
@@ -281,7 +302,11 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
         modules["ema"] = ema
     state_gens = {"ablation": gens["ablation"], "noise": gens["noise"]}
     step, losses = 0, []
-    if (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+    data_sha = _dataset_info(ds, cfg.split)["sha256"]
+    if (ckpt := latest_checkpoint(ckpt_dir)) is not None and overwrite and not _same_run(ckpt, cfg, data_sha):
+        _clear(out_dir)
+        ckpt = None
+    if ckpt is not None:
         try:
             state = load_training_state(ckpt, modules=modules, generators=state_gens, map_location=dev)
         except (RuntimeError, KeyError, ValueError) as e:  # e.g. weights of another preset or class map
@@ -290,7 +315,10 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
         if saved != cfg.result_key():
             diff = {k: (saved.get(k), v) for k, v in cfg.result_key().items() if saved.get(k) != v}
             raise ValueError(f"{ckpt}: written with another config, (saved, now): {diff}; "
-                             f"resume with the same config or use another out_dir")
+                             f"resume with the same config, use another out_dir or pass overwrite=True")
+        if state["extra"].get("dataset_sha256") != data_sha:
+            raise ValueError(f"{ckpt}: written for other training data than {ds.root} ({cfg.split}); "
+                             f"use another out_dir or pass overwrite=True")
         step = state["step"]
         if ema is not None:
             ema.to(dev)
@@ -301,7 +329,7 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
         if acc.is_main_process:
             _write_losses(out_dir / "loss.csv", losses)
             save_training_state(ckpt_dir / f"step_{k:08d}.pt", step=k, modules=modules, generators=state_gens,
-                                extra={"config": asdict(cfg)})
+                                extra={"config": asdict(cfg), "dataset_sha256": data_sha})
             old = sorted(ckpt_dir.glob("step_*.pt"))[:-cfg.keep_checkpoints]
             for p in old:
                 p.unlink()
@@ -359,7 +387,8 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
                          finished=step >= cfg.steps)
     if result.finished and acc.is_main_process:
         _write_losses(out_dir / "loss.csv", losses)
-        final = build_unet(len(classes), size, cfg.mask_mode, cfg.preset)
+        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the global RNG alone
+            final = build_unet(len(classes), size, cfg.mask_mode, cfg.preset)
         final.load_state_dict(unet.state_dict())
         if ema is not None:
             ema.copy_to(final.parameters())
