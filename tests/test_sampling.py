@@ -89,3 +89,12 @@ def test_bad_input_is_refused(unet):
         sample(unet, META, masks(), generator=gen(), sampler="euler")
     with pytest.raises(TypeError, match="generator"):
         sample(unet, META, masks(), generator=None)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_sampling_is_close_to_cpu(unet):
+    import copy
+
+    a = sample(copy.deepcopy(unet), META, masks(), generator=gen(), steps=4, device="cpu")
+    b = sample(copy.deepcopy(unet), META, masks(), generator=gen(), steps=4, device="cuda")  # bf16 autocast
+    assert np.abs(a - b).mean() < 0.05  # same initial noise (drawn on the CPU), bf16 rounding only
