@@ -192,8 +192,8 @@ def write_dataset(out_dir, slices: Slices, *, source: str, params: dict, seed: i
             idx = np.flatnonzero(np.isin(slices.patient, split[name]))
             part = slices.subset(idx)
             path = tmp / f"{name}.npz"
-            np.savez_compressed(path, images=part.images, labels=part.labels, patient=part.patient.astype(str),
-                                z=part.z)
+            _savez_deterministic(path, images=part.images, labels=part.labels, patient=part.patient.astype(str),
+                                 z=part.z)
             manifest["splits"][name] = {
                 "file": path.name, "sha256": sha256_file(path), "patients": split[name], "n_slices": int(len(idx)),
                 "frequencies": class_frequencies(part.labels, classes),
@@ -210,6 +210,19 @@ def write_dataset(out_dir, slices: Slices, *, source: str, params: dict, seed: i
         if tmp.exists():
             shutil.rmtree(tmp)
     return Dataset(out_dir)
+
+
+def _savez_deterministic(path, **arrays) -> None:
+    """Like np.savez_compressed, but with fixed zip timestamps, so the same arrays give the same bytes (and
+    sha256): models downstream are reused, not retrained, when a dataset is rebuilt unchanged."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
 class Dataset:
