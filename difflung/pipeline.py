@@ -89,8 +89,18 @@ def _failure_message(stem: str, err: Exception, nb_path: Path) -> str:
 
 
 def run(profile: str, overrides: list[str] | None = None, force: bool = False, only: list[str] | None = None,
-        root: Path = REPO_ROOT, out_dir: Path | None = None, log=print) -> dict:
-    """Execute the pipeline; return the provenance dict. Raises PipelineError naming the failing notebook."""
+        root: Path = REPO_ROOT, out_dir: Path | None = None, runs_dir: str = "runs", log=print) -> dict:
+    """Execute the pipeline; return the provenance dict. Raises PipelineError naming the failing notebook.
+
+    Args:
+        profile: `profiles/<profile>.yml`.
+        overrides: `key=value` strings (see `difflung.profiles.apply_overrides`).
+        force: re-run notebooks whose inputs are unchanged.
+        only: run just these notebooks (their upstream artifacts must exist).
+        root: the repository (working directory of the notebooks).
+        out_dir: where executed notebooks go (default `book/chapters`, where the book renders them).
+        runs_dir: parent of the run's artifacts, `<runs_dir>/<profile>/<notebook>/` (relative to `root`).
+    """
     prof = P.apply_overrides(P.load_profile(profile, root / "profiles"), overrides or [])
     stems = toc_chapters(root)
     if only:
@@ -100,7 +110,7 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
     for stem in list(prof["notebooks"]):
         if stem not in stems:
             raise P.ProfileError(f"{prof['path']}: section notebooks.{stem} names no chapter in _toc.yml")
-    runs_root = f"runs/{profile}"
+    runs_root = f"{str(runs_dir).rstrip('/')}/{profile}"
     out_dir = Path(out_dir or root / "book" / "chapters")
     out_dir.mkdir(parents=True, exist_ok=True)
     prov_path = root / runs_root / "provenance.json"
@@ -141,7 +151,7 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
                 rec["error"] = _failure_message(stem, err, nb)
                 write_json_atomic(prov_path, prov)
                 raise PipelineError(rec["error"] + f"\n  partial notebook kept at "
-                                    f"{(root / runs_root / stem / (stem + '.failed.ipynb')).relative_to(root)}")
+                                    f"{os.path.relpath(root / runs_root / stem / (stem + '.failed.ipynb'), root)}")
             rec["status"] = "ok"
             write_json_atomic(prov_path, prov)
             log(f"[  ok  ] {stem:32s} {rec['wall_s']:7.1f} s")
@@ -153,8 +163,9 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
     prov["total_wall_s"] = round(time.perf_counter() - total, 2)
     prov["chapters"] = stems
     write_json_atomic(prov_path, prov)
-    write_reproduction_pages(prov, root / "book" / "_generated")
-    log(f"pipeline: {len(stems)} notebooks, {prov['total_wall_s']:.1f} s; provenance in {prov_path.relative_to(root)}")
+    if out_dir == root / "book" / "chapters":  # the book's own run: its Reproduction page
+        write_reproduction_pages(prov, root / "book" / "_generated")
+    log(f"pipeline: {len(stems)} notebooks, {prov['total_wall_s']:.1f} s; provenance in {prov_path}")
     return prov
 
 
@@ -239,11 +250,15 @@ def configure_parser(p) -> None:
                    help="override a profile parameter (common key, NOTEBOOK.key, or a notebook key); repeatable")
     p.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
     p.add_argument("--only", action="append", metavar="NOTEBOOK", help="run only this notebook (repeatable)")
+    p.add_argument("--runs-dir", default="runs", help="parent folder of the run's artifacts (default runs/)")
+    p.add_argument("--notebooks-out", default=None,
+                   help="where executed notebooks go (default book/chapters/, where the book renders them)")
 
 
 def run_cli(args) -> int:
     try:
-        run(args.profile, args.overrides, force=args.force, only=args.only)
+        run(args.profile, args.overrides, force=args.force, only=args.only, runs_dir=args.runs_dir,
+            out_dir=Path(args.notebooks_out) if args.notebooks_out else None)
     except (PipelineError, P.ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
