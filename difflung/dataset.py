@@ -12,9 +12,6 @@ Files are written into a temporary folder that is renamed into place only when c
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -22,7 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from . import labels as L
-from .provenance import provenance, sha256_file, write_json_atomic
+from .provenance import atomic_dir, provenance, sha256_file, write_json_atomic
 
 FORMAT = "difflung-dataset/1"
 SPLITS = ("train", "val", "test")
@@ -185,9 +182,7 @@ def write_dataset(out_dir, slices: Slices, *, source: str, params: dict, seed: i
         "classes": classes, "class_names": L.names(classes), "patients": patients or [], "splits": {},
         "provenance": provenance(config=params, seed=seed),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for name in SPLITS:
             idx = np.flatnonzero(np.isin(slices.patient, split[name]))
             part = slices.subset(idx)
@@ -199,16 +194,6 @@ def write_dataset(out_dir, slices: Slices, *, source: str, params: dict, seed: i
                 "frequencies": class_frequencies(part.labels, classes),
             }
         write_json_atomic(tmp / "manifest.json", manifest)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / "d")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return Dataset(out_dir)
 
 

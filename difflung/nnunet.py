@@ -19,18 +19,15 @@ CLI: `python -m difflung export-nnunet --dataset DIR [--synthetic FILE.npz] --ou
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import labels as L
 from .dataset import unwindow
-from .provenance import provenance, write_json_atomic
+from .provenance import atomic_dir, provenance, write_json_atomic
 
 FILE_ENDING = ".nii.gz"
 OUT_OF_PLANE = 999.0  # x in-plane spacing, as nnU-Net's SimpleITKIO does for 2D images
@@ -127,8 +124,7 @@ def export_nnunet(out_root, dataset_id: int, name: str, real, synthetic=None, cl
     label_names = {L.BY_ID[c].name: k for k, c in enumerate(classes)}
     cases, synthetic_cases = {}, []
     out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=out_root))
-    try:
+    with atomic_dir(folder) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         for tag, imgs, labs, pats in parts:
@@ -161,16 +157,6 @@ def export_nnunet(out_root, dataset_id: int, name: str, real, synthetic=None, cl
             },
         }
         write_json_atomic(tmp / "dataset.json", meta)
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=out_root))
-            os.replace(folder, old / "d")
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
 
 
