@@ -107,10 +107,13 @@ def lung_fraction(lab: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 # splits and frequencies
 
-def split_patients(patients: Iterable[str], fractions=(0.6, 0.2, 0.2), seed: int = 0) -> dict[str, list[str]]:
+def split_patients(patients: Iterable[str], fractions=(0.6, 0.2, 0.2), seed: int = 0,
+                   strata: dict[str, set] | None = None) -> dict[str, list[str]]:
     """Deterministic patient-level split: sorted ids shuffled by `seed`, cut by `fractions` (train, val, test).
 
-    With three or more patients every split gets at least one.
+    With three or more patients every split gets at least one. With `strata` (patient -> the rare classes it
+    holds), each class held by at least three patients is placed in every split first, rarest class first, so
+    that a small cohort's test split does not miss a rare class by chance.
     """
     ids = sorted(set(patients))
     if not ids:
@@ -120,9 +123,30 @@ def split_patients(patients: Iterable[str], fractions=(0.6, 0.2, 0.2), seed: int
     n = len(ids)
     n_val = max(1, round(fractions[1] * n)) if n >= 3 else 0
     n_test = max(1, round(fractions[2] * n)) if n >= 3 else (1 if n == 2 else 0)
-    n_train = n - n_val - n_test
-    return {"train": sorted(ids[:n_train]), "val": sorted(ids[n_train:n_train + n_val]),
-            "test": sorted(ids[n_train + n_val:])}
+    room = {"test": n_test, "val": n_val, "train": n - n_val - n_test}
+    where: dict[str, str] = {}
+    if strata:
+        counts: dict = {}
+        for p in ids:
+            for c in strata.get(p, ()):
+                counts[c] = counts.get(c, 0) + 1
+        for c in sorted(counts, key=lambda c: (counts[c], c)):  # rarest first
+            holders = [p for p in ids if c in strata.get(p, ())]
+            if len(holders) < 3:
+                continue
+            for split in ("test", "val", "train"):
+                if room[split] == 0 or any(where.get(p) == split for p in holders):
+                    continue
+                free = [p for p in holders if p not in where]
+                if free:
+                    where[free[0]] = split
+                    room[split] -= 1
+    for p in ids:  # the rest in shuffled order: train first, as without strata
+        if p not in where:
+            split = next(s for s in ("train", "val", "test") if room[s] > 0)
+            where[p] = split
+            room[split] -= 1
+    return {s: sorted(p for p in ids if where[p] == s) for s in ("train", "val", "test")}
 
 
 def class_frequencies(lab: np.ndarray, class_ids: Iterable[int]) -> dict[str, dict[str, float]]:
@@ -171,7 +195,10 @@ def write_dataset(out_dir, slices: Slices, *, source: str, params: dict, seed: i
                   patients: list[dict] | None = None) -> "Dataset":
     """Split `slices` by patient and write the artifact atomically to `out_dir`; return it opened."""
     out_dir = Path(out_dir)
-    split = split or split_patients(slices.patient.tolist(), fractions, seed)
+    if split is None:  # stratified by the pathology classes each patient holds
+        strata = {str(p): set(np.unique(slices.labels[slices.patient == p]).tolist()) & set(L.PATHOLOGY_IDS)
+                  for p in np.unique(slices.patient)}
+        split = split_patients(slices.patient.tolist(), fractions, seed, strata=strata)
     classes = sorted(int(c) for c in np.unique(slices.labels))
     for c in classes:
         if c not in L.BY_ID:

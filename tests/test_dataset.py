@@ -100,3 +100,19 @@ def test_metrics_csv_is_byte_identical_and_sorted(tmp_path):
     assert df.loc[df.model == "b", "value"].item() == pytest.approx(0.123457)
     with pytest.raises(ValueError, match="lack columns"):
         write_metrics(tmp_path / "x", [{"model": "a", "value": 1}])
+
+
+def test_stratified_split_puts_each_rare_class_in_every_split():
+    ids = [f"P{i:02d}" for i in range(10)]
+    strata = {p: set() for p in ids}
+    for p in ("P01", "P05", "P07"):  # a rare class held by three patients
+        strata[p].add(L.EMPHYSEMA)
+    for p in ids[:6]:
+        strata[p].add(L.FIBROSIS)
+    strata["P09"].add(L.GGO)  # held by one patient: cannot be in every split, left to chance
+    for seed in range(5):
+        sp = split_patients(ids, seed=seed, strata=strata)
+        assert sorted(sum(sp.values(), [])) == ids and [len(sp[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+        for cls in (L.EMPHYSEMA, L.FIBROSIS):
+            assert all(any(cls in strata[p] for p in sp[s]) for s in sp), (seed, cls, sp)
+    assert split_patients(ids, seed=3, strata=strata) == split_patients(ids, seed=3, strata=strata)
