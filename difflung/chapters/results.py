@@ -200,6 +200,15 @@ def claims_table(metrics: dict, dataset: str = "phantom") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def best_model(metrics: dict, metric: str = "psnr") -> str:
+    """The chapter-4 model with the highest mean of `metric` over test slices in this run ("n/a" if absent)."""
+    m = metrics.get("04_baseline_comparison")
+    if m is None:
+        return "n/a"
+    x = m[(m.metric == metric) & (m["slice"].astype(int) >= 0) & (m.model.isin(CH4_NAMES.values()))]
+    return str(x.groupby("model")["value"].mean().idxmax()) if len(x) else "n/a"
+
+
 def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
     order = ("reproduced", "not reproduced", "inconclusive at this n", "not measurable")
     counts = claims["verdict"].value_counts() if len(claims) else pd.Series(dtype=int)
