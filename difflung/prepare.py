@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .progress import show_progress
 from . import labels as L
 from .anatomy import AnatomyConfig, place_lesions, segment
 from .classmap import ClassMap, load_classmap
@@ -210,7 +211,7 @@ def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: i
         it = cases
         if progress and len(cases) > 1:
             from tqdm import tqdm
-            it = tqdm(cases, desc="prepare", unit="case", file=sys.stderr)
+            it = tqdm(cases, desc="prepare", unit="case", file=sys.stderr, disable=not show_progress())
         for c in it:
             vol, row = prepare_volume(c, classmap, cfg)
             rows.append(row)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .progress import show_progress
 from . import labels as L
 from .provenance import provenance, write_json_atomic, write_text_atomic
 
@@ -268,7 +269,7 @@ def train_segmenter(images, labels, classes, config: SegConfig, generator: torch
         log, t0, seen, loss_v = [], time.perf_counter(), 0, float("nan")
         model.train()
         try:
-            for step in tqdm(range(1, config.steps + 1), desc="segmenter", disable=not progress, leave=False):
+            for step in tqdm(range(1, config.steps + 1), desc="segmenter", disable=not show_progress(progress), leave=False):
                 if sample_weights is not None:
                     idx = torch.multinomial(w, config.batch_size, replacement=True, generator=generator)
                 else:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..progress import show_progress
 from ..checkpoint import latest_checkpoint, load_training_state, save_training_state
 from ..provenance import atomic_path, provenance, write_json_atomic, write_text_atomic
 from . import pix2pix, spade
@@ -184,7 +185,7 @@ def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, 
     perm_cache: dict = {}
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     t0 = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start, desc=config.model, disable=not progress, leave=False)
+    bar = tqdm(total=config.steps, initial=start, desc=config.model, disable=not show_progress(progress), leave=False)
     for step in range(start, end):
         idx = batch_indices(step, config.batch_size, n, config.seed, perm_cache)
         real = images[idx].unsqueeze(1).to(device)  # (B, 1, S, S)

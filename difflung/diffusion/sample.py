@@ -16,6 +16,7 @@ import contextlib
 import numpy as np
 import torch
 
+from ..progress import show_progress
 from ..dataset import unwindow
 from .model import UNSPECIFIED, channel_index, check_size, encode_mask
 
@@ -97,7 +98,7 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator, sampler: str
     sched = make_scheduler(sampler, meta["noise_schedule"])
     out = np.empty((n, s, s), dtype=np.float32)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    for lo in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sample {sampler}-{steps}"):
+    for lo in tqdm(range(0, n, batch_size), disable=not show_progress(progress), desc=f"sample {sampler}-{steps}"):
         hi = min(lo + batch_size, n)
         cond = encode_mask(labels[lo:hi], meta["classes"], meta["mask_mode"]).to(device)  # (b, C, S, S)
         x = noise[lo:hi].to(device)  # (b, 1, S, S)

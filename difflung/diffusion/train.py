@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..progress import show_progress
 from .. import labels as L
 from ..checkpoint import latest_checkpoint, load_training_state, save_training_state
 from ..dataset import Dataset
@@ -337,7 +338,7 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     pending: list[tuple[int, torch.Tensor, float]] = []  # losses kept on the device until the next flush
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and acc.is_main_process),
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (show_progress(progress) and acc.is_main_process),
                desc=f"train {cfg.strategy}", unit="step")
     # throughput excludes this call's first step (allocator warm-up, cuDNN autotuning, torch.compile)
     t_loop, first = time.perf_counter(), step
