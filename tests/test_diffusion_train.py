@@ -29,7 +29,8 @@ def test_three_step_loss_sequence_is_golden(ds, tmp_path):
     r = train_diffusion(ds, TrainConfig(steps=3, **TINY), tmp_path / "m", device="cpu", progress=False)
     assert torch.equal(rng, torch.get_rng_state())  # explicit generators only: the global RNG is left alone
     assert r.finished and r.steps == 3 and not r.reused
-    assert losses(r.loss_csv) == pytest.approx([1.1038481, 1.1524889, 1.0963689], abs=1e-5)
+    # golden values of the toy dataset as split by `split_patients` with rare-class strata
+    assert losses(r.loss_csv) == pytest.approx([1.1103686, 1.1618084, 1.0944176], abs=1e-5)
     assert r.images_per_s > 0 and r.peak_mem_bytes > 0 and r.device.startswith("cpu")
 
 
