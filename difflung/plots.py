@@ -29,6 +29,21 @@ def show_ct(ax, hu, lab=None, alpha: float = 0.35, title: str | None = None):
     return ax
 
 
+def slice_grid(rows, classes, *, cell: float = 1.5):
+    """A grid of slices: one row per (name, hu (N, S, S), labels (N, S, S) or None), lung window, labels as
+    overlays, a legend of `classes` (background and body left out). Returns the figure."""
+    n = len(rows[0][1])
+    fig, axes = plt.subplots(len(rows), n, figsize=(cell * n + 0.8, cell * len(rows)), squeeze=False)
+    for i, (name, hu, lab) in enumerate(rows):
+        for j in range(n):
+            show_ct(axes[i, j], hu[j], lab[j] if lab is not None else None, alpha=0.6)
+        axes[i, 0].text(-0.08, 0.5, name, transform=axes[i, 0].transAxes, ha="right", va="center", fontsize=8)
+    present = [c for c in classes if c not in (L.BACKGROUND, L.BODY)]
+    fig.legend(handles=legend_handles(present), loc="lower center", ncol=len(present), frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0.05, 0.05, 1, 1))
+    return fig
+
+
 def legend_handles(ids):
     from matplotlib.patches import Patch
 

@@ -42,7 +42,7 @@ from ..diffusion import STRATEGIES, AblationSchedule, TrainConfig, ablation_freq
 from ..diffusion.sample import remove_classes
 from ..evaluation import dice_per_class, psnr_ssim, summarize
 from ..metrics import write_metrics as _write_metrics
-from ..plots import legend_handles, plt, save_figure, show_ct
+from ..plots import legend_handles, plt, save_figure, show_ct, slice_grid
 from ..provenance import atomic_path
 
 STRATEGY_LABELS = {"none": "none", "uniform": "uniform p=0.5 (Seg-Guided)", "cbmat": "CBMAT (Diff-Lung)",
@@ -398,14 +398,7 @@ def sample_figure(runs_root, run_dir, *, strategies=STRATEGIES, n: int = 4, samp
         gen = sample(unet, meta, te.labels[idx], generator=torch.Generator().manual_seed(seed), sampler=sampler,
                      steps=sampler_steps, device=dev)
         rows.append((s, to_hu(gen), None))
-    fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.5 * len(idx) + 0.8, 1.5 * len(rows)), squeeze=False)
-    for i, (name, hu, lab) in enumerate(rows):
-        for j in range(len(idx)):
-            show_ct(axes[i, j], hu[j], lab[j] if lab is not None else None, alpha=0.6)
-        axes[i, 0].text(-0.08, 0.5, name, transform=axes[i, 0].transAxes, ha="right", va="center", fontsize=8)
-    present = [c for c in ds.classes if c not in (L.BACKGROUND, L.BODY)]
-    fig.legend(handles=legend_handles(present), loc="lower center", ncol=len(present), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0.05, 0.04, 1, 1))
+    fig = slice_grid(rows, ds.classes, cell=1.5)
     save_figure(fig, Path(run_dir) / "ablation_samples.png",
                 config={"test_slices": idx.tolist(), "sampler": sampler, "steps": sampler_steps}, seed=seed)
     return fig

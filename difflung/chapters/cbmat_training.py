@@ -36,7 +36,7 @@ from ..diffusion import TrainConfig, TrainResult, load_model, sample, to_hu, tra
 from ..diffusion.model import count_parameters
 from ..evaluation import mean_ci, psnr_ssim
 from ..metrics import write_metrics as _write_metrics
-from ..plots import legend_handles, plt, save_figure, show_ct
+from ..plots import legend_handles, plt, save_figure, show_ct, slice_grid
 from ..provenance import provenance, write_json_atomic
 from .ablation_study import open_dataset, rare_rich, resolve_device, test_indices
 
@@ -118,14 +118,7 @@ def sample_grid(runs_root, run_dir, *, n: int = 6, sampler: str = "ddim", sample
         gen = sample(unet, meta, te.labels[idx], generator=torch.Generator().manual_seed(s), sampler=sampler,
                      steps=sampler_steps, device=dev)
         rows.append((f"seed {s}", to_hu(gen), None))
-    fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.6 * len(idx) + 0.6, 1.6 * len(rows)), squeeze=False)
-    for i, (name, hu, lab) in enumerate(rows):
-        for j in range(len(idx)):
-            show_ct(axes[i, j], hu[j], lab[j] if lab is not None else None, alpha=0.6)
-        axes[i, 0].text(-0.08, 0.5, name, transform=axes[i, 0].transAxes, ha="right", va="center", fontsize=8)
-    present = [c for c in ds.classes if c not in (L.BACKGROUND, L.BODY)]
-    fig.legend(handles=legend_handles(present), loc="lower center", ncol=len(present), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0.05, 0.05, 1, 1))
+    fig = slice_grid(rows, ds.classes, cell=1.6)
     save_figure(fig, Path(run_dir) / "cbmat_samples.png",
                 config={"test_slices": idx.tolist(), "sampler": sampler, "steps": sampler_steps}, seed=int(seeds[0]))
     return fig
