@@ -40,6 +40,17 @@ def package_versions(names=TRACKED_PACKAGES) -> dict[str, str]:
     return out
 
 
+def resolve_device(device: str = "auto") -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; an explicit CUDA device without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but torch finds no CUDA device")
+    return device
+
+
 def device_description(device=None) -> str:
     """A human-readable name of the device computations run on (GPU model, or CPU and its thread count)."""
     import torch

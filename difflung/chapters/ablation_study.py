@@ -43,7 +43,8 @@ from ..diffusion.sample import remove_classes
 from ..evaluation import dice_per_class, psnr_ssim, summarize
 from ..metrics import write_metrics as _write_metrics
 from ..plots import legend_handles, plt, save_figure, show_ct, slice_grid
-from ..provenance import atomic_path
+from ..provenance import atomic_path, resolve_device
+from . import phantom_dataset_dir
 
 STRATEGY_LABELS = {"none": "none", "uniform": "uniform p=0.5 (Seg-Guided)", "cbmat": "CBMAT (Diff-Lung)",
                    "cbmat-constant": "CBMAT, not annealed", "cbmat-inverse": "inverse CBMAT (P=f)"}
@@ -51,11 +52,8 @@ STRATEGY_LABELS = {"none": "none", "uniform": "uniform p=0.5 (Seg-Guided)", "cbm
 
 def open_dataset(runs_root) -> Dataset:
     """The phantom dataset of chapter 1 (`<runs_root>/01_data_preparation/dataset`); a clear error if missing."""
-    return Dataset(Path(runs_root) / "01_data_preparation" / "dataset")
+    return Dataset(phantom_dataset_dir(runs_root))
 
-
-def resolve_device(device: str = "auto") -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def rare_classes(classes) -> list[int]:

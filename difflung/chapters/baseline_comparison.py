@@ -37,7 +37,8 @@ from ..dataset import Dataset, unwindow
 from ..evaluation import DATA_RANGE, count_params, dice_per_class, gflops_per_call, mean_ci, psnr_ssim, time_per_image
 from ..metrics import read_metrics, write_metrics
 from ..plots import legend_handles, plt, save_figure, show_ct
-from ..provenance import atomic_path, device_description, provenance, write_json_atomic
+from ..provenance import atomic_path, device_description, provenance, resolve_device, write_json_atomic
+from . import phantom_dataset_dir
 from ..reported import IMAGE_QUALITY
 
 MODELS = {"pix2pix": "Pix2Pix", "spade": "SPADE", "segguided": "Seg-Guided", "difflung": "Diff-Lung (CBMAT)"}
@@ -71,13 +72,6 @@ class Comparison:
         return self.run_dir / "models" / (key if seed == self.seed else f"{key}-seed{seed}")
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} but torch finds no CUDA device")
-    return device
-
 
 def open_comparison(runs_root, run_dir, *, profile: str, seed: int, n_seeds: int = 1, device: str = "auto") -> Comparison:
     """Open the phantom dataset of chapter 1 and fix the seeds and device of the chapter.
@@ -93,10 +87,10 @@ def open_comparison(runs_root, run_dir, *, profile: str, seed: int, n_seeds: int
         raise ValueError(f"profile {profile!r} reports CIs over training seeds: n_seeds={n_seeds}, "
                          f"need at least {MIN_SEEDS[profile]}")
     runs_root, run_dir = Path(runs_root), Path(run_dir)
-    ds = Dataset(runs_root / "01_data_preparation" / "dataset")
+    ds = Dataset(phantom_dataset_dir(runs_root))
     baseline_name("pix2pix", profile)  # clear error for a profile without GAN sizes
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Comparison(ds, runs_root, run_dir, profile, list(range(seed, seed + n_seeds)), _resolve_device(device))
+    return Comparison(ds, runs_root, run_dir, profile, list(range(seed, seed + n_seeds)), resolve_device(device))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,8 +37,8 @@ from ..diffusion.model import count_parameters
 from ..evaluation import mean_ci, psnr_ssim
 from ..metrics import write_metrics as _write_metrics
 from ..plots import legend_handles, plt, save_figure, show_ct, slice_grid
-from ..provenance import provenance, write_json_atomic
-from .ablation_study import open_dataset, rare_rich, resolve_device, test_indices
+from ..provenance import provenance, resolve_device, write_json_atomic
+from .ablation_study import open_dataset, rare_rich, test_indices
 
 MODEL = "difflung-cbmat"
 

@@ -60,7 +60,8 @@ from ..evaluation import dice_per_class, mean_ci, paired_test
 from ..metrics import read_metrics, write_metrics
 from ..plots import legend_handles, plt, save_figure, show_ct
 from ..reported import SEGMENTATION_DICE
-from ..provenance import atomic_path, provenance, sha256_file, write_json_atomic
+from ..provenance import atomic_path, provenance, resolve_device, sha256_file, write_json_atomic
+from . import phantom_dataset_dir, real_dataset_dir
 from ..segmentation import SegConfig, train_segmenter
 
 ARMS = ("ref", "oversample", "+segguided", "+difflung")
@@ -102,9 +103,6 @@ def training_seeds(profile: str, seed: int, n_seeds: int) -> list[int]:
     return list(range(seed, seed + n_seeds))
 
 
-def _device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # inputs
@@ -127,7 +125,7 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
     without synthetic arms.
     """
     root = Path(runs_root)
-    ds = Path(dataset) if dataset is not None else root / "01_data_preparation" / "dataset"
+    ds = Path(dataset) if dataset is not None else phantom_dataset_dir(root)
     Dataset(ds)  # clear error if missing or malformed
     producers = {"+difflung": root / "03_cbmat_training" / "model",
                  "+segguided": root / "04_baseline_comparison" / "models" / "segguided"}
@@ -143,7 +141,7 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
         real = Path(real_dataset)
         Dataset(real)  # clear error if missing
     else:  # chapter 1's worked example writes real_dataset; dataset_real is accepted too
-        found = [p for p in (root / "01_data_preparation" / n for n in ("real_dataset", "dataset_real"))
+        found = [p for p in (real_dataset_dir(root), root / "01_data_preparation" / "dataset_real")
                  if (p / "manifest.json").is_file()]
         real = found[0] if found else None
     return Inputs(ds, chosen, real, {k: Path(v) for k, v in (real_models or {}).items()})
@@ -233,7 +231,7 @@ def paint_masks(models: dict, dataset: Dataset, masks: np.ndarray, run_dir, *, s
 
     out, sets = Path(run_dir) / tag, {}
     for arm, model_dir in models.items():
-        unet, meta = load_model(model_dir, dataset=dataset, device=_device(device))
+        unet, meta = load_model(model_dir, dataset=dataset, device=resolve_device(device))
         t0 = time.perf_counter()
         images = sample(unet, meta, masks, generator=torch.Generator().manual_seed(seed), sampler=sampler,
                         steps=steps, batch_size=batch_size, progress=progress)
@@ -247,7 +245,7 @@ def paint_masks(models: dict, dataset: Dataset, masks: np.ndarray, run_dir, *, s
         write_json_atomic(path.with_suffix(".json"), {
             "model_dir": str(model_dir), "model_config_sha256": sha256_file(Path(model_dir) / "difflung_config.json"),
             "sampler": sampler, "steps": steps, "n": len(masks),
-            "provenance": provenance(config={"sampler": sampler, "steps": steps}, seed=seed, device=_device(device))})
+            "provenance": provenance(config={"sampler": sampler, "steps": steps}, seed=seed, device=resolve_device(device))})
     return sets
 
 
@@ -404,7 +402,7 @@ def train_and_evaluate(arms: dict[str, Arm], test: Slices, classes, config: SegC
     The first seed's segmenter of each arm is saved under `<run_dir>/<tag>/segmenters/<arm>`.
     """
     out = Path(run_dir) / tag
-    dev = _device(device)
+    dev = resolve_device(device)
     ex = example_slices(test, list(rare), n_examples)
     frames, timings, examples = [], [], {}
     for name, arm in arms.items():
