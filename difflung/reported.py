@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 SOURCE = "Diff-Lung poster, ISBI 2025"
+LABEL = "reported (poster)"  # how reported rows are marked in every table and figure
 
 # model -> metric -> value. Models are named as in our metrics files.
 IMAGE_QUALITY = {

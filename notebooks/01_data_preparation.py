@@ -64,9 +64,9 @@ labels.legend_table()
 dataset, volumes = ch.build_phantom(run_dir, n_patients=n_patients, slices_per_patient=slices_per_patient,
                                     phantom_size=phantom_size, size=size, seed=seed)
 glue("n_patients", n_patients, display=False)
-glue("n_slices_total", sum(dataset.manifest["splits"][s]["n_slices"] for s in ("train", "val", "test")),
-     display=False)
-ch.split_summary(dataset)
+splits = ch.split_summary(dataset)
+glue("n_slices_total", int(splits["slices"].sum()), display=False)
+splits
 
 # %% [markdown]
 # {glue:text}`n_patients` patients gave {glue:text}`n_slices_total` slices with lung; no patient appears in two

@@ -59,7 +59,7 @@ from ..dataset import Dataset, Slices
 from ..evaluation import dice_per_class, mean_ci, paired_test
 from ..metrics import read_metrics, write_metrics
 from ..plots import legend_handles, plt, save_figure, show_ct
-from ..reported import SEGMENTATION_DICE
+from ..reported import LABEL, SEGMENTATION_DICE
 from ..provenance import atomic_path, provenance, resolve_device, sha256_file, write_json_atomic
 from . import phantom_dataset_dir, real_dataset_dir
 from ..segmentation import SegConfig, train_segmenter
@@ -72,7 +72,7 @@ TABLE_CLASSES = ("lung", "emphysema", "fibrosis", "ggo")  # the poster's "health
 TABLE_HEADERS = {"lung": "Dice healthy", "emphysema": "Dice emphysema", "fibrosis": "Dice fibrosis", "ggo": "Dice GGO"}
 RARE_DEFAULT = ("emphysema", "ggo", "fibrosis")
 POSTER = SEGMENTATION_DICE  # the poster's rows (healthy = lung), shown as reported, never as ours
-REPORTED = "reported (poster)"
+REPORTED = LABEL
 
 
 # Segmentation model per profile: tiny and CPU-fast for smoke (32 px), MONAI's usual 4-level UNet for standard
