@@ -10,6 +10,9 @@ from urllib.parse import unquote, urlparse
 
 from .provenance import REPO_ROOT
 
+REPR = re.compile(r"&lt;[\w.]+ (?:object )?at 0x[0-9a-f]+&gt;|<[\w.]+ (?:object )?at 0x[0-9a-f]+>")  # a raw Python repr
+STDERR = re.compile(r'class="[^"]*\boutput stderr\b')  # a cell's stderr stream (warnings, progress debris)
+SCOPE_BOX = "What this run can and cannot show"  # the box every chapter ends with (difflung.scope)
 TRACEBACK_MARKERS = ("Traceback (most recent call last)", "---------------------------------------------------------------------------\n")
 
 
@@ -27,7 +30,7 @@ class _Page(HTMLParser):
             self.tables += 1
 
 
-def check_site(html_dir, chapters: list[str], runs_dir=None) -> list[str]:
+def check_site(html_dir, chapters: list[str], runs_dir=None, scope_box: bool = True) -> list[str]:
     """Return a list of problems (empty when the site is sound).
 
     Args:
@@ -35,6 +38,7 @@ def check_site(html_dir, chapters: list[str], runs_dir=None) -> list[str]:
         chapters: notebook stems whose pages must exist (`chapters/<stem>.html`).
         runs_dir: `runs/<profile>`; when given, a chapter page must show at least as many images as the
             chapter saved PNG figures in its run folder.
+        scope_box: every chapter page must carry the box "What this run can and cannot show".
     """
     html_dir = Path(html_dir)
     problems = []
@@ -45,6 +49,10 @@ def check_site(html_dir, chapters: list[str], runs_dir=None) -> list[str]:
         rel = page.relative_to(html_dir)
         if any(m in text for m in TRACEBACK_MARKERS) or re.search(r"\b\w+Error</span>: ", text):
             problems.append(f"{rel}: contains Python traceback text")
+        if m := REPR.search(text):
+            problems.append(f"{rel}: shows a raw Python repr ({m.group(0)[:60]})")
+        if STDERR.search(text):
+            problems.append(f"{rel}: shows a cell's stderr output (warnings or progress bars)")
         parser = _Page()
         parser.feed(text)
         for src in parser.images:
@@ -62,7 +70,10 @@ def check_site(html_dir, chapters: list[str], runs_dir=None) -> list[str]:
             problems.append(f"chapters/{stem}.html missing")
             continue
         parser = _Page()
-        parser.feed(page.read_text(errors="replace"))
+        text = page.read_text(errors="replace")
+        parser.feed(text)
+        if scope_box and SCOPE_BOX not in text:
+            problems.append(f"chapters/{stem}.html: no '{SCOPE_BOX}' box")
         if parser.tables == 0:
             problems.append(f"chapters/{stem}.html: no table")
         n_figs = len(list((Path(runs_dir) / stem).glob("*.png"))) if runs_dir else 1

@@ -1,7 +1,8 @@
 """The built-site checker finds missing pages, missing images, tracebacks and figure-less chapters."""
 from difflung.bookcheck import check_site
 
-GOOD = '<html><body><table></table><img src="../_images/a.png"><img src="data:image/png;base64,xx"></body></html>'
+GOOD = ('<html><body><table></table><img src="../_images/a.png"><img src="data:image/png;base64,xx">'
+        '<div class="admonition"><p>What this run can and cannot show</p></div></body></html>')
 
 
 def _site(tmp_path, chapter_html=GOOD):
@@ -29,4 +30,15 @@ def test_problems_are_reported(tmp_path):
     assert "01_x.html: no table" in text
     assert "01_x.html: 1 images, expected at least 2" in text
     assert "chapters/02_y.html missing" in text
+    assert "01_x.html: no 'What this run can and cannot show' box" in text
     assert check_site(tmp_path / "nothing", ["01_x"]) == [f"{tmp_path}/nothing/index.html missing: the book was not built"]
+
+
+def test_reprs_and_stderr_blocks_are_reported(tmp_path):
+    html = _site(tmp_path, GOOD.replace("<table>", '<pre>(&lt;difflung.segmentation.Segmenter at 0x7f3a2c&gt;, 1)'
+                                                   '</pre><div class="cell_output docutils container"><div class='
+                                                   '"output stderr highlight-myst-ansi"></div></div><table>'))
+    text = "\n".join(check_site(html, ["01_x"], tmp_path / "runs"))
+    assert "01_x.html: shows a raw Python repr (&lt;difflung.segmentation.Segmenter at 0x7f3a2c&gt;)" in text
+    assert "01_x.html: shows a cell's stderr output" in text
+    assert check_site(_site(tmp_path / "b"), ["01_x"], tmp_path / "b/runs") == []

@@ -1,0 +1,67 @@
+"""The reference-run archive: what it copies, what it refuses, and that it loads back with provenance."""
+import json
+
+import pytest
+
+from difflung import archive
+from difflung.metrics import write_metrics
+
+CHAPTERS = ["01_a", "02_b"]
+
+
+def _run(tmp_path, status="ok"):
+    run = tmp_path / "runs" / "laptop"
+    for i, stem in enumerate(CHAPTERS):
+        d = run / stem
+        write_metrics(d, [{"model": "m", "metric": "psnr", "class": "all", "seed": 0, "value": 20.0 + i}])
+        (d / "cost.json").write_text(json.dumps({"wall_s": 12.5}))
+        (d / "figure.png").write_bytes(b"\x89PNG")  # figures stay behind
+        (d / "model").mkdir()
+        (d / "model" / "config.json").write_text("{}")  # so do models, even their JSON
+    prov = {"profile": "laptop", "chapters": CHAPTERS, "total_wall_s": 99.0,
+            "notebooks": {s: {"status": status, "git_revision": "unknown", "started": f"2026-12-0{i + 1}T00:00:00Z"}
+                          for i, s in enumerate(CHAPTERS)}}
+    (run / "provenance.json").write_text(json.dumps(prov))
+    return tmp_path / "runs"
+
+
+def test_archive_copies_numbers_only_and_loads_with_provenance(tmp_path):
+    runs = _run(tmp_path)
+    dest = archive.archive_run("laptop", runs_dir=runs, out_dir=tmp_path / "reference")
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert files == ["01_a/cost.json", "01_a/metrics.csv", "02_b/cost.json", "02_b/metrics.csv", "archive.json",
+                     "provenance.json"]
+    ref = archive.load_reference(tmp_path / "reference")
+    assert ref.meta["profile"] == "laptop" and ref.meta["finished"] == "2026-12-02T00:00:00Z"
+    assert ref.provenance["notebooks"]["02_b"]["status"] == "ok"
+    assert ref.metrics["02_b"]["value"].tolist() == [21.0]
+    assert ref.json("01_a", "cost.json") == {"wall_s": 12.5}
+    assert ref.code_changed is None  # revision "unknown": cannot tell
+    assert "laptop run of 2026-12-02" in ref.label
+
+
+def test_unfinished_or_oversized_runs_are_refused_and_nothing_written(tmp_path, monkeypatch):
+    runs = _run(tmp_path, status="failed")
+    with pytest.raises(archive.ArchiveError, match="not finished"):
+        archive.archive_run("laptop", runs_dir=runs, out_dir=tmp_path / "reference")
+    assert not (tmp_path / "reference" / "laptop").exists()
+    runs = _run(tmp_path / "b")
+    monkeypatch.setattr(archive, "MAX_BYTES", 100)
+    with pytest.raises(archive.ArchiveError, match="limit"):
+        archive.archive_run("laptop", runs_dir=runs, out_dir=tmp_path / "reference")
+    with pytest.raises(archive.ArchiveError, match="provenance.json: missing"):
+        archive.archive_run("nothere", runs_dir=runs, out_dir=tmp_path / "reference")
+
+
+def test_archive_without_provenance_is_refused_on_load(tmp_path):
+    (tmp_path / "reference" / "laptop").mkdir(parents=True)
+    (tmp_path / "reference" / "laptop" / "archive.json").write_text("{}")
+    with pytest.raises(archive.ArchiveError, match="provenance.json: missing"):
+        archive.load_reference(tmp_path / "reference")
+    assert archive.load_reference(tmp_path / "empty") is None
+
+
+def test_code_changed_since_reads_git_history():
+    assert archive.code_changed_since("unknown") is None
+    assert archive.code_changed_since("HEAD") is False  # nothing after HEAD itself
+    assert archive.code_changed_since("HEAD~40") is True  # difflung/ changed in the last 40 commits
