@@ -64,11 +64,13 @@ def geom_at(an: dict, z):
     return g
 
 
+# smooth-maximum radii (mm) of the lung-to-mediastinum and lung-to-cut-out corners, and the margin (mm) beyond
+# a cut-out within which its term can still change the lung sdf on the slice grid
 _K_SIDE, _K_CUT, _CUT_MARGIN = 7.0, 5.0, 30.0
 
 
 def _cut_structures(an, g):
-    """Mediastinal structures the lungs wrap around: (kind, cx, cy, a, b, rot) with their margins included."""
+    """Mediastinal structures the lungs wrap around: (kind, cx, cy, r) mm, with their margins included."""
     out = [("disc", 0.0, g["y_vb"], g["r_vb"] + 5.0),  # spine + paravertebral soft tissue
            ("disc", an["x_da"], g["y_vb"] - 0.45 * g["r_vb"] - 6.0, an["r_ao"] * 0.85 + 3.0)]  # descending aorta
     return out

@@ -59,7 +59,7 @@ def render_at_key(patient: PatientParams, z: float, key: int, cfg: PhantomConfig
     """Render the slice at normalised height z; `key` seeds all of the slice's randomness.
 
     The slice stream `child_rng(key, 0)` is drawn in a fixed order (lobular texture, micro vessels, CT noise);
-    lesions draw their own streams from `key`.
+    lesions draw their own streams from `key`. Returns (hu float32 (S, S), labels uint8 (S, S)).
     """
     an = patient.anatomy
     S, fov = int(cfg.size), float(cfg.fov_mm)
