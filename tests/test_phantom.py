@@ -4,6 +4,8 @@ Fast: 64x64 (and a few 32/256 slices); cohorts share module fixtures.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -99,6 +101,47 @@ def test_same_seed_identical_other_seed_different():
     s2 = P.phantom_slice(0.4, np.random.default_rng(1), cfg)
     assert np.array_equal(s1[0], s2[0]) and np.array_equal(s1[1], s2[1])
 
+
+def _sha256(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# Golden sha256 of (hu, labels) recorded before `difflung/phantom.py` became a package: any refactor of the
+# phantom must leave its output byte-identical for the same seed. Cases: a 3-patient 64x64 cohort with raised
+# knobs (every label class, all three emphysema lesion types, honeycombing), a 48x48 patient with fixed slice
+# spacing, no vessels, no noise and a wider blur, and one 32x32 slice through a freshly drawn patient. A change of
+# numpy or of the CPU's BLAS (float32 matmuls in the smooth fields) may legitimately move these: then check the
+# other tests, and re-record on the untouched generator, never after editing it.
+GOLDEN = {
+    "cohort64": "119a0c09e968237a6c5b914f04d1851a472ef09beccf49deffe59435d03dee1d",
+    "patient48": "e745000a98ca60bbfb2f30a6cc0a7fb1a9d181b2f2306531114765879a25edbd",
+    "slice32": "41c7ab36028522af82c8c7fc259279990d857f1ca57280af727b387378a88eea",
+}
+
+
+def _checksum_cases():
+    rich = P.PhantomConfig(size=64, slices_per_patient=6, emphysema=0.08, ggo=0.15, fibrosis=0.12)
+    vols = P.phantom_cohort(3, np.random.default_rng(11), rich)
+    plain = P.PhantomConfig(size=48, slices_per_patient=3, slice_thickness_mm=12.0, vessels=False, noise_hu=0.0,
+                            blur_mm=1.0, emphysema=0.05, ggo=0.2, fibrosis=0.1)
+    v = P.phantom_patient("X", np.random.default_rng(7), plain)
+    hu, lab = P.phantom_slice(0.8, np.random.default_rng(1), P.PhantomConfig(size=32))
+    return {"cohort64": [a for x in vols for a in (x.hu, x.labels)], "patient48": [v.hu, v.labels],
+            "slice32": [hu, lab]}
+
+
+def test_phantom_checksum():
+    cases = _checksum_cases()
+    labels = np.concatenate([a.ravel() for a in cases["cohort64"][1::2] + cases["patient48"][1::2]])
+    # the cases exercise every painter: all label classes are present
+    assert set(np.unique(labels)) == set(L.PHANTOM_IDS)
+    got = {k: _sha256(*arrays) for k, arrays in cases.items()}
+    assert got == GOLDEN
 
 def test_no_global_rng_used():
     state = np.random.get_state()
