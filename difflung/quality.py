@@ -8,7 +8,7 @@ paired with the real slice whose mask it was generated from, so both share one l
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -192,7 +192,10 @@ def nearest_distances(queries, references, chunk: int = 256) -> np.ndarray:
     r = torch.as_tensor(np.asarray(references), dtype=torch.float64).flatten(1)
     if q.shape[1] != r.shape[1]:
         raise ValueError(f"query slices {tuple(q.shape)} and reference slices {tuple(r.shape)} differ in size")
-    return torch.cat([torch.cdist(q[i:i + chunk], r).min(1).values for i in range(0, len(q), chunk)]).numpy()
+    # exact distances (no matrix-product shortcut), so an exact copy is at distance 0
+    mode = "donot_use_mm_for_euclid_dist"
+    return torch.cat([torch.cdist(q[i:i + chunk], r, compute_mode=mode).min(1).values
+                      for i in range(0, len(q), chunk)]).numpy()
 
 
 def memorisation(generated, train, test, percentile: float = 5.0) -> dict:

@@ -232,8 +232,9 @@ def test_claims_come_from_the_poster_tables():
     assert f["source"].str.contains("Quantitative evaluation|Comparison of data augmentation").all()
     m = f[f["margin"] > 0]
     assert len(m) == 1 and (m["margin reason"].str.len() > 20).all()
+    q = reported.IMAGE_QUALITY
     psnr = f.set_index("key").loc["psnr_difflung_vs_segguided", "reported"]
-    assert psnr == pytest.approx(reported.IMAGE_QUALITY["difflung"]["psnr"] - reported.IMAGE_QUALITY["segguided"]["psnr"])
+    assert psnr == pytest.approx(q["difflung"]["psnr"] - q["segguided"]["psnr"])
 
 
 def test_cost_ratios_have_no_verdict():
