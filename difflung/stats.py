@@ -310,3 +310,55 @@ def judge_claims(comparisons: Sequence[Comparison], alpha: float = ALPHA) -> pd.
                      "note": v.note, "same order as reported": v.same_magnitude})
     return pd.DataFrame(rows, columns=["claim", "estimate", "lo", "hi", "n", "unit", "reported", "p", "p (Holm)",
                                        "verdict", "note", "same order as reported"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# builders: one way to turn paired scores into a Comparison, for every chapter
+
+def compare_slices(a, b, slices, patients, *, claim: str, generator: np.random.Generator, direction: str = "greater",
+                   margin: float = 0.0, reported: float = math.nan, n_resamples: int = N_RESAMPLES,
+                   **validity) -> Comparison:
+    """Image-quality comparison of two generators on the same test slices (unit: test patient).
+
+    Scores are paired by (sampling seed, slice): both generators saw the same mask and the same initial noise.
+    The per-pair differences a - b are averaged over sampling seeds per slice (`unit_means`), then get a
+    patient-level bootstrap interval (`cluster_bootstrap`) and a patient-level sign-flip test (`sign_flip_test`,
+    two-sided, on mean + margin).
+
+    Args:
+        a, b: (N,) scores of the two generators, aligned (same seed and slice at each position).
+        slices: (N,) slice id of each pair; patients: (N,) patient id of each pair.
+        claim, direction, margin, reported: as in `Comparison`.
+        generator: numpy Generator for the bootstrap (then the permutation test, when not exact).
+        **validity: instrument_ok, converged, measurable, reason (see `Comparison`).
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    m, cl, _ = unit_means(d, slices, patients)
+    iv = cluster_bootstrap(m, cl, generator=generator, n_resamples=n_resamples)
+    p = sign_flip_test(m, cl, generator=generator, margin=margin, n_resamples=n_resamples)
+    return Comparison(claim, iv.estimate, iv.lo, iv.hi, p_value=p, direction=direction, margin=margin,
+                      reported=reported, n=iv.n, unit="test patients", **validity)
+
+
+def compare_seeds(a, b, *, claim: str, generator: np.random.Generator, direction: str = "greater",
+                  margin: float = 0.0, reported: float = math.nan, bounds: tuple[float, float] = (-1.0, 1.0),
+                  min_seeds: int = MIN_SEEDS, **validity) -> Comparison:
+    """Segmentation comparison of two arms over training seeds (unit: training seed).
+
+    Per-seed differences a - b get a bounded percentile bootstrap interval when there are at least `min_seeds`
+    seeds (`seed_interval`; else no interval, so the verdict is at best inconclusive) and a two-sided Wilcoxon
+    signed-rank test on a - b + margin (`wilcoxon_seeds`).
+
+    Args:
+        a, b: (n_seeds,) scores of the two arms, paired by training seed.
+        bounds: range of a difference (Dice: (-1, 1)).
+        other arguments: as in `compare_slices`.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d = a - b
+    iv = seed_interval(d, generator=generator, min_seeds=min_seeds, bounds=bounds)
+    fin = d[np.isfinite(d)]
+    est = float(fin.mean()) if fin.size else math.nan
+    lo, hi = (iv.lo, iv.hi) if iv is not None else (math.nan, math.nan)
+    return Comparison(claim, est, lo, hi, p_value=wilcoxon_seeds(a, b, margin=margin), direction=direction,
+                      margin=margin, reported=reported, n=int(fin.size), unit="training seeds", **validity)

@@ -1,5 +1,6 @@
 """The verdict rule, Holm's correction, patient-level intervals, paired tests, instruments and the claims table."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,8 +8,8 @@ import pytest
 from difflung import instruments as I
 from difflung import labels as L
 from difflung import reported
-from difflung.stats import (Comparison, cluster_bootstrap, holm, judge_claims, same_order_of_magnitude,
-                            seed_interval, sign_flip_test, unit_means, verdict, wilcoxon_seeds)
+from difflung.stats import (Comparison, cluster_bootstrap, compare_seeds, compare_slices, holm, judge_claims,
+                            same_order_of_magnitude, seed_interval, sign_flip_test, unit_means, verdict, wilcoxon_seeds)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,3 +242,32 @@ def test_cost_ratios_have_no_verdict():
     f = reported.cost_ratio_frame({"difflung": {"gflops_per_image": 3.0}, "pix2pix": {"gflops_per_image": 1.5}})
     assert list(f.columns) == ["comparison", "metric", "reported ratio", "our ratio"]
     assert f.loc[0, "our ratio"] == pytest.approx(2.0) and np.isnan(f.loc[1, "our ratio"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# builders
+
+def test_compare_slices_uses_patients_as_the_unit():
+    rng = np.random.default_rng(0)
+    slices = np.tile(np.arange(30), 2)  # 30 slices x 2 sampling seeds
+    patients = slices // 5  # 6 patients
+    b = rng.normal(15, 1, 60)
+    c = compare_slices(b + 2.0 + rng.normal(0, 0.1, 60), b, slices, patients, claim="A PSNR > B PSNR",
+                       generator=np.random.default_rng(1), reported=1.06)
+    assert c.n == 6 and c.unit == "test patients" and c.lo > 1.5 and c.p_value == pytest.approx(2 / 64)
+    assert judge_claims([c]).loc[0, "verdict"] == "reproduced"
+    bad = compare_slices(b + 2.0, b, slices, patients, claim="x", generator=np.random.default_rng(1),
+                         converged=False, reason="Diff-Lung did not meet its convergence criteria")
+    assert verdict(bad).text == "not measurable: Diff-Lung did not meet its convergence criteria"
+
+
+def test_compare_seeds_no_interval_below_five_seeds():
+    g = np.random.default_rng(0)
+    two = compare_seeds([0.8, 0.9], [0.5, 0.6], claim="Dice", generator=g)
+    assert two.n == 2 and math.isnan(two.lo)
+    assert verdict(replace(two, p_adjusted=0.01)).label == "inconclusive"
+    six = compare_seeds([0.8, 0.82, 0.79, 0.85, 0.81, 0.83], [0.6, 0.61, 0.62, 0.58, 0.6, 0.59], claim="Dice",
+                        generator=g, reported=0.2)
+    assert six.n == 6 and 0.17 < six.lo < six.hi < 0.27 and six.p_value == pytest.approx(2 / 64)
+    t = judge_claims([six])
+    assert t.loc[0, "verdict"] == "reproduced" and bool(t.loc[0, "same order as reported"])
