@@ -289,7 +289,10 @@ def verdict(c: Comparison, alpha: float = ALPHA) -> Verdict:
         return Verdict("reproduced", "reproduced", f"adjusted p = {c.p_adjusted:.3g} < {alpha:g}", mag)
     if hi < -c.margin:
         return Verdict("not reproduced", "not reproduced", "interval on the other side", mag)
-    note = "interval spans the threshold" if lo <= -c.margin else f"adjusted p = {c.p_adjusted:.3g}"
+    if lo <= -c.margin:
+        note = "interval spans the threshold"
+    else:
+        note = f"adjusted p = {c.p_adjusted:.3g}" if np.isfinite(c.p_adjusted) else "no test"
     return Verdict("inconclusive", "inconclusive", note, mag)
 
 
@@ -317,37 +320,38 @@ def judge_claims(comparisons: Sequence[Comparison], alpha: float = ALPHA) -> pd.
 
 def compare_slices(a, b, slices, patients, *, claim: str, generator: np.random.Generator, direction: str = "greater",
                    margin: float = 0.0, reported: float = math.nan, n_resamples: int = N_RESAMPLES,
-                   **validity) -> Comparison:
+                   alternative: str = "two-sided", **validity) -> Comparison:
     """Image-quality comparison of two generators on the same test slices (unit: test patient).
 
     Scores are paired by (sampling seed, slice): both generators saw the same mask and the same initial noise.
     The per-pair differences a - b are averaged over sampling seeds per slice (`unit_means`), then get a
     patient-level bootstrap interval (`cluster_bootstrap`) and a patient-level sign-flip test (`sign_flip_test`,
-    two-sided, on mean + margin).
+    on mean + margin). With n patients the test's smallest p is 2 / 2^n (two-sided): see `min_units`.
 
     Args:
         a, b: (N,) scores of the two generators, aligned (same seed and slice at each position).
         slices: (N,) slice id of each pair; patients: (N,) patient id of each pair.
         claim, direction, margin, reported: as in `Comparison`.
         generator: numpy Generator for the bootstrap (then the permutation test, when not exact).
+        alternative: of the test: "two-sided" (default, matching the two-sided interval), "greater" or "less".
         **validity: instrument_ok, converged, measurable, reason (see `Comparison`).
     """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     m, cl, _ = unit_means(d, slices, patients)
     iv = cluster_bootstrap(m, cl, generator=generator, n_resamples=n_resamples)
-    p = sign_flip_test(m, cl, generator=generator, margin=margin, n_resamples=n_resamples)
+    p = sign_flip_test(m, cl, generator=generator, margin=margin, n_resamples=n_resamples, alternative=alternative)
     return Comparison(claim, iv.estimate, iv.lo, iv.hi, p_value=p, direction=direction, margin=margin,
                       reported=reported, n=iv.n, unit="test patients", **validity)
 
 
 def compare_seeds(a, b, *, claim: str, generator: np.random.Generator, direction: str = "greater",
                   margin: float = 0.0, reported: float = math.nan, bounds: tuple[float, float] = (-1.0, 1.0),
-                  min_seeds: int = MIN_SEEDS, **validity) -> Comparison:
+                  min_seeds: int = MIN_SEEDS, alternative: str = "two-sided", **validity) -> Comparison:
     """Segmentation comparison of two arms over training seeds (unit: training seed).
 
     Per-seed differences a - b get a bounded percentile bootstrap interval when there are at least `min_seeds`
     seeds (`seed_interval`; else no interval, so the verdict is at best inconclusive) and a two-sided Wilcoxon
-    signed-rank test on a - b + margin (`wilcoxon_seeds`).
+    signed-rank test on a - b + margin (`wilcoxon_seeds`; smallest two-sided p with n seeds 2 / 2^n).
 
     Args:
         a, b: (n_seeds,) scores of the two arms, paired by training seed.
@@ -360,5 +364,20 @@ def compare_seeds(a, b, *, claim: str, generator: np.random.Generator, direction
     fin = d[np.isfinite(d)]
     est = float(fin.mean()) if fin.size else math.nan
     lo, hi = (iv.lo, iv.hi) if iv is not None else (math.nan, math.nan)
-    return Comparison(claim, est, lo, hi, p_value=wilcoxon_seeds(a, b, margin=margin), direction=direction,
-                      margin=margin, reported=reported, n=int(fin.size), unit="training seeds", **validity)
+    p = wilcoxon_seeds(a, b, margin=margin, alternative=alternative)
+    return Comparison(claim, est, lo, hi, p_value=p, direction=direction, margin=margin, reported=reported,
+                      n=int(fin.size), unit="training seeds", **validity)
+
+
+def min_units(n_claims: int, alpha: float = ALPHA, two_sided: bool = True) -> int:
+    """Fewest units (patients for the sign-flip test, seeds for Wilcoxon) at which a claim can be "reproduced".
+
+    Both exact tests reach at best p = 2 / 2^n two-sided (1 / 2^n one-sided), and Holm multiplies the smallest p of
+    the run by the number of tested claims, so n must satisfy n_claims * 2 / 2^n < alpha. Below it every claim is
+    at best "inconclusive", whatever the data: a chapter should say so.
+    """
+    k = 2.0 if two_sided else 1.0
+    n = 1
+    while max(n_claims, 1) * k / 2.0**n >= alpha:
+        n += 1
+    return n

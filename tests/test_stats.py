@@ -271,3 +271,14 @@ def test_compare_seeds_no_interval_below_five_seeds():
     assert six.n == 6 and 0.17 < six.lo < six.hi < 0.27 and six.p_value == pytest.approx(2 / 64)
     t = judge_claims([six])
     assert t.loc[0, "verdict"] == "reproduced" and bool(t.loc[0, "same order as reported"])
+
+
+def test_min_units_for_a_reproducible_claim():
+    from difflung.stats import min_units
+    assert min_units(1) == 6  # 2/2^5 = 0.0625 >= 0.05, 2/2^6 = 0.031
+    assert min_units(12) == 9  # 12 * 2/2^8 = 0.094, 12 * 2/2^9 = 0.047
+    assert min_units(12, two_sided=False) == 8
+    # the bound is real: 8 patients all better, 12 claims -> Holm p >= 0.05 -> inconclusive
+    d, pats = np.repeat(np.linspace(0.3, 1.0, 8), 3), np.repeat(np.arange(8), 3)
+    p = sign_flip_test(d, pats, generator=np.random.default_rng(0))
+    assert p == pytest.approx(2 / 2**8) and holm([p] * 12)[0] >= 0.05
