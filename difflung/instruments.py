@@ -103,6 +103,25 @@ def hu_signatures(hu, labels, classes) -> dict[str, tuple[bool, str]]:
     return {L.BY_ID[L.class_id(c)].name: hu_signature(hu, labels, c) for c in classes}
 
 
+def dice_ratios(generated_dice: Mapping[str, float], real_dice: Mapping[str, float],
+                measurable: Mapping[str, tuple[bool, str]] | None = None) -> dict[str, float]:
+    """Judge Dice on generated slices / on real slices, per class the judge may judge.
+
+    Args:
+        generated_dice, real_dice: class -> mean judge Dice on generated and on real test slices.
+        measurable: class -> (ok, reason), e.g. from `judge_validity`; classes not ok are left out.
+    Returns:
+        class -> ratio (NaN when the real Dice is 0 or missing).
+    """
+    out = {}
+    for c, r in real_dice.items():
+        if measurable is not None and not measurable.get(c, (False, ""))[0]:
+            continue
+        g = generated_dice.get(c, math.nan)
+        out[c] = float(g) / float(r) if r and np.isfinite(r) else math.nan
+    return out
+
+
 def convergence(*, dice_ratio: Mapping[str, float], hu_w1: Mapping[str, float], air_share: float,
                 classifier_accuracy: float) -> pd.DataFrame:
     """The main generator's convergence criteria as a table (criterion, value, threshold, met).

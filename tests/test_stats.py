@@ -216,6 +216,12 @@ def test_hu_signature_emphysema_and_ranges():
     assert set(I.hu_signatures(hu, lab, ["ggo", "lung"])) == {"ggo", "lung"}
 
 
+def test_dice_ratios_skip_classes_the_judge_cannot_judge():
+    real = {"lung": 0.9, "emphysema": 0.1, "fibrosis": 0.5}
+    r = I.dice_ratios({"lung": 0.81, "emphysema": 0.1, "fibrosis": 0.25}, real, I.judge_validity(real))
+    assert r == pytest.approx({"lung": 0.9, "fibrosis": 0.5})
+
+
 def test_convergence_table():
     t = I.convergence(dice_ratio={"lung": 0.95, "emphysema": 0.7}, hu_w1={"lung": 20.0, "emphysema": float("nan")},
                       air_share=0.96, classifier_accuracy=0.81)
