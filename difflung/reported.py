@@ -1,14 +1,26 @@
-"""Numbers reported by the papers this book reproduces: shown as "reported" rows beside ours, never as ours.
+"""Numbers and claims reported by the paper this book reproduces: shown as "reported" rows beside ours, never as ours.
 
-Source of every row: the Diff-Lung poster (Khiati, Brillet, Ispas, Fetita, ISBI 2025), tables "Quantitative
-evaluation" and "Comparison of data augmentation strategies" (../shared/seeds/000 in the project's notes).
-The poster does not say on which data, at which resolution, or with how many seeds these were measured.
+Source of every number: the Diff-Lung poster, R. N. Khiati, P.-Y. Brillet, R. Ispas, C. Fetita, "Diff-Lung:
+Diffusion-Based Texture Synthesis for Enhanced Pathological Tissue Segmentation in Lung CT Scans", ISBI 2025
+(arXiv 2501.02867), two tables of its Results section:
+- "Quantitative evaluation" (PSNR, SSIM, GFLOPs and s/image of Pix2Pix, SPADE, Seg-Guided-Diffusion and
+  DiffLung (CBMAT)), captioned "Comparison of models in terms of PSNR, SSIM, FLOPS, and Inference time per image";
+- "Comparison of data augmentation strategies for a baseline UNet model training" (Dice of ref-UNet,
+  Seg-Guided-UNet and DiffLung-UNet on healthy lung, emphysema and fibrosis), captioned "Dice scores per class
+  for different augmented models".
+The poster does not say on which data, at which resolution, on which device or with how many seeds these were
+measured, and gives no intervals or tests. Its claims (`CLAIMS`) are the orderings its tables show; its cost
+columns are shown as ratios beside ours (`COST_RATIOS`), with no threshold, since the poster states none.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
-SOURCE = "Diff-Lung poster, ISBI 2025"
+SOURCE = "Diff-Lung poster (Khiati, Brillet, Ispas, Fetita), ISBI 2025"
+TABLE_QUALITY = "Quantitative evaluation"
+TABLE_SEGMENTATION = "Comparison of data augmentation strategies for a baseline UNet model training"
 LABEL = "reported (poster)"  # how reported rows are marked in every table and figure
 
 # model -> metric -> value. Models are named as in our metrics files.
@@ -41,3 +53,105 @@ def segmentation_frame() -> pd.DataFrame:
     """Tidy rows (model, class, value, source) of the poster's segmentation table."""
     return pd.DataFrame([{"model": m, "class": c, "metric": "dice", "value": v, "source": SOURCE}
                          for m, d in SEGMENTATION_DICE.items() for c, v in d.items()])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# claims: what the poster's tables show, declared before any run
+
+# Non-inferiority margin for healthy-lung Dice, declared here before any run, with its reason: the poster reports
+# Dice to two decimals, so a change smaller than 0.01 is below its reporting resolution, and it presents
+# Seg-Guided-UNet's healthy-lung change of -0.01 (0.90 against ref-UNet's 0.91) as part of an improvement. Its
+# healthy-lung row (DiffLung-UNet 0.92 against 0.91) therefore supports "augmentation does not harm healthy lung"
+# (a drop of at most 0.01), not a superiority claim.
+LUNG_MARGIN = 0.01
+LUNG_MARGIN_REASON = ("the poster's Dice resolution (two decimals) and the -0.01 healthy-lung change it accepts "
+                      "for Seg-Guided-UNet")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the poster: "model `a` beats model `b` on `metric`" (a - b > 0, or > -margin).
+
+    Attributes:
+        key: short unique id. kind: "image quality" (chapter 4, unit test patients) or "segmentation"
+            (chapter 5, unit training seeds). metric: psnr, ssim or dice. cls: class for Dice ("all" otherwise).
+        a, b: model keys as in IMAGE_QUALITY / SEGMENTATION_DICE. direction: "greater" (higher is better).
+        margin, margin_reason: non-inferiority margin (0: superiority claim) and why.
+        table: the poster table it comes from.
+    """
+    key: str
+    kind: str
+    metric: str
+    cls: str
+    a: str
+    b: str
+    direction: str = "greater"
+    margin: float = 0.0
+    margin_reason: str = ""
+    table: str = ""
+
+    @property
+    def reported(self) -> float:
+        """The poster's effect a - b."""
+        if self.kind == "image quality":
+            return IMAGE_QUALITY[self.a][self.metric] - IMAGE_QUALITY[self.b][self.metric]
+        return SEGMENTATION_DICE[self.a][self.cls] - SEGMENTATION_DICE[self.b][self.cls]
+
+    @property
+    def text(self) -> str:
+        name = lambda k: POSTER_NAMES[k]
+        what = f"Dice {self.cls}" if self.metric == "dice" else self.metric.upper()
+        rel = f"not worse than (margin {self.margin:g})" if self.margin else ">"
+        return f"{what}: {name(self.a)} {rel} {name(self.b)}"
+
+
+def _quality_claims() -> list[Claim]:
+    return [Claim(f"{m}_difflung_vs_{o}", "image quality", m, "all", "difflung", o, table=TABLE_QUALITY)
+            for m in ("psnr", "ssim") for o in ("segguided", "spade", "pix2pix")]
+
+
+def _segmentation_claims() -> list[Claim]:
+    out = [Claim(f"dice_{c}_difflung_vs_{o.lstrip('+')}", "segmentation", "dice", c, "+difflung", o,
+                 table=TABLE_SEGMENTATION) for c in ("emphysema", "fibrosis") for o in ("ref", "+segguided")]
+    out.append(Claim("dice_lung_difflung_vs_ref", "segmentation", "dice", "lung", "+difflung", "ref",
+                     margin=LUNG_MARGIN, margin_reason=LUNG_MARGIN_REASON, table=TABLE_SEGMENTATION))
+    out.append(Claim("dice_lung_difflung_vs_segguided", "segmentation", "dice", "lung", "+difflung", "+segguided",
+                     table=TABLE_SEGMENTATION))
+    return out
+
+
+CLAIMS: tuple[Claim, ...] = tuple(_quality_claims() + _segmentation_claims())
+
+
+def claims_frame() -> pd.DataFrame:
+    """The claims as a table: key, claim, kind, reported effect, margin and its reason, source table."""
+    return pd.DataFrame([{"key": c.key, "claim": c.text, "kind": c.kind, "reported": c.reported,
+                          "margin": c.margin, "margin reason": c.margin_reason,
+                          "source": f"{SOURCE}, table \"{c.table}\""} for c in CLAIMS])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cost: the poster's ratios beside ours, no threshold (the poster states none)
+
+COST_RATIOS = (  # (numerator model, denominator model, metric)
+    ("difflung", "pix2pix", "gflops_per_image"), ("difflung", "pix2pix", "s_per_image"),
+    ("difflung", "segguided", "gflops_per_image"), ("difflung", "segguided", "s_per_image"),
+)
+
+
+def cost_ratio_frame(ours: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
+    """The poster's cost ratios (table "Quantitative evaluation") beside ours, without a verdict.
+
+    Args:
+        ours: model -> metric -> our value (gflops_per_image, s_per_image); a missing value gives NaN.
+    Returns:
+        DataFrame comparison, metric, reported ratio, our ratio.
+    """
+    ours = ours or {}
+    rows = []
+    for a, b, k in COST_RATIOS:
+        oa, ob = ours.get(a, {}).get(k, float("nan")), ours.get(b, {}).get(k, float("nan"))
+        rows.append({"comparison": f"{POSTER_NAMES[a]} / {POSTER_NAMES[b]}", "metric": k,
+                     "reported ratio": IMAGE_QUALITY[a][k] / IMAGE_QUALITY[b][k],
+                     "our ratio": oa / ob if ob else float("nan")})
+    return pd.DataFrame(rows)

@@ -1,0 +1,97 @@
+"""Region PSNR/SSIM, per-class HU distance, air check, classifier two-sample test, memorisation."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from difflung import labels as L
+from difflung.evaluation import psnr_ssim
+from difflung.quality import (air_check, classifier_two_sample, hu_wasserstein, masked_psnr_ssim, memorisation,
+                              region_quality, split_patients)
+
+
+def _slices(n=3, s=24, seed=0):
+    rng = np.random.default_rng(seed)
+    real = rng.uniform(-1, 1, (n, s, s))
+    gen = np.clip(real + rng.normal(0, 0.1, real.shape), -1, 1)
+    lab = np.full((n, s, s), L.BACKGROUND)
+    lab[:, 4:20, 4:20] = L.BODY
+    lab[:, 8:16, 6:12] = L.LUNG
+    lab[:, 8:16, 13:18] = L.EMPHYSEMA
+    return gen, real, lab
+
+
+def test_masked_equals_full_frame_when_mask_is_all_ones():
+    gen, real, _ = _slices()
+    full = psnr_ssim(gen, real)
+    m = masked_psnr_ssim(gen, real, np.ones(gen.shape, bool))
+    np.testing.assert_allclose(m[["psnr", "ssim"]].to_numpy(), full[["psnr", "ssim"]].to_numpy(), rtol=1e-12)
+
+
+def test_region_scores_only_see_the_region():
+    gen, real, lab = _slices()
+    gen = gen.copy()
+    gen[lab == L.BACKGROUND] = -real[lab == L.BACKGROUND]  # ruin only the air
+    q = region_quality(gen, real, lab).pivot(index="image", columns="region", values="psnr")
+    assert (q["full"] < q["body"] - 3).all()  # the body does not see the ruined air
+    assert (q["lung"] > q["full"]).all()
+    empty = masked_psnr_ssim(gen, real, np.zeros(gen.shape, bool))
+    assert empty[["psnr", "ssim"]].isna().all().all()
+
+
+def test_hu_wasserstein():
+    _, real, lab = _slices()
+    hu = real * 700 - 300
+    w = hu_wasserstein(hu, hu, lab, ["lung", "emphysema", "ggo"])
+    assert w["lung"] == 0.0 and w["emphysema"] == 0.0 and math.isnan(w["ggo"])
+    assert hu_wasserstein(hu + 40.0, hu, lab, ["lung"])["lung"] == pytest.approx(40.0)  # a shift of 40 HU
+
+
+def test_air_check():
+    _, real, lab = _slices(n=2)
+    hu = np.where(lab == L.BACKGROUND, -1000.0, -100.0)
+    gen = hu.copy()
+    gen[1][lab[1] == L.BACKGROUND] = -950.0  # air 50 HU too bright
+    a = air_check(gen, hu, lab)
+    assert a["ok"].tolist() == [True, False] and a.loc[1, "generated_air"] == pytest.approx(-950.0)
+
+
+def test_split_patients_is_by_patient_and_seeded():
+    p = np.repeat(["a", "b", "c", "d"], 3)
+    tr, te = split_patients(p, generator=torch.Generator().manual_seed(0))
+    assert len(tr) == len(te) == 2 and not set(tr) & set(te)
+    tr2, _ = split_patients(p, generator=torch.Generator().manual_seed(0))
+    assert list(tr) == list(tr2)
+    with pytest.raises(ValueError, match="2 patients"):
+        split_patients(["a"], generator=torch.Generator())
+
+
+def _blobs(n, s, rng, bright):
+    x = rng.normal(-0.5, 0.2, (n, s, s))
+    return np.clip(x + (0.8 if bright else 0.0), -1, 1)
+
+
+def test_classifier_two_sample():
+    rng = np.random.default_rng(0)
+    pats = np.repeat(np.arange(6), 10)
+    real, same, other = _blobs(60, 16, rng, False), _blobs(60, 16, rng, False), _blobs(60, 16, rng, True)
+    kw = dict(steps=40, batch_size=32, width=8)
+    r = classifier_two_sample(real, same, pats, pats, generator=torch.Generator().manual_seed(0), **kw)
+    assert abs(r["accuracy"] - 0.5) < 0.15 and r["n_heldout"] == 60
+    assert not set(r["train_patients"]) & set(r["heldout_patients"])
+    r2 = classifier_two_sample(real, other, pats, pats, generator=torch.Generator().manual_seed(0), **kw)
+    assert r2["accuracy"] > 0.95
+    r3 = classifier_two_sample(real, same, pats, pats, generator=torch.Generator().manual_seed(0), **kw)
+    assert r3 == r  # same generator, same result
+
+
+def test_memorisation_flags_an_exact_copy():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(40, 8, 8)), rng.normal(size=(20, 8, 8))
+    gen = np.concatenate([train[:1], rng.normal(size=(9, 8, 8))])  # slice 0 copies a training slice
+    m = memorisation(gen, train, test)
+    assert m["flagged"][0] and m["generated_nn"][0] == 0.0
+    assert m["share_flagged"] < 0.5 and 0.5 < m["ratio"] < 2.0
+    copies = memorisation(train[:10], train, test)
+    assert copies["share_flagged"] == 1.0 and copies["ratio"] == 0.0
