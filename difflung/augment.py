@@ -422,8 +422,8 @@ def _masks_for_arms(train: Slices, classes, rare, n, seed, boost, need: bool):
 
 
 def run_experiment(dataset, run_dir, *, tag: str, models: dict, config: SegConfig, seeds, seed: int,
-                   mix_ratio: float, rare_classes=None, boost: float | dict = 0.15, sampler: str = "ddim",
-                   sampler_steps: int | None = None, device: str = "auto", eval_splits=("test",),
+                   mix_ratio: float, boost: float | dict, sampler: str, sampler_steps: int | None,
+                   rare_classes=None, device: str = "auto", eval_splits=("test",),
                    n_examples: int = 4, progress: bool = False) -> tuple[Results, Synthesis, pd.DataFrame]:
     """Synthesise masks and images, build the arms, train and score them on one dataset.
 
@@ -437,9 +437,9 @@ def run_experiment(dataset, run_dir, *, tag: str, models: dict, config: SegConfi
         seeds: training seeds (each arm trains once per seed).
         seed: seeds mask synthesis, image sampling and the oversampling draw.
         mix_ratio: extra images per real training image (synthetic or oversampled).
-        rare_classes: classes to boost; None: emphysema/GGO/fibrosis, or the dataset's lesion classes.
         boost: target fraction of the lung field per boosted class in each synthetic mask.
-        sampler, sampler_steps: diffusion sampler and its steps.
+        sampler, sampler_steps: diffusion sampler and its steps (None: the sampler's default).
+        rare_classes: classes to boost; None: emphysema/GGO/fibrosis, or the dataset's lesion classes.
         eval_splits: held-out splits to score on (no step of the experiment uses them otherwise).
     Returns:
         (results, synthesis, class-balance table). If masks cannot be synthesised (too few lesion pixels in the

@@ -6,6 +6,8 @@ Conventions shared by every chapter:
 - Dice is per image and per class; NaN when a class is absent from both prediction and target (nothing to
   score), 0 when it is predicted but absent from the target (or the reverse). Means skip NaNs.
 - Confidence intervals are two-sided Student-t intervals of the mean (or percentile bootstrap), 95% by default.
+- Paired comparisons (`compare_to_reference`) pair the replication units (e.g. training seeds) of two models;
+  finer items (e.g. test slices scored by the same models) are a secondary view, not independent replications.
 """
 from __future__ import annotations
 
@@ -172,7 +174,7 @@ def paired_test(a, b, kind: str = "wilcoxon") -> TestResult:
 
 def compare_to_reference(scores: pd.DataFrame, ref: str, *, model: str = "model", unit: str = "seed",
                          by: str = "class", value: str = "value", per_item: pd.DataFrame | None = None,
-                         item: str = "image", confidence: float = 0.95) -> pd.DataFrame:
+                         item: str = "image", interval: Callable | None = None) -> pd.DataFrame:
     """Paired comparison of every model with the reference model `ref`, per group, over replication units.
 
     Args:
@@ -183,12 +185,14 @@ def compare_to_reference(scores: pd.DataFrame, ref: str, *, model: str = "model"
         per_item: optional finer scores per (by, model, unit, item), e.g. per-slice Dice; each item's score is
             averaged over units, and the two models' items are compared by a rank-sum test. Items scored by
             the same few models are not independent replications: this is a secondary view, never the verdict.
-        confidence: level of the t-intervals.
+        interval: values -> (mean, lo, hi) over units, for scores and paired differences; None: `mean_ci`
+            (95% t-interval).
     Returns:
-        One row per (by, model): mean, lo, hi (t-interval over units), n_units (units with a score); for models
-        other than `ref` also delta, delta_lo, delta_hi (t-interval of the paired difference over units),
+        One row per (by, model): mean, lo, hi (over units), n_units (units with a score); for models other
+        than `ref` also delta, delta_lo, delta_hi (interval of the paired difference over units),
         p_wilcoxon (signed-rank over units, the primary test) and p_ranksum (over items; NaN without per_item).
     """
+    interval = interval or mean_ci
     item_mean = per_item.groupby([model, by, item])[value].mean() if per_item is not None else None
     rows = []
     for key in sorted(scores[by].unique()):
@@ -196,10 +200,10 @@ def compare_to_reference(scores: pd.DataFrame, ref: str, *, model: str = "model"
         r = g[g[model] == ref].set_index(unit)[value]
         for m in g[model].unique():
             a = g[g[model] == m].set_index(unit)[value].reindex(r.index)
-            mean, lo, hi = mean_ci(a, confidence)
+            mean, lo, hi = interval(a)
             row = {by: key, model: m, "mean": mean, "lo": lo, "hi": hi, "n_units": int(a.notna().sum())}
             if m != ref:
-                dm, dlo, dhi = mean_ci(a.values - r.values, confidence)
+                dm, dlo, dhi = interval(a.values - r.values)
                 p_rs = math.nan
                 if item_mean is not None:
                     empty = pd.Series(dtype=float)

@@ -98,11 +98,12 @@ def test_chapter_experiment_end_to_end(tmp_path):
     cfg = SegConfig(channels=(4, 8), strides=(2,), num_res_units=0, steps=3, batch_size=4)
     run_dir = tmp_path / "ch5"
     kw = dict(tag="phantom", models=inputs.models, config=cfg, seeds=[0, 1], seed=0, mix_ratio=0.5,
-              sampler_steps=2, device="cpu", n_examples=2)
+              boost=0.15, sampler="ddim", sampler_steps=2, device="cpu", n_examples=2)
     res, syn, balance = A.run_experiment(inputs.dataset, run_dir, **kw)
     n = round(0.5 * len(ds.split("train")))
     assert set(res.dice.arm) == set(A.ARMS) and res.n_extra == n
-    assert (balance.loc[["oversample-UNet", "Seg-Guided-UNet", "DiffLung-UNet"], "images"] == len(ds.split("train")) + n).all()
+    extra_arms = ["oversample-UNet", "Seg-Guided-UNet", "DiffLung-UNet"]
+    assert (balance.loc[extra_arms, "images"] == len(ds.split("train")) + n).all()
     assert all(s.images.shape == (n, 32, 32) and np.array_equal(s.labels, syn.masks) for s in syn.sets.values())
     ch5.write_chapter_metrics(run_dir, [res], config=cfg, seed=0, synthetic=syn.sets)
     first = (run_dir / "metrics.csv").read_bytes()

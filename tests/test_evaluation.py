@@ -113,6 +113,9 @@ def test_compare_to_reference_pairs_units():
     no_items = E.compare_to_reference(scores, "ref").set_index("model")
     assert math.isnan(no_items.loc["better", "p_ranksum"])
     assert no_items.loc["better", "p_wilcoxon"] == t.loc["better", "p_wilcoxon"]
+    boot = E.compare_to_reference(scores, "ref", interval=lambda v: E.bootstrap_ci(v, np.random.default_rng(0)))
+    boot = boot.set_index("model")
+    assert boot.loc["ref", "mean"] == t.loc["ref", "mean"] and boot.loc["ref", "lo"] != t.loc["ref", "lo"]
 
 
 def test_summarize():
