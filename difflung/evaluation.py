@@ -6,6 +6,8 @@ Conventions shared by every chapter:
 - Dice is per image and per class; NaN when a class is absent from both prediction and target (nothing to
   score), 0 when it is predicted but absent from the target (or the reverse). Means skip NaNs.
 - Confidence intervals are two-sided Student-t intervals of the mean (or percentile bootstrap), 95% by default.
+- Paired comparisons (`compare_to_reference`) pair the replication units (e.g. training seeds) of two models;
+  finer items (e.g. test slices scored by the same models) are a secondary view, not independent replications.
 """
 from __future__ import annotations
 
@@ -168,6 +170,50 @@ def paired_test(a, b, kind: str = "wilcoxon") -> TestResult:
         r = stats.ranksums(a, b, alternative="two-sided")
         return TestResult(float(r.statistic), float(r.pvalue), int(min(len(a), len(b))), kind)
     raise ValueError(f"unknown test kind {kind!r}; use 'wilcoxon' or 'ranksum'")
+
+
+def compare_to_reference(scores: pd.DataFrame, ref: str, *, model: str = "model", unit: str = "seed",
+                         by: str = "class", value: str = "value", per_item: pd.DataFrame | None = None,
+                         item: str = "image", interval: Callable | None = None) -> pd.DataFrame:
+    """Paired comparison of every model with the reference model `ref`, per group, over replication units.
+
+    Args:
+        scores: one score per (by, model, unit): e.g. per (class, arm, training seed) the mean Dice over test
+            slices. Unit u of every model is paired with unit u of `ref` (same seed: same initial weights).
+        ref: the reference model's key in column `model`.
+        model, unit, by, value: column names.
+        per_item: optional finer scores per (by, model, unit, item), e.g. per-slice Dice; each item's score is
+            averaged over units, and the two models' items are compared by a rank-sum test. Items scored by
+            the same few models are not independent replications: this is a secondary view, never the verdict.
+        interval: values -> (mean, lo, hi) over units, for scores and paired differences; None: `mean_ci`
+            (95% t-interval).
+    Returns:
+        One row per (by, model): mean, lo, hi (over units), n_units (units with a score); for models other
+        than `ref` also delta, delta_lo, delta_hi (interval of the paired difference over units),
+        p_wilcoxon (signed-rank over units, the primary test) and p_ranksum (over items; NaN without per_item).
+    """
+    interval = interval or mean_ci
+    item_mean = per_item.groupby([model, by, item])[value].mean() if per_item is not None else None
+    rows = []
+    for key in sorted(scores[by].unique()):
+        g = scores[scores[by] == key]
+        r = g[g[model] == ref].set_index(unit)[value]
+        for m in g[model].unique():
+            a = g[g[model] == m].set_index(unit)[value].reindex(r.index)
+            mean, lo, hi = interval(a)
+            row = {by: key, model: m, "mean": mean, "lo": lo, "hi": hi, "n_units": int(a.notna().sum())}
+            if m != ref:
+                dm, dlo, dhi = interval(a.values - r.values)
+                p_rs = math.nan
+                if item_mean is not None:
+                    empty = pd.Series(dtype=float)
+                    p_rs = paired_test(item_mean.get((m, key), empty).values,
+                                       item_mean.get((ref, key), empty).values, "ranksum").p
+                row.update(delta=dm, delta_lo=dlo, delta_hi=dhi, p_wilcoxon=paired_test(a.values, r.values).p,
+                           p_ranksum=p_rs)
+            rows.append(row)
+    cols = [by, model, "mean", "lo", "hi", "n_units", "delta", "delta_lo", "delta_hi", "p_wilcoxon", "p_ranksum"]
+    return pd.DataFrame(rows).reindex(columns=cols)
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str], value: str = "value", confidence: float = 0.95) -> pd.DataFrame:

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -31,15 +33,24 @@ run_dir = "runs/smoke/05_segmentation_augmentation"
 runs_root = "runs/smoke"
 device = "auto"
 n_seeds = 2
+min_seeds = 2
 mix_ratio = 0.5
-seg_steps = 200
-sample_steps = 20
 boost = 0.15
+sampler = "ddim"
+sampler_steps = 10
+seg_channels = [8, 16, 32]
+seg_strides = [2, 2]
+seg_res_units = 1
+seg_batch_size = 16
+seg_lr = 0.01
+seg_steps = 200
 
 # %%
 from myst_nb import glue
 
+from difflung import augment
 from difflung.chapters import segmentation_augmentation as ch
+from difflung.segmentation import SegConfig
 
 # %% [markdown]
 # ## Inputs
@@ -48,22 +59,24 @@ from difflung.chapters import segmentation_augmentation as ch
 
 # %%
 inputs = ch.locate_inputs(runs_root)
-config, seeds = ch.seg_config(profile, steps=seg_steps), ch.training_seeds(profile, seed, n_seeds)
+config = SegConfig.from_dict({"channels": seg_channels, "strides": seg_strides, "num_res_units": seg_res_units,
+                               "batch_size": seg_batch_size, "lr": seg_lr, "steps": seg_steps})
+seeds = augment.training_seeds(seed, n_seeds, min_seeds)
 glue("n_seeds", len(seeds), display=False)
 glue("seg_steps", config.steps, display=False)
-ch.inputs_table(inputs)
+ch.table_inputs(inputs)
 
 # %% [markdown]
 # ## Synthetic sets and the control's class balance
 #
-# `difflung.chapters.segmentation_augmentation.run_experiment` synthesises the masks, paints them with each
+# `difflung.augment.run_experiment` synthesises the masks, paints them with each
 # diffusion model, builds the arms, and trains and scores each arm once per seed
 # ({glue:text}`n_seeds` seeds, {glue:text}`seg_steps` steps each).
 
 # %%
-res, syn, balance = ch.run_experiment(inputs.dataset, run_dir, tag="phantom", models=inputs.models, config=config,
-                                      seeds=seeds, seed=seed, mix_ratio=mix_ratio, boost=boost,
-                                      sample_steps=sample_steps, device=device)
+experiment = dict(config=config, seeds=seeds, seed=seed, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
+                  sampler_steps=sampler_steps, device=device)
+res, syn, balance = augment.run_experiment(inputs.dataset, run_dir, tag="phantom", models=inputs.models, **experiment)
 display(syn.report)
 balance
 
@@ -75,12 +88,11 @@ balance
 # %%
 real = None
 if inputs.real_dataset is not None:
-    real, _, _ = ch.run_experiment(inputs.real_dataset, run_dir, tag="real", models=inputs.real_models,
-                                   config=config, seeds=seeds, seed=seed, mix_ratio=mix_ratio, boost=boost,
-                                   sample_steps=sample_steps, device=device)
+    real, _, _ = augment.run_experiment(inputs.real_dataset, run_dir, tag="real", models=inputs.real_models,
+                                        **experiment)
 ch.write_chapter_metrics(run_dir, [r for r in (res, real) if r is not None], config=config, seed=seed,
                          synthetic=syn.sets)
-ch.results_table(run_dir)
+ch.table_results(run_dir)
 
 # %%
 ch.figure_dice(run_dir, seed=seed)
@@ -97,10 +109,10 @@ ch.figure_dice(run_dir, seed=seed)
 # paired difference, not $p$ alone.
 
 # %%
-ch.tests_table(run_dir)
+ch.table_tests(run_dir)
 
 # %%
-won = ch.winners(run_dir)
+won = ch.table_winners(run_dir)
 for cls, row in won.iterrows():
     glue(f"winner_{cls}", str(row["winner"]), display=False)
 won
@@ -123,7 +135,7 @@ ch.figure_examples(res, run_dir, seed=seed)
 
 # %%
 if real is not None:
-    display(ch.real_data_summary(real))
+    display(ch.table_real_data(real))
     display(ch.figure_dice(run_dir, "real", seed=seed))
     print("\n".join(real.notes))
 

@@ -94,6 +94,30 @@ def test_paired_tests():
         E.paired_test(a, a, "ttest")
 
 
+def test_compare_to_reference_pairs_units():
+    """Seed s of every model is paired with seed s of ref; the rank-sum runs on per-item means over seeds."""
+    seeds, items = range(6), range(4)
+    per_item = pd.DataFrame([{"model": m, "seed": s, "image": i, "class": "emphysema",
+                              "value": 0.5 + 0.01 * s + 0.01 * i + gain}
+                             for m, gain in (("ref", 0.0), ("better", 0.1), ("worse", -0.02))
+                             for s in seeds for i in items])
+    scores = per_item.groupby(["model", "seed", "class"], as_index=False)["value"].mean()
+    t = E.compare_to_reference(scores, "ref", per_item=per_item).set_index("model")
+    assert t.loc["better", "delta"] == pytest.approx(0.1) and t.loc["better", "n_units"] == 6
+    assert t.loc["better", "p_wilcoxon"] == pytest.approx(2 / 2**6)  # 6 positive pairs: exact p = 2 / 2^6
+    assert t.loc["worse", "delta"] == pytest.approx(-0.02) and t.loc["worse", "delta_hi"] < 0
+    assert t.loc["better", "p_ranksum"] == pytest.approx(E.paired_test(
+        per_item[per_item.model == "better"].groupby("image").value.mean(),
+        per_item[per_item.model == "ref"].groupby("image").value.mean(), "ranksum").p)
+    assert math.isnan(t.loc["ref", "delta"]) and t.loc["ref", "mean"] == pytest.approx(0.54)
+    no_items = E.compare_to_reference(scores, "ref").set_index("model")
+    assert math.isnan(no_items.loc["better", "p_ranksum"])
+    assert no_items.loc["better", "p_wilcoxon"] == t.loc["better", "p_wilcoxon"]
+    boot = E.compare_to_reference(scores, "ref", interval=lambda v: E.bootstrap_ci(v, np.random.default_rng(0)))
+    boot = boot.set_index("model")
+    assert boot.loc["ref", "mean"] == t.loc["ref", "mean"] and boot.loc["ref", "lo"] != t.loc["ref", "lo"]
+
+
 def test_summarize():
     df = pd.DataFrame({"arm": ["a"] * 3 + ["b"] * 2, "value": [1.0, 2.0, 3.0, 4.0, np.nan]})
     s = E.summarize(df, by=["arm"]).set_index("arm")

@@ -1,0 +1,473 @@
+"""Segmentation augmentation: does extra (synthetic or oversampled) training data lift rare-class Dice?
+
+An experiment compares *arms*, each the same MONAI UNet (`difflung.segmentation`) trained for the same number
+of steps with the same seeds on a different training set, scored on the held-out test slices:
+
+    ref          real training slices only
+    oversample   real + `n_extra` real slices with rare classes, drawn so that the extra set has the rare-class
+                 balance of the synthetic masks: the control for "more rare-class pixels" without new images
+    +segguided   real + `n_extra` synthetic pairs: synthesised masks, images by Segmentation-Guided Diffusion
+    +difflung    real + the same `n_extra` synthesised masks, images by Diff-Lung (CBMAT)
+
+`ARMS` is the registry: a new arm is one `ArmSpec` entry. `n_extra = round(mix_ratio * n_real)`; batches draw
+uniformly from real + extra, so on average a fraction mix_ratio / (1 + mix_ratio) of each batch is extra. The
+synthetic arms paint the same masks, so they differ only in the generator. One synthetic set per generator is
+drawn (from the experiment's seed) and shared by all training seeds: seeds capture training variance, not the
+variance of drawing another synthetic set.
+
+Statistics: the unit of replication is the training seed. Per seed, the Dice of a class is the mean over test
+slices of per-slice Dice (`evaluation.dice_per_class`); seed s of every arm shares its initial weights and
+augmentation stream with seed s of `ref`, so arms are compared to `ref` by paired tests over seeds
+(`evaluation.compare_to_reference`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import labels as L
+from .dataset import Dataset, Slices
+from .evaluation import compare_to_reference, dice_per_class
+from .provenance import atomic_path, provenance, resolve_device, sha256_file, write_json_atomic
+from .segmentation import SegConfig, train_segmenter
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the arms
+
+@dataclass(frozen=True)
+class ArmSpec:
+    key: str  # the key stored in metrics.csv
+    label: str  # display name in tables and figures
+    extra: str  # what is added to the real slices: "none", "oversample" or "synthetic" (painted masks)
+    model: str | None = None  # synthetic arms: the generator's folder inside a run (runs/<profile>/...)
+    producer: str | None = None  # the chapter that writes `model`, named in the error when it is missing
+
+
+ARMS = {a.key: a for a in (
+    ArmSpec("ref", "ref-UNet", "none"),
+    ArmSpec("oversample", "oversample-UNet", "oversample"),
+    ArmSpec("+segguided", "Seg-Guided-UNet", "synthetic", "04_baseline_comparison/models/segguided",
+            "chapter 4 (04_baseline_comparison)"),
+    ArmSpec("+difflung", "DiffLung-UNet", "synthetic", "03_cbmat_training/model", "chapter 3 (03_cbmat_training)"),
+)}
+ARM_NAMES = {k: a.label for k, a in ARMS.items()}
+SYNTHETIC_ARMS = tuple(k for k, a in ARMS.items() if a.extra == "synthetic")
+RARE_DEFAULT = ("emphysema", "ggo", "fibrosis")  # the poster's rare classes
+
+
+def arm_order(key: str) -> int:
+    """Sort key: registry order, unknown arms last."""
+    return list(ARMS).index(key) if key in ARMS else len(ARMS)
+
+
+def training_seeds(seed: int, n_seeds: int, min_seeds: int = 2) -> list[int]:
+    """seed, seed + 1, ..., seed + n_seeds - 1; an error below `min_seeds` (the profile's floor for intervals)."""
+    if n_seeds < min_seeds:
+        raise ValueError(f"n_seeds={n_seeds}: the profile asks for at least min_seeds={min_seeds} training seeds "
+                         f"per arm for its confidence intervals")
+    return list(range(seed, seed + n_seeds))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mask synthesis for the synthetic arms
+
+def rare_ids(classes, rare_classes=None) -> list[int]:
+    """Project ids of `rare_classes` (names or ids) that the dataset has; None: the poster's three
+    (emphysema, GGO, fibrosis) if the dataset has any, else every in-lung pathology class it has (a real CT's
+    lesion class, e.g. nodule)."""
+    if rare_classes is None:
+        found = rare_ids(classes, RARE_DEFAULT)
+        return found or [c for c in classes if L.BY_ID[c].pathology and L.BY_ID[c].in_lung]
+    wanted = {L.class_id(c) for c in rare_classes}
+    return [c for c in classes if c in wanted]
+
+
+def n_extra(mix_ratio: float, n_real: int) -> int:
+    """Extra (synthetic or oversampled) images for `n_real` real training slices."""
+    n = int(round(mix_ratio * n_real))
+    if n < 1:
+        raise ValueError(f"mix_ratio {mix_ratio} gives no extra image for {n_real} training slices")
+    return n
+
+
+def synthesize_masks(train: Slices, classes, rare: list[int], n: int, seed: int, boost: float | dict):
+    """`n` new masks from the training masks with rare-class lesions pasted into healthy lung
+    (`difflung.masksynth`), each boosted class up to `boost` of the lung field (a float for all, or a dict).
+
+    Returns the `MaskSynthesis` (labels (n, S, S), source_index, report of pixel counts before/after).
+    """
+    from .masksynth import synthesize_masks as _synth
+
+    targets = {L.BY_ID[c].name: (boost if not isinstance(boost, dict) else boost[L.BY_ID[c].name]) for c in rare
+               if not isinstance(boost, dict) or L.BY_ID[c].name in boost}
+    out = _synth(np.asarray(train.labels, dtype=np.uint8), targets, np.random.default_rng(seed), n)
+    if out.labels.shape != (n,) + train.labels.shape[1:]:
+        raise ValueError(f"mask synthesis returned {out.labels.shape}, expected {(n,) + train.labels.shape[1:]}")
+    bad = sorted(set(np.unique(out.labels).tolist()) - set(classes))
+    if bad:
+        raise ValueError(f"mask synthesis produced label values {bad} outside the dataset's classes {list(classes)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# painting masks with generators
+
+@dataclass
+class SyntheticSet:
+    name: str  # arm
+    images: np.ndarray  # (n, S, S) float32 in [-1, 1]
+    labels: np.ndarray  # (n, S, S) uint8 project ids
+    model_dir: Path
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class Synthesis:
+    masks: np.ndarray | None  # (n, S, S) the synthesised masks every synthetic arm paints
+    report: pd.DataFrame  # mask synthesis: rare-class pixels before and after, per class
+    sets: dict[str, SyntheticSet]  # arm -> images painted by that arm's generator
+
+
+class _DiffusionPainter:
+    """A diffusion model folder as a generator: `.sample(masks, generator=...)` -> (n, S, S) images in [-1, 1]."""
+
+    def __init__(self, model_dir, dataset: Dataset, device: str):
+        from .diffusion.train import load_model
+
+        self.unet, self.meta = load_model(model_dir, dataset=dataset, device=device)
+
+    def sample(self, masks, *, generator: torch.Generator, sampler: str = "ddim", steps: int | None = None,
+               batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        from .diffusion.sample import sample
+
+        return sample(self.unet, self.meta, masks, generator=generator, sampler=sampler, steps=steps,
+                      batch_size=batch_size, progress=progress)
+
+
+def load_painter(model_dir, dataset: Dataset, device: str):
+    """The generator stored in `model_dir` (checked against `dataset`'s classes and size), on `device`."""
+    return _DiffusionPainter(model_dir, dataset, device)
+
+
+def paint_masks(models: dict, dataset: Dataset, masks: np.ndarray, run_dir, *, seed: int, tag: str,
+                sampler: str = "ddim", steps: int | None = None, batch_size: int = 32, device: str = "auto",
+                progress: bool = False) -> dict[str, SyntheticSet]:
+    """Generate one image per mask with each generator (the same masks and initial noise for every one).
+
+    Args:
+        models: arm -> generator folder.
+        masks: (n, S, S) project-id masks.
+        seed: seeds the initial noise (`torch.Generator().manual_seed(seed)` for each model).
+        tag: sub-folder of `run_dir` (the dataset: phantom or real).
+        sampler, steps: the diffusion sampler and its number of steps.
+    Returns:
+        arm -> SyntheticSet. Each set is saved as `<run_dir>/<tag>/synthetic_<arm>.npz` (images, labels: the
+        format `python -m difflung export-nnunet --synthetic` reads) with a JSON sidecar (model, sampler,
+        provenance).
+    """
+    out, sets, dev = Path(run_dir) / tag, {}, resolve_device(device)
+    for arm, model_dir in models.items():
+        painter = load_painter(model_dir, dataset, dev)
+        t0 = time.perf_counter()
+        images = painter.sample(masks, generator=torch.Generator().manual_seed(seed), sampler=sampler, steps=steps,
+                                batch_size=batch_size, progress=progress)
+        dt = time.perf_counter() - t0
+        sets[arm] = SyntheticSet(arm, images, masks, Path(model_dir), dt, len(masks) / dt)
+        path = out / f"synthetic_{arm.lstrip('+')}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, images=images, labels=masks)
+        write_json_atomic(path.with_suffix(".json"), {
+            "model_dir": str(model_dir), "model_config_sha256": sha256_file(Path(model_dir) / "difflung_config.json"),
+            "sampler": sampler, "steps": steps, "n": len(masks),
+            "provenance": provenance(config={"sampler": sampler, "steps": steps}, seed=seed, device=dev)})
+    return sets
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the oversampling control
+
+def balance_weights(a: np.ndarray, t: np.ndarray, rel_tol: float = 0.02) -> np.ndarray:
+    """Weights w on the simplex with a.T @ w ~= t, as spread out as the tolerance allows.
+
+    a: (J, K) per-slice pixel fraction of each of K classes; t: (K,) target fractions. Ridge-regularised
+    non-negative least squares on relative errors (sum(w) = 1 enforced by a heavily weighted row), with the
+    largest ridge whose worst relative error stays within `rel_tol` -- a large ridge spreads weight over many
+    slices, none piles it on the few that match exactly. If no weighting reaches the tolerance, the closest.
+    """
+    from scipy.optimize import nnls
+
+    J, K = a.shape
+    scale = np.maximum(t, np.maximum(a.mean(0), 1e-6))
+    A, b = (a / scale).T, t / scale  # (K, J), (K,): relative errors
+    w = np.full(J, 1.0 / J)
+    for mu in (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 0.0):
+        M = np.vstack([A, np.sqrt(mu) * np.eye(J), 1e3 * np.ones((1, J))])
+        w, _ = nnls(M, np.r_[b, np.zeros(J), 1e3], maxiter=50 * J)
+        w = w / w.sum()
+        if np.abs(A @ w - b).max() <= rel_tol:
+            break
+    return w
+
+
+def oversample_indices(labels: np.ndarray, target: np.ndarray | None, rare: list[int], n: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Indices of `n` real slices (with repeats) whose rare-class pixel fractions match those of `target`.
+
+    Candidates are the slices holding any rare class, weighted by `balance_weights` to the target masks'
+    mean per-class fractions, and drawn by systematic sampling (one uniform offset from `rng`), so the drawn
+    set follows the weights closely even for small n. `class_balance_table` shows what was achieved. With no
+    target (no synthetic masks), candidates are drawn uniformly.
+    """
+    cand = np.flatnonzero(np.isin(labels, rare).any((1, 2)))
+    if len(cand) == 0:
+        raise ValueError(f"no training slice holds any of {L.names(rare)}: nothing to oversample")
+    if target is None:
+        return cand[rng.choice(len(cand), size=n, replace=True)]
+    a = np.stack([(labels[cand] == c).mean((1, 2)) for c in rare], 1)  # (J, K) per-slice fractions
+    t = np.array([(target == c).mean() for c in rare])  # (K,)
+    w = balance_weights(a, t)
+    pos = (rng.random() + np.arange(n)) / n  # systematic sampling
+    pick = np.minimum(np.searchsorted(np.cumsum(w), pos, side="right"), len(cand) - 1)
+    return cand[pick]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building the arms' training sets
+
+@dataclass
+class Arm:
+    name: str
+    images: np.ndarray  # (N, S, S) real + extra
+    labels: np.ndarray
+    n_real: int
+    n_extra: int
+
+
+def build_arms(train: Slices, n: int, masks: np.ndarray | None, synthetic: dict[str, SyntheticSet], *,
+               rare: list[int], seed: int, arms=None) -> dict[str, Arm]:
+    """The training set of each arm in `arms`: real; real + `n` oversampled real slices (matched to `masks`'
+    class balance when given); real + the arm's synthetic set (of `n` images). A synthetic arm without a set
+    in `synthetic` is left out. `arms`: keys of `ARMS` (None: all, in registry order)."""
+    out = {}
+    for name in (arms if arms is not None else ARMS):
+        extra = ARMS[name].extra
+        if extra == "none":
+            out[name] = Arm(name, train.images, train.labels, len(train), 0)
+        elif extra == "oversample":
+            idx = oversample_indices(train.labels, masks, rare, n, np.random.default_rng(seed))
+            out[name] = Arm(name, np.concatenate([train.images, train.images[idx]]),
+                            np.concatenate([train.labels, train.labels[idx]]), len(train), n)
+        elif name in synthetic:
+            s = synthetic[name]
+            if len(s.images) != n:
+                raise ValueError(f"arm {name}: {len(s.images)} synthetic images, expected {n} like the other arms")
+            out[name] = Arm(name, np.concatenate([train.images, s.images]),
+                            np.concatenate([train.labels, s.labels]), len(train), n)
+    return out
+
+
+def class_balance_table(arms: dict[str, Arm], rare: list[int], masks: np.ndarray | None = None) -> pd.DataFrame:
+    """Per training set: images and each rare class's share of all pixels (%), and the same for the extra
+    images alone -- the check that `oversample` adds as many rare-class pixels as the synthetic arms."""
+    rows = []
+    sets = [(ARM_NAMES.get(a.name, a.name), a.labels) for a in arms.values()]
+    if "oversample" in arms:
+        sets.append(("oversampled extra alone", arms["oversample"].labels[arms["oversample"].n_real:]))
+    if masks is not None:
+        sets.append(("synthetic masks alone", masks))
+    for name, lab in sets:
+        distinct = len(np.unique(lab.reshape(len(lab), -1), axis=0)) if len(lab) else 0
+        rows.append({"training set": name, "images": len(lab), "distinct masks": distinct,
+                     **{f"{L.BY_ID[c].name} %": 100 * float((lab == c).mean()) for c in rare}})
+    return pd.DataFrame(rows).set_index("training set")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training and scoring the arms over seeds
+
+@dataclass
+class Results:
+    tag: str  # "phantom" or "real"
+    classes: list[int]
+    seeds: list[int]
+    dice: pd.DataFrame  # per slice: arm, seed, image, class, class_id, dice
+    per_seed: pd.DataFrame  # arm, seed, class, dice (mean over slices), n_slices
+    test: Slices
+    example_idx: np.ndarray
+    examples: dict[str, np.ndarray]  # arm -> (k, S, S) predictions of the first seed on example_idx
+    timings: list[dict]
+    n_extra: int
+    notes: list[str] = field(default_factory=list)
+
+
+def example_slices(test: Slices, rare: list[int], k: int = 4) -> np.ndarray:
+    """The `k` test slices with most rare-class pixels (ties by index): the same slices for every arm."""
+    score = np.isin(test.labels, rare).sum((1, 2)) if rare else np.zeros(len(test))
+    return np.sort(np.argsort(-score, kind="stable")[:k])
+
+
+def per_seed_dice(dice: pd.DataFrame) -> pd.DataFrame:
+    """Per (arm, seed, class): the mean per-slice Dice over test slices (NaN slices skipped) and their number."""
+    g = dice.groupby(["arm", "seed", "class"], sort=True)["dice"]
+    return pd.DataFrame({"dice": g.mean(), "n_slices": g.count()}).reset_index()
+
+
+def train_and_evaluate(arms: dict[str, Arm], test: Slices, classes, config: SegConfig, seeds, run_dir, *,
+                       tag: str = "phantom", rare: list[int] = (), device: str = "auto", n_examples: int = 4,
+                       save_models: bool = True, progress: bool = False) -> Results:
+    """Train every arm with every seed (same config, steps and seeds), predict the test slices, score Dice.
+
+    Seed s gives every arm the same generator, hence the same initial weights and augmentation stream.
+    The first seed's segmenter of each arm is saved under `<run_dir>/<tag>/segmenters/<arm>`; per-slice Dice
+    goes to `<run_dir>/<tag>/dice_per_slice.csv`.
+    """
+    out = Path(run_dir) / tag
+    dev = resolve_device(device)
+    ex = example_slices(test, list(rare), n_examples)
+    frames, timings, examples = [], [], {}
+    for name, arm in arms.items():
+        for s in seeds:
+            seg = train_segmenter(arm.images, arm.labels, classes, config, torch.Generator().manual_seed(int(s)),
+                                  device=dev, progress=progress)
+            t0 = time.perf_counter()
+            pred = seg.predict(test.images)
+            timings.append({"dataset": tag, "arm": name, "seed": int(s), "train_s": seg.info["wall_s"],
+                            "train_images_per_s": seg.info["images_per_s"],
+                            "predict_s": round(time.perf_counter() - t0, 3), "n_train": len(arm.images)})
+            d = dice_per_class(pred, test.labels, classes)
+            d.insert(0, "seed", int(s))
+            d.insert(0, "arm", name)
+            frames.append(d)
+            if s == seeds[0]:
+                examples[name] = pred[ex]
+                if save_models:
+                    seg.save(out / "segmenters" / name.lstrip("+"))
+    dice = pd.concat(frames, ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "dice_per_slice.csv") as tmp:
+        dice.to_csv(tmp, index=False, float_format="%.6g")
+    n = max((a.n_extra for a in arms.values()), default=0)
+    return Results(tag, list(classes), [int(s) for s in seeds], dice, per_seed_dice(dice), test, ex, examples,
+                   timings, n)
+
+
+def compare_arms(res: Results, ref: str = "ref") -> pd.DataFrame:
+    """Per class and arm: mean Dice over seeds with its 95% CI, the paired difference to `ref` with its CI,
+    the Wilcoxon signed-rank p over seeds (primary) and the rank-sum p over slices (secondary), and the number
+    of scored test slices (`evaluation.compare_to_reference` with the training seed as the unit)."""
+    t = compare_to_reference(res.per_seed, ref, model="arm", unit="seed", by="class", value="dice",
+                             per_item=res.dice, item="image")
+    n_slices = res.per_seed.groupby(["class", "arm"])["n_slices"].max()
+    t = t.rename(columns={"n_units": "n_seeds"})
+    t.insert(t.columns.get_loc("n_seeds") + 1, "n_slices",
+             [int(n_slices[(c, a)]) for c, a in zip(t["class"], t["arm"])])
+    return t
+
+
+def metric_rows(res: Results) -> list[dict]:
+    """Tidy rows for metrics.csv: per-seed Dice (metric dice), aggregates over seeds (seed = -1), test-set sizes."""
+    rows = [{"model": r.arm, "metric": "dice", "class": r["class"], "seed": r.seed, "value": r.dice,
+             "dataset": res.tag} for _, r in res.per_seed.iterrows()]
+    agg = {"mean": "dice_mean", "lo": "dice_lo", "hi": "dice_hi", "n_seeds": "n_seeds", "n_slices": "n_slices",
+           "delta": "delta_vs_ref", "delta_lo": "delta_vs_ref_lo", "delta_hi": "delta_vs_ref_hi",
+           "p_wilcoxon": "p_wilcoxon_seeds_vs_ref", "p_ranksum": "p_ranksum_slices_vs_ref"}
+    for _, r in compare_arms(res).iterrows():
+        for col, metric in agg.items():
+            if r.arm == "ref" and col.startswith(("delta", "p_")):
+                continue
+            rows.append({"model": r.arm, "metric": metric, "class": r["class"], "seed": -1,
+                         "value": float(r[col]), "dataset": res.tag})
+
+    def total(metric, value, cls="all"):
+        rows.append({"model": "all", "metric": metric, "class": cls, "seed": -1, "value": value, "dataset": res.tag})
+
+    total("n_test_slices", len(res.test))
+    for c in res.classes:  # truth pixels per class in the test slices: 0 means Dice can only be 0 (false positives)
+        total("test_pixels", int((res.test.labels == c).sum()), L.BY_ID[c].name)
+    total("n_test_patients", len(set(res.test.patient.tolist())))
+    total("n_extra_images", res.n_extra)
+    return rows
+
+
+def timing_record(results: list[Results], synthetic: dict[str, SyntheticSet] | None, *, config: SegConfig,
+                  seed: int, extra: dict | None = None) -> dict:
+    """Wall times and images/s of training and painting, with provenance (these vary from run to run)."""
+    return {"segmentation": [t for r in results for t in r.timings],
+            "synthesis": {arm: {"seconds": s.seconds, "images_per_s": s.images_per_s, "n": len(s.images)}
+                          for arm, s in (synthetic or {}).items()},
+            "provenance": provenance(config={"segmentation": asdict(config), **(extra or {})}, seed=seed)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the experiment on one dataset
+
+def _masks_for_arms(train: Slices, classes, rare, n, seed, boost, need: bool):
+    """Synthesised masks and their report; without lesion pixels to copy: (None, empty, note) unless `need`."""
+    try:
+        ms = synthesize_masks(train, classes, rare, n, seed, boost)
+        return ms.labels, ms.report, None
+    except ValueError as e:
+        if need:
+            raise
+        return None, pd.DataFrame(), f"no masks synthesised ({e}); oversample repeats rare-class slices uniformly"
+
+
+def run_experiment(dataset, run_dir, *, tag: str, models: dict, config: SegConfig, seeds, seed: int,
+                   mix_ratio: float, boost: float | dict, sampler: str, sampler_steps: int | None,
+                   rare_classes=None, device: str = "auto", eval_splits=("test",),
+                   n_examples: int = 4, progress: bool = False) -> tuple[Results, Synthesis, pd.DataFrame]:
+    """Synthesise masks and images, build the arms, train and score them on one dataset.
+
+    Args:
+        dataset: dataset artifact (phantom or real CT).
+        run_dir: the chapter's run folder; outputs go to `<run_dir>/<tag>/`.
+        tag: "phantom" or "real" (the `dataset` column of metrics.csv).
+        models: synthetic arm -> generator folder trained on this dataset; arms without one are left out,
+            the arms without synthetic data always run.
+        config: the segmentation model and its number of steps, the same for every arm.
+        seeds: training seeds (each arm trains once per seed).
+        seed: seeds mask synthesis, image sampling and the oversampling draw.
+        mix_ratio: extra images per real training image (synthetic or oversampled).
+        boost: target fraction of the lung field per boosted class in each synthetic mask.
+        sampler, sampler_steps: diffusion sampler and its steps (None: the sampler's default).
+        rare_classes: classes to boost; None: emphysema/GGO/fibrosis, or the dataset's lesion classes.
+        eval_splits: held-out splits to score on (no step of the experiment uses them otherwise).
+    Returns:
+        (results, synthesis, class-balance table). If masks cannot be synthesised (too few lesion pixels in the
+        training split) and no model needs them, `oversample` repeats rare-class slices uniformly and
+        `results.notes` says so.
+    """
+    ds = Dataset(dataset)
+    rare = rare_ids(ds.classes, rare_classes)
+    if not rare:
+        raise ValueError(f"{ds.root}: has no rare class to study (classes: {L.names(ds.classes)})")
+    train = ds.split("train")
+    n = n_extra(mix_ratio, len(train))
+    try:
+        masks, report, note = _masks_for_arms(train, ds.classes, rare, n, seed, boost, need=bool(models))
+    except ValueError as e:
+        raise ValueError(f"{ds.root}: cannot synthesise masks for the synthetic arms ({e})") from e
+    notes = [note] if note else []
+    sets = paint_masks(dict(models), ds, masks, run_dir, seed=seed, tag=tag, sampler=sampler, steps=sampler_steps,
+                       device=device, progress=progress) if models else {}
+    arms = build_arms(train, n, masks, sets, rare=rare, seed=seed,
+                      arms=[k for k, a in ARMS.items() if a.extra != "synthetic" or k in sets])
+    missing = [a for a in SYNTHETIC_ARMS if a not in sets]
+    if missing:
+        notes.append(f"arms {', '.join(missing)} not run: no generator trained on this dataset was given")
+    balance = class_balance_table(arms, rare, masks)
+    parts = [ds.split(s) for s in eval_splits]
+    test = Slices(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("images", "labels", "patient", "z")))
+    res = train_and_evaluate(arms, test, ds.classes, config, list(seeds), run_dir, tag=tag, rare=rare,
+                             device=device, n_examples=n_examples, progress=progress)
+    res.notes = notes
+    return res, Synthesis(masks, report, sets), balance
