@@ -223,12 +223,13 @@ def figure_frequencies(freq: pd.DataFrame, run_dir, *, seed: int):
     import seaborn as sns
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained")
-    panels = (("f_cbmat", "f_i used by CBMAT\n(share of non-background pixels, log)"),
-              ("f_in_lung", "share of the lung field (log)"))
-    for ax, (col, ylabel) in zip(axes, panels):
+    panels = (("f_cbmat", "$f_i$ used by CBMAT", "share of non-background pixels (log)"),
+              ("f_in_lung", "in-lung fraction (not used by CBMAT)", "share of the lung field (log)"))
+    for ax, (col, title, ylabel) in zip(axes, panels):
         data = freq.dropna(subset=[col])
         sns.barplot(data, x="class", y=col, hue="split", ax=ax, legend=ax is axes[1])
         ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("")
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
@@ -283,3 +284,18 @@ def scope(profile: str, ds: Dataset, signature: pd.DataFrame, *, real_ct: bool) 
                     "Anything about real CT: this run skipped the real-CT sections.")
     s.cannot += smoke_caveat(profile)
     return s
+
+
+def synthesis_display(report: pd.DataFrame) -> pd.DataFrame:
+    """The mask synthesis report (`difflung.masksynth`) for the page: shares of the lung field as percentages."""
+    from ..plots import pct
+
+    r = report.set_index("class")
+    return pd.DataFrame({
+        "target share": r["target_fraction"].map(pct),
+        "share in the training masks": r["fraction_before"].map(pct),
+        "share in the new masks (pooled)": r["fraction_synthetic"].map(pct),
+        "largest share in one new mask": r["max_fraction_synthetic"].map(pct),
+        "slices built on": [f"{e} of {t}" for e, t in zip(r["slices_eligible"], r["slices_total"])],
+        "lesions to copy": r["lesions_in_bank"],
+    })
