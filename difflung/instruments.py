@@ -9,7 +9,9 @@ Everything a chapter needs to call a class or a generator "not measurable" is st
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -151,3 +153,92 @@ def convergence(*, dice_ratio: Mapping[str, float], hu_w1: Mapping[str, float], 
 def converged(table: pd.DataFrame) -> bool:
     """True when every criterion of a `convergence` table is met (and there is at least one)."""
     return bool(len(table)) and bool(table["met"].all())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HU signatures per class, at the phantom's resolution and at the run's size, saved for later chapters
+
+SIGNATURE_FILE = "hu_signature.json"
+
+
+def signature_stats(hu, labels, cls: str | int) -> dict[str, float]:
+    """Mean HU and share of pixels below EMPHYSEMA_THRESHOLD_HU of one class (NaN when absent)."""
+    hu, labels = np.asarray(hu, dtype=np.float64), np.asarray(labels)
+    x = hu[labels == L.class_id(cls)]
+    return {"mean_hu": float(x.mean()) if x.size else math.nan,
+            "share_below_threshold": _share_below(x, EMPHYSEMA_THRESHOLD_HU), "pixels": int(x.size)}
+
+
+def signature_check(cls: str | int) -> str:
+    """The criterion `hu_signature` applies to a class, in words."""
+    c = L.BY_ID[L.class_id(cls)]
+    if c.id == L.EMPHYSEMA:
+        return f">= {EMPHYSEMA_MIN_SHARE:.0%} below {EMPHYSEMA_THRESHOLD_HU:g} HU, more than healthy lung"
+    if c.pathology and c.hu_range is not None:
+        return f"mean HU in {c.hu_range[0]:g} .. {c.hu_range[1]:g}"
+    return "none (anatomy)"
+
+
+def signature_survival(full: tuple, resized: tuple, classes, size: int) -> pd.DataFrame:
+    """Per class, whether its HU signature holds at full resolution and after resizing to `size`.
+
+    Args:
+        full: (hu, labels) at the source resolution, e.g. the training patients' phantom slices.
+        resized: (hu, labels) of the same slices at the run's size, in HU.
+        classes: class names or ids to check.
+        size: the run's image size (pixels per side), recorded in the table.
+    Returns:
+        One row per class: class, check, full_* and size_* statistics (mean_hu, share_below_threshold, ok),
+        measurable (the signature holds at `size`) and reason ("" when measurable).
+    """
+    rows = []
+    for cls in classes:
+        name = L.BY_ID[L.class_id(cls)].name
+        row = {"class": name, "check": signature_check(name), "size": int(size)}
+        for tag, (hu, lab) in (("full", full), ("size", resized)):
+            ok, why = hu_signature(hu, lab, name)
+            st = signature_stats(hu, lab, name)
+            row.update({f"{tag}_mean_hu": st["mean_hu"], f"{tag}_share_below_threshold": st["share_below_threshold"],
+                        f"{tag}_ok": bool(ok), f"{tag}_reason": why})
+        row["measurable"] = row["size_ok"]
+        row["reason"] = "" if row["size_ok"] else f"at {size} px: {row['size_reason']}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _plain(v):
+    v = v.item() if isinstance(v, np.generic) else v
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def write_signature(run_dir, table: pd.DataFrame, **meta) -> Path:
+    """Save a `signature_survival` table as `<run_dir>/hu_signature.json` (atomic); `meta` adds e.g. split."""
+    from .provenance import write_json_atomic
+
+    path = Path(run_dir) / SIGNATURE_FILE
+    size = int(table["size"].iloc[0]) if len(table) else None
+    doc = {"size": size, "threshold_hu": EMPHYSEMA_THRESHOLD_HU, **meta,
+           "classes": {r["class"]: {k: _plain(v) for k, v in r.items() if k != "class"}
+                       for r in table.to_dict("records")}}
+    write_json_atomic(path, doc)
+    return path
+
+
+def read_signature(run_dir) -> dict[str, tuple[bool, str]]:
+    """Which classes keep their HU signature at the run's size, from chapter 1's `hu_signature.json`.
+
+    Args:
+        run_dir: chapter 1's run folder (e.g. `<runs_root>/01_data_preparation`).
+    Returns:
+        class name -> (measurable, reason), the form `judge_validity` returns; reason names the size, e.g.
+        "at 32 px: HU signature lost: ...". Classes not listed were not checked.
+    """
+    path = Path(run_dir) / SIGNATURE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no HU signature check here; run the data preparation chapter "
+                                f"(01_data_preparation) first")
+    try:
+        doc = json.loads(path.read_text())
+        return {c: (bool(r["measurable"]), str(r["reason"])) for c, r in doc["classes"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a HU signature file ({e})") from e

@@ -2,9 +2,12 @@
 
 A new mask starts from a real mask (the *target* slice). Lesion components of the boosted classes (connected
 components of that class, taken from any slice or patient in `sources`) are rotated, optionally dilated, and
-pasted at random positions where the target slice has healthy lung (label 2), until each boosted class covers
-its target fraction of the slice's lung field. Only healthy-lung pixels change: body, airway, background and
-every other label stay identical, and nothing lands in the airway or outside the lung.
+pasted at random positions where the target slice has healthy lung (label 2), up to each boosted class's target
+share of the slice's lung field, never beyond it: a lesion that would carry the share past `target + tolerance`
+is not pasted (another, smaller one is tried), and only slices whose share of every boosted class is already at
+most its target serve as targets. A mask may end below its target when no lesion fits the remainder. Only
+healthy-lung pixels change: body, airway, background and every other label stay identical, and nothing lands in
+the airway or outside the lung.
 
 Randomness comes only from the `numpy.random.Generator` passed in: same generator state, same masks.
 """
@@ -105,10 +108,19 @@ def _resolve(boost) -> dict[int, float]:
     return dict(sorted(out.items()))
 
 
+def shares(labels: np.ndarray, classes) -> np.ndarray:
+    """(N, len(classes)) share of each slice's lung field held by each class (0 where a slice has no lung)."""
+    labels = np.asarray(labels)
+    field_ = np.isin(labels, L.LUNG_IDS).sum(axis=(-2, -1))  # (N,)
+    counts = np.stack([(labels == c).sum(axis=(-2, -1)) for c in classes], axis=-1)  # (N, C)
+    return counts / np.maximum(field_, 1)[..., None]
+
+
 def synthesize_masks(labels: np.ndarray, boost: dict, rng: np.random.Generator, n_masks: int | None = None, *,
                      max_rotation_deg: float = 180.0, max_dilation: int = 2, sources: np.ndarray | None = None,
-                     min_lung_pixels: int = 64, min_inside: float = 1.0, max_tries: int = 30) -> MaskSynthesis:
-    """Make `n_masks` new masks whose boosted classes reach a target fraction of each mask's lung field.
+                     min_lung_pixels: int = 64, min_inside: float = 1.0, max_tries: int = 30,
+                     tolerance: float = 0.0) -> MaskSynthesis:
+    """Make `n_masks` new masks whose boosted classes cover up to a target share of each mask's lung field.
 
     Args:
         labels: (N, S, S) uint8 project label masks; new masks are built on these (targets).
@@ -123,15 +135,18 @@ def synthesize_masks(labels: np.ndarray, boost: dict, rng: np.random.Generator, 
         min_inside: fraction of a pasted lesion that must fall on healthy lung (1.0: entirely); the part
             outside healthy lung is never written.
         max_tries: failed placements per mask and class after which its target is given up.
+        tolerance: a boosted class's share of a new mask never exceeds its target plus this (default 0: never
+            above the target).
     Returns MaskSynthesis(labels (M, S, S), source_index (M,), report DataFrame, pastes).
+    Raises ValueError when no slice is both below every target and has `min_lung_pixels` healthy lung.
     """
-    import pandas as pd
-
     labels = np.asarray(labels)
     if labels.ndim != 3 or labels.dtype != np.uint8:
         raise ValueError(f"labels: expected (N, S, S) uint8 masks, got {labels.shape} {labels.dtype}")
     if not 0.0 < min_inside <= 1.0:
         raise ValueError(f"min_inside must be in (0, 1], got {min_inside!r}")
+    if not 0.0 <= tolerance < 1.0:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
     targets = _resolve(boost)
     sources = labels if sources is None else np.asarray(sources)
     bank = lesion_bank(sources, targets)
@@ -139,44 +154,63 @@ def synthesize_masks(labels: np.ndarray, boost: dict, rng: np.random.Generator, 
     if empty:
         raise ValueError(f"no lesion of class {', '.join(empty)} in the sources to copy; give sources that have them")
     healthy_count = (labels == L.LUNG).sum(axis=(1, 2))
-    eligible = np.flatnonzero(healthy_count >= min_lung_pixels)
+    below = (shares(labels, list(targets)) <= np.array(list(targets.values()))).all(axis=1)  # (N,)
+    eligible = np.flatnonzero((healthy_count >= min_lung_pixels) & below)
     if eligible.size == 0:
-        raise ValueError(f"no slice has {min_lung_pixels} healthy-lung pixels to paste lesions into")
+        wanted = ", ".join(f"{L.BY_ID[c].name} <= {t:g}" for c, t in targets.items())
+        raise ValueError(f"no slice has {min_lung_pixels} healthy-lung pixels and a share of the lung field of "
+                         f"{wanted} to build on; raise the targets or give slices with fewer lesions")
     n_masks = len(labels) if n_masks is None else int(n_masks)
 
     src_idx = rng.choice(eligible, size=n_masks, replace=True)
     out = labels[src_idx].copy()
     pastes = []
     for m in range(n_masks):
-        lab = out[m]
-        n_field = int(np.isin(lab, L.LUNG_IDS).sum())
+        n_field = int(np.isin(out[m], L.LUNG_IDS).sum())
         for c, frac in targets.items():
-            need = frac * n_field - int((lab == c).sum())
-            fails = 0
-            while need > 0 and fails < max_tries:
-                fails += 1  # given back below when the lesion is pasted
-                les = bank[c][int(rng.integers(len(bank[c])))]
-                angle = float(rng.uniform(-max_rotation_deg, max_rotation_deg))
-                flip = bool(rng.integers(2))
-                dil = int(rng.integers(max_dilation + 1))
-                shape = _transform(les.mask, angle, flip, dil)
-                area = int(shape.sum())
-                if area >= 2 * need and area > 1:  # would overshoot more than it fills: try another lesion
-                    continue
-                healthy = lab == L.LUNG
-                pos = _place(healthy, shape, area, min_inside, rng)
-                if pos is None:
-                    continue
-                (y0, x0), (h, w) = pos, shape.shape
-                region = np.zeros_like(healthy)
-                region[y0:y0 + h, x0:x0 + w] = shape
-                region &= healthy  # never outside healthy lung
-                lab[region] = c
-                added = int(region.sum())
-                need -= added
-                fails -= added > 0
-                pastes.append({"mask": m, "class": L.BY_ID[c].name, "donor": les.source, "angle_deg": angle,
-                               "flip": flip, "dilation": dil, "y": int(y0), "x": int(x0), "pixels": added})
+            need = frac * n_field - int((out[m] == c).sum())
+            found = _fill(out[m], c, need, tolerance * n_field, bank[c], rng, max_rotation_deg=max_rotation_deg,
+                          max_dilation=max_dilation, min_inside=min_inside, max_tries=max_tries)
+            pastes += [{"mask": m, **p} for p in found]
+    report = _report(labels, out, targets, bank, tolerance, n_eligible=int(eligible.size))
+    return MaskSynthesis(out, src_idx.astype(np.int64), report, pastes)
+
+
+def _fill(lab: np.ndarray, c: int, need: float, slack: float, lesions: list[Lesion], rng, *, max_rotation_deg: float,
+          max_dilation: int, min_inside: float, max_tries: int) -> list[dict]:
+    """Paste lesions of class `c` into the healthy lung of `lab` (in place) until `need` pixels are added, never
+    more than `need + slack`. Returns one dict per pasted lesion."""
+    pastes, fails = [], 0
+    while need > 0 and fails < max_tries:
+        fails += 1  # given back below when the lesion is pasted
+        les = lesions[int(rng.integers(len(lesions)))]
+        angle = float(rng.uniform(-max_rotation_deg, max_rotation_deg))
+        flip = bool(rng.integers(2))
+        dil = int(rng.integers(max_dilation + 1))
+        shape = _transform(les.mask, angle, flip, dil)
+        area = int(shape.sum())
+        if area > need + slack:  # would carry the share past target + tolerance: try another lesion
+            continue
+        healthy = lab == L.LUNG
+        pos = _place(healthy, shape, area, min_inside, rng)
+        if pos is None:
+            continue
+        (y0, x0), (h, w) = pos, shape.shape
+        region = np.zeros_like(healthy)
+        region[y0:y0 + h, x0:x0 + w] = shape
+        region &= healthy  # never outside healthy lung; so added <= area <= need + slack
+        lab[region] = c
+        added = int(region.sum())
+        need -= added
+        fails -= added > 0
+        pastes.append({"class": L.BY_ID[c].name, "donor": les.source, "angle_deg": angle, "flip": flip,
+                       "dilation": dil, "y": int(y0), "x": int(x0), "pixels": added})
+    return pastes
+
+
+def _report(labels, out, targets: dict[int, float], bank, tolerance: float, n_eligible: int):
+    """One row per boosted class: target, pooled shares before/after, and the largest share of any new mask."""
+    import pandas as pd
 
     def fractions(arr):
         field_ = np.isin(arr, L.LUNG_IDS).sum()
@@ -184,10 +218,11 @@ def synthesize_masks(labels: np.ndarray, boost: dict, rng: np.random.Generator, 
 
     before, after = fractions(labels), fractions(out)
     both = fractions(np.concatenate([labels, out]))
-    report = pd.DataFrame([{
-        "class": L.BY_ID[c].name, "target_fraction": t, "lesions_in_bank": len(bank[c]),
+    per_mask = shares(out, list(targets))  # (M, C)
+    return pd.DataFrame([{
+        "class": L.BY_ID[c].name, "target_fraction": t, "tolerance": tolerance, "lesions_in_bank": len(bank[c]),
+        "slices_eligible": n_eligible, "slices_total": int(len(labels)),
         "pixels_before": int(before[c][0]), "fraction_before": float(before[c][1]),
         "pixels_synthetic": int(after[c][0]), "fraction_synthetic": float(after[c][1]),
-        "fraction_combined": float(both[c][1]),
-    } for c, t in targets.items()])
-    return MaskSynthesis(out, src_idx.astype(np.int64), report, pastes)
+        "fraction_combined": float(both[c][1]), "max_fraction_synthetic": float(per_mask[:, k].max()),
+    } for k, (c, t) in enumerate(targets.items())])

@@ -1,4 +1,5 @@
-"""Shared figure helpers: lung-window display, label overlays, and saving figures with provenance."""
+"""Shared figure and table helpers: lung-window display with an HU colour bar, label overlays, readable tables
+(3 significant figures), and saving figures with provenance."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +17,31 @@ def lung_window(hu: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
+def window_name(window=L.LUNG_DISPLAY_WINDOW, name: str = "lung window") -> str:
+    """A display window in the radiologist's notation, e.g. "lung window W1500/L-600"."""
+    lo, hi = window
+    return f"{name} W{hi - lo:g}/L{(lo + hi) / 2:g}"
+
+
+def hu_colorbar(fig, axes, window=L.LUNG_DISPLAY_WINDOW, name: str = "lung window", **kwargs):
+    """An HU colour bar for slices drawn by `show_ct` (grey from window low to high), labelled with the window.
+
+    Args:
+        fig: the figure; axes: the axes (one or a list/array) the bar is placed beside.
+        window: (low, high) HU of the display window. kwargs: passed to `fig.colorbar` (e.g. shrink).
+    Use it with `layout="constrained"` figures (tight_layout cannot place colour bars).
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    sm = ScalarMappable(norm=Normalize(*window), cmap="gray")
+    ax = axes.ravel().tolist() if isinstance(axes, np.ndarray) else axes
+    cb = fig.colorbar(sm, ax=ax, **{"fraction": 0.03, "pad": 0.02, **kwargs})
+    cb.set_label(f"HU, {window_name(window, name)}", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    return cb
+
+
 def show_ct(ax, hu, lab=None, alpha: float = 0.35, title: str | None = None):
     """Draw a slice in the lung window, optionally with a label overlay (background/body left transparent)."""
     ax.imshow(lung_window(hu), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -30,18 +56,50 @@ def show_ct(ax, hu, lab=None, alpha: float = 0.35, title: str | None = None):
 
 
 def slice_grid(rows, classes, *, cell: float = 1.5):
-    """A grid of slices: one row per (name, hu (N, S, S), labels (N, S, S) or None), lung window, labels as
-    overlays, a legend of `classes` (background and body left out). Returns the figure."""
+    """A grid of slices: one row per (name, hu (N, S, S), labels (N, S, S) or None), lung window with its HU
+    colour bar, labels as overlays, a legend of `classes` (background and body left out). Returns the figure."""
     n = len(rows[0][1])
-    fig, axes = plt.subplots(len(rows), n, figsize=(cell * n + 0.8, cell * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(cell * n + 1.4, cell * len(rows) + 0.4), squeeze=False,
+                             layout="constrained")
     for i, (name, hu, lab) in enumerate(rows):
         for j in range(n):
             show_ct(axes[i, j], hu[j], lab[j] if lab is not None else None, alpha=0.6)
         axes[i, 0].text(-0.08, 0.5, name, transform=axes[i, 0].transAxes, ha="right", va="center", fontsize=8)
+    hu_colorbar(fig, axes)
     present = [c for c in classes if c not in (L.BACKGROUND, L.BODY)]
-    fig.legend(handles=legend_handles(present), loc="lower center", ncol=len(present), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0.05, 0.05, 1, 1))
+    fig.legend(handles=legend_handles(present), loc="outside lower center", ncol=len(present), frameon=False,
+               fontsize=8)
     return fig
+
+
+def sig(v, digits: int = 3) -> str:
+    """A number at `digits` significant figures, without scientific notation for ordinary magnitudes
+    (-816.6 -> "-817", 0.012345 -> "0.0123", 12345.6 -> "12,300", integers whole); NaN/None -> "n/a"."""
+    if v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    r = float(f"{float(v):.{digits}g}")  # rounded first, so 99.95 -> 100 gets the decimals of 100
+    if r == 0 or abs(r) >= 10 ** (digits - 1):
+        return f"{r:,.0f}"
+    return f"{r:,.{digits - 1 - int(np.floor(np.log10(abs(r))))}f}"
+
+
+def pct(v, digits: int = 3) -> str:
+    """A share as a percentage at `digits` significant figures (0.0123 -> "1.23 %")."""
+    s = sig(None if v is None else 100.0 * float(v), digits)
+    return s if s == "n/a" else f"{s} %"
+
+
+def table(df, digits: int = 3, percent=(), hide_index: bool = False):
+    """A pandas Styler for the book: numbers at `digits` significant figures, `percent` columns as percentages,
+    booleans as yes/no, long tables scrollable by the page (the theme wraps wide tables)."""
+    fmt = {c: (lambda v, d=digits: pct(v, d)) if c in percent else (lambda v, d=digits: sig(v, d))
+           for c in df.columns if c in percent or df[c].dtype.kind in "fiub"}
+    st = df.style.format(fmt, na_rep="n/a")
+    return st.hide(axis="index") if hide_index else st
 
 
 def legend_handles(ids):

@@ -17,10 +17,11 @@
 # # Data preparation
 #
 # Every later chapter trains and evaluates on the dataset artifact written here. This chapter builds it from a
-# procedural chest-CT phantom whose pathology frequencies we control, shows what the phantom looks like and
-# how its intensities compare with the CT literature, and reports the class frequencies $f_i$ that CBMAT uses.
+# procedural chest-CT phantom whose pathology frequencies we control, shows what the phantom looks like, compares
+# its intensities with the CT literature, checks which classes keep their intensity signature at the run's image
+# size, and reports the class frequencies $f_i$ that CBMAT uses.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-input"]
 profile = "smoke"
 seed = 0
 run_dir = "runs/smoke/01_data_preparation"
@@ -34,12 +35,18 @@ real_ct = True
 mask_boost = {"emphysema": 0.06, "fibrosis": 0.08}
 n_synthetic_masks = 24
 
-# %%
+# %% tags=["remove-input"]
+from IPython.display import Markdown, display
 from myst_nb import glue
 
 from difflung import labels
 from difflung.chapters import data_preparation as ch
 from difflung.chapters import real_data as real
+from difflung.plots import table, window_name
+
+glue("size", size, display=False)
+glue("phantom_size", phantom_size, display=False)
+glue("lung_window", Markdown(window_name()), display=False)
 
 # %% [markdown]
 # ## The label scheme
@@ -47,7 +54,7 @@ from difflung.chapters import real_data as real
 # One scheme serves the whole project (`difflung.labels`). A dataset uses a subset of it, recorded in its manifest;
 # models build their mask channels from that subset.
 
-# %%
+# %% tags=["hide-input"]
 labels.legend_table()
 
 # %% [markdown]
@@ -57,106 +64,142 @@ labels.legend_table()
 # two lungs with a tapering vessel tree, trachea and main bronchi) and pathology (emphysema with upper-zone
 # predominance, ground-glass opacity, subpleural and basal fibrosis with honeycombing) from an explicit
 # `numpy.random.Generator`, adds correlated CT noise and partial-volume blur, and stacks slices from apex to base.
-# `difflung.chapters.data_preparation.build_phantom` windows the slices to $[-1000, 400]$ HU, resizes them to the
-# profile's size, keeps slices with lung, splits by patient and writes the dataset artifact.
+# `difflung.chapters.data_preparation.build_phantom` draws the slices at {glue:text}`phantom_size` pixels per side,
+# resizes them to the profile's {glue:text}`size`, windows them for the model, keeps slices with lung, splits by
+# patient and writes the dataset artifact.
 
-# %%
+# %% tags=["hide-input"]
 dataset, volumes = ch.build_phantom(run_dir, n_patients=n_patients, slices_per_patient=slices_per_patient,
                                     phantom_size=phantom_size, size=size, seed=seed)
-glue("n_patients", n_patients, display=False)
 splits = ch.split_summary(dataset)
-glue("n_slices_total", int(splits["slices"].sum()), display=False)
 splits
+
+# %% tags=["remove-input"]
+glue("n_patients", n_patients, display=False)
+glue("n_slices_total", int(splits["slices"].sum()), display=False)
 
 # %% [markdown]
 # {glue:text}`n_patients` patients gave {glue:text}`n_slices_total` slices with lung; no patient appears in two
-# splits.
+# splits. {numref}`ch1-phantom-levels` shows one phantom patient at three levels, in the {glue:md}`lung_window`.
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Apex, middle and base slices of one phantom patient (the phantom is its own truth), without (top) and with (bottom) its label overlay; the colour bar gives the display window in HU. Made by `difflung.chapters.data_preparation.figure_levels`.", "name": "ch1-phantom-levels"}}
 ch.figure_levels(volumes, run_dir, seed=seed)
 
 # %% [markdown]
-# *Figure: apex, middle and base slices of one phantom patient, lung window; made by
-# `difflung.chapters.data_preparation.figure_levels`.*
-#
 # ## Intensities against the literature
+#
+# {numref}`ch1-hu-histograms` sets each class's phantom intensities against the range the CT literature reports.
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "HU histograms per class of the phantom at its full resolution; the grey band is the literature range of the class. Made by `difflung.chapters.data_preparation.figure_hu_histograms`.", "name": "ch1-hu-histograms"}}
 samples = ch.hu_samples(volumes, seed=seed)
 ch.figure_hu_histograms(samples, run_dir, seed=seed)
 
-# %% [markdown]
-# *Figure: HU histograms per class of the phantom, grey band the literature range; made by
-# `difflung.chapters.data_preparation.figure_hu_histograms`.*
-
-# %%
+# %% tags=["hide-input"]
 checks = ch.hu_checks(volumes)
+ch.checks_table(checks)
+
+# %% tags=["remove-input"]
 for k, v in checks.items():
     glue(k, v, display=False)
-checks
 
 # %% [markdown]
 # Healthy phantom lung has a mean of {glue:text}`healthy_lung_mean_hu:.0f` HU (SD {glue:text}`healthy_lung_sd_hu:.0f`)
-# and {glue:text}`healthy_lung_below_950:.2%` of its pixels below $-950$ HU (healthy human lungs: about 0.2 %);
+# and {glue:text}`healthy_lung_below_950:.2%` of its pixels below $-950$ HU;
 # {glue:text}`emphysema_below_950:.1%` of emphysema pixels are below $-950$ HU, the LAA-950 criterion.
+#
+# ## Does each class keep its signature at this size?
+#
+# Training happens at {glue:text}`size` pixels per side, not at the phantom's {glue:text}`phantom_size`. Resizing
+# averages neighbouring pixels, and a small dark emphysema bulla averaged with the lung around it is no longer
+# darker than $-950$ HU. The check below (`difflung.instruments.hu_signature`) asks, per class, whether the
+# intensity signature that defines it survives: for emphysema a sizeable share of its pixels below $-950$ HU (and
+# more than healthy lung), for the other pathologies a mean inside the literature range. It runs on the training
+# split, in HU, once at the phantom's resolution and once after the resize.
+
+# %% tags=["hide-input"]
+signature = ch.hu_signature(dataset, volumes, run_dir)
+ch.signature_display(signature, phantom_size)
+
+# %% tags=["remove-input"]
+lost = ch.not_measurable(signature)
+glue("sig_lost", Markdown(", ".join(lost) if lost else "no class"), display=False)
+glue("sig_verb", Markdown("loses" if len(lost) == 1 else "lose"), display=False)
+
+# %% [markdown]
+# At {glue:text}`size` pixels, {glue:md}`sig_lost` {glue:md}`sig_verb` the signature. The result is saved as
+# `hu_signature.json` in this chapter's run folder; later chapters read it
+# (`difflung.instruments.read_signature`) and report such a class as *not measurable at this size*, since no
+# model trained on these images can be asked to reproduce a texture the images no longer hold.
 #
 # ## Class frequencies
 #
-# CBMAT drops class $i$ from the condition with probability $1 - f_i$; these are the $f_i$ of each split,
-# as fractions of the lung field.
+# Two different frequencies matter, and the first is the one CBMAT uses:
+#
+# - $f_i$ **for CBMAT** (`difflung.diffusion.ablation.ablation_frequencies`): class $i$'s share of all
+#   non-background pixels of the training split (body, lung, airway and pathology together). CBMAT drops class $i$
+#   from the condition with probability $1 - f_i$, annealed over training;
+# - the **in-lung fraction**: a lung-field class's share of the lung field, the number a radiologist would quote
+#   (and the one mask synthesis below aims at).
+#
+# {numref}`ch1-frequencies` shows both per split.
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Per split, left: the f_i CBMAT uses (each class's share of the non-background pixels); right: each lung-field class's share of the lung field. Log scale. Made by `difflung.chapters.data_preparation.figure_frequencies`.", "name": "ch1-frequencies"}}
 freq = ch.frequency_table(dataset)
 ch.figure_frequencies(freq, run_dir, seed=seed)
 
-# %%
-freq.pivot(index="class", columns="split", values="f_in_lung").style.format("{:.4f}")
+# %% [markdown]
+# The $f_i$ CBMAT uses, per split (share of non-background pixels):
+
+# %% tags=["hide-input"]
+f_cbmat = ch.frequency_pivot(freq, "f_cbmat")
+table(f_cbmat, percent=f_cbmat.columns)
 
 # %% [markdown]
-# *Figure: class frequency within the lung field per split; made by
-# `difflung.chapters.data_preparation.figure_frequencies`.*
+# In-lung fractions, per split (share of the lung field; not what CBMAT uses):
+
+# %% tags=["hide-input"]
+f_lung = ch.frequency_pivot(freq, "f_in_lung")
+table(f_lung, percent=f_lung.columns)
 
 # %% [markdown]
 # ## Real chest CT
 #
-# A phantom that only ever meets itself proves little. The pyradiomics 3.0.1 source archive ships two real chest
-# CT volumes with a lesion label each (`lung1`: a 1.4 ml nodule; `lung2`: a 48 ml tumour and an unlabelled hazy
-# opacity in the left lung). `python -m difflung fetch-data` downloads the archive from PyPI into a local cache,
-# checks its sha256 and extracts them; nothing of it is in this repository. `difflung.anatomy` segments body, lungs
-# and airway classically; the lesion labels map onto project classes through a class map (here every lesion is a
-# `nodule`).
+# A phantom that only ever meets itself proves little. The pyradiomics source archive ships two real chest CT
+# volumes with one lesion label each (`lung1`: a nodule; `lung2`: a tumour, and an unlabelled hazy opacity in the
+# left lung). `python -m difflung fetch-data` downloads the archive from PyPI into a local cache, checks its sha256
+# and extracts them; nothing of it is in this repository. `difflung.anatomy` segments body, lungs and airway
+# classically; the lesion labels map onto project classes through a class map (here every lesion is a `nodule`).
+# Neither volume has labelled emphysema, fibrosis or ground-glass opacity.
 
-# %%
+# %% tags=["hide-input"]
 if real_ct:
     cases = real.load_real_ct(classes="nodule")
-    print(real.credit())
-    display(real.lung_volume_table(cases))
+    volume_table = real.lung_volume_table(cases)
+    display(Markdown(real.credit()))
+    display(table(volume_table))
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Real CT (pyradiomics lung1, lung2) beside the phantom (truth) at apex, middle and base of each one's own lung extent; the colour bar gives the display window in HU. Made by `difflung.chapters.real_data.figure_real_vs_phantom`.", "name": "ch1-real-vs-phantom"}}
 if real_ct:
     display(real.figure_real_vs_phantom(cases, volumes, run_dir, seed=seed))
 
-# %% [markdown]
-# *Figure: real CT (pyradiomics lung1, lung2) beside the phantom at apex, middle and base of each one's own lung
-# extent, lung window; made by `difflung.chapters.real_data.figure_real_vs_phantom`.*
-
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Classical anatomy (body outline, lungs, airway) and the files' own lesion label on the real CT. Made by `difflung.chapters.real_data.figure_anatomy_overlays`.", "name": "ch1-real-anatomy"}}
 if real_ct:
     display(real.figure_anatomy_overlays(cases, run_dir, seed=seed))
 
 # %% [markdown]
-# *Figure: classical anatomy (body, lungs, airway) and the mapped lesion label on the real CT; made by
-# `difflung.chapters.real_data.figure_anatomy_overlays`.*
-#
 # ### The classical anatomy against the phantom's truth
 #
 # The same segmentation run on the phantom, whose true labels we know:
 
-# %%
+# %% tags=["hide-input"]
 agreement = real.phantom_anatomy_agreement(volumes[:4])
+table(agreement.rename(columns={"lung_dice_vs_truth": "lung Dice vs truth", "lung_ml_found": "lung ml found",
+                                "lung_ml_truth": "lung ml truth", "airway_ml_found": "airway ml found",
+                                "airway_ml_truth": "airway ml truth"}))
+
+# %% tags=["remove-input"]
 glue("lung_dice_min", float(agreement["lung_dice_vs_truth"].min()), display=False)
 glue("lung_dice_mean", float(agreement["lung_dice_vs_truth"].mean()), display=False)
-agreement
 
 # %% [markdown]
 # Dice of the extracted lung field against the phantom's own lungs: mean {glue:text}`lung_dice_mean:.3f`,
@@ -164,49 +207,52 @@ agreement
 #
 # ### Is the phantom's lung like real lung?
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Healthy-lung HU of the real CT against the phantom, literature band shaded. Made by `difflung.chapters.real_data.figure_real_vs_phantom_hu`.", "name": "ch1-real-vs-phantom-hu"}}
 if real_ct:
     hu = real.hu_lung_samples(cases, volumes, seed=seed)
     hu_stats = real.hu_lung_stats(hu)
     display(real.figure_real_vs_phantom_hu(hu, run_dir, seed=seed))
-    display(hu_stats)
+
+# %% tags=["hide-input"]
+if real_ct:
+    display(table(hu_stats, percent=()))
 
 # %% [markdown]
-# *Figure: healthy-lung HU of real CT against the phantom, literature band shaded; made by
-# `difflung.chapters.real_data.figure_real_vs_phantom_hu`.* Where the two disagree, the table says by how much;
-# the phantom's parameters (`difflung.phantom.PhantomConfig`) are where to change it.
+# Where the two disagree, the table says by how much; the phantom's parameters (`difflung.phantom.PhantomConfig`)
+# are where to change it.
 #
 # ### Your own data: the worked example
 #
 # The same preparation as the phantom, from the command line, on the real CT. Users point it at their own
 # NIfTI/NRRD/MHA volumes with label maps, or DICOM series, with a YAML class map (`examples/classmaps/`).
 
-# %%
+# %% tags=["hide-input"]
 if real_ct:
     real_dataset, real_table, command = real.prepare_example(run_dir, size=size, seed=seed)
-    print(command)
-    display(real_table)
+    display(Markdown(f"```bash\n{command}\n```"))
+    display(table(real_table))
 
 # %% [markdown]
 # ## Mask synthesis for rare classes
 #
 # Diff-Lung makes new masks for rare classes by rotating, copying and dilating lesions, only inside healthy lung.
 # `difflung.masksynth.synthesize_masks` does this on the training masks, up to a target share of the lung field
-# per class; anatomy (body, airway, lung outline) is never changed. These masks feed the ablation study and the
-# segmentation experiment.
+# per class and never beyond it: a lesion that would carry a class past its target is not pasted, and only
+# training slices already at or below every target serve as a base, so a new mask may end below its target but
+# never above it. Anatomy (body, airway, lung outline) is never changed. These masks feed the ablation study and
+# the segmentation experiment; {numref}`ch1-mask-synthesis` shows four of them.
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Training masks (top) and the synthetic masks built on them (bottom). Made by `difflung.chapters.real_data.mask_synthesis_example`.", "name": "ch1-mask-synthesis"}}
 fig, synth_report, synthesis = real.mask_synthesis_example(dataset.split("train").labels, run_dir, boost=mask_boost,
                                                            seed=seed, n_masks=n_synthetic_masks)
-display(fig)
-synth_report
+fig
 
-# %% [markdown]
-# *Figure: training masks (top) and synthetic masks made from them (bottom); made by
-# `difflung.chapters.real_data.mask_synthesis_example`.*
+# %% tags=["hide-input"]
+ch.synthesis_display(synth_report)
 
-# %%
-extra = real.real_metrics_rows(real.lung_volume_table(cases) if real_ct else None, agreement,
-                              hu_stats if real_ct else None, seed=seed)
-metrics = ch.write_chapter_metrics(run_dir, dataset, checks, seed=seed, extra_rows=extra)
-print(f"wrote {len(metrics)} rows to {run_dir}/metrics.csv")
+# %% tags=["remove-input"]
+extra = real.real_metrics_rows(volume_table if real_ct else None, agreement, hu_stats if real_ct else None, seed=seed)
+metrics = ch.write_chapter_metrics(run_dir, dataset, checks, seed=seed, signature=signature, extra_rows=extra)
+
+# %% tags=["remove-input"]
+ch.scope(profile, dataset, signature, real_ct=real_ct)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from difflung import labels as L
-from difflung.masksynth import lesion_bank, synthesize_masks
+from difflung.masksynth import lesion_bank, shares, synthesize_masks
 
 
 def toy_masks(n=6, s=32, seed=0):
@@ -89,3 +89,32 @@ def test_bank_and_errors():
         synthesize_masks(toy_masks(), {"consolidation": 0.1}, np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown class 'tumour'"):
         synthesize_masks(toy_masks(), {"tumour": 0.1}, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.02])
+def test_share_never_exceeds_target_plus_tolerance(tolerance):
+    masks = toy_masks()
+    targets = {"emphysema": 0.04, "fibrosis": 0.03}
+    syn = synthesize_masks(masks, targets, np.random.default_rng(5), n_masks=30, max_dilation=3, tolerance=tolerance)
+    got = shares(syn.labels, [L.EMPHYSEMA, L.FIBROSIS])  # (30, 2)
+    assert got.shape == (30, 2)
+    assert (got <= np.array([0.04, 0.03]) + tolerance + 1e-12).all()
+    assert syn.pastes and (got > 0).any(axis=0).all()  # it did paste both classes
+    rep = syn.report.set_index("class")
+    assert (rep["max_fraction_synthetic"] <= rep["target_fraction"] + tolerance + 1e-12).all()
+    # slices already above a target are not built on: toy slices 0, 2, 4 hold emphysema
+    syn0 = synthesize_masks(masks, {"emphysema": 0.0}, np.random.default_rng(0), n_masks=5)
+    assert (masks[syn0.source_index] == L.EMPHYSEMA).sum() == 0 and not syn0.pastes
+
+
+def test_shares_and_no_slice_below_target():
+    lab = np.full((1, 4, 4), L.LUNG, np.uint8)
+    lab[0, 0, :2] = L.EMPHYSEMA
+    lab[0, 3, :] = L.BODY  # 12 lung-field pixels, 2 of them emphysema
+    np.testing.assert_allclose(shares(lab, [L.EMPHYSEMA, L.FIBROSIS]), [[2 / 12, 0.0]])
+    masks = toy_masks()
+    masks[:, 15, 15] = L.FIBROSIS  # every slice now holds fibrosis
+    with pytest.raises(ValueError, match="fibrosis <= 0"):
+        synthesize_masks(masks, {"fibrosis": 0.0}, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        synthesize_masks(toy_masks(), {"fibrosis": 0.05}, np.random.default_rng(0), tolerance=-0.1)

@@ -26,7 +26,7 @@ from .. import labels as L
 from ..anatomy import AnatomyConfig, segment
 from ..classmap import load_classmap
 from ..dataset import Volume
-from ..plots import legend_handles, plt, save_figure, show_ct
+from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, window_name
 from ..prepare import Case, prepare, prepare_volume
 from ..provenance import write_json_atomic
 from ..realdata import CREDIT, cached_paths, fetch_pyradiomics
@@ -79,8 +79,8 @@ def figure_real_vs_phantom(cases: list[RealCase], phantom: list[Volume], run_dir
                            phantom_patient: int = 0):
     """Real slices beside phantom slices at matching levels (apex / middle / base of each one's lung extent)."""
     rows = [(c.volume, f"real {c.volume.patient}") for c in cases]
-    rows.append((phantom[phantom_patient], f"phantom {phantom[phantom_patient].patient}"))
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)))
+    rows.append((phantom[phantom_patient], f"phantom (truth) {phantom[phantom_patient].patient}"))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9.8, 3 * len(rows)), layout="constrained")
     used = {}
     for i, (v, name) in enumerate(rows):
         lv = lung_levels(v.labels)
@@ -88,15 +88,15 @@ def figure_real_vs_phantom(cases: list[RealCase], phantom: list[Volume], run_dir
         for j, (level, k) in enumerate(lv.items()):
             hu, _ = _crop_body(v.hu[k], v.labels[k])
             show_ct(axes[i, j], hu, title=f"{name}, {level} (slice {k}, z {k * v.spacing[0]:.0f} mm)")
-    fig.suptitle("Real CT (pyradiomics lung1/lung2) and phantom at matching lung levels, W1500/L-600")
-    fig.tight_layout()
+    hu_colorbar(fig, axes, shrink=0.6)
+    fig.suptitle(f"Real CT (pyradiomics lung1/lung2) and phantom (truth) at matching lung levels, {window_name()}")
     save_figure(fig, Path(run_dir) / "real_vs_phantom_levels.png", config={"levels": used}, seed=seed)
     return fig
 
 
 def figure_anatomy_overlays(cases: list[RealCase], run_dir, *, seed: int):
     """Classical anatomy (body outline, lung, airway) and the mapped lesion label on the real CT."""
-    fig, axes = plt.subplots(len(cases), 4, figsize=(13, 3.4 * len(cases)), squeeze=False)
+    fig, axes = plt.subplots(len(cases), 4, figsize=(13.8, 3.4 * len(cases)), squeeze=False, layout="constrained")
     for i, c in enumerate(cases):
         v = c.volume
         lv = lung_levels(v.labels)
@@ -108,9 +108,10 @@ def figure_anatomy_overlays(cases: list[RealCase], run_dir, *, seed: int):
             show_ct(axes[i, j], hu, lab, alpha=0.4, title=f"{v.patient} {name} (slice {k})")
             axes[i, j].contour(lab > 0, levels=[0.5], colors=[L.BY_NAME["body"].color], linewidths=0.8)
     present = sorted(set().union(*[set(np.unique(c.volume.labels).tolist()) for c in cases]) - {L.BACKGROUND})
-    fig.legend(handles=legend_handles(present), loc="lower center", ncol=len(present), frameon=False)
-    fig.suptitle("Anatomy found by thresholds and components (body outline, lung, airway) + the files' own lesion")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    hu_colorbar(fig, axes, shrink=0.6)
+    fig.legend(handles=legend_handles(present), loc="outside lower center", ncol=len(present), frameon=False)
+    fig.suptitle(f"Anatomy found by thresholds and components (body outline, lung, airway) + the files' own lesion, "
+                 f"{window_name()}")
     save_figure(fig, Path(run_dir) / "real_anatomy_overlays.png", config={"patients": [c.volume.patient for c in cases]},
                 seed=seed)
     return fig
