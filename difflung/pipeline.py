@@ -225,11 +225,25 @@ def _execute(nb: Path, out_nb: Path, params: dict, run_dir: Path, root: Path):
         if tmp_nb.exists():
             os.replace(tmp_nb, run_dir / f"{nb.stem}.failed.ipynb")
         return e
+    _hide_parameter_cells(tmp_nb)
     os.replace(tmp_nb, out_nb)
     failed = run_dir / f"{nb.stem}.failed.ipynb"
     if failed.exists():
         failed.unlink()
     return None
+
+
+def _hide_parameter_cells(path: Path) -> None:
+    """Tag the parameters cell and papermill's injected-parameters cell `remove-input`: the book shows the run's
+    parameters on its Reproduction page, not as code at the top of every chapter."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if ("parameters" in tags or "injected-parameters" in tags) and "remove-input" not in tags:
+            cell["metadata"]["tags"] = [*tags, "remove-input"]
+    nbformat.write(nb, path)
 
 
 def write_reproduction_pages(prov: dict, gen_dir: Path) -> None:
