@@ -42,7 +42,8 @@ NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0
 # fields that change how a run is executed or stored, not what it computes
 _EXECUTION_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every")
 # fields added after models were saved: in the run key only when they differ from these defaults
-_OPTIONAL_FIELDS: dict = {}
+_OPTIONAL_FIELDS = {"prediction_type": "epsilon", "snr_gamma": None, "lesion_weight": 0.0, "lesion_classes": ()}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 FOLDER = FolderSpec(FORMAT, META_FILE, WEIGHTS_FILE, "a finished difflung diffusion model", ("config.json",))
 
 
@@ -68,6 +69,16 @@ class TrainConfig:
         seed: seeds the weights and the data-order, ablation and noise generators.
         split: dataset split to train on.
         log_every: steps between loss values fetched from the device (tqdm postfix).
+        prediction_type: what the UNet predicts: "epsilon" (the noise, Ho et al.) or "v_prediction"
+            (v = sqrt(a_t) eps - sqrt(1 - a_t) x0, Salimans & Ho 2022; target `DDPMScheduler.get_velocity`).
+            Stored in the model's noise schedule, so `sample` builds its schedulers with the same type.
+        snr_gamma: min-SNR-gamma loss weighting (Hang et al. 2023): each image's loss is weighted by
+            min(SNR(t), gamma) / SNR(t) for epsilon and min(SNR(t), gamma) / (SNR(t) + 1) for v targets
+            (`min_snr_weights`); None: unweighted.
+        lesion_weight, lesion_classes: lesion-focused loss: pixels whose (unablated) label is one of
+            `lesion_classes` weigh 1 + lesion_weight, every other pixel 1, and each image's loss is the
+            weighted mean (so lesion_weight 0 is the plain loss).
+        The last four enter the run key only when they differ from their defaults (older keys stay valid).
     """
 
     preset: str = "small"
@@ -88,6 +99,13 @@ class TrainConfig:
     seed: int = 0
     split: str = "train"
     log_every: int = 10
+    prediction_type: str = "epsilon"
+    snr_gamma: float | None = None
+    lesion_weight: float = 0.0
+    lesion_classes: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        self.lesion_classes = tuple(int(c) for c in self.lesion_classes)  # lists from JSON or the CLI
 
     def result_key(self) -> dict:
         """The fields that change what training computes (the config part of the run key)."""
@@ -114,6 +132,51 @@ def _key(cfg: TrainConfig, data_sha: str) -> dict:
 def _stored_key(meta: dict) -> dict:
     """The run key of a saved model (recomputed from its config for models saved before keys were stored)."""
     return meta.get("run_key") or _key(meta.get("train_config", {}), meta.get("dataset", {}).get("sha256"))
+
+
+def noise_schedule(cfg: TrainConfig) -> dict:
+    """The DDPM noise schedule of a config (stored as the model's meta["noise_schedule"])."""
+    return {**NOISE_SCHEDULE, "prediction_type": cfg.prediction_type}
+
+
+def min_snr_weights(noise_sched, t: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) of timesteps `t` (b,), as in diffusers' training scripts.
+
+    SNR(t) = a_t / (1 - a_t) with a_t the cumulative alpha product. Weighting the x0-error by min(SNR, gamma)
+    is, for an epsilon target, a weight min(SNR, gamma) / SNR on the epsilon MSE, and for a v target
+    min(SNR, gamma) / (SNR + 1) on the v MSE.
+    """
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_sched, t)  # (b,)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+                   cfg: TrainConfig, noise_sched) -> torch.Tensor:
+    """The training loss: MSE of the UNet output against its target, with optional lesion and min-SNR weights.
+
+    Args:
+        pred, target: (b, 1, S, S) float32.
+        t: (b,) timesteps.
+        labels: (b, S, S) project ids of the images (not ablated: lesions count even when hidden from the mask);
+            only read when `cfg.lesion_weight` > 0.
+        cfg: `lesion_weight`, `lesion_classes`, `snr_gamma`, `prediction_type`.
+        noise_sched: the training DDPMScheduler (for SNR).
+    """
+    if not cfg.lesion_weight and cfg.snr_gamma is None:
+        return F.mse_loss(pred, target)  # the plain loss, bit for bit
+    se = (pred - target).pow(2)  # (b, 1, S, S)
+    if cfg.lesion_weight:
+        lesion = torch.isin(labels, torch.tensor(cfg.lesion_classes, device=labels.device))  # (b, S, S)
+        w = 1.0 + cfg.lesion_weight * lesion.unsqueeze(1).float()  # (b, 1, S, S)
+        per_image = (se * w).sum((1, 2, 3)) / w.sum((1, 2, 3))  # weighted mean per image
+    else:
+        per_image = se.mean((1, 2, 3))
+    if cfg.snr_gamma is not None:
+        per_image = per_image * min_snr_weights(noise_sched, t, cfg.snr_gamma, cfg.prediction_type)
+    return per_image.mean()
 
 
 def _accelerator(device: str, mixed_precision: str):
@@ -157,6 +220,12 @@ def _check(cfg: TrainConfig) -> int:
     for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"TrainConfig.{name}={getattr(cfg, name)}: must be >= 1")
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"TrainConfig.prediction_type={cfg.prediction_type!r}: expected one of {PREDICTION_TYPES}")
+    if cfg.snr_gamma is not None and not cfg.snr_gamma > 0:
+        raise ValueError(f"TrainConfig.snr_gamma={cfg.snr_gamma}: must be > 0 (or None: no min-SNR weighting)")
+    if not cfg.lesion_weight >= 0 or (cfg.lesion_weight > 0 and not cfg.lesion_classes):
+        raise ValueError(f"TrainConfig.lesion_weight={cfg.lesion_weight}: must be >= 0, and > 0 needs lesion_classes")
     warmup = min(500, cfg.steps // 10) if cfg.warmup is None else cfg.warmup
     if warmup >= cfg.steps:
         raise ValueError(f"TrainConfig.warmup={warmup} must be smaller than steps={cfg.steps}")
@@ -245,7 +314,7 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     if step and ema is not None:
         ema.to(acc.device)
     parts = dict(model=model, unet=unet, opt=opt, lr_sched=lr_sched, ema=ema, order=order, schedule=schedule,
-                 noise_sched=DDPMScheduler(**NOISE_SCHEDULE), gens=gens, images=images, labs=labs, classes=ds.classes)
+                 noise_sched=DDPMScheduler(**noise_schedule(cfg)), gens=gens, images=images, labs=labs, classes=ds.classes)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     result = _train_loop(cfg, acc, run, parts, step, end, progress, modules, state_gens)
     if result.finished and acc.is_main_process:
@@ -284,10 +353,12 @@ def _train_loop(cfg: TrainConfig, acc, run: RunFolder, p: dict, step: int, end: 
         x0, noise, t = p["images"][idx][part].to(dev), noise[part].to(dev), t[part].to(dev)
         cond = encode_mask(lab[part], p["classes"], cfg.mask_mode).to(dev)  # (b, C, S, S)
         x_t = noise_sched.add_noise(x0, noise, t)  # q(x_t | x_0)
+        target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
         inp = torch.cat([x_t, cond], dim=1).contiguous(memory_format=mem_format)  # (b, 1 + C, S, S)
         with acc.autocast():
             pred = model(inp, t).sample
-        loss = F.mse_loss(pred.float(), noise)
+        lesion_lab = p["labs"][idx][part].to(dev) if cfg.lesion_weight else None  # (b, S, S), unablated
+        loss = diffusion_loss(pred.float(), target, t, lesion_lab, cfg, noise_sched)
         acc.backward(loss)
         acc.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
         lr_now = lr_sched.get_last_lr()[0]
@@ -337,7 +408,7 @@ def _save_final(run: RunFolder, cfg: TrainConfig, ds: Dataset, unet, ema, freqs:
         "mask_mode": cfg.mask_mode, "preset": cfg.preset, "sample_size": ds.size, "window_hu": list(L.MODEL_WINDOW),
         "frequencies": freqs,
         "frequency_definition": "share of the non-background pixels of the training split",
-        "ablation": schedule.describe(), "noise_schedule": NOISE_SCHEDULE, "weights": "ema" if ema else "raw",
+        "ablation": schedule.describe(), "noise_schedule": noise_schedule(cfg), "weights": "ema" if ema else "raw",
         "train_config": asdict(cfg), "seed": cfg.seed, "dataset": _dataset_info(ds, cfg.split),
         "training": {"steps": result.steps, "wall_s": result.wall_s, "images_per_s": result.images_per_s,
                      "peak_mem_bytes": result.peak_mem_bytes, "device": result.device,
