@@ -174,6 +174,17 @@ GOLDEN_TRAIN = {
 }
 
 
+def test_generator_saved_before_run_keys_were_stored_is_reused(tiny_dataset, tmp_path):
+    cfg = GanTrainConfig(model="pix2pix-T", steps=2, batch_size=2)
+    gen = train_gan(tiny_dataset, cfg, tmp_path, progress=False)
+    meta = json.loads((gen / "config.json").read_text())
+    del meta["run_key"]  # as written before the training shell: the key comes from its fingerprint
+    (gen / "config.json").write_text(json.dumps(meta))
+    stamp = (gen / "model.safetensors").stat().st_mtime_ns
+    assert train_gan(tiny_dataset, cfg, tmp_path, progress=False) == gen
+    assert (gen / "model.safetensors").stat().st_mtime_ns == stamp
+
+
 def test_resume_refuses_a_different_configuration(tiny_dataset, tmp_path):
     cfg = GanTrainConfig(model="pix2pix-T", steps=4, batch_size=2, checkpoint_every=2)
     train_gan(tiny_dataset, cfg, tmp_path, stop_after=2, progress=False)

@@ -80,6 +80,17 @@ def test_finished_model_is_reused_and_a_different_config_is_refused(ds, tmp_path
     assert not third.reused and third.steps == 3 and len(losses(third.loss_csv)) == 3
 
 
+def test_model_saved_before_run_keys_were_stored_is_reused(ds, tmp_path):
+    cfg = TrainConfig(steps=2, **TINY)
+    first = train_diffusion(ds, cfg, tmp_path / "m", device="cpu", progress=False)
+    mpath = first.model_dir / "difflung_config.json"
+    meta = json.loads(mpath.read_text())
+    assert meta["run_key"]["dataset_sha256"] == ds.manifest["splits"]["train"]["sha256"]
+    del meta["run_key"]  # as written before the training shell: the key is recomputed from train_config
+    mpath.write_text(json.dumps(meta))
+    assert train_diffusion(ds, cfg, tmp_path / "m", device="cpu", progress=False).reused
+
+
 def test_resume_with_another_config_is_refused(ds, tmp_path):
     train_diffusion(ds, TrainConfig(steps=4, **TINY), tmp_path / "m", device="cpu", progress=False, stop_after=2)
     with pytest.raises(ValueError, match=r"another config.*'lr': \(0.0001, 0.001\)"):

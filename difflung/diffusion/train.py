@@ -1,4 +1,4 @@
-"""Training the mask-guided DDPM: eps-prediction, AdamW + cosine warm-up, EMA, mask ablation, checkpoints.
+"""Training the mask-guided DDPM: eps- or v-prediction, AdamW + cosine warm-up, EMA, mask ablation, checkpoints.
 
     result = train_diffusion("runs/smoke/01_data_preparation/dataset", TrainConfig(steps=300), "runs/x/model")
 
@@ -273,7 +273,6 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     Returns:
         TrainResult (model folder, loss CSV, wall time, peak memory, images/s, device).
     """
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
@@ -283,82 +282,34 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     run = RunFolder(out_dir, _key(cfg, _dataset_info(ds, cfg.split)["sha256"]), FOLDER, keep=cfg.keep_checkpoints,
                     stored_key=_stored_key)
     if reuse and (meta := run.finished()) is not None:
-        tr = meta["training"]
-        return TrainResult(run.root, run.log.path, tr["wall_s"], tr["peak_mem_bytes"], tr["images_per_s"],
-                           tr["device"], tr["steps"], True, reused=True)
+        return _reused(run, meta)
     _prepare_folder(run, reuse, overwrite)
-
-    images, labs = _training_data(ds, cfg.split)
-    freqs = ablation_frequencies(ds, cfg.split)
-    schedule = AblationSchedule(cfg.strategy, ds.classes, freqs, cfg.steps)
     acc = _accelerator(device, cfg.mixed_precision)
-    if cfg.batch_size % acc.num_processes:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {acc.num_processes} processes")
     gens = seed_streams(cfg.seed, ("init", "data", "ablation", "noise"))
+    batches = _Batches(ds, cfg, gens, acc)
     with rng_scope(gens["init"].initial_seed()):  # nn.Module initialisers draw from the global RNG
         unet = build_unet(len(ds.classes), ds.size, cfg.mask_mode, cfg.preset)
-    cuda = acc.device.type == "cuda"
-    unet.to(acc.device, memory_format=torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format)
+    unet.to(acc.device, memory_format=batches.mem_format)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # not passed to accelerate.prepare, which would step it once per process: stepped once per global step
     lr_sched = get_cosine_schedule_with_warmup(opt, warmup, cfg.steps)
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=cuda) if cfg.ema_decay else None
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=batches.cuda) if cfg.ema_decay else None
     model, opt = acc.prepare(unet, opt)
-    if cfg.compile and cuda:
+    if cfg.compile and batches.cuda:
         model = torch.compile(model)
-    order = BatchOrder(len(images), gens["data"])
-    modules = {"unet": unet, "optimizer": opt, "lr_scheduler": lr_sched, "data_order": order,
+    modules = {"unet": unet, "optimizer": opt, "lr_scheduler": lr_sched, "data_order": batches.order,
                **({"ema": ema} if ema is not None else {})}
-    state_gens = {"ablation": gens["ablation"], "noise": gens["noise"]}
-    step = run.resume(modules, state_gens, map_location=acc.device)
+    step = run.resume(modules, batches.generators, map_location=acc.device)
     if step and ema is not None:
         ema.to(acc.device)
-    parts = dict(model=model, unet=unet, opt=opt, lr_sched=lr_sched, ema=ema, order=order, schedule=schedule,
-                 noise_sched=DDPMScheduler(**noise_schedule(cfg)), gens=gens, images=images, labs=labs, classes=ds.classes)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    result = _train_loop(cfg, acc, run, parts, step, end, progress, modules, state_gens)
-    if result.finished and acc.is_main_process:
-        result.wall_s = time.perf_counter() - t_start  # stored as is: saving takes well under a second
-        _save_final(run, cfg, ds, unet, ema, freqs, schedule, result, acc)
-    acc.wait_for_everyone()
-    if not result.wall_s:  # unfinished, or not the main process
-        result.wall_s = time.perf_counter() - t_start
-    return result
-
-
-def _train_loop(cfg: TrainConfig, acc, run: RunFolder, p: dict, step: int, end: int, progress: bool,
-                modules: dict, state_gens: dict) -> TrainResult:
-    """Steps `step`..`end` of the loop; checkpoints on the way; returns the timing part of the result."""
-    from tqdm import tqdm
-
-    dev, world, rank = acc.device, acc.num_processes, acc.process_index
-    cuda = dev.type == "cuda"
-    mem_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
-    model, unet, opt, lr_sched, ema, noise_sched = p["model"], p["unet"], p["opt"], p["lr_sched"], p["ema"], p["noise_sched"]
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
-    pending: list[tuple[int, torch.Tensor, float]] = []  # losses kept on the device until the next flush
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (show_progress(progress) and acc.is_main_process),
-               desc=f"train {cfg.strategy}", unit="step")
-    # throughput excludes this call's first step (allocator warm-up, cuDNN autotuning, torch.compile)
-    t_loop, first = time.perf_counter(), step
+    meter = _Meter(cfg, run, acc, step, end, progress)
     model.train()
     while step < end:
-        # one global batch, drawn identically on every process from the CPU generators
-        idx = p["order"].next(cfg.batch_size)  # (B,)
-        lab = p["schedule"].apply(p["labs"][idx], step, p["gens"]["ablation"])  # (B, S, S), ablated -> UNSPECIFIED
-        noise = torch.randn(p["images"][idx].shape, generator=p["gens"]["noise"])  # (B, 1, S, S)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=p["gens"]["noise"])
-        part = slice(rank, None, world)  # this process's share of the global batch
-        x0, noise, t = p["images"][idx][part].to(dev), noise[part].to(dev), t[part].to(dev)
-        cond = encode_mask(lab[part], p["classes"], cfg.mask_mode).to(dev)  # (b, C, S, S)
-        x_t = noise_sched.add_noise(x0, noise, t)  # q(x_t | x_0)
-        target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
-        inp = torch.cat([x_t, cond], dim=1).contiguous(memory_format=mem_format)  # (b, 1 + C, S, S)
+        inp, t, target, lesion_labels = batches.draw(step)  # this process's share of one global batch
         with acc.autocast():
-            pred = model(inp, t).sample
-        lesion_lab = p["labs"][idx][part].to(dev) if cfg.lesion_weight else None  # (b, S, S), unablated
-        loss = diffusion_loss(pred.float(), target, t, lesion_lab, cfg, noise_sched)
+            pred = model(inp, t).sample  # (b, 1, S, S)
+        loss = diffusion_loss(pred.float(), target, t, lesion_labels, cfg, batches.noise_sched)
         acc.backward(loss)
         acc.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
         lr_now = lr_sched.get_last_lr()[0]
@@ -368,31 +319,108 @@ def _train_loop(cfg: TrainConfig, acc, run: RunFolder, p: dict, step: int, end: 
         if ema is not None:
             ema.step(unet.parameters())
         step += 1
-        pending.append((step, acc.reduce(loss.detach(), "mean"), lr_now))
-        bar.update(1)
-        if step == first + 1 and end - first > 1:
-            if cuda:
-                torch.cuda.synchronize(dev)
-            t_loop = time.perf_counter()
-        if step % cfg.log_every == 0 or step == end or step % cfg.checkpoint_every == 0:
-            for s, l, r in pending:
-                run.log.append(s, loss=float(l), lr=r)
-            pending = []
-            bar.set_postfix(loss=f"{run.log.rows[-1]['loss']:.4f}")
+        meter.record(step, acc.reduce(loss.detach(), "mean"), lr_now)
         if (step % cfg.checkpoint_every == 0 or (step == end and end < cfg.steps)) and acc.is_main_process:
-            run.save_checkpoint(step, modules, state_gens)
-    bar.close()
-    if cuda:
-        torch.cuda.synchronize(dev)
-    loop_s = time.perf_counter() - t_loop
-    timed = step - first - (1 if step - first > 1 else 0)
-    ips = timed * cfg.batch_size / loop_s if timed > 0 else float("nan")
-    return TrainResult(run.root, run.log.path, 0.0, _peak_memory(dev), ips, device_description(dev), step,
-                       finished=step >= cfg.steps)
+            run.save_checkpoint(step, modules, batches.generators)
+    result = meter.result(step)
+    if result.finished and acc.is_main_process:
+        result.wall_s = time.perf_counter() - t_start  # stored as is: saving takes well under a second
+        _save_final(run, cfg, ds, unet, ema, batches, result, acc)
+    acc.wait_for_everyone()
+    if not result.wall_s:  # unfinished, or not the main process
+        result.wall_s = time.perf_counter() - t_start
+    return result
 
 
-def _save_final(run: RunFolder, cfg: TrainConfig, ds: Dataset, unet, ema, freqs: dict, schedule,
-                result: TrainResult, acc) -> None:
+def _reused(run: RunFolder, meta: dict) -> TrainResult:
+    tr = meta["training"]
+    return TrainResult(run.root, run.log.path, tr["wall_s"], tr["peak_mem_bytes"], tr["images_per_s"], tr["device"],
+                       tr["steps"], True, reused=True)
+
+
+class _Batches:
+    """The training split, its ablation schedule and the CPU streams of data order, ablation and noise.
+
+    `draw(step)` draws one global batch identically on every process, and returns this process's share, so a
+    run does not depend on the number of processes beyond float reduction order.
+    """
+
+    def __init__(self, ds: Dataset, cfg: TrainConfig, gens: dict, acc):
+        from diffusers import DDPMScheduler
+
+        if cfg.batch_size % acc.num_processes:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {acc.num_processes} processes")
+        self.images, self.labs = _training_data(ds, cfg.split)  # (N, 1, S, S) float32, (N, S, S) uint8
+        self.freqs = ablation_frequencies(ds, cfg.split)
+        self.schedule = AblationSchedule(cfg.strategy, ds.classes, self.freqs, cfg.steps)
+        self.noise_sched = DDPMScheduler(**noise_schedule(cfg))
+        self.order, self.gens = BatchOrder(len(self.images), gens["data"]), gens
+        self.generators = {"ablation": gens["ablation"], "noise": gens["noise"]}  # checkpointed with the modules
+        self.cfg, self.classes, self.dev = cfg, ds.classes, acc.device
+        self.part = slice(acc.process_index, None, acc.num_processes)
+        self.cuda = acc.device.type == "cuda"
+        self.mem_format = torch.channels_last if self.cuda and cfg.channels_last else torch.contiguous_format
+
+    def draw(self, step: int):
+        """(UNet input (b, 1 + C, S, S), timesteps (b,), target (b, 1, S, S), unablated labels (b, S, S) or None)."""
+        cfg, dev, part = self.cfg, self.dev, self.part
+        idx = self.order.next(cfg.batch_size)  # (B,)
+        lab = self.schedule.apply(self.labs[idx], step, self.gens["ablation"])  # (B, S, S), ablated -> UNSPECIFIED
+        noise = torch.randn(self.images[idx].shape, generator=self.gens["noise"])  # (B, 1, S, S)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(idx),), generator=self.gens["noise"])
+        x0, noise, t = self.images[idx][part].to(dev), noise[part].to(dev), t[part].to(dev)
+        cond = encode_mask(lab[part], self.classes, cfg.mask_mode).to(dev)  # (b, C, S, S)
+        x_t = self.noise_sched.add_noise(x0, noise, t)  # q(x_t | x_0)
+        target = noise if cfg.prediction_type == "epsilon" else self.noise_sched.get_velocity(x0, noise, t)
+        inp = torch.cat([x_t, cond], dim=1).contiguous(memory_format=self.mem_format)  # (b, 1 + C, S, S)
+        lesion = self.labs[idx][part].to(dev) if cfg.lesion_weight else None  # lesions hidden from the mask count
+        return inp, t, target, lesion
+
+
+class _Meter:
+    """The progress bar, the loss log (losses stay on the device until a flush) and the throughput timing."""
+
+    def __init__(self, cfg: TrainConfig, run: RunFolder, acc, step: int, end: int, progress: bool):
+        from tqdm import tqdm
+
+        self.cfg, self.run, self.dev, self.end = cfg, run, acc.device, end
+        if self.dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.dev)
+        self.pending: list[tuple[int, torch.Tensor, float]] = []
+        self.bar = tqdm(total=cfg.steps, initial=step, unit="step", desc=f"train {cfg.strategy}",
+                        disable=not (show_progress(progress) and acc.is_main_process))
+        # throughput excludes this call's first step (allocator warm-up, cuDNN autotuning, torch.compile)
+        self.t_loop, self.first = time.perf_counter(), step
+
+    def _sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+
+    def record(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        cfg = self.cfg
+        self.pending.append((step, loss, lr))
+        self.bar.update(1)
+        if step == self.first + 1 and self.end - self.first > 1:
+            self._sync()
+            self.t_loop = time.perf_counter()
+        if step % cfg.log_every == 0 or step == self.end or step % cfg.checkpoint_every == 0:
+            for s, l, r in self.pending:
+                self.run.log.append(s, loss=float(l), lr=r)
+            self.pending = []
+            self.bar.set_postfix(loss=f"{self.run.log.rows[-1]['loss']:.4f}")
+
+    def result(self, step: int) -> TrainResult:
+        self.bar.close()
+        self._sync()
+        loop_s = time.perf_counter() - self.t_loop
+        timed = step - self.first - (1 if step - self.first > 1 else 0)
+        ips = timed * self.cfg.batch_size / loop_s if timed > 0 else float("nan")
+        return TrainResult(self.run.root, self.run.log.path, 0.0, _peak_memory(self.dev), ips,
+                           device_description(self.dev), step, finished=step >= self.cfg.steps)
+
+
+def _save_final(run: RunFolder, cfg: TrainConfig, ds: Dataset, unet, ema, batches: _Batches, result: TrainResult,
+                acc) -> None:
     """Save the EMA (or raw) weights with save_pretrained and the model's difflung_config.json."""
     classes, dev, world = ds.classes, acc.device, acc.num_processes
     with rng_scope(0):  # its random init is overwritten: leave the global RNG alone
@@ -406,9 +434,9 @@ def _save_final(run: RunFolder, cfg: TrainConfig, ds: Dataset, unet, ema, freqs:
         "classes": classes, "class_names": L.names(classes),
         "channel_map": {str(k): v for k, v in channel_map(classes).items()}, "unspecified": UNSPECIFIED,
         "mask_mode": cfg.mask_mode, "preset": cfg.preset, "sample_size": ds.size, "window_hu": list(L.MODEL_WINDOW),
-        "frequencies": freqs,
+        "frequencies": batches.freqs,
         "frequency_definition": "share of the non-background pixels of the training split",
-        "ablation": schedule.describe(), "noise_schedule": noise_schedule(cfg), "weights": "ema" if ema else "raw",
+        "ablation": batches.schedule.describe(), "noise_schedule": noise_schedule(cfg), "weights": "ema" if ema else "raw",
         "train_config": asdict(cfg), "seed": cfg.seed, "dataset": _dataset_info(ds, cfg.split),
         "training": {"steps": result.steps, "wall_s": result.wall_s, "images_per_s": result.images_per_s,
                      "peak_mem_bytes": result.peak_mem_bytes, "device": result.device,
