@@ -13,12 +13,6 @@ the same compute. Everything random -- weight init, batch draws, augmentation --
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,11 +22,15 @@ import torch
 
 from .progress import show_progress
 from . import labels as L
-from .provenance import provenance, write_json_atomic, write_text_atomic
+from .provenance import provenance
+from .training import (BatchOrder, FolderSpec, LossLog, RunFolder, load_state_dict, open_folder, rng_scope, run_key,
+                       save_model_folder, state_dict_writer)
 
 FORMAT = "difflung-segmenter/1"
 WEIGHTS = "model.safetensors"
 META = "segmenter.json"
+FOLDER = FolderSpec(FORMAT, META, WEIGHTS, "a trained segmenter")
+_EXECUTION_FIELDS = ("log_every",)
 
 
 @dataclass
@@ -162,54 +160,21 @@ class Segmenter:
         idx = self.predict_proba(images, batch_size).argmax(1)
         return np.asarray(self.classes, dtype=np.uint8)[idx]
 
-    def save(self, out_dir) -> Path:
-        """Write `model.safetensors` + `segmenter.json` (classes, config, training info, provenance) atomically."""
-        from safetensors.torch import save_file
+    def _meta(self) -> dict:
+        return {"classes": self.classes, "class_names": L.names(self.classes), "config": asdict(self.config),
+                "info": self.info}
 
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS))
-            write_json_atomic(tmp / META, {"format": FORMAT, "classes": self.classes,
-                                           "class_names": L.names(self.classes), "config": asdict(self.config),
-                                           "info": self.info})
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return out_dir
+    def save(self, out_dir) -> Path:
+        """Write `model.safetensors`, then `segmenter.json` (classes, config, training info, provenance)."""
+        return save_model_folder(out_dir, FOLDER, state_dict_writer(self.model, WEIGHTS), self._meta())
 
     @classmethod
     def load(cls, path, device="cpu") -> "Segmenter":
         """Open a folder written by `save` (safetensors only; nothing is unpickled)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         path = Path(path)
-        meta_path, w_path = path / META, path / WEIGHTS
-        for p in (meta_path, w_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: missing; a segmenter folder holds {META} and {WEIGHTS}")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}: not valid JSON ({e})") from e
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        meta = open_folder(path, FOLDER)
         config = SegConfig.from_dict(meta["config"])
-        model = build_unet(len(meta["classes"]), config)
-        try:
-            state = load_file(str(w_path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{w_path}: not a readable safetensors file ({e})") from e
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"{w_path}: weights do not match the config in {meta_path} ({e})") from e
+        model = load_state_dict(build_unet(len(meta["classes"]), config), path / WEIGHTS, path / META)
         return cls(model, meta["classes"], config, device=device, info=meta.get("info", {}))
 
 
@@ -244,77 +209,93 @@ def train_segmenter(images, labels, classes, config: SegConfig, generator: torch
     device = torch.device(device)
     n = len(images)
     channel = _lookup(classes)[labels]  # (N, S, S) channel index per pixel
-    if sample_weights is not None:
-        w = torch.as_tensor(np.asarray(sample_weights, dtype=np.float64))
-        if w.shape != (n,) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"sample_weights must be ({n},) finite, non-negative, not all zero")
+    # weighted draws with replacement, or shuffled passes (a batch may straddle two), from `generator`
+    order = BatchOrder(n, generator, weights=sample_weights)
 
     seed = _seed_from(generator)
     # Module init and dropout draw from torch's global RNG: fork it, seed it from the explicit generator, and
     # restore the caller's state afterwards, so training is a function of `generator` alone.
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
+    with rng_scope(seed, device):
         model = build_unet(len(classes), config).to(device)
         aug = (build_augmentation(config, images.shape[-1]).set_random_state(seed=_seed_from(generator))
                if config.augment else None)
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=config.lambda_dice,
-                             lambda_ce=config.lambda_ce, batch=config.dice_batch)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.steps, 1))
-        use_amp = config.amp and device.type == "cuda"
-        track = get_track_meta()
-        set_track_meta(False)  # plain tensors out of MONAI transforms: no metadata bookkeeping in the loop
-        order, pos = torch.empty(0, dtype=torch.long), 0
-        log, t0, seen, loss_v = [], time.perf_counter(), 0, float("nan")
-        model.train()
-        try:
-            for step in tqdm(range(1, config.steps + 1), desc="segmenter", disable=not show_progress(progress), leave=False):
-                if sample_weights is not None:
-                    idx = torch.multinomial(w, config.batch_size, replacement=True, generator=generator)
-                else:
-                    take, got = [], 0
-                    while got < config.batch_size:  # shuffled passes; a batch may straddle two passes
-                        if pos >= len(order):
-                            order, pos = torch.randperm(n, generator=generator), 0
-                        k = min(config.batch_size - got, len(order) - pos)
-                        take.append(order[pos:pos + k])
-                        pos, got = pos + k, got + k
-                    idx = torch.cat(take)
-                idx = idx.numpy()
-                x = torch.from_numpy(images[idx]).unsqueeze(1)  # (B, 1, S, S)
-                y = torch.from_numpy(channel[idx].astype(np.float32)).unsqueeze(1)  # (B, 1, S, S) channel ids
-                if aug is not None:
-                    out = [aug({"image": x[b], "label": y[b]}) for b in range(len(idx))]
-                    x = torch.stack([torch.as_tensor(o["image"]) for o in out])
-                    y = torch.stack([torch.as_tensor(o["label"]) for o in out])
-                x, y = x.to(device, non_blocking=True), y.round().to(device, non_blocking=True)
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(x)
-                loss = loss_fn(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                seen += len(idx)
-                if step % config.log_every == 0 or step == config.steps:
-                    loss_v = float(loss.detach())
-                    log.append({"step": step, "loss": round(loss_v, 6), "lr": sched.get_last_lr()[0],
-                                "seconds": round(time.perf_counter() - t0, 3)})
-        finally:
-            set_track_meta(track)
+        log, t0 = LossLog(log_path), time.perf_counter()
+        seen, loss_v = _loop(model, aug, order, images, channel, config, device, log, progress)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
     info = {"steps": config.steps, "n_train": n, "images_seen": seen, "wall_s": round(wall, 3),
             "images_per_s": round(seen / wall, 2) if wall > 0 else None, "final_loss": loss_v,
             "provenance": provenance(config=asdict(config), seed=seed, device=device)}
-    if log_path is not None:
-        buf = io.StringIO()
-        wr = csv.DictWriter(buf, fieldnames=["step", "loss", "lr", "seconds"], lineterminator="\n")
-        wr.writeheader()
-        wr.writerows(log)
-        write_text_atomic(log_path, buf.getvalue())
+    log.write()
     seg = Segmenter(model, classes, config, device=device, info=info)
-    seg.history = log
+    seg.history = log.rows
+    return seg
+
+
+def _loop(model, aug, order: BatchOrder, images, channel, config: SegConfig, device, log: LossLog, progress: bool):
+    """`config.steps` optimisation steps of Dice + CE; returns (images seen, last logged loss)."""
+    from monai.data import get_track_meta, set_track_meta
+    from monai.losses import DiceCELoss
+    from tqdm.auto import tqdm
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=config.lambda_dice,
+                         lambda_ce=config.lambda_ce, batch=config.dice_batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.steps, 1))
+    use_amp = config.amp and device.type == "cuda"
+    track = get_track_meta()
+    set_track_meta(False)  # plain tensors out of MONAI transforms: no metadata bookkeeping in the loop
+    t0, seen, loss_v = time.perf_counter(), 0, float("nan")
+    model.train()
+    try:
+        for step in tqdm(range(1, config.steps + 1), desc="segmenter", disable=not show_progress(progress), leave=False):
+            idx = order.next(config.batch_size).numpy()  # (B,)
+            x = torch.from_numpy(images[idx]).unsqueeze(1)  # (B, 1, S, S)
+            y = torch.from_numpy(channel[idx].astype(np.float32)).unsqueeze(1)  # (B, 1, S, S) channel ids
+            if aug is not None:
+                out = [aug({"image": x[b], "label": y[b]}) for b in range(len(idx))]
+                x = torch.stack([torch.as_tensor(o["image"]) for o in out])
+                y = torch.stack([torch.as_tensor(o["label"]) for o in out])
+            x, y = x.to(device, non_blocking=True), y.round().to(device, non_blocking=True)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(idx)
+            if step % config.log_every == 0 or step == config.steps:
+                loss_v = float(loss.detach())
+                log.append(step, loss=round(loss_v, 6), lr=sched.get_last_lr()[0],
+                           seconds=round(time.perf_counter() - t0, 3))
+    finally:
+        set_track_meta(track)
+    return seen, loss_v
+
+
+def fit_segmenter(out_dir, images, labels, classes, config: SegConfig, seed: int, *, dataset_sha256: str,
+                  device="cpu", sample_weights=None, progress: bool = True) -> Segmenter:
+    """`train_segmenter` with the training shell's reuse rule: a finished segmenter in `out_dir` trained with the
+    same run key (config, classes, seed, the data's sha256) is loaded instead of trained again.
+
+    Args:
+        out_dir: the segmenter folder (`model.safetensors` + `segmenter.json`, with its run key).
+        images, labels, classes, config, sample_weights, device, progress: as in `train_segmenter`.
+        seed: seeds `torch.Generator().manual_seed(seed)`, the only source of randomness.
+        dataset_sha256: identifies the training data (e.g. the split's sha256 in the dataset manifest).
+    """
+    import hashlib
+
+    weights_sha = None if sample_weights is None else \
+        hashlib.sha256(np.ascontiguousarray(sample_weights, dtype=np.float64).tobytes()).hexdigest()
+    key = run_key(config, dataset_sha256, execution=_EXECUTION_FIELDS, seed=int(seed),
+                  classes=sorted(int(c) for c in classes), sample_weights_sha256=weights_sha)
+    run = RunFolder(out_dir, key, FOLDER)
+    if run.finished() is not None:
+        return Segmenter.load(out_dir, device=device)
+    seg = train_segmenter(images, labels, classes, config, torch.Generator().manual_seed(int(seed)), device=device,
+                          sample_weights=sample_weights, progress=progress)
+    run.save(state_dict_writer(seg.model, WEIGHTS), seg._meta())
     return seg

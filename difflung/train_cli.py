@@ -23,9 +23,12 @@ def configure_parser(p) -> None:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default, metavar="BOOL")
-        elif f.name in ("warmup", "ema_decay"):
+        elif f.name in ("warmup", "ema_decay", "snr_gamma"):
             cast = int if f.name == "warmup" else float
             p.add_argument(flag, type=lambda s, c=cast: None if s.lower() == "none" else c(s), default=default)
+        elif f.name == "lesion_classes":  # comma-separated project ids
+            p.add_argument(flag, type=lambda s: tuple(int(c) for c in s.split(",") if c), default=default,
+                           metavar="IDS")
         else:
             p.add_argument(flag, type=type(default), default=default)
 

@@ -80,6 +80,17 @@ def test_finished_model_is_reused_and_a_different_config_is_refused(ds, tmp_path
     assert not third.reused and third.steps == 3 and len(losses(third.loss_csv)) == 3
 
 
+def test_model_saved_before_run_keys_were_stored_is_reused(ds, tmp_path):
+    cfg = TrainConfig(steps=2, **TINY)
+    first = train_diffusion(ds, cfg, tmp_path / "m", device="cpu", progress=False)
+    mpath = first.model_dir / "difflung_config.json"
+    meta = json.loads(mpath.read_text())
+    assert meta["run_key"]["dataset_sha256"] == ds.manifest["splits"]["train"]["sha256"]
+    del meta["run_key"]  # as written before the training shell: the key is recomputed from train_config
+    mpath.write_text(json.dumps(meta))
+    assert train_diffusion(ds, cfg, tmp_path / "m", device="cpu", progress=False).reused
+
+
 def test_resume_with_another_config_is_refused(ds, tmp_path):
     train_diffusion(ds, TrainConfig(steps=4, **TINY), tmp_path / "m", device="cpu", progress=False, stop_after=2)
     with pytest.raises(ValueError, match=r"another config.*'lr': \(0.0001, 0.001\)"):
@@ -227,3 +238,90 @@ def test_two_processes_train_the_same_model_as_one(ds, tmp_path):
     b = load_file(tmp_path / "two" / "diffusion_pytorch_model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6  # gradient all-reduce order only
     assert losses(tmp_path / "one" / "loss.csv") == pytest.approx(losses(tmp_path / "two" / "loss.csv"), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# recipe levers: v-prediction, min-SNR-gamma weighting, lesion-focused loss
+
+def test_new_recipe_fields_at_their_defaults_keep_the_run_key():
+    from dataclasses import fields
+
+    new = {"prediction_type", "snr_gamma", "lesion_weight", "lesion_classes"}
+    old = {f.name for f in fields(TrainConfig)} - new - {"checkpoint_every", "keep_checkpoints", "log_every"}
+    assert set(TrainConfig().result_key()) == old
+    assert TrainConfig(snr_gamma=5.0).result_key()["snr_gamma"] == 5.0
+    assert TrainConfig(lesion_classes=[4, 6]).result_key()["lesion_classes"] == [4, 6]
+
+
+def test_v_prediction_model_trains_and_samples_with_every_sampler(ds, tmp_path):
+    from difflung.diffusion.sample import make_scheduler, sample
+
+    cfg = TrainConfig(steps=2, prediction_type="v_prediction", **TINY)
+    r = train_diffusion(ds, cfg, tmp_path / "v", device="cpu", progress=False)
+    eps = train_diffusion(ds, TrainConfig(steps=2, **TINY), tmp_path / "eps", device="cpu", progress=False)
+    assert r.finished and np.isfinite(losses(r.loss_csv)).all()
+    assert losses(r.loss_csv)[0] != losses(eps.loss_csv)[0]  # same noise and model, another target
+    unet, meta = load_model(r.model_dir, ds)
+    assert meta["noise_schedule"]["prediction_type"] == "v_prediction"
+    labels = ds.split("test").labels[:2]
+    for sampler in ("ddim", "dpm", "ddpm"):
+        assert make_scheduler(sampler, meta["noise_schedule"]).config.prediction_type == "v_prediction"
+        x = sample(unet, meta, labels, generator=torch.Generator().manual_seed(0), sampler=sampler, steps=2)
+        assert x.shape == labels.shape and np.isfinite(x).all() and np.abs(x).max() <= 1
+    snr = train_diffusion(ds, TrainConfig(steps=2, prediction_type="v_prediction", snr_gamma=5.0, **TINY),
+                          tmp_path / "v_snr", device="cpu", progress=False)
+    assert np.isfinite(losses(snr.loss_csv)).all() and losses(snr.loss_csv) != losses(r.loss_csv)
+    with pytest.raises(ValueError, match="prediction_type='x0'"):
+        train_diffusion(ds, TrainConfig(steps=2, prediction_type="x0", **TINY), tmp_path / "x", device="cpu")
+
+
+def test_v_target_is_diffusers_velocity():
+    from diffusers import DDPMScheduler
+
+    from difflung.diffusion.train import NOISE_SCHEDULE
+
+    sched = DDPMScheduler(**{**NOISE_SCHEDULE, "prediction_type": "v_prediction"})
+    x0, noise, t = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), -1.0), torch.tensor([10])
+    a = sched.alphas_cumprod[10]
+    assert torch.allclose(sched.get_velocity(x0, noise, t), a.sqrt() * noise - (1 - a).sqrt() * x0)
+
+
+def test_min_snr_weights_equal_known_values():
+    from diffusers import DDPMScheduler
+
+    from difflung.diffusion.train import NOISE_SCHEDULE, min_snr_weights
+
+    sched = DDPMScheduler(**NOISE_SCHEDULE)
+    t = torch.tensor([0, 999])
+    # linear betas 1e-4..0.02: a_0 = 1 - 1e-4, so SNR(0) = 9999; SNR(999) = a_999 / (1 - a_999) with a_999 ~ 4.04e-5
+    a999 = float(np.prod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64)))
+    snr999 = a999 / (1 - a999)
+    eps = min_snr_weights(sched, t, 5.0, "epsilon")
+    v = min_snr_weights(sched, t, 5.0, "v_prediction")
+    assert eps.tolist() == pytest.approx([5 / 9999, 1.0], rel=1e-3)  # high SNR clipped to gamma; low SNR: weight 1
+    assert v.tolist() == pytest.approx([5 / 10000, snr999 / (snr999 + 1)], rel=1e-3)
+    assert min_snr_weights(sched, torch.tensor([0]), 1e6, "epsilon").item() == pytest.approx(1.0)  # gamma -> inf: off
+
+
+def test_lesion_weighting_zero_is_the_plain_loss_bit_for_bit_and_weights_lesions(ds, tmp_path):
+    from diffusers import DDPMScheduler
+
+    from difflung.diffusion.train import NOISE_SCHEDULE, diffusion_loss
+
+    plain = train_diffusion(ds, TrainConfig(steps=3, **TINY), tmp_path / "plain", device="cpu", progress=False)
+    zero = train_diffusion(ds, TrainConfig(steps=3, lesion_weight=0.0, lesion_classes=(4, 6), **TINY),
+                           tmp_path / "zero", device="cpu", progress=False)
+    assert plain.loss_csv.read_text() == zero.loss_csv.read_text()
+    a = load_file(plain.model_dir / "diffusion_pytorch_model.safetensors")
+    b = load_file(zero.model_dir / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    heavy = train_diffusion(ds, TrainConfig(steps=3, lesion_weight=4.0, lesion_classes=(4, 6), **TINY),
+                            tmp_path / "heavy", device="cpu", progress=False)
+    assert losses(heavy.loss_csv)[0] != losses(plain.loss_csv)[0]
+    # by hand: one image, errors 1 on the lesion pixel, 0 elsewhere: weight 5 / (5 + 3)
+    pred, target = torch.zeros(1, 1, 2, 2), torch.tensor([[[[1.0, 0], [0, 0]]]])
+    lab = torch.tensor([[[4, 1], [1, 0]]], dtype=torch.uint8)
+    sched, t = DDPMScheduler(**NOISE_SCHEDULE), torch.tensor([5])
+    cfg = TrainConfig(lesion_weight=4.0, lesion_classes=(4,))
+    assert diffusion_loss(pred, target, t, lab, cfg, sched).item() == pytest.approx(5 / 8)
+    assert diffusion_loss(pred, target, t, lab, TrainConfig(), sched).item() == pytest.approx(1 / 4)

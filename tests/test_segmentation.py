@@ -81,6 +81,16 @@ def test_sample_weights_restrict_training_data(data):
                         sample_weights=np.zeros(len(img)), progress=False)
 
 
+def test_weighted_draws_with_dropout_are_golden(data):
+    """Pins the weighted batch stream and the dropout noise (global RNG scope) on a fixed generator."""
+    (img, lab), _ = data
+    cfg = SegConfig(steps=4, augment=False, dropout=0.2, log_every=1, **TINY)
+    seg = train_segmenter(img, lab, CLASSES, cfg, torch.Generator().manual_seed(3),
+                          sample_weights=np.linspace(0, 1, len(img)), progress=False)
+    # golden values (CPU, torch 2.13, monai 1.6.1)
+    assert [h["loss"] for h in seg.history] == pytest.approx([1.922597, 1.634065, 1.484412, 1.425401], abs=1e-4)
+
+
 def test_save_load_round_trip_and_bad_files(data, tmp_path):
     train, test = data
     seg = train_segmenter(*train, CLASSES, SegConfig(steps=5, **TINY), torch.Generator().manual_seed(0),

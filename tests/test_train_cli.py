@@ -22,3 +22,18 @@ def test_train_command_saves_a_loadable_model_and_reuses_it(tmp_path, capsys):
 def test_train_command_names_a_missing_dataset(tmp_path, capsys):
     assert main(["train", "--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "m")]) == 1
     assert "none/manifest.json: no dataset manifest" in capsys.readouterr().err
+
+
+def test_train_command_parses_the_recipe_levers():
+    import argparse
+
+    from difflung.train_cli import configure_parser
+
+    p = argparse.ArgumentParser()
+    configure_parser(p)
+    base = ["--dataset", "d", "--out", "o"]
+    args = p.parse_args(base + ["--prediction-type", "v_prediction", "--snr-gamma", "5", "--lesion-weight", "2",
+                                "--lesion-classes", "4,6"])
+    assert (args.prediction_type, args.snr_gamma, args.lesion_weight, args.lesion_classes) == ("v_prediction", 5.0, 2.0, (4, 6))
+    d = p.parse_args(base)
+    assert (d.prediction_type, d.snr_gamma, d.lesion_weight, d.lesion_classes) == ("epsilon", None, 0.0, ())

@@ -67,7 +67,8 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator, sampler: str
 
     Args:
         unet: the trained `UNet2DModel` (`load_model`).
-        meta: its difflung_config.json (classes, mask_mode, noise_schedule, sample_size).
+        meta: its difflung_config.json (classes, mask_mode, noise_schedule with the model's prediction_type
+            ("epsilon" or "v_prediction"), sample_size).
         labels: (N, H, W) project-id masks (numpy or torch integers); UNSPECIFIED (255) where not given.
         generator: CPU torch.Generator for the initial noise (and DDPM's per-step noise).
         sampler: "ddim" (eta = 0), "dpm" (DPM-Solver++ 2M) or "ddpm" (ancestral, the reference).
@@ -105,9 +106,10 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator, sampler: str
         sched.set_timesteps(steps, device=device)  # also resets DPM-Solver++'s history
         for t in sched.timesteps:
             with ctx:
-                eps = unet(torch.cat([x, cond], dim=1), t).sample.float()  # (b, 1, S, S)
+                # (b, 1, S, S): epsilon or v, as the scheduler's prediction_type (the model's) says
+                out_t = unet(torch.cat([x, cond], dim=1), t).sample.float()
             kw = {"eta": 0.0} if sampler == "ddim" else {"generator": generator} if sampler == "ddpm" else {}
-            x = sched.step(eps, t, x, **kw).prev_sample
+            x = sched.step(out_t, t, x, **kw).prev_sample
         out[lo:hi] = x.clamp(-1, 1)[:, 0].float().cpu().numpy()
     return out
 

@@ -1,4 +1,4 @@
-"""Training the mask-guided DDPM: eps-prediction, AdamW + cosine warm-up, EMA, mask ablation, checkpoints.
+"""Training the mask-guided DDPM: eps- or v-prediction, AdamW + cosine warm-up, EMA, mask ablation, checkpoints.
 
     result = train_diffusion("runs/smoke/01_data_preparation/dataset", TrainConfig(steps=300), "runs/x/model")
 
@@ -7,31 +7,29 @@ Single process on CPU or one GPU, or several GPUs with `accelerate launch`. Ever
 takes its share, so the run does not depend on the number of processes beyond float reduction order, and a
 run killed at step k and resumed from its checkpoint ends with the same weights as an uninterrupted one.
 
-The output folder is the model: `save_pretrained` files (safetensors; `UNet2DModel.from_pretrained(dir)` loads
-it), `difflung_config.json` (classes, frequencies, ablation, config, seed, dataset, provenance, timings, written
-last: its presence means finished), `loss.csv`, and `checkpoints/` while training.
+The RNG scope, batch order, run key, loss log, checkpoints and save/load convention are the training shell's
+(`difflung.training`). The output folder is the model: `save_pretrained` files (safetensors;
+`UNet2DModel.from_pretrained(dir)` loads it), `difflung_config.json` (classes, frequencies, ablation, config,
+seed, dataset, run key, provenance, timings, written last: its presence means finished), `loss.csv`, and
+`checkpoints/` while training.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import resource
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..progress import show_progress
 from .. import labels as L
-from ..checkpoint import latest_checkpoint, load_training_state, save_training_state
 from ..dataset import Dataset
-from ..provenance import device_description, provenance, write_json_atomic, write_text_atomic
+from ..provenance import device_description, provenance
+from ..training import (BatchOrder, FolderSpec, ModelLoadError, RunFolder, open_folder, rng_scope, run_key,
+                        seed_streams)
 from .ablation import AblationSchedule, ablation_frequencies
 from .model import UNSPECIFIED, build_unet, channel_map, encode_mask
 
@@ -42,7 +40,11 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
                   "prediction_type": "epsilon", "clip_sample": True}
 # fields that change how a run is executed or stored, not what it computes
-_EXECUTION_FIELDS = {"checkpoint_every", "keep_checkpoints", "log_every"}
+_EXECUTION_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every")
+# fields added after models were saved: in the run key only when they differ from these defaults
+_OPTIONAL_FIELDS = {"prediction_type": "epsilon", "snr_gamma": None, "lesion_weight": 0.0, "lesion_classes": ()}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+FOLDER = FolderSpec(FORMAT, META_FILE, WEIGHTS_FILE, "a finished difflung diffusion model", ("config.json",))
 
 
 @dataclass
@@ -67,6 +69,16 @@ class TrainConfig:
         seed: seeds the weights and the data-order, ablation and noise generators.
         split: dataset split to train on.
         log_every: steps between loss values fetched from the device (tqdm postfix).
+        prediction_type: what the UNet predicts: "epsilon" (the noise, Ho et al.) or "v_prediction"
+            (v = sqrt(a_t) eps - sqrt(1 - a_t) x0, Salimans & Ho 2022; target `DDPMScheduler.get_velocity`).
+            Stored in the model's noise schedule, so `sample` builds its schedulers with the same type.
+        snr_gamma: min-SNR-gamma loss weighting (Hang et al. 2023): each image's loss is weighted by
+            min(SNR(t), gamma) / SNR(t) for epsilon and min(SNR(t), gamma) / (SNR(t) + 1) for v targets
+            (`min_snr_weights`); None: unweighted.
+        lesion_weight, lesion_classes: lesion-focused loss: pixels whose (unablated) label is one of
+            `lesion_classes` weigh 1 + lesion_weight, every other pixel 1, and each image's loss is the
+            weighted mean (so lesion_weight 0 is the plain loss).
+        The last four enter the run key only when they differ from their defaults (older keys stay valid).
     """
 
     preset: str = "small"
@@ -87,9 +99,17 @@ class TrainConfig:
     seed: int = 0
     split: str = "train"
     log_every: int = 10
+    prediction_type: str = "epsilon"
+    snr_gamma: float | None = None
+    lesion_weight: float = 0.0
+    lesion_classes: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        self.lesion_classes = tuple(int(c) for c in self.lesion_classes)  # lists from JSON or the CLI
 
     def result_key(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in _EXECUTION_FIELDS}
+        """The fields that change what training computes (the config part of the run key)."""
+        return run_key(self, "", execution=_EXECUTION_FIELDS, optional=_OPTIONAL_FIELDS)["config"]
 
 
 @dataclass
@@ -105,45 +125,58 @@ class TrainResult:
     reused: bool = False  # an existing finished model with the same config and data was returned
 
 
-class _BatchOrder:
-    """Epoch-wise random permutations of the training slices; a module-like state for checkpoints."""
-
-    def __init__(self, n: int, generator: torch.Generator):
-        self.n, self.generator = n, generator
-        self.perm, self.pos = torch.randperm(n, generator=generator), 0
-
-    def next(self, batch: int) -> torch.Tensor:
-        out = []
-        while batch > 0:
-            if self.pos == self.n:
-                self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
-            take = min(batch, self.n - self.pos)
-            out.append(self.perm[self.pos:self.pos + take])
-            self.pos, batch = self.pos + take, batch - take
-        return torch.cat(out)
-
-    def state_dict(self) -> dict:
-        return {"perm": self.perm, "pos": self.pos, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, s: dict) -> None:
-        if len(s["perm"]) != self.n:
-            raise ValueError(f"checkpoint's data order covers {len(s['perm'])} slices, the dataset has {self.n}")
-        self.perm, self.pos = s["perm"].clone(), int(s["pos"])
-        self.generator.set_state(s["generator"])
+def _key(cfg: TrainConfig, data_sha: str) -> dict:
+    return run_key(cfg, data_sha, execution=_EXECUTION_FIELDS, optional=_OPTIONAL_FIELDS)
 
 
-def _generators(seed: int) -> dict[str, torch.Generator]:
-    # independent streams from one seed (numpy's SeedSequence), on the CPU so that CPU and GPU runs draw alike
-    states = np.random.SeedSequence(seed).generate_state(4)
-    return {k: torch.Generator().manual_seed(int(s)) for k, s in zip(("init", "data", "ablation", "noise"), states)}
+def _stored_key(meta: dict) -> dict:
+    """The run key of a saved model (recomputed from its config for models saved before keys were stored)."""
+    return meta.get("run_key") or _key(meta.get("train_config", {}), meta.get("dataset", {}).get("sha256"))
 
 
-@contextlib.contextmanager
-def _seeded_global_rng(gen: torch.Generator):
-    """nn.Module initialisers draw from the global RNG: run them from `gen`'s seed, restoring it afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(gen.initial_seed())
-        yield
+def noise_schedule(cfg: TrainConfig) -> dict:
+    """The DDPM noise schedule of a config (stored as the model's meta["noise_schedule"])."""
+    return {**NOISE_SCHEDULE, "prediction_type": cfg.prediction_type}
+
+
+def min_snr_weights(noise_sched, t: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) of timesteps `t` (b,), as in diffusers' training scripts.
+
+    SNR(t) = a_t / (1 - a_t) with a_t the cumulative alpha product. Weighting the x0-error by min(SNR, gamma)
+    is, for an epsilon target, a weight min(SNR, gamma) / SNR on the epsilon MSE, and for a v target
+    min(SNR, gamma) / (SNR + 1) on the v MSE.
+    """
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_sched, t)  # (b,)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+                   cfg: TrainConfig, noise_sched) -> torch.Tensor:
+    """The training loss: MSE of the UNet output against its target, with optional lesion and min-SNR weights.
+
+    Args:
+        pred, target: (b, 1, S, S) float32.
+        t: (b,) timesteps.
+        labels: (b, S, S) project ids of the images (not ablated: lesions count even when hidden from the mask);
+            only read when `cfg.lesion_weight` > 0.
+        cfg: `lesion_weight`, `lesion_classes`, `snr_gamma`, `prediction_type`.
+        noise_sched: the training DDPMScheduler (for SNR).
+    """
+    if not cfg.lesion_weight and cfg.snr_gamma is None:
+        return F.mse_loss(pred, target)  # the plain loss, bit for bit
+    se = (pred - target).pow(2)  # (b, 1, S, S)
+    if cfg.lesion_weight:
+        lesion = torch.isin(labels, torch.tensor(cfg.lesion_classes, device=labels.device))  # (b, S, S)
+        w = 1.0 + cfg.lesion_weight * lesion.unsqueeze(1).float()  # (b, 1, S, S)
+        per_image = (se * w).sum((1, 2, 3)) / w.sum((1, 2, 3))  # weighted mean per image
+    else:
+        per_image = se.mean((1, 2, 3))
+    if cfg.snr_gamma is not None:
+        per_image = per_image * min_snr_weights(noise_sched, t, cfg.snr_gamma, cfg.prediction_type)
+    return per_image.mean()
 
 
 def _accelerator(device: str, mixed_precision: str):
@@ -182,43 +215,41 @@ def _peak_memory(dev: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def _write_losses(path: Path, rows: list[tuple[int, float, float]]) -> None:
-    write_text_atomic(path, "step,loss,lr\n" + "".join(f"{s},{l:.8g},{r:.8g}\n" for s, l, r in rows))
+def _check(cfg: TrainConfig) -> int:
+    """Validate the config; return the warm-up steps."""
+    for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"TrainConfig.{name}={getattr(cfg, name)}: must be >= 1")
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"TrainConfig.prediction_type={cfg.prediction_type!r}: expected one of {PREDICTION_TYPES}")
+    if cfg.snr_gamma is not None and not cfg.snr_gamma > 0:
+        raise ValueError(f"TrainConfig.snr_gamma={cfg.snr_gamma}: must be > 0 (or None: no min-SNR weighting)")
+    if not cfg.lesion_weight >= 0 or (cfg.lesion_weight > 0 and not cfg.lesion_classes):
+        raise ValueError(f"TrainConfig.lesion_weight={cfg.lesion_weight}: must be >= 0, and > 0 needs lesion_classes")
+    warmup = min(500, cfg.steps // 10) if cfg.warmup is None else cfg.warmup
+    if warmup >= cfg.steps:
+        raise ValueError(f"TrainConfig.warmup={warmup} must be smaller than steps={cfg.steps}")
+    return warmup
 
 
-def _read_losses(path: Path, upto: int) -> list[tuple[int, float, float]]:
-    if not path.is_file():
-        return []
-    rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line]
-    return [(int(s), float(l), float(r)) for s, l, r in rows if int(s) <= upto]
+def _prepare_folder(run: RunFolder, reuse: bool, overwrite: bool) -> None:
+    """Make `run`'s folder trainable: refuse or clear a finished model, or checkpoints of another run key."""
+    if (run.model_dir / META_FILE).is_file():
+        if not overwrite:
+            what = "another config or dataset" if reuse else "a finished model (reuse=False)"
+            raise FileExistsError(f"{run.root}: holds a finished model of {what}; choose another folder or pass "
+                                  f"overwrite=True to replace it")
+        run.clear()
+    if overwrite and (ckpt := run.latest_checkpoint()) is not None and run.checkpoint_key(ckpt) != run.key:
+        run.clear()
 
 
-def _same_run(ckpt: Path, config: TrainConfig, data_sha: str) -> bool:
-    """Whether checkpoint `ckpt` belongs to this config and training data (so the run can resume from it)."""
-    try:
-        extra = torch.load(ckpt, map_location="cpu", weights_only=True)["extra"]
-    except Exception:  # unreadable: not resumable either
-        return False
-    saved = {k: v for k, v in extra.get("config", {}).items() if k not in _EXECUTION_FIELDS}
-    return saved == config.result_key() and extra.get("dataset_sha256") == data_sha
-
-
-def _clear(out_dir: Path) -> None:
-    """Remove a model folder's training outputs (metadata first, so a half-cleared folder is never 'finished')."""
-    for name in (META_FILE, WEIGHTS_FILE, "config.json", "loss.csv"):
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-
-
-def _finished(out_dir: Path, config: TrainConfig, ds: Dataset) -> dict | None:
-    """The stored metadata if `out_dir` holds a finished model of this config and data, else None."""
-    mpath = out_dir / META_FILE
-    if not mpath.is_file() or not (out_dir / WEIGHTS_FILE).is_file():
-        return None
-    meta = json.loads(mpath.read_text())
-    same_cfg = {k: v for k, v in meta.get("train_config", {}).items() if k not in _EXECUTION_FIELDS} == config.result_key()
-    same_data = meta.get("dataset", {}).get("sha256") == _dataset_info(ds, config.split)["sha256"]
-    return meta if same_cfg and same_data else None
+def _training_data(ds: Dataset, split: str):
+    """(images (N, 1, S, S) float32 in [-1, 1], labels (N, S, S) uint8 project ids) of a split."""
+    slices = ds.split(split)
+    if slices.labels.shape[1:] != slices.images.shape[1:]:
+        raise ValueError(f"{ds.root}: {split} labels {slices.labels.shape[1:]} != images {slices.images.shape[1:]}")
+    return torch.from_numpy(slices.images).unsqueeze(1), torch.from_numpy(slices.labels)
 
 
 def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *, progress: bool = True,
@@ -242,121 +273,43 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     Returns:
         TrainResult (model folder, loss CSV, wall time, peak memory, images/s, device).
     """
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
 
     t_start = time.perf_counter()
-    cfg, out_dir = config, Path(out_dir)
-    ds = _open_dataset(data)
-    for f in fields(cfg):
-        if f.name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints") and getattr(cfg, f.name) < 1:
-            raise ValueError(f"TrainConfig.{f.name}={getattr(cfg, f.name)}: must be >= 1")
-    meta = _finished(out_dir, cfg, ds) if reuse else None
-    if meta is not None:
-        tr = meta["training"]
-        return TrainResult(out_dir, out_dir / "loss.csv", tr["wall_s"], tr["peak_mem_bytes"], tr["images_per_s"],
-                           tr["device"], tr["steps"], True, reused=True)
-    if (out_dir / META_FILE).is_file():
-        if not overwrite:
-            what = "another config or dataset" if reuse else "a finished model (reuse=False)"
-            raise FileExistsError(f"{out_dir}: holds a finished model of {what}; choose another folder or pass "
-                                  f"overwrite=True to replace it")
-        _clear(out_dir)
-
-    slices = ds.split(cfg.split)
-    classes, size = ds.classes, ds.size
-    if slices.labels.shape[1:] != slices.images.shape[1:]:
-        raise ValueError(f"{ds.root}: {cfg.split} labels {slices.labels.shape[1:]} != images {slices.images.shape[1:]}")
-    freqs = ablation_frequencies(ds, cfg.split)
-    schedule = AblationSchedule(cfg.strategy, classes, freqs, cfg.steps)
-    images = torch.from_numpy(slices.images).unsqueeze(1)  # (N, 1, S, S) float32 in [-1, 1]
-    labs = torch.from_numpy(slices.labels)  # (N, S, S) uint8 project ids
-
+    cfg, ds = config, _open_dataset(data)
+    warmup = _check(cfg)
+    run = RunFolder(out_dir, _key(cfg, _dataset_info(ds, cfg.split)["sha256"]), FOLDER, keep=cfg.keep_checkpoints,
+                    stored_key=_stored_key)
+    if reuse and (meta := run.finished()) is not None:
+        return _reused(run, meta)
+    _prepare_folder(run, reuse, overwrite)
     acc = _accelerator(device, cfg.mixed_precision)
-    dev, world, rank = acc.device, acc.num_processes, acc.process_index
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
-    gens = _generators(cfg.seed)
-    with _seeded_global_rng(gens["init"]):
-        unet = build_unet(len(classes), size, cfg.mask_mode, cfg.preset)
-    cuda = dev.type == "cuda"
-    mem_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
-    unet.to(dev, memory_format=mem_format)
-    noise_sched = DDPMScheduler(**NOISE_SCHEDULE)
+    gens = seed_streams(cfg.seed, ("init", "data", "ablation", "noise"))
+    batches = _Batches(ds, cfg, gens, acc)
+    with rng_scope(gens["init"].initial_seed()):  # nn.Module initialisers draw from the global RNG
+        unet = build_unet(len(ds.classes), ds.size, cfg.mask_mode, cfg.preset)
+    unet.to(acc.device, memory_format=batches.mem_format)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = min(500, cfg.steps // 10) if cfg.warmup is None else cfg.warmup
-    if warmup >= cfg.steps:
-        raise ValueError(f"TrainConfig.warmup={warmup} must be smaller than steps={cfg.steps}")
     # not passed to accelerate.prepare, which would step it once per process: stepped once per global step
     lr_sched = get_cosine_schedule_with_warmup(opt, warmup, cfg.steps)
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=cuda) if cfg.ema_decay else None
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=batches.cuda) if cfg.ema_decay else None
     model, opt = acc.prepare(unet, opt)
-    if cfg.compile and cuda:
+    if cfg.compile and batches.cuda:
         model = torch.compile(model)
-    order = _BatchOrder(len(images), gens["data"])
-
-    ckpt_dir = out_dir / "checkpoints"
-    modules = {"unet": unet, "optimizer": opt, "lr_scheduler": lr_sched, "data_order": order}
-    if ema is not None:
-        modules["ema"] = ema
-    state_gens = {"ablation": gens["ablation"], "noise": gens["noise"]}
-    step, losses = 0, []
-    data_sha = _dataset_info(ds, cfg.split)["sha256"]
-    if (ckpt := latest_checkpoint(ckpt_dir)) is not None and overwrite and not _same_run(ckpt, cfg, data_sha):
-        _clear(out_dir)
-        ckpt = None
-    if ckpt is not None:
-        try:
-            state = load_training_state(ckpt, modules=modules, generators=state_gens, map_location=dev)
-        except (RuntimeError, KeyError, ValueError) as e:  # e.g. weights of another preset or class map
-            raise ValueError(f"{ckpt}: cannot resume from this checkpoint ({e}); use another out_dir") from e
-        saved = {k: v for k, v in state["extra"].get("config", {}).items() if k not in _EXECUTION_FIELDS}
-        if saved != cfg.result_key():
-            diff = {k: (saved.get(k), v) for k, v in cfg.result_key().items() if saved.get(k) != v}
-            raise ValueError(f"{ckpt}: written with another config, (saved, now): {diff}; "
-                             f"resume with the same config, use another out_dir or pass overwrite=True")
-        if state["extra"].get("dataset_sha256") != data_sha:
-            raise ValueError(f"{ckpt}: written for other training data than {ds.root} ({cfg.split}); "
-                             f"use another out_dir or pass overwrite=True")
-        step = state["step"]
-        if ema is not None:
-            ema.to(dev)
-        losses = _read_losses(out_dir / "loss.csv", step)
+    modules = {"unet": unet, "optimizer": opt, "lr_scheduler": lr_sched, "data_order": batches.order,
+               **({"ema": ema} if ema is not None else {})}
+    step = run.resume(modules, batches.generators, map_location=acc.device)
+    if step and ema is not None:
+        ema.to(acc.device)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-
-    def checkpoint(k: int) -> None:
-        if acc.is_main_process:
-            _write_losses(out_dir / "loss.csv", losses)
-            save_training_state(ckpt_dir / f"step_{k:08d}.pt", step=k, modules=modules, generators=state_gens,
-                                extra={"config": asdict(cfg), "dataset_sha256": data_sha})
-            old = sorted(ckpt_dir.glob("step_*.pt"))[:-cfg.keep_checkpoints]
-            for p in old:
-                p.unlink()
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
-    pending: list[tuple[int, torch.Tensor, float]] = []  # losses kept on the device until the next flush
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (show_progress(progress) and acc.is_main_process),
-               desc=f"train {cfg.strategy}", unit="step")
-    # throughput excludes this call's first step (allocator warm-up, cuDNN autotuning, torch.compile)
-    t_loop, first = time.perf_counter(), step
+    meter = _Meter(cfg, run, acc, step, end, progress)
     model.train()
     while step < end:
-        # one global batch, drawn identically on every process from the CPU generators
-        idx = order.next(cfg.batch_size)  # (B,)
-        lab = schedule.apply(labs[idx], step, gens["ablation"])  # (B, S, S), ablated -> UNSPECIFIED
-        noise = torch.randn(images[idx].shape, generator=gens["noise"])  # (B, 1, S, S)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gens["noise"])
-        part = slice(rank, None, world)
-        x0, noise, t = images[idx][part].to(dev), noise[part].to(dev), t[part].to(dev)
-        cond = encode_mask(lab[part], classes, cfg.mask_mode).to(dev)  # (b, C, S, S)
-        x_t = noise_sched.add_noise(x0, noise, t)  # q(x_t | x_0)
-        inp = torch.cat([x_t, cond], dim=1).contiguous(memory_format=mem_format)  # (b, 1 + C, S, S)
+        inp, t, target, lesion_labels = batches.draw(step)  # this process's share of one global batch
         with acc.autocast():
-            pred = model(inp, t).sample
-        loss = F.mse_loss(pred.float(), noise)
+            pred = model(inp, t).sample  # (b, 1, S, S)
+        loss = diffusion_loss(pred.float(), target, t, lesion_labels, cfg, batches.noise_sched)
         acc.backward(loss)
         acc.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
         lr_now = lr_sched.get_last_lr()[0]
@@ -366,68 +319,130 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
         if ema is not None:
             ema.step(unet.parameters())
         step += 1
-        pending.append((step, acc.reduce(loss.detach(), "mean"), lr_now))
-        bar.update(1)
-        if step == first + 1 and end - first > 1:
-            if cuda:
-                torch.cuda.synchronize(dev)
-            t_loop = time.perf_counter()
-        if step % cfg.log_every == 0 or step == end or step % cfg.checkpoint_every == 0:
-            losses += [(s, float(l), r) for s, l, r in pending]
-            pending = []
-            bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
-        if step % cfg.checkpoint_every == 0 or (step == end and end < cfg.steps):
-            checkpoint(step)
-    bar.close()
-    if cuda:
-        torch.cuda.synchronize(dev)
-    loop_s = time.perf_counter() - t_loop
-    timed = step - first - (1 if step - first > 1 else 0)
-    ips = timed * cfg.batch_size / loop_s if timed > 0 else float("nan")
-    result = TrainResult(out_dir, out_dir / "loss.csv", 0.0, _peak_memory(dev), ips, device_description(dev), step,
-                         finished=step >= cfg.steps)
+        meter.record(step, acc.reduce(loss.detach(), "mean"), lr_now)
+        if (step % cfg.checkpoint_every == 0 or (step == end and end < cfg.steps)) and acc.is_main_process:
+            run.save_checkpoint(step, modules, batches.generators)
+    result = meter.result(step)
     if result.finished and acc.is_main_process:
-        _write_losses(out_dir / "loss.csv", losses)
-        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the global RNG alone
-            final = build_unet(len(classes), size, cfg.mask_mode, cfg.preset)
-        final.load_state_dict(unet.state_dict())
-        if ema is not None:
-            ema.copy_to(final.parameters())
         result.wall_s = time.perf_counter() - t_start  # stored as is: saving takes well under a second
-        _save_model(final.to("cpu", memory_format=torch.contiguous_format), out_dir, {
-            "format": FORMAT, "classes": classes, "class_names": L.names(classes),
-            "channel_map": {str(k): v for k, v in channel_map(classes).items()}, "unspecified": UNSPECIFIED,
-            "mask_mode": cfg.mask_mode, "preset": cfg.preset, "sample_size": size, "window_hu": list(L.MODEL_WINDOW),
-            "frequencies": freqs, "frequency_definition": "share of the non-background pixels of the training split",
-            "ablation": schedule.describe(), "noise_schedule": NOISE_SCHEDULE, "weights": "ema" if ema else "raw",
-            "train_config": asdict(cfg), "seed": cfg.seed, "dataset": _dataset_info(ds, cfg.split),
-            "training": {"steps": step, "wall_s": result.wall_s, "images_per_s": ips,
-                         "peak_mem_bytes": result.peak_mem_bytes, "device": result.device,
-                         "final_loss": losses[-1][1] if losses else None, "processes": world},
-            "provenance": provenance(config=asdict(cfg), seed=cfg.seed, device=dev),
-        })
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        _save_final(run, cfg, ds, unet, ema, batches, result, acc)
     acc.wait_for_everyone()
     if not result.wall_s:  # unfinished, or not the main process
         result.wall_s = time.perf_counter() - t_start
     return result
 
 
-def _save_model(unet, out_dir: Path, meta: dict) -> None:
-    """save_pretrained (safetensors) into a temporary folder, move the files in, write the metadata last."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir))
-    try:
-        unet.save_pretrained(tmp, safe_serialization=True)
-        for p in tmp.iterdir():
-            os.replace(p, out_dir / p.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write_json_atomic(out_dir / META_FILE, meta)
+def _reused(run: RunFolder, meta: dict) -> TrainResult:
+    tr = meta["training"]
+    return TrainResult(run.root, run.log.path, tr["wall_s"], tr["peak_mem_bytes"], tr["images_per_s"], tr["device"],
+                       tr["steps"], True, reused=True)
 
 
-class ModelLoadError(ValueError):
-    """A model folder that is not a finished difflung model, is not safetensors, or fits another class map."""
+class _Batches:
+    """The training split, its ablation schedule and the CPU streams of data order, ablation and noise.
+
+    `draw(step)` draws one global batch identically on every process, and returns this process's share, so a
+    run does not depend on the number of processes beyond float reduction order.
+    """
+
+    def __init__(self, ds: Dataset, cfg: TrainConfig, gens: dict, acc):
+        from diffusers import DDPMScheduler
+
+        if cfg.batch_size % acc.num_processes:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {acc.num_processes} processes")
+        self.images, self.labs = _training_data(ds, cfg.split)  # (N, 1, S, S) float32, (N, S, S) uint8
+        self.freqs = ablation_frequencies(ds, cfg.split)
+        self.schedule = AblationSchedule(cfg.strategy, ds.classes, self.freqs, cfg.steps)
+        self.noise_sched = DDPMScheduler(**noise_schedule(cfg))
+        self.order, self.gens = BatchOrder(len(self.images), gens["data"]), gens
+        self.generators = {"ablation": gens["ablation"], "noise": gens["noise"]}  # checkpointed with the modules
+        self.cfg, self.classes, self.dev = cfg, ds.classes, acc.device
+        self.part = slice(acc.process_index, None, acc.num_processes)
+        self.cuda = acc.device.type == "cuda"
+        self.mem_format = torch.channels_last if self.cuda and cfg.channels_last else torch.contiguous_format
+
+    def draw(self, step: int):
+        """(UNet input (b, 1 + C, S, S), timesteps (b,), target (b, 1, S, S), unablated labels (b, S, S) or None)."""
+        cfg, dev, part = self.cfg, self.dev, self.part
+        idx = self.order.next(cfg.batch_size)  # (B,)
+        lab = self.schedule.apply(self.labs[idx], step, self.gens["ablation"])  # (B, S, S), ablated -> UNSPECIFIED
+        noise = torch.randn(self.images[idx].shape, generator=self.gens["noise"])  # (B, 1, S, S)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(idx),), generator=self.gens["noise"])
+        x0, noise, t = self.images[idx][part].to(dev), noise[part].to(dev), t[part].to(dev)
+        cond = encode_mask(lab[part], self.classes, cfg.mask_mode).to(dev)  # (b, C, S, S)
+        x_t = self.noise_sched.add_noise(x0, noise, t)  # q(x_t | x_0)
+        target = noise if cfg.prediction_type == "epsilon" else self.noise_sched.get_velocity(x0, noise, t)
+        inp = torch.cat([x_t, cond], dim=1).contiguous(memory_format=self.mem_format)  # (b, 1 + C, S, S)
+        lesion = self.labs[idx][part].to(dev) if cfg.lesion_weight else None  # lesions hidden from the mask count
+        return inp, t, target, lesion
+
+
+class _Meter:
+    """The progress bar, the loss log (losses stay on the device until a flush) and the throughput timing."""
+
+    def __init__(self, cfg: TrainConfig, run: RunFolder, acc, step: int, end: int, progress: bool):
+        from tqdm import tqdm
+
+        self.cfg, self.run, self.dev, self.end = cfg, run, acc.device, end
+        if self.dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.dev)
+        self.pending: list[tuple[int, torch.Tensor, float]] = []
+        self.bar = tqdm(total=cfg.steps, initial=step, unit="step", desc=f"train {cfg.strategy}",
+                        disable=not (show_progress(progress) and acc.is_main_process))
+        # throughput excludes this call's first step (allocator warm-up, cuDNN autotuning, torch.compile)
+        self.t_loop, self.first = time.perf_counter(), step
+
+    def _sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+
+    def record(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        cfg = self.cfg
+        self.pending.append((step, loss, lr))
+        self.bar.update(1)
+        if step == self.first + 1 and self.end - self.first > 1:
+            self._sync()
+            self.t_loop = time.perf_counter()
+        if step % cfg.log_every == 0 or step == self.end or step % cfg.checkpoint_every == 0:
+            for s, l, r in self.pending:
+                self.run.log.append(s, loss=float(l), lr=r)
+            self.pending = []
+            self.bar.set_postfix(loss=f"{self.run.log.rows[-1]['loss']:.4f}")
+
+    def result(self, step: int) -> TrainResult:
+        self.bar.close()
+        self._sync()
+        loop_s = time.perf_counter() - self.t_loop
+        timed = step - self.first - (1 if step - self.first > 1 else 0)
+        ips = timed * self.cfg.batch_size / loop_s if timed > 0 else float("nan")
+        return TrainResult(self.run.root, self.run.log.path, 0.0, _peak_memory(self.dev), ips,
+                           device_description(self.dev), step, finished=step >= self.cfg.steps)
+
+
+def _save_final(run: RunFolder, cfg: TrainConfig, ds: Dataset, unet, ema, batches: _Batches, result: TrainResult,
+                acc) -> None:
+    """Save the EMA (or raw) weights with save_pretrained and the model's difflung_config.json."""
+    classes, dev, world = ds.classes, acc.device, acc.num_processes
+    with rng_scope(0):  # its random init is overwritten: leave the global RNG alone
+        final = build_unet(len(classes), ds.size, cfg.mask_mode, cfg.preset)
+    final.load_state_dict(unet.state_dict())
+    if ema is not None:
+        ema.copy_to(final.parameters())
+    final = final.to("cpu", memory_format=torch.contiguous_format)
+    losses = run.log.rows
+    run.save(lambda tmp: final.save_pretrained(tmp, safe_serialization=True), {
+        "classes": classes, "class_names": L.names(classes),
+        "channel_map": {str(k): v for k, v in channel_map(classes).items()}, "unspecified": UNSPECIFIED,
+        "mask_mode": cfg.mask_mode, "preset": cfg.preset, "sample_size": ds.size, "window_hu": list(L.MODEL_WINDOW),
+        "frequencies": batches.freqs,
+        "frequency_definition": "share of the non-background pixels of the training split",
+        "ablation": batches.schedule.describe(), "noise_schedule": noise_schedule(cfg), "weights": "ema" if ema else "raw",
+        "train_config": asdict(cfg), "seed": cfg.seed, "dataset": _dataset_info(ds, cfg.split),
+        "training": {"steps": result.steps, "wall_s": result.wall_s, "images_per_s": result.images_per_s,
+                     "peak_mem_bytes": result.peak_mem_bytes, "device": result.device,
+                     "final_loss": losses[-1]["loss"] if losses else None, "processes": world},
+        "provenance": provenance(config=asdict(cfg), seed=cfg.seed, device=dev),
+    })
 
 
 def load_model(model_dir, dataset=None, device="cpu"):
@@ -444,19 +459,7 @@ def load_model(model_dir, dataset=None, device="cpu"):
     from diffusers import UNet2DModel
 
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"{model_dir}: no model folder here; train it first (train_diffusion)")
-    if not (model_dir / WEIGHTS_FILE).is_file():
-        pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
-        what = f"only pickle-based weights ({', '.join(pickled)}), which difflung never loads" if pickled else "no weights"
-        raise ModelLoadError(f"{model_dir}: no {WEIGHTS_FILE}; the folder holds {what}. Save models with "
-                             f"save_pretrained(..., safe_serialization=True)")
-    mpath = model_dir / META_FILE
-    if not mpath.is_file():
-        raise ModelLoadError(f"{mpath}: missing, so the class map is unknown (not a finished difflung model)")
-    meta = json.loads(mpath.read_text())
-    if meta.get("format") != FORMAT:
-        raise ModelLoadError(f"{mpath}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta = open_folder(model_dir, FOLDER)
     if dataset is not None:
         ds = _open_dataset(dataset)
         if list(ds.classes) != list(meta["classes"]):
