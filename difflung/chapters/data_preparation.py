@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import labels as L
+from .. import runs
 from ..dataset import Dataset, SPLITS, Volume, volumes_to_slices, write_dataset
 from ..metrics import write_metrics
 from ..phantom import PhantomConfig, phantom_cohort
@@ -41,7 +42,7 @@ def build_phantom(run_dir, *, n_patients: int, slices_per_patient: int, phantom_
     slices, patients = volumes_to_slices(volumes, size)
     params = {"generator": "difflung.phantom", "phantom_config": _asdict(cfg), "n_patients": n_patients,
               "size": size, "split_fractions": list(split_fractions)}
-    ds = write_dataset(Path(run_dir) / "dataset", slices, source="phantom", params=params, seed=seed,
+    ds = write_dataset(Path(run_dir) / runs.PHANTOM_DATASET, slices, source="phantom", params=params, seed=seed,
                        fractions=split_fractions, patients=patients)
     return ds, volumes
 
@@ -90,7 +91,7 @@ def hu_samples(volumes: list[Volume], per_class: int = 20000, seed: int = 0) -> 
 
 
 def figure_hu_histograms(samples: pd.DataFrame, run_dir, *, seed: int):
-    """Per-class HU histograms with the literature ranges of DESIGN.md shaded."""
+    """Per-class HU histograms with each class's literature HU range (`labels.LabelClass.hu_range`) shaded."""
     import seaborn as sns
 
     names = list(dict.fromkeys(samples["class"]))
@@ -116,7 +117,8 @@ def figure_hu_histograms(samples: pd.DataFrame, run_dir, *, seed: int):
 
 
 def hu_checks(volumes: list[Volume]) -> dict[str, float]:
-    """Computed checks against DESIGN.md: share of healthy lung and of emphysema below -950 HU, mean lung HU."""
+    """Computed checks against the literature: share of healthy lung and of emphysema below -950 HU (the
+    emphysema threshold), mean lung HU (normal parenchyma lies near -850 to -910 HU)."""
     hu = np.concatenate([v.hu.ravel() for v in volumes])
     lab = np.concatenate([v.labels.ravel() for v in volumes])
     lung, emph = hu[lab == L.LUNG], hu[lab == L.EMPHYSEMA]
