@@ -1,7 +1,7 @@
 """One registry and one loader for every mask-to-CT generator: Diff-Lung, its ablation variants, Seg-Guided
 Diffusion, Pix2Pix and SPADE.
 
-    g = load_generator("runs/smoke/03_cbmat_training/model", sampler="dpm", sampler_steps=10)
+    g = load_generator(runs.main_model_dir(runs_root), sampler="dpm", sampler_steps=10)
     x = g.sample(masks, generator=torch.Generator().manual_seed(0))     # (N, S, S) in [-1, 1]
     g.params, g.gflops_per_image()
 

@@ -298,8 +298,9 @@ def table_comparison(run_dir) -> pd.DataFrame:
                      "s/image": f"{r['s_per_image']:g}"})
     table = pd.DataFrame(rows).set_index(["model", "source"])
     table.attrs["caption"] = (
-        f"Ours: {meta['n_test']} test slices, seeds {meta['seeds']}, diffusion sampled with {meta['sampler']} "
-        f"{meta['sampler_steps']} steps, sampling seeds {meta['sample_seeds']}; PSNR/SSIM on HU [-1000, 400] (data range {meta['data_range']} in [-1, 1]); "
+        f"Ours: {meta['n_test']} test slices, training seeds {meta['seeds']}, sampling seeds {meta['sample_seeds']}, "
+        f"diffusion sampled with {meta['sampler']} {meta['sampler_steps']} steps; PSNR/SSIM on HU [-1000, 400] "
+        f"(data range {meta['data_range']} in [-1, 1]); "
         f"GFLOPs count every sampling step; s/image at batch {meta['timing_batch']} on {meta['device']}. "
         f"Poster rows are reported values (their image size and device are not stated).")
     write_json_atomic(Path(run_dir) / "comparison_table.json", {"table": table.reset_index().to_dict("records"),

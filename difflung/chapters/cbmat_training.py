@@ -50,8 +50,9 @@ def train_main(runs_root, *, steps: int, batch_size: int, preset: str = "small",
     """
     cfg = diffusion_config(MODEL, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                            seed=seed, checkpoint_every=checkpoint_every, compile=compile)
+    # a model of another configuration in this folder is replaced
     return train_diffusion(Dataset(runs.phantom_dataset_dir(runs_root)), cfg, runs.main_model_dir(runs_root),
-                           device=device, progress=progress, overwrite=True)  # a model of another configuration in this folder is replaced
+                           device=device, progress=progress, overwrite=True)
 
 
 def table_training(result: TrainResult) -> pd.DataFrame:
