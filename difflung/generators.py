@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .diffusion.ablation import STRATEGIES
+from .diffusion.model import UNSPECIFIED
 
 DIFFUSION, GAN = "diffusion", "gan"
 
@@ -166,6 +167,8 @@ class Generator:
         from .baselines import generate
 
         masks = np.asarray(masks)
+        if (masks == UNSPECIFIED).any():
+            raise ValueError(f"{self.folder}: {self.key} is a GAN and takes full masks only (no unspecified pixels)")
         if not isinstance(generator, (list, tuple)):
             # Pix2Pix draws its test-time noise from dropout (the original); SPADE is deterministic
             return generate(self.module, masks, self.classes, batch_size, self.device, generator=generator)

@@ -7,7 +7,7 @@
 
 Rules (the same for every chapter, so two chapters report the same number for the same model and slices):
 - Test subset: `n_test` slices spread evenly over the test split in its stored order (sorted by patient), the
-  whole split when it has no more; no randomness (`test_indices`).
+  whole split when it has no more; no randomness (`subset_indices`).
 - Seeding (common random numbers): the noise of test slice i under sampling seed s comes from a CPU
   torch.Generator seeded from (s, i) only (`slice_generator`), never from the model, the subset or the batch:
   every generator sees the same initial noise for the same mask and seed.
@@ -87,7 +87,7 @@ def judge_dice(rows: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------------------
 # subset and seeding
 
-def test_indices(n_slices: int, n_test: int) -> np.ndarray:
+def subset_indices(n_slices: int, n_test: int) -> np.ndarray:
     """`n_test` indices spread evenly over a split of `n_slices` (all of them when n_test >= n_slices)."""
     if n_slices == 0:
         raise ValueError("the test split is empty")
@@ -152,7 +152,7 @@ def generate_and_score(generators, dataset, seg, *, n_test: int, seeds=(0,), wit
         generators: `difflung.generators.Generator`s (the same key may come with several training seeds).
         dataset: the `Dataset` whose test split is scored.
         seg: the judge (`judge`); None: PSNR and SSIM only.
-        n_test: test slices scored (`test_indices`).
+        n_test: test slices scored (`subset_indices`).
         seeds: sampling seeds (`slice_generator`).
         withheld: class ids withheld from the masks one at a time (partial masks, condition "no <class>"); the
             pixels of the class are left to the model and Dice is still scored against the full mask.
@@ -164,7 +164,7 @@ def generate_and_score(generators, dataset, seg, *, n_test: int, seeds=(0,), wit
     from .diffusion.sample import remove_classes
 
     test = dataset.split("test")
-    idx = test_indices(len(test), n_test)
+    idx = subset_indices(len(test), n_test)
     real, labels, patient = test.images[idx], test.labels[idx], test.patient[idx].astype(str)
     scored = [c for c in dataset.classes if c != L.BACKGROUND]
     withheld_seeds = list(seeds[:1] if withheld_seeds is None else withheld_seeds)

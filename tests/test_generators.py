@@ -95,6 +95,8 @@ def test_registry_and_errors(folders, tmp_path):
         load_generator(tmp_path)
     with pytest.raises(ValueError, match="is a gan generator"):
         load_generator(folders["difflung"], key="pix2pix")
+    with pytest.raises(ValueError, match="full masks only"):
+        load_generator(folders["spade"]).sample(np.full((1, 16, 16), 255, np.uint8), generator=torch.Generator())
 
 
 def test_generate_and_score_schema(folders):
@@ -105,7 +107,7 @@ def test_generate_and_score_schema(folders):
     scored = scoring.generate_and_score(gens, ds, seg, n_test=2, seeds=[0, 1])
     rows = scored.rows
     assert tuple(rows.columns) == scoring.SCHEMA
-    idx = scoring.test_indices(len(test), 2)
+    idx = scoring.subset_indices(len(test), 2)
     assert idx.tolist() == [0, len(test) - 1]  # spread evenly, both ends
     assert sorted(set(rows["slice"])) == idx.tolist()
     assert all(rows["patient"] == test.patient[rows["slice"].to_numpy()])  # patient id kept for clustering
@@ -120,12 +122,12 @@ def test_generate_and_score_schema(folders):
     assert again.rows.equals(rows)
 
 
-def test_slice_generator_and_test_indices():
+def test_slice_generator_and_subset_indices():
     a = torch.randn(3, generator=scoring.slice_generator(0, 7))
     assert torch.equal(a, torch.randn(3, generator=scoring.slice_generator(0, 7)))
     assert not torch.equal(a, torch.randn(3, generator=scoring.slice_generator(0, 8)))
     assert not torch.equal(a, torch.randn(3, generator=scoring.slice_generator(1, 7)))
-    assert scoring.test_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
-    assert scoring.test_indices(9, 3).tolist() == [0, 4, 8]
+    assert scoring.subset_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
+    assert scoring.subset_indices(9, 3).tolist() == [0, 4, 8]
     with pytest.raises(ValueError, match="empty"):
-        scoring.test_indices(0, 3)
+        scoring.subset_indices(0, 3)
