@@ -34,9 +34,10 @@ def test_ablation_chapter_sections(runs_root):
     scored = ch.evaluate(runs_root, run, **ev)
     assert (runs.judge_dir(runs_root) / "segmenter.json").is_file()
     assert "lung" in ch.table_judge(scored).index
-    again = read_metrics(runs.per_image_path(run))
-    assert len(again) == len(scored.rows)
+    assert len(read_metrics(runs.per_image_path(run))) == len(scored.rows)
+    files = {p: p.read_bytes() for p in (runs.per_image_path(run), runs.metrics_path(run))}
     pd.testing.assert_frame_equal(scored.rows, ch.evaluate(runs_root, run, **ev).rows)  # deterministic
+    assert all(p.read_bytes() == b for p, b in files.items())  # byte-identical files on re-run
     rows = scored.rows
     assert {"full", "no fibrosis", "no body"} <= set(rows["condition"])
     assert set(rows.loc[rows["condition"] == "no lung", "seed"]) == {0}  # partial masks: first seed
