@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -37,12 +39,12 @@ seed = 0
 run_dir = "runs/smoke/02_mask_ablation_study"
 runs_root = "runs/smoke"
 device = "auto"
+judge_steps = 300
 preset = "small"
 steps = 200
 batch_size = 8
 lr = 0.002
 warmup = 20
-seg_steps = 300
 n_test = 16
 sampler = "dpm"
 sampler_steps = 10
@@ -57,14 +59,14 @@ from difflung.chapters import ablation_study as ch
 # $f_i$ is each class's share of the non-background pixels of the training split (chapter 1's dataset).
 
 # %%
-ch.probability_table(runs_root, steps=steps)
+ch.table_probabilities(runs_root, steps=steps)
 
 # %%
-ch.schedule_figure(runs_root, run_dir, steps=steps, seed=seed)
+ch.figure_schedules(runs_root, run_dir, steps=steps, seed=seed)
 
 # %% [markdown]
 # *Figure: ablation probability $P_i(t)$ per class over training, for each strategy; made by
-# `difflung.chapters.ablation_study.schedule_figure`.*
+# `difflung.chapters.ablation_study.figure_schedules`.*
 #
 # ## Training: one model per strategy
 
@@ -73,49 +75,52 @@ ch.train_strategies(runs_root, run_dir, steps=steps, batch_size=batch_size, pres
                     seed=seed, device=device)
 
 # %%
-ch.loss_figure(run_dir, seed=seed)
+ch.figure_losses(run_dir, seed=seed)
 
 # %% [markdown]
-# *Figure: training loss per strategy; made by `difflung.chapters.ablation_study.loss_figure`.*
+# *Figure: training loss per strategy; made by `difflung.chapters.ablation_study.figure_losses`.*
 #
 # ## Evaluation
 #
-# Each model generates the test slices' masks (and the masks with one class removed in turn). PSNR and SSIM
-# against the real slice; mask faithfulness is the per-class Dice between the conditioning mask and what a
-# segmentation network, trained on real training slices only, reads in the generated image.
+# Each model generates the test slices' masks (and the masks with one class removed in turn); every model gets the
+# same initial noise for the same mask and seed. PSNR and SSIM against the real slice; mask faithfulness is the
+# per-class Dice between the conditioning mask and what the run's judge, a segmentation network trained on real
+# training slices only (shared by every chapter), reads in the generated image.
 
 # %%
-ch.reference_segmenter(runs_root, run_dir, steps=seg_steps, seed=seed, device=device)
-
-# %%
-per_image = ch.evaluate_strategies(runs_root, run_dir, n_test=n_test, sampler=sampler, sampler_steps=sampler_steps,
-                                   seeds=sample_seeds, device=device)
-ch.write_metrics(run_dir, ch.metric_rows(per_image))
-ch.quality_table(per_image)
+scored = ch.evaluate(runs_root, run_dir, judge_steps=judge_steps, n_test=n_test, sampler=sampler,
+                     sampler_steps=sampler_steps, seeds=sample_seeds, seed=seed, device=device)
+ch.table_judge(scored)
 
 # %% [markdown]
-# Means with 95 % CIs over test slices (and over sampling seeds); the row `real` is the segmentation network on
-# the real test slices, the ceiling of mask faithfulness.
+# The judge on the real test slices: the ceiling of mask faithfulness for any generator.
 
 # %%
-ch.dice_figure(per_image, run_dir, seed=seed)
+ch.table_quality(scored)
+
+# %% [markdown]
+# Means with 95 % CIs over test slices (and over sampling seeds); the row `real` is the judge on the real test
+# slices.
+
+# %%
+ch.figure_dice(scored, run_dir, seed=seed)
 
 # %% [markdown]
 # *Figure: mask faithfulness per class and strategy, rare classes included; made by
-# `difflung.chapters.ablation_study.dice_figure`.*
+# `difflung.chapters.ablation_study.figure_dice`.*
 #
 # ## Generation from partial masks
 
 # %%
-ch.partial_figure(per_image, run_dir, seed=seed)
+ch.figure_partial(scored, run_dir, seed=seed)
 
 # %% [markdown]
 # *Figure: quality when one class is removed from the mask in turn; made by
-# `difflung.chapters.ablation_study.partial_figure`.*
+# `difflung.chapters.ablation_study.figure_partial`.*
 
 # %%
-ch.sample_figure(runs_root, run_dir, sampler=sampler, sampler_steps=sampler_steps, seed=seed, device=device)
+ch.figure_samples(scored, run_dir)
 
 # %% [markdown]
-# *Figure: real test slices rich in rare classes and each strategy's generation from the same masks; made by
-# `difflung.chapters.ablation_study.sample_figure`.*
+# *Figure: scored test slices rich in rare classes and each strategy's generation from the same masks (the images
+# scored above); made by `difflung.chapters.ablation_study.figure_samples`.*

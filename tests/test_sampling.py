@@ -98,3 +98,13 @@ def test_cuda_bf16_sampling_is_close_to_cpu(unet):
     a = sample(copy.deepcopy(unet), META, masks(), generator=gen(), steps=4, device="cpu")
     b = sample(copy.deepcopy(unet), META, masks(), generator=gen(), steps=4, device="cuda")  # bf16 autocast
     assert np.abs(a - b).mean() < 0.05  # same initial noise (drawn on the CPU), bf16 rounding only
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddim", 3), ("ddpm", 5)])
+def test_one_generator_per_mask(unet, sampler, steps):
+    """Image i depends only on mask i and generator i: the same as sampling it alone."""
+    both = sample(unet, META, masks(2), generator=[gen(4), gen(5)], sampler=sampler, steps=steps, batch_size=2)
+    alone = sample(unet, META, masks(2)[1:], generator=[gen(5)], sampler=sampler, steps=steps)
+    np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
+    with pytest.raises(ValueError, match="2 generators for 3 masks"):
+        sample(unet, META, masks(3), generator=[gen(0), gen(1)], steps=2)

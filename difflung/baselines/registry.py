@@ -1,7 +1,7 @@
-"""Registry of the GAN baselines by name and profile size (as DiT's `DiT_models`).
+"""Registry of the GAN baselines by name and size (as DiT's `DiT_models`).
 
-A name is `<kind>-<size>`: kind `pix2pix` or `spade`, size T (tests), S (smoke), B (standard) or L (paper:
-the original widths). Widths come from the name; depths come from the image size (see `pix2pix.py` and
+A name is `<kind>-<size>`: kind `pix2pix` or `spade`, size T (tests), S, B or L (the original widths); each
+profile names its size (`gan_size` in profiles/*.yml). Widths come from the name; depths come from the image size (see `pix2pix.py` and
 `spade.py`). `model_config(name, image_size, classes)` gives the full JSON-able config that `build_models`
 turns into (generator, discriminator) and that is stored beside the weights.
 """
@@ -32,17 +32,16 @@ BASELINES: dict[str, BaselineSpec] = {
     "spade-B": BaselineSpec("spade", 32, 32, 64),
     "spade-L": BaselineSpec("spade", 64, 64, 128),
 }
-PROFILE_SIZES = {"tiny": "T", "smoke": "S", "standard": "B", "paper": "L"}
 KINDS = ("pix2pix", "spade")
 
 
-def baseline_name(kind: str, profile: str) -> str:
-    """Registry name for a kind and a profile, e.g. ('spade', 'smoke') -> 'spade-S'."""
+def baseline_name(kind: str, size: str) -> str:
+    """Registry name for a kind and a size, e.g. ('spade', 'S') -> 'spade-S'."""
     if kind not in KINDS:
         raise ValueError(f"unknown baseline kind {kind!r}; known: {', '.join(KINDS)}")
-    if profile not in PROFILE_SIZES:
-        raise ValueError(f"unknown profile {profile!r} for the baselines; known: {', '.join(PROFILE_SIZES)}")
-    return f"{kind}-{PROFILE_SIZES[profile]}"
+    name = f"{kind}-{size}"
+    get_spec(name)  # a clear error for an unknown size
+    return name
 
 
 def get_spec(name: str) -> BaselineSpec:

@@ -1,15 +1,5 @@
-"""One module per book chapter: the functions its notebook calls, one per section.
-
-Where a run's artifacts live, shared by the chapters that write and read them.
+"""One module per book chapter: the functions its notebook calls, one per section. Chapter modules only choose
+models, tables and figures; loading, sampling and scoring live in `difflung.generators` and `difflung.scoring`,
+artifact paths in `difflung.runs`. No chapter imports another.
 """
-from pathlib import Path
-
-
-def phantom_dataset_dir(runs_root) -> Path:
-    """Chapter 1's phantom dataset artifact of a run."""
-    return Path(runs_root) / "01_data_preparation" / "dataset"
-
-
-def real_dataset_dir(runs_root) -> Path:
-    """Chapter 1's real-CT dataset artifact of a run (written by its worked `prepare` example)."""
-    return Path(runs_root) / "01_data_preparation" / "real_dataset"
+from ..runs import phantom_dataset_dir, real_dataset_dir  # noqa: F401 -- chapter 5 imports them from here for now

@@ -1,59 +1,42 @@
 """Chapter 2, mask ablation study: one model per ablation strategy, same data and budget, compared on image
 quality, mask faithfulness (rare classes separately) and generation from partial masks.
 
-Each function is one section of `notebooks/02_ablation_study.py`:
+Each function is one section of `notebooks/02_mask_ablation_study.py`:
 
-    ch.schedule_figure(runs_root, run_dir, steps=steps)                  # P_i(t) per class and strategy
-    ch.probability_table(runs_root, steps=steps)
+    ch.table_probabilities(runs_root, steps=steps); ch.figure_schedules(runs_root, run_dir, steps=steps)
     ch.train_strategies(runs_root, run_dir, steps=..., batch_size=..., preset=..., lr=..., seed=seed)
-    ch.loss_figure(run_dir)
-    ch.reference_segmenter(runs_root, run_dir, steps=seg_steps, seed=seed)   # trained on real training slices
-    per_image = ch.evaluate_strategies(runs_root, run_dir, n_test=..., sampler=..., sampler_steps=..., seeds=...)
-    ch.quality_table(per_image); ch.dice_figure(per_image, run_dir); ch.partial_figure(per_image, run_dir)
-    ch.sample_figure(runs_root, run_dir, ...)
-    ch.write_metrics(run_dir, ch.metric_rows(per_image))
+    ch.figure_losses(run_dir)
+    scored = ch.evaluate(runs_root, run_dir, judge_steps=..., n_test=..., sampler=..., sampler_steps=..., seeds=...)
+    ch.table_judge(scored); ch.table_quality(scored); ch.figure_dice(scored, run_dir)
+    ch.figure_partial(scored, run_dir); ch.figure_samples(scored, run_dir)
 
-Profile parameters (the notebook passes them from profiles/*.yml):
-    smoke     size 32, preset "small", steps 200, batch_size 8, lr 2e-3, warmup 20; seg_steps 300 (segmenter
-              channels (16, 32, 64)); n_test 16, sampler "dpm", sampler_steps 10, seeds [0, 1]. Measured on
-              2 CPU threads, phantom of 10 patients: ~100 s for all five strategies including evaluation
-              (250 steps: 118 s; per step ~0.065 s).
-    standard  size 128, preset "base", steps ~10000, batch_size 16, lr 1e-4; seg_steps 2000; n_test 64,
-              sampler "dpm", sampler_steps 20, seeds [0, 1, 2] (suggested; not measured here, no GPU).
-    paper     size 256, preset "efficient" (or "paper" for the parent's UNet), as standard with more steps.
-
-Models go to `<run_dir>/models/<strategy>/` (reused when finished with the same config and data), the
-segmenter to `<run_dir>/segmenter/`, per-image results to `<run_dir>/per_image.csv`, figures beside them.
-Confidence intervals are Student-t over test slices (per seed), and over seeds (of the per-seed means) when
-there are several; in `metrics.csv` the across-seed rows carry seed -1.
+The profile's values come from profiles/*.yml. Models go to `<run_dir>/models/<strategy>/` (reused when finished
+with the same config and data); generation and scoring follow `difflung.scoring` (judge, test subset, seeding,
+schema); per-slice rows go to `<run_dir>/per_image.csv`, summaries to `metrics.csv`. Confidence intervals are
+Student-t over test slices (per seed), and over seeds (of the per-seed means) when there are several; in
+`metrics.csv` the across-seed rows carry seed -1.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .. import labels as L
+from .. import runs, scoring
 from ..dataset import Dataset
-from ..diffusion import STRATEGIES, AblationSchedule, TrainConfig, ablation_frequencies, load_model, sample, train_diffusion
-from ..diffusion.sample import remove_classes
-from ..evaluation import dice_per_class, psnr_ssim, summarize
-from ..metrics import write_metrics as _write_metrics
-from ..plots import legend_handles, plt, save_figure, show_ct, slice_grid
-from ..provenance import atomic_path, resolve_device
-from . import phantom_dataset_dir
-
-STRATEGY_LABELS = {"none": "none", "uniform": "uniform p=0.5 (Seg-Guided)", "cbmat": "CBMAT (Diff-Lung)",
-                   "cbmat-constant": "CBMAT, not annealed", "cbmat-inverse": "inverse CBMAT (P=f)"}
+from ..diffusion import STRATEGIES, AblationSchedule, ablation_frequencies, to_hu, train_diffusion
+from ..evaluation import summarize
+from ..generators import diffusion_config, display_name, load_generator
+from ..metrics import write_metrics
+from ..plots import legend_handles, plt, save_figure, slice_grid
+from ..provenance import resolve_device
 
 
 def open_dataset(runs_root) -> Dataset:
-    """The phantom dataset of chapter 1 (`<runs_root>/01_data_preparation/dataset`); a clear error if missing."""
-    return Dataset(phantom_dataset_dir(runs_root))
-
+    """The phantom dataset of chapter 1; a clear error if missing."""
+    return Dataset(runs.phantom_dataset_dir(runs_root))
 
 
 def rare_classes(classes) -> list[int]:
@@ -64,7 +47,7 @@ def rare_classes(classes) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------------
 # schedules
 
-def probability_table(runs_root, *, steps: int, strategies=STRATEGIES) -> pd.DataFrame:
+def table_probabilities(runs_root, *, steps: int, strategies=STRATEGIES) -> pd.DataFrame:
     """P_i at t = 0, T/2 and T per class (rows) and strategy (columns), with the f_i used."""
     ds = open_dataset(runs_root)
     freqs = ablation_frequencies(ds)
@@ -73,11 +56,10 @@ def probability_table(runs_root, *, steps: int, strategies=STRATEGIES) -> pd.Dat
         sch = AblationSchedule(s, ds.classes, freqs, steps)
         for label, t in (("t=0", 0), ("t=T/2", steps // 2), ("t=T", steps)):
             cols[(s, label)] = sch.probabilities(t).tolist()
-    out = pd.DataFrame(cols, index=pd.Index(list(freqs), name="class"))
-    return out
+    return pd.DataFrame(cols, index=pd.Index(list(freqs), name="class"))
 
 
-def schedule_figure(runs_root, run_dir, *, steps: int, strategies=STRATEGIES, seed: int = 0):
+def figure_schedules(runs_root, run_dir, *, steps: int, strategies=STRATEGIES, seed: int = 0):
     """Ablation probability of each class over training, one panel per strategy."""
     ds = open_dataset(runs_root)
     freqs = ablation_frequencies(ds)
@@ -90,7 +72,7 @@ def schedule_figure(runs_root, run_dir, *, steps: int, strategies=STRATEGIES, se
             part = tab[tab["class"] == L.BY_ID[c].name]
             ax.plot(part["step"], part["probability"], color=L.BY_ID[c].color, lw=2 if c in L.PATHOLOGY_IDS else 1,
                     ls="-" if c in L.PATHOLOGY_IDS else "--")
-        ax.set_title(STRATEGY_LABELS.get(s, s), fontsize=9)
+        ax.set_title(display_name(s), fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylim(-0.03, 1.03)
     np.atleast_1d(axes)[0].set_ylabel("P(class withheld)")
@@ -104,23 +86,17 @@ def schedule_figure(runs_root, run_dir, *, steps: int, strategies=STRATEGIES, se
 # ---------------------------------------------------------------------------------------------------------------
 # training
 
-def strategy_config(strategy: str, *, steps: int, batch_size: int, preset: str, lr: float, warmup: int | None,
-                    mask_mode: str, seed: int) -> TrainConfig:
-    return TrainConfig(preset=preset, mask_mode=mask_mode, strategy=strategy, steps=steps, batch_size=batch_size,
-                       lr=lr, warmup=warmup, seed=seed, checkpoint_every=max(steps // 2, 1))
-
-
 def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset: str = "small", lr: float = 1e-4,
-                     warmup: int | None = None, mask_mode: str = "onehot", seed: int = 0, strategies=STRATEGIES,
-                     device: str = "auto", progress: bool = False) -> pd.DataFrame:
+                     warmup: int | None = None, seed: int = 0, strategies=STRATEGIES, device: str = "auto",
+                     progress: bool = False) -> pd.DataFrame:
     """Train (or reuse) one model per strategy with the same data, budget and seed.
 
     Args:
-        runs_root: folder of the profile's runs (holds 01_data_preparation/dataset).
+        runs_root: folder of the profile's runs (holds chapter 1's dataset).
         run_dir: this chapter's folder; models go to `<run_dir>/models/<strategy>/`.
-        steps, batch_size, preset, lr, warmup, mask_mode: `TrainConfig` fields shared by every strategy.
+        steps, batch_size, preset, lr, warmup: `TrainConfig` fields shared by every strategy.
         seed: training seed (weights, data order, ablation and noise draws), the same for every strategy.
-        strategies: which strategies to train.
+        strategies: which strategies to train (registry keys of `difflung.generators`).
         device: "auto", "cpu" or "cuda".
 
     Returns:
@@ -129,10 +105,10 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
     ds = open_dataset(runs_root)
     rows = []
     for s in strategies:
-        cfg = strategy_config(s, steps=steps, batch_size=batch_size, preset=preset, lr=lr, warmup=warmup,
-                              mask_mode=mask_mode, seed=seed)
+        cfg = diffusion_config(s, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
+                               checkpoint_every=max(steps // 2, 1))
         # a model of an earlier, different configuration in this chapter's folder is replaced
-        r = train_diffusion(ds, cfg, Path(run_dir) / "models" / s, device=device, progress=progress, overwrite=True)
+        r = train_diffusion(ds, cfg, runs.model_dir(run_dir, s), device=device, progress=progress, overwrite=True)
         loss = pd.read_csv(r.loss_csv)["loss"]
         rows.append({"strategy": s, "steps": r.steps, "batch": batch_size, "wall_s": round(r.wall_s, 1),
                      "images_per_s": round(r.images_per_s, 1), "final_loss (mean of last 10%)":
@@ -141,12 +117,12 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
     return pd.DataFrame(rows).set_index("strategy")
 
 
-def loss_figure(run_dir, *, strategies=STRATEGIES, seed: int = 0, smooth: int = 20):
+def figure_losses(run_dir, *, strategies=STRATEGIES, seed: int = 0, smooth: int = 20):
     """Training loss per strategy (running mean over `smooth` steps)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for s in strategies:
-        df = pd.read_csv(Path(run_dir) / "models" / s / "loss.csv")
-        ax.plot(df["step"], df["loss"].rolling(smooth, min_periods=1).mean(), label=STRATEGY_LABELS.get(s, s))
+        df = pd.read_csv(runs.model_dir(run_dir, s) / "loss.csv")
+        ax.plot(df["step"], df["loss"].rolling(smooth, min_periods=1).mean(), label=display_name(s))
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel(f"MSE(eps), running mean of {smooth}")
@@ -159,118 +135,42 @@ def loss_figure(run_dir, *, strategies=STRATEGIES, seed: int = 0, smooth: int = 
 # ---------------------------------------------------------------------------------------------------------------
 # evaluation
 
-def reference_segmenter(runs_root, run_dir, *, steps: int, batch_size: int = 16, channels=(16, 32, 64),
-                        seed: int = 0, device: str = "auto", progress: bool = False):
-    """The faithfulness judge: a MONAI UNet trained on the real training slices only, saved once in
-    `<run_dir>/segmenter/` and reused while data, config and seed are unchanged.
+def evaluate(runs_root, run_dir, *, judge_steps: int, n_test: int, sampler: str, sampler_steps: int, seeds=(0,),
+             partial: bool = True, strategies=STRATEGIES, seed: int = 0, batch_size: int = 32,
+             device: str = "auto", progress: bool = False) -> scoring.Scored:
+    """Generate and score the test masks with every strategy's model (`difflung.scoring.generate_and_score`).
 
-    Returns:
-        (Segmenter, per-class Dice of its predictions on the real test slices: the ceiling for generated images).
-    """
-    from ..segmentation import SegConfig, Segmenter, train_segmenter
-
-    ds = open_dataset(runs_root)
-    channels = tuple(channels)
-    cfg = SegConfig(channels=channels, strides=(2,) * (len(channels) - 1), steps=steps, batch_size=batch_size)
-    key = {"dataset_sha256": ds.manifest["splits"]["train"]["sha256"], "seed": seed,  # as stored in JSON
-           "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}
-    folder, dev = Path(run_dir) / "segmenter", resolve_device(device)
-    seg = None
-    if (folder / "segmenter.json").is_file():
-        seg = Segmenter.load(folder, device=dev)
-        if seg.info.get("difflung_key") != key:
-            seg = None
-    if seg is None:
-        tr = ds.split("train")
-        seg = train_segmenter(tr.images, tr.labels, ds.classes, cfg, torch.Generator().manual_seed(seed),
-                              device=dev, progress=progress)
-        seg.info["difflung_key"] = key
-        seg.save(folder)
-    te = ds.split("test")
-    d = dice_per_class(seg.predict(te.images), te.labels, [c for c in ds.classes if c != L.BACKGROUND])
-    table = d.groupby("class", sort=False)["dice"].agg(["mean", "count"]).rename(columns={"count": "slices with class"})
-    return seg, table
-
-
-def test_indices(n_slices: int, n_test: int) -> np.ndarray:
-    """`n_test` test slices spread evenly over the test split (all of them when n_test >= n_slices)."""
-    if n_test >= n_slices:
-        return np.arange(n_slices)
-    return np.unique(np.linspace(0, n_slices - 1, n_test).round().astype(int))
-
-
-def _score(model: str, condition: str, seed: int, gen, real, lab, seg, classes) -> list[pd.DataFrame]:
-    d = dice_per_class(seg.predict(gen), lab, classes).rename(columns={"dice": "value"}).assign(metric="dice")
-    parts = [d[["image", "metric", "class", "value"]]]
-    if model != "real":  # the real slices against themselves have no PSNR
-        parts.append(psnr_ssim(gen, real).melt(id_vars="image", var_name="metric", value_name="value")
-                     .assign(**{"class": "all"}))
-    return [p.assign(model=model, condition=condition, seed=seed) for p in parts]
-
-
-def evaluate_strategies(runs_root, run_dir, *, strategies=STRATEGIES, n_test: int = 16, sampler: str = "ddim",
-                        sampler_steps: int = 50, seeds=(0,), partial: bool = True, partial_seeds=None,
-                        batch_size: int = 32, device: str = "auto", progress: bool = False) -> pd.DataFrame:
-    """Generate from the test masks with every strategy's model and score each image.
-
-    Scores per image: PSNR and SSIM against the real slice of the same mask; Dice per class between the
-    reference segmenter's prediction on the generated image and the conditioning (full) mask. With `partial`,
-    each non-background class is removed from the masks in turn (its pixels left to the model) and the same
-    scores are computed for those generations. The segmenter on the real test slices is included as model "real".
+    With `partial`, each non-background class is also withheld from the masks in turn (first seed only). Writes
+    `<run_dir>/per_image.csv` and the chapter's `metrics.csv` (`metric_rows`).
 
     Args:
-        runs_root, run_dir: as in `train_strategies` (models and segmenter must exist: run those sections first).
-        strategies: models to evaluate.
-        n_test: test slices used (spread evenly over the split).
-        sampler, sampler_steps: as in `difflung.diffusion.sample`.
-        seeds: generation seeds (one torch.Generator each); the same initial noise serves every strategy and
-            every condition of a slice.
-        partial: also generate from partial masks; partial_seeds: seeds for those (default: the first seed).
-        batch_size: masks per UNet batch.
-        device: "auto", "cpu" or "cuda".
-
-    Returns:
-        Per-image long table (model, condition, seed, image, metric, class, value), also written to
-        `<run_dir>/per_image.csv`.
+        runs_root, run_dir: as in `train_strategies` (run that section first).
+        judge_steps: training steps of the run's judge segmenter (`difflung.scoring.judge`, trained once).
+        n_test: test slices scored; sampler, sampler_steps: the diffusion sampler; seeds: sampling seeds.
+        seed: the judge's training seed.
     """
-    from ..segmentation import Segmenter
+    ds, dev = open_dataset(runs_root), resolve_device(device)
+    seg = scoring.judge(ds, runs.judge_dir(runs_root), steps=judge_steps, seed=seed, device=dev, progress=progress)
+    gens = [load_generator(runs.model_dir(run_dir, s), key=s, dataset=ds, device=dev, sampler=sampler,
+                           sampler_steps=sampler_steps) for s in strategies]
+    withheld = [c for c in ds.classes if c != L.BACKGROUND] if partial else []
+    scored = scoring.generate_and_score(gens, ds, seg, n_test=n_test, seeds=list(seeds), withheld=withheld,
+                                        batch_size=batch_size, progress=progress)
+    scoring.write_per_image(runs.per_image_path(run_dir), scored.rows)
+    write_metrics(runs.metrics_path(run_dir), metric_rows(scored.rows))
+    return scored
 
-    ds = open_dataset(runs_root)
-    dev = resolve_device(device)
-    seg_dir = Path(run_dir) / "segmenter"
-    if not (seg_dir / "segmenter.json").is_file():
-        raise FileNotFoundError(f"{seg_dir}: no segmenter; run reference_segmenter(...) first")
-    seg = Segmenter.load(seg_dir, device=dev)
-    te = ds.split("test")
-    idx = test_indices(len(te), n_test)
-    real, lab = te.images[idx], te.labels[idx]
-    scored = [c for c in ds.classes if c != L.BACKGROUND]
-    partial_seeds = tuple(seeds[:1] if partial_seeds is None else partial_seeds)
-    conditions = [("full", None)] + ([(f"no {L.BY_ID[c].name}", c) for c in scored] if partial else [])
-    parts = _score("real", "full", int(seg.info.get("difflung_key", {}).get("seed", 0)), real, real, lab, seg, scored)
-    for s in strategies:
-        unet, meta = load_model(Path(run_dir) / "models" / s, ds, device=dev)
-        for seed in sorted(set(seeds) | set(partial_seeds)):
-            for cond, removed in conditions:
-                if (cond == "full" and seed not in seeds) or (cond != "full" and seed not in partial_seeds):
-                    continue
-                masks = lab if removed is None else remove_classes(lab, [removed])
-                gen = sample(unet, meta, masks, generator=torch.Generator().manual_seed(seed), sampler=sampler,
-                             steps=sampler_steps, batch_size=batch_size, device=dev, progress=progress)
-                parts += _score(s, cond, seed, gen, real, lab, seg, scored)
-    out = pd.concat(parts, ignore_index=True)
-    out["image"] = idx[out["image"].to_numpy()]  # index within the test split
-    out = out[["model", "condition", "seed", "image", "metric", "class", "value"]]
-    with atomic_path(Path(run_dir) / "per_image.csv") as tmp:
-        out.to_csv(tmp, index=False, float_format="%.6g")
-    return out
+
+def table_judge(scored: scoring.Scored) -> pd.DataFrame:
+    """The judge's Dice per class on the real test slices: the ceiling for generated ones."""
+    return scoring.judge_dice(scored.rows)
 
 
 def _with_means(per_image: pd.DataFrame, classes_present) -> pd.DataFrame:
-    """Add per-image derived Dice rows: mean over all scored classes ('all') and over rare classes ('rare')."""
+    """Add per-slice derived Dice rows: mean over all scored classes ('all') and over rare classes ('rare')."""
     d = per_image[per_image["metric"] == "dice"]
     rare = [L.BY_ID[c].name for c in rare_classes(classes_present)]
-    keys = ["model", "condition", "seed", "image"]
+    keys = ["model", "condition", "seed", "slice"]
     extra = []
     for name, sel in (("all", d), ("rare", d[d["class"].isin(rare)])):
         m = sel.groupby(keys, sort=False)["value"].mean().reset_index()  # NaN (class absent) skipped
@@ -298,11 +198,15 @@ def _fmt(m, lo, hi, digits=3) -> str:
     return f"{m:.{digits}f}" if np.isnan(lo) else f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def quality_table(per_image: pd.DataFrame) -> pd.DataFrame:
+def _order(models) -> list[str]:
+    return [m for m in ["real", *STRATEGIES] if m in set(models)]
+
+
+def table_quality(scored: scoring.Scored) -> pd.DataFrame:
     """Full masks: PSNR, SSIM, mean Dice and rare-class Dice per strategy, mean [95% CI]; the CI is over seeds
     when there are several, else over test slices."""
-    full = per_image[per_image["condition"] == "full"]
-    several = full.groupby("model")["seed"].nunique().max() > 1
+    full = scored.rows[scored.rows["condition"] == "full"]
+    several = full[full["model"] != "real"].groupby("model")["seed"].nunique().max() > 1
     s = summary(full, "seeds" if several else "images")
     want = [("psnr", "all", "PSNR (dB)", 2), ("ssim", "all", "SSIM", 3), ("dice_mean", "all", "Dice, all classes", 3),
             ("dice_mean", "rare", "Dice, rare classes", 3)]
@@ -314,28 +218,28 @@ def quality_table(per_image: pd.DataFrame) -> pd.DataFrame:
         table[col] = {r.model: _fmt(r.mean, r.lo, r.hi, dg) for r in sel.itertuples()}
     out = pd.DataFrame(table).fillna("-")  # the real slices have no PSNR/SSIM against themselves
     out = out.loc[:, (out != "n/a").any()]  # classes absent from every test mask
-    order = [m for m in ["real", *STRATEGIES] if m in out.index]
-    out = out.loc[order]
+    out = out.loc[_order(out.index)]
     out.index.name = "model (CI over seeds)" if several else "model (CI over test slices)"
     return out
 
 
-def dice_figure(per_image: pd.DataFrame, run_dir, *, seed: int = 0):
+def figure_dice(scored: scoring.Scored, run_dir, *, seed: int = 0):
     """Mask faithfulness per class and strategy (full masks), mean and 95% CI over test slices of all seeds."""
-    full = per_image[(per_image["condition"] == "full") & (per_image["metric"] == "dice")]
+    rows = scored.rows
+    full = rows[(rows["condition"] == "full") & (rows["metric"] == "dice")]
     s = summarize(full, ["model", "class"])
     classes = [c for c in dict.fromkeys(full["class"]) if full.loc[full["class"] == c, "value"].notna().any()]
-    models = [m for m in ["real", *STRATEGIES] if m in set(s["model"])]
+    models = _order(s["model"])
     fig, ax = plt.subplots(figsize=(1.3 * len(classes) + 2, 3.4))
     w = 0.8 / len(models)
     for j, m in enumerate(models):
         sel = s[s["model"] == m].set_index("class").reindex(classes)
         x = np.arange(len(classes)) + (j - (len(models) - 1) / 2) * w
         err = np.array([sel["mean"] - sel["lo"], sel["hi"] - sel["mean"]])
-        ax.bar(x, sel["mean"], w, yerr=np.nan_to_num(err), capsize=2, label=STRATEGY_LABELS.get(m, "real slices"),
+        ax.bar(x, sel["mean"], w, yerr=np.nan_to_num(err), capsize=2, label=display_name(m),
                color="0.6" if m == "real" else None)
     ax.set_xticks(np.arange(len(classes)), [f"{c}*" if L.BY_NAME[c].pathology else c for c in classes])
-    ax.set_ylabel("Dice (segmenter on image vs mask)")
+    ax.set_ylabel("Dice (judge on image vs mask)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, frameon=False, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     ax.set_title("Mask faithfulness per class, full masks (* rare pathology; classes absent from the test masks "
@@ -345,17 +249,18 @@ def dice_figure(per_image: pd.DataFrame, run_dir, *, seed: int = 0):
     return fig
 
 
-def partial_figure(per_image: pd.DataFrame, run_dir, *, seed: int = 0):
+def figure_partial(scored: scoring.Scored, run_dir, *, seed: int = 0):
     """Generation from partial masks: PSNR and mean Dice of the classes still given, per strategy (rows) and
     removed class (columns); the 'full' column is the complete mask."""
-    df = per_image[per_image["model"] != "real"]
+    df = scored.rows[scored.rows["model"] != "real"]
+    df = df[df["seed"] == df.loc[df["condition"] != "full", "seed"].min()] if (df["condition"] != "full").any() else df
     conds = list(dict.fromkeys(df["condition"]))
     models = [m for m in STRATEGIES if m in set(df["model"])]
     dice = df[df["metric"] == "dice"]
     kept = dice[dice["condition"].str.removeprefix("no ") != dice["class"]]  # Dice of the classes still in the mask
     mats = {
         "PSNR (dB)": df[df["metric"] == "psnr"].groupby(["model", "condition"])["value"].mean(),
-        "Dice of the classes given": kept.groupby(["model", "condition", "image", "seed"])["value"].mean()
+        "Dice of the classes given": kept.groupby(["model", "condition", "slice"])["value"].mean()
         .groupby(["model", "condition"]).mean(),
     }
     fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(conds), 0.5 * len(models) + 1.8))
@@ -374,31 +279,17 @@ def partial_figure(per_image: pd.DataFrame, run_dir, *, seed: int = 0):
     return fig
 
 
-def rare_rich(labels: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the `n` label maps with the most rare-class pixels (ties: lower index first)."""
-    count = np.isin(labels, L.PATHOLOGY_IDS).reshape(len(labels), -1).sum(1)
-    return np.argsort(-count, kind="stable")[:n]
-
-
-def sample_figure(runs_root, run_dir, *, strategies=STRATEGIES, n: int = 4, sampler: str = "ddim",
-                  sampler_steps: int = 50, seed: int = 0, device: str = "auto"):
-    """Real test slices (with and without their mask) and each strategy's generation from the same masks,
-    for the `n` test masks richest in rare classes."""
-    from ..diffusion import to_hu
-
-    ds = open_dataset(runs_root)
-    dev = resolve_device(device)
-    te = ds.split("test")
-    idx = rare_rich(te.labels, n)
-    rows = [("mask", to_hu(te.images[idx]), te.labels[idx]), ("real", to_hu(te.images[idx]), None)]
-    for s in strategies:
-        unet, meta = load_model(Path(run_dir) / "models" / s, ds, device=dev)
-        gen = sample(unet, meta, te.labels[idx], generator=torch.Generator().manual_seed(seed), sampler=sampler,
-                     steps=sampler_steps, device=dev)
-        rows.append((s, to_hu(gen), None))
-    fig = slice_grid(rows, ds.classes, cell=1.5)
-    save_figure(fig, Path(run_dir) / "ablation_samples.png",
-                config={"test_slices": idx.tolist(), "sampler": sampler, "steps": sampler_steps}, seed=seed)
+def figure_samples(scored: scoring.Scored, run_dir, *, n: int = 4, seed: int | None = None):
+    """The scored test slices richest in rare classes (with and without their mask) and each strategy's
+    generation from the same masks (full masks, sampling seed `seed`, default the first): the images scored."""
+    pos = scoring.rare_rich(scored.labels, n)
+    real = to_hu(scored.real[pos])
+    rows = [("mask", real, scored.labels[pos]), ("real", real, None)]
+    models = [m for m in STRATEGIES if any(k[0] == m for k in scored.images)]
+    rows += [(m, to_hu(scored.generated(m, seed=seed)[pos]), None) for m in models]
+    fig = slice_grid(rows, np.unique(scored.labels).tolist(), cell=1.5)
+    save_figure(fig, Path(run_dir) / "ablation_samples.png", config={"test_slices": scored.index[pos].tolist()},
+                seed=seed)
     return fig
 
 
@@ -407,14 +298,10 @@ def sample_figure(runs_root, run_dir, *, strategies=STRATEGIES, n: int = 4, samp
 
 def metric_rows(per_image: pd.DataFrame) -> pd.DataFrame:
     """Tidy rows for metrics.csv: model (strategy or 'real'), metric, class, seed, value, plus condition and the
-    95% CI (lo, hi) and n. Per-seed rows average test slices; rows with seed -1 average seeds (when several)."""
+    95% CI (lo, hi) and n. Per-seed rows average test slices; rows with seed -1 average seeds (when several);
+    the judge on the real slices ('real') is not sampled and also carries seed -1."""
     rows = summary(per_image, "images").rename(columns={"mean": "value"})
     n_seeds = per_image.groupby(["model", "condition"])["seed"].nunique()
     multi = summary(per_image, "seeds").rename(columns={"mean": "value"}).assign(seed=-1)
     keep = multi.apply(lambda r: n_seeds.get((r["model"], r["condition"]), 1) > 1, axis=1)
     return pd.concat([rows, multi[keep]], ignore_index=True)
-
-
-def write_metrics(run_dir, rows) -> Path:
-    """Write the chapter's tidy `metrics.csv` (model = strategy) in `run_dir`."""
-    return _write_metrics(run_dir, rows)

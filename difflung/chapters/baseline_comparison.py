@@ -2,24 +2,25 @@
 
 Each function is one section of `notebooks/04_baseline_comparison.py`:
 
-    cmp = open_comparison(runs_root, run_dir, profile=profile, seed=seed, n_seeds=n_seeds, device=device)
-    diffusion_models(cmp, preset=preset, train_steps=train_steps, batch_size=batch_size)   # reuse or train
-    gan_baselines(cmp)                       # Pix2Pix and SPADE with the diffusion models' steps x batch
-    figure_gan_losses(cmp)
-    faithfulness_segmenter(cmp, steps=seg_steps)
-    evaluate(cmp, n_test=n_test, sampler=sampler, sampling_steps=sampling_steps, timing_batch=timing_batch)
-    comparison_table(run_dir); faithfulness_table(run_dir)
-    figure_samples(cmp); figure_quality_cost(run_dir)
+    cmp = ch.open_comparison(runs_root, run_dir, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, gan_size=gan_size)
+    ch.diffusion_models(cmp, preset=preset, train_steps=train_steps, batch_size=batch_size)   # reuse or train
+    ch.gan_baselines(cmp)                    # Pix2Pix and SPADE with the diffusion models' steps x batch
+    ch.figure_gan_losses(cmp)
+    scored = ch.evaluate(cmp, judge_steps=..., n_test=..., sampler=..., sampler_steps=..., seeds=..., ...)
+    ch.table_judge(scored); ch.table_comparison(run_dir); ch.table_faithfulness(run_dir)
+    ch.figure_samples(cmp, scored); ch.figure_quality_cost(run_dir)
 
-Reuse: Diff-Lung (CBMAT) of the main seed is chapter 3's model (`<runs_root>/03_cbmat_training/model`) when it
-was trained on this dataset with CBMAT and one-hot masks; other seeds are trained here with its configuration.
-Seg-Guided (uniform ablation p = 0.5, the single k/255 mask channel of the original) gets the same network and
-budget; its main-seed model is saved to `<run_dir>/models/segguided` for chapter 5. Every model folder is
-reused when it already holds a finished model of the same configuration.
+The profile's values come from profiles/*.yml. Diff-Lung (CBMAT) of the main seed is chapter 3's model
+(`difflung.runs.main_model_dir`) when it was trained on this dataset with CBMAT, one-hot masks and this seed;
+other seeds are trained here with its configuration. Seg-Guided (uniform ablation p = 0.5, the single k/255 mask
+channel of the original) gets the same network and budget; its main-seed model is saved to
+`<run_dir>/models/segguided` for chapter 5. Every model folder is reused when it already holds a finished model of
+the same configuration.
 
-Metrics go to `<run_dir>/metrics.csv` (tidy; column `slice` is the test-slice index, -1 for per-model rows),
-with `metrics.json` beside it (settings, device, provenance). Image quality is measured in the model window
-HU [-1000, 400] mapped to [-1, 1] (data range 2.0), PSNR and SSIM by scikit-image.
+Generation and scoring follow `difflung.scoring` (judge, test subset, common random numbers, schema), so the
+PSNR of Diff-Lung here equals chapter 3's for the same slices and seeds. `metrics.csv` holds the long-form rows
+(model keys; cost rows carry slice -1), `metrics.json` the settings, timings and provenance. Image quality is
+measured in the model window HU [-1000, 400] mapped to [-1, 1] (data range 2.0), PSNR and SSIM by scikit-image.
 """
 from __future__ import annotations
 
@@ -29,23 +30,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .. import labels as L
-from ..baselines import GanTrainConfig, baseline_name, generate, load_generator, read_loss_log, train_gan
+from .. import runs, scoring
+from ..baselines import read_loss_log, train_gan
 from ..dataset import Dataset, unwindow
-from ..evaluation import DATA_RANGE, count_params, dice_per_class, gflops_per_call, mean_ci, psnr_ssim, time_per_image
+from ..diffusion import train_diffusion
+from ..evaluation import DATA_RANGE, mean_ci, time_per_image
+from ..generators import diffusion_config, display_name, gan_config, load_generator
 from ..metrics import read_metrics, write_metrics
 from ..plots import legend_handles, plt, save_figure, show_ct
-from ..provenance import atomic_path, device_description, provenance, resolve_device, write_json_atomic
-from . import phantom_dataset_dir
-from ..reported import IMAGE_QUALITY, LABEL
+from ..provenance import device_description, provenance, resolve_device, write_json_atomic
+from ..reported import IMAGE_QUALITY, LABEL as REPORTED_LABEL
 
-MODELS = {"pix2pix": "Pix2Pix", "spade": "SPADE", "segguided": "Seg-Guided", "difflung": "Diff-Lung (CBMAT)"}
-# The poster's table (difflung.reported): shown beside ours, labelled as reported, never used as ours.
-REPORTED = {MODELS[k]: v for k, v in IMAGE_QUALITY.items()}
-REPORTED_LABEL = LABEL
-MIN_SEEDS = {"standard": 3, "paper": 3}
+MODELS = ("pix2pix", "spade", "segguided", "difflung")
 
 
 @dataclass
@@ -55,13 +53,12 @@ class Comparison:
     dataset: Dataset
     runs_root: Path
     run_dir: Path
-    profile: str
     seeds: list[int]
+    gan_size: str
     device: str
     models: dict = field(default_factory=dict)  # key -> {seed: folder}
     budget: dict = field(default_factory=dict)  # steps, batch_size shared by all models
     notes: dict = field(default_factory=dict)  # key -> how the model was obtained
-    segmenter: object = None
 
     @property
     def seed(self) -> int:
@@ -69,37 +66,46 @@ class Comparison:
 
     def model_dir(self, key: str, seed: int) -> Path:
         """`<run_dir>/models/<key>` for the main seed, `<key>-seed<k>` for the others."""
-        return self.run_dir / "models" / (key if seed == self.seed else f"{key}-seed{seed}")
+        return runs.model_dir(self.run_dir, key, None if seed == self.seed else seed)
 
 
-
-def open_comparison(runs_root, run_dir, *, profile: str, seed: int, n_seeds: int = 1, device: str = "auto") -> Comparison:
-    """Open the phantom dataset of chapter 1 and fix the seeds and device of the chapter.
+def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seeds: int = 1, gan_size: str = "S",
+                    device: str = "auto") -> Comparison:
+    """Open the phantom dataset of chapter 1 and fix the seeds, GAN size and device of the chapter.
 
     Args:
-        runs_root: the run's root (`runs/<profile>`); the dataset is `<runs_root>/01_data_preparation/dataset`.
+        runs_root: the run's root (`runs/<profile>`).
         run_dir: this chapter's folder.
-        profile: smoke, standard or paper (sets the GAN sizes; standard and paper need >= 3 seeds).
         seed, n_seeds: training seeds seed, seed + 1, ..., seed + n_seeds - 1.
+        min_seeds: the fewest training seeds the profile accepts (its CIs over seeds need them).
+        gan_size: registry size of Pix2Pix and SPADE (`difflung.baselines.registry.BASELINES`: T, S, B, L).
         device: "auto", "cpu" or "cuda".
     """
-    if n_seeds < MIN_SEEDS.get(profile, 1):
-        raise ValueError(f"profile {profile!r} reports CIs over training seeds: n_seeds={n_seeds}, "
-                         f"need at least {MIN_SEEDS[profile]}")
+    if n_seeds < min_seeds:
+        raise ValueError(f"n_seeds={n_seeds}: this profile reports CIs over training seeds and needs at least "
+                         f"{min_seeds}")
     runs_root, run_dir = Path(runs_root), Path(run_dir)
-    ds = Dataset(phantom_dataset_dir(runs_root))
-    baseline_name("pix2pix", profile)  # clear error for a profile without GAN sizes
+    ds = Dataset(runs.phantom_dataset_dir(runs_root))
+    gan_config("pix2pix", gan_size)  # a clear error for an unknown size, before any training
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Comparison(ds, runs_root, run_dir, profile, list(range(seed, seed + n_seeds)), resolve_device(device))
+    return Comparison(ds, runs_root, run_dir, list(range(seed, seed + n_seeds)), gan_size, resolve_device(device))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # models
 
-def _same_training(meta: dict, config, ds: Dataset) -> bool:
-    saved = type(config)(**meta.get("train_config", {})).result_key()
-    return saved == config.result_key() and meta.get("dataset", {}).get("sha256") == \
-        ds.manifest["splits"][config.split]["sha256"]
+def _main_model(cmp: Comparison):
+    """Chapter 3's Diff-Lung folder and TrainConfig when it fits this dataset and seed, else (None, None)."""
+    from ..diffusion import TrainConfig
+
+    ch3 = runs.main_model_dir(cmp.runs_root)
+    if not (ch3 / "difflung_config.json").is_file():
+        return None, None
+    meta = json.loads((ch3 / "difflung_config.json").read_text())
+    tc = meta.get("train_config", {})
+    fits = (tc.get("strategy") == "cbmat" and tc.get("mask_mode") == "onehot" and tc.get("seed") == cmp.seed
+            and meta.get("dataset", {}).get("sha256") == cmp.dataset.manifest["splits"]["train"]["sha256"])
+    return (ch3, TrainConfig(**tc)) if fits else (None, None)
 
 
 def diffusion_models(cmp: Comparison, *, preset: str = "small", train_steps: int = 300, batch_size: int = 8,
@@ -107,44 +113,31 @@ def diffusion_models(cmp: Comparison, *, preset: str = "small", train_steps: int
     """Find or train Diff-Lung (CBMAT) and Seg-Guided for every seed; fix the training budget of the chapter.
 
     Diff-Lung's configuration is chapter 3's when its model fits this dataset (then `preset`, `train_steps` and
-    `batch_size` are unused); Seg-Guided uses the same configuration with `mask_mode="single"` and
-    `strategy="uniform"`. Returns one row per model and seed: where it comes from, steps, batch, images seen.
+    `batch_size` are unused); Seg-Guided uses the same configuration with its registry settings. Returns one row
+    per model and seed: where it comes from, steps, batch, images seen.
     """
-    from ..diffusion import TrainConfig, load_model, train_diffusion
-
     ds = cmp.dataset
-    ch3 = cmp.runs_root / "03_cbmat_training" / "model"
-    base = TrainConfig(preset=preset, mask_mode="onehot", strategy="cbmat", steps=train_steps,
-                       batch_size=batch_size, seed=cmp.seed)
-    reused = None
-    if (ch3 / "difflung_config.json").is_file():
-        meta = json.loads((ch3 / "difflung_config.json").read_text())
-        tc = meta.get("train_config", {})
-        fits = (tc.get("strategy") == "cbmat" and tc.get("mask_mode") == "onehot" and tc.get("seed") == cmp.seed
-                and meta.get("dataset", {}).get("sha256") == ds.manifest["splits"]["train"]["sha256"])
-        if fits:
-            base, reused = TrainConfig(**tc), ch3
-    cmp.notes["difflung"] = ("chapter 3's model (03_cbmat_training/model) for the main seed" if reused else
+    reused, base = _main_model(cmp)
+    base = asdict(base) if base else dict(preset=preset, steps=train_steps, batch_size=batch_size, seed=cmp.seed)
+    for k in ("mask_mode", "strategy"):
+        base.pop(k, None)
+    cmp.notes["difflung"] = ("chapter 3's model for the main seed" if reused else
                              "trained here (no chapter 3 model for this dataset and seed)")
     cmp.notes["segguided"] = "trained here: Diff-Lung's network and budget, single k/255 mask channel, uniform p=0.5"
-    cmp.budget = {"steps": base.steps, "batch_size": base.batch_size}
+    cmp.budget = {"steps": base["steps"], "batch_size": base["batch_size"]}
     rows = []
-    for key, change in (("difflung", {}), ("segguided", {"mask_mode": "single", "strategy": "uniform"})):
+    for key in ("difflung", "segguided"):
         cmp.models[key] = {}
         for s in cmp.seeds:
-            cfg = TrainConfig(**{**asdict(base), **change, "seed": s})
+            cfg = diffusion_config(key, **{**base, "seed": s})
             folder = reused if (key == "difflung" and s == cmp.seed and reused) else cmp.model_dir(key, s)
-            if folder is not reused:
-                train_diffusion(ds, cfg, folder, device=cmp.device, progress=progress)
-            unet, meta = load_model(folder, ds)
-            if not _same_training(meta, cfg, ds):
-                raise ValueError(f"{folder}: holds a model of another configuration than {key} seed {s} needs")
+            r = train_diffusion(ds, cfg, folder, device=cmp.device, progress=progress)  # reused when finished
+            g = load_generator(folder, key=key, dataset=ds)
             cmp.models[key][s] = folder
-            rows.append({"model": MODELS[key], "seed": s, "source": "reused" if folder == reused else "this chapter",
-                         "mask": cfg.mask_mode, "ablation": cfg.strategy, "preset": cfg.preset, "steps": cfg.steps,
-                         "batch": cfg.batch_size, "images seen": cfg.steps * cfg.batch_size,
-                         "params (M)": round(count_params(unet) / 1e6, 3),
-                         "train s": round(meta["training"]["wall_s"], 1), "folder": str(folder)})
+            rows.append({"model": display_name(key), "seed": s, "source": "reused" if folder == reused else
+                         "this chapter", "mask": cfg.mask_mode, "ablation": cfg.strategy, "preset": cfg.preset,
+                         "steps": cfg.steps, "batch": cfg.batch_size, "images seen": cfg.steps * cfg.batch_size,
+                         "params (M)": round(g.params / 1e6, 3), "train s": round(r.wall_s, 1), "folder": str(folder)})
     return pd.DataFrame(rows)
 
 
@@ -159,195 +152,94 @@ def gan_baselines(cmp: Comparison, *, steps: int | None = None, batch_size: int 
     if not steps or not batch_size:
         raise ValueError("no training budget: run diffusion_models(cmp) first or pass steps and batch_size")
     rows = []
-    for kind in ("pix2pix", "spade"):
-        cmp.models[kind] = {}
+    for key in ("pix2pix", "spade"):
+        cmp.models[key] = {}
         for s in cmp.seeds:
-            cfg = GanTrainConfig(model=baseline_name(kind, cmp.profile), steps=steps, batch_size=batch_size, seed=s,
-                                 checkpoint_every=max(1, steps // 2), log_every=max(1, steps // 50), device=cmp.device)
-            gen_dir = train_gan(cmp.dataset, cfg, cmp.model_dir(kind, s), progress=progress)
-            meta = json.loads((gen_dir / "config.json").read_text())
-            cmp.models[kind][s] = gen_dir
-            rows.append({"model": MODELS[kind], "seed": s, "source": "this chapter", "registry": cfg.model,
+            cfg = gan_config(key, cmp.gan_size, steps=steps, batch_size=batch_size, seed=s, device=cmp.device,
+                             checkpoint_every=max(1, steps // 2), log_every=max(1, steps // 50))
+            meta = json.loads((train_gan(cmp.dataset, cfg, cmp.model_dir(key, s), progress=progress)
+                               / "config.json").read_text())
+            cmp.models[key][s] = cmp.model_dir(key, s)
+            rows.append({"model": display_name(key), "seed": s, "source": "this chapter", "registry": cfg.model,
                          "steps": steps, "batch": batch_size, "images seen": meta["images_seen"],
                          "params (M)": round(meta["params_generator"] / 1e6, 3),
-                         "train s": meta["train_seconds_last_session"], "folder": str(gen_dir)})
-        cmp.notes[kind] = f"trained here ({baseline_name(kind, cmp.profile)}), same steps x batch as the diffusion models"
+                         "train s": meta["train_seconds_last_session"], "folder": str(cmp.model_dir(key, s))})
+        cmp.notes[key] = f"trained here ({cfg.model}), same steps x batch as the diffusion models"
     return pd.DataFrame(rows)
 
 
 def figure_gan_losses(cmp: Comparison):
     """Training losses of Pix2Pix and SPADE (main seed): discriminator on real/fake, generator terms."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    for ax, kind in zip(axes, ("pix2pix", "spade")):
-        log = read_loss_log(cmp.models[kind][cmp.seed].parent)
+    for ax, key in zip(axes, ("pix2pix", "spade")):
+        log = read_loss_log(cmp.models[key][cmp.seed])
         for col in [c for c in log.columns if c.startswith(("d_", "g_"))]:
             ax.plot(log["step"], log[col], label=col, lw=1)
-        ax.set(title=f"{MODELS[kind]} (seed {cmp.seed})", xlabel="step", ylabel="loss")
+        ax.set(title=f"{display_name(key)} (seed {cmp.seed})", xlabel="step", ylabel="loss")
         ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    save_figure(fig, cmp.run_dir / "gan_losses.png", config={"models": {k: str(v[cmp.seed]) for k, v in cmp.models.items()
-                                                                        if k in ("pix2pix", "spade")}}, seed=cmp.seed)
+    save_figure(fig, cmp.run_dir / "gan_losses.png", seed=cmp.seed,
+                config={"models": {k: str(cmp.models[k][cmp.seed]) for k in ("pix2pix", "spade")}})
     return fig
-
-
-def faithfulness_segmenter(cmp: Comparison, *, steps: int = 200, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
-    """Train a MONAI UNet on the real training slices (or reuse `<run_dir>/segmenter`); it segments generated
-    slices to measure how faithfully they follow their mask. Returns its Dice per class on the real test
-    slices, the ceiling for the generated ones."""
-    from ..segmentation import SegConfig, Segmenter, train_segmenter
-
-    ds, folder = cmp.dataset, cmp.run_dir / "segmenter"
-    config = SegConfig(steps=steps, batch_size=batch_size, strides=(2, 2, 2) if ds.size >= 32 else (2, 2),
-                       channels=(16, 32, 64, 128) if ds.size >= 32 else (16, 32, 64))
-    key = {"config": asdict(config), "seed": cmp.seed, "dataset_sha256": ds.manifest["splits"]["train"]["sha256"]}
-    seg = None
-    if (folder / "segmenter.json").is_file():
-        seg = Segmenter.load(folder, device=cmp.device)
-        if seg.info.get("reuse_key") != json.loads(json.dumps(key)):
-            seg = None
-    if seg is None:
-        train = ds.split("train")
-        seg = train_segmenter(train.images, train.labels, ds.classes, config,
-                              torch.Generator().manual_seed(cmp.seed), device=cmp.device, progress=progress)
-        seg.info["reuse_key"] = key
-        seg.save(folder)
-    cmp.segmenter = seg
-    test = ds.split("test")
-    d = dice_per_class(seg.predict(test.images), test.labels, [c for c in ds.classes if c != L.BACKGROUND])
-    rows = [{"class": c, "Dice (real test slices)": m, "95% CI": _ci_text(lo, hi), "slices with class": int(g.dice.notna().sum())}
-            for c, g in d.groupby("class", sort=False) for m, lo, hi in [mean_ci(g.dice)]]
-    return pd.DataFrame(rows).set_index("class")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # evaluation
 
-def _test_subset(ds: Dataset, n_test: int, seed: int) -> np.ndarray:
-    n = len(ds.split("test"))
-    if n == 0:
-        raise ValueError(f"{ds.root}: the test split is empty")
-    k = min(n_test, n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+def _cost_rows(g, labels, device, timing_batch: int, timing_repeats: int) -> tuple[list[dict], dict]:
+    """GFLOPs per image and parameters (metrics.csv rows) and seconds per image (wall clock: metrics.json)."""
+    tgen = scoring.slice_generator(0, 0)
+    spi = time_per_image(lambda b: g.sample(labels[:b], generator=tgen, batch_size=b), timing_batch, timing_batch,
+                         device, repeats=timing_repeats)
+    keys = {"model": g.key, "train_seed": g.train_seed, "condition": "full", "seed": -1, "slice": -1,
+            "patient": "all", "class": "all"}
+    rows = [{**keys, "metric": m, "value": float(v)} for m, v in
+            (("gflops_per_image", g.gflops_per_image()), ("params", g.params))]
+    return rows, {"s_per_image": spi, "batch_size": timing_batch}
 
 
-class _Sampler:
-    """One trained model behind a common interface: images for masks, cost of one image, parameter count."""
-
-    def __init__(self, key: str, folder: Path, classes, device: str, sampler: str, steps: int):
-        self.key, self.device, self.sampler, self.steps = key, device, sampler, steps
-        if key in ("pix2pix", "spade"):
-            self.model = load_generator(folder, device)
-            self.classes = self.model.difflung_config["model"]["classes"]
-        else:
-            from ..diffusion import load_model
-
-            self.model, self.meta = load_model(folder, device=device)
-            self.classes = self.meta["classes"]
-        if list(self.classes) != list(classes):
-            raise ValueError(f"{folder}: model classes {self.classes} differ from the dataset's {list(classes)}")
-
-    def __call__(self, labels, generator: torch.Generator, batch_size: int = 16) -> np.ndarray:
-        if self.key in ("pix2pix", "spade"):
-            # Pix2Pix draws its noise from dropout at test time (the original); SPADE is deterministic
-            return generate(self.model, labels, self.classes, batch_size, self.device, generator=generator)
-        from ..diffusion import sample
-
-        return sample(self.model, self.meta, labels, generator=generator, sampler=self.sampler, steps=self.steps,
-                      batch_size=batch_size, device=self.device)
-
-    def gflops(self, size: int) -> float:
-        if self.key in ("pix2pix", "spade"):
-            from ..baselines import one_hot
-
-            mask = one_hot(np.zeros((1, size, size), np.uint8), self.classes, self.device)
-            return gflops_per_call(self.model, mask)
-        from ..diffusion import sampling_gflops
-
-        return sampling_gflops(self.model, self.meta, self.sampler, self.steps, size)  # every sampling step
-
-    def params(self) -> int:
-        return count_params(self.model)
-
-
-def evaluate(cmp: Comparison, *, n_test: int = 16, sampler: str = "ddim", sampling_steps: int = 50,
-             timing_batch: int = 8, timing_repeats: int = 2, batch_size: int = 16) -> pd.DataFrame:
-    """Generate the test slices' masks with every model and seed, and score them; write metrics.csv.
-
-    Per test slice: PSNR and SSIM against the real slice, and Dice per class between the segmenter's reading of
-    the generated slice and its mask. Per model (main seed): GFLOPs per generated image (every sampling step
-    counted), parameters, and seconds per image on the chapter's device at batch `timing_batch` (median of
-    `timing_repeats`, after a warm-up batch). The generated slices are saved to `<run_dir>/samples/`.
+def evaluate(cmp: Comparison, *, judge_steps: int, n_test: int, sampler: str, sampler_steps: int, seeds=(0,),
+             timing_batch: int = 8, timing_repeats: int = 2, batch_size: int = 16) -> scoring.Scored:
+    """Generate and score the test masks with every model and training seed (`difflung.scoring`); write
+    metrics.csv (per-slice scores, and per model of the main seed: GFLOPs per image counting every sampling
+    step, and parameters) and metrics.json (settings, seconds per image on the chapter's device at batch
+    `timing_batch`, median of `timing_repeats` after a warm-up batch, and provenance).
 
     Args:
-        n_test: test slices evaluated (a seeded random subset of the test split, the same for every model).
-        sampler, sampling_steps: the diffusion models' solver and its steps.
+        judge_steps: training steps of the run's judge segmenter (`difflung.scoring.judge`, trained once).
+        n_test: test slices scored; sampler, sampler_steps: the diffusion models' solver; seeds: sampling seeds.
         timing_batch, timing_repeats: the s/image measurement.
         batch_size: batch for generation.
     """
-    if cmp.segmenter is None:
-        raise ValueError("no segmenter: run faithfulness_segmenter(cmp) first")
     missing = [k for k in MODELS if k not in cmp.models]
     if missing:
         raise ValueError(f"models {missing} are not trained yet: run diffusion_models(cmp) and gan_baselines(cmp)")
-    ds, test = cmp.dataset, cmp.dataset.split("test")
-    idx = _test_subset(ds, n_test, cmp.seed)
-    labels, real = test.labels[idx], test.images[idx]
-    scored = [c for c in ds.classes if c != L.BACKGROUND]
-    rows, timings = [], {}
-    for m, key in enumerate(MODELS):
-        name = MODELS[key]
-        for s in cmp.seeds:
-            model = _Sampler(key, cmp.models[key][s], ds.classes, cmp.device, sampler, sampling_steps)
-            gen = torch.Generator().manual_seed(10_000 * s + m)
-            fake = model(labels, gen, batch_size)  # (n, S, S) [-1, 1]
-            _save_samples(cmp.run_dir / "samples" / key / f"seed_{s}.npz", fake, idx)
-            q = psnr_ssim(fake, real, DATA_RANGE)
-            for metric in ("psnr", "ssim"):
-                rows += [{"model": name, "metric": metric, "class": "all", "seed": s, "slice": int(idx[i]), "value": v}
-                         for i, v in enumerate(q[metric])]
-            d = dice_per_class(cmp.segmenter.predict(fake), labels, scored)
-            rows += [{"model": name, "metric": "dice", "class": r["class"], "seed": s, "slice": int(idx[r["image"]]),
-                      "value": r["dice"]} for _, r in d.iterrows()]
-            if s == cmp.seed:
-                tgen = torch.Generator().manual_seed(0)
-                spi = time_per_image(lambda b: model(labels[:b], tgen, b), timing_batch, timing_batch, cmp.device,
-                                     repeats=timing_repeats)
-                rows += [{"model": name, "metric": k, "class": "all", "seed": s, "slice": -1, "value": v}
-                         for k, v in (("gflops_per_image", model.gflops(ds.size)), ("params", model.params()))]
-                # wall-clock timings vary between identical runs: metrics.json, not metrics.csv (kept byte-identical)
-                timings[name] = {"s_per_image": spi, "batch_size": timing_batch}
-    # the segmenter on the real slices: the ceiling of mask faithfulness
-    d = dice_per_class(cmp.segmenter.predict(real), labels, scored)
-    rows += [{"model": "real slices", "metric": "dice", "class": r["class"], "seed": cmp.seed,
-              "slice": int(idx[r["image"]]), "value": r["dice"]} for _, r in d.iterrows()]
-    path = write_metrics(cmp.run_dir, rows)
+    ds = cmp.dataset
+    seg = scoring.judge(ds, runs.judge_dir(cmp.runs_root), steps=judge_steps, seed=cmp.seed, device=cmp.device)
+    gens = [load_generator(folder, key=k, dataset=ds, device=cmp.device, sampler=sampler, sampler_steps=sampler_steps)
+            for k in MODELS for folder in cmp.models[k].values()]
+    scored = scoring.generate_and_score(gens, ds, seg, n_test=n_test, seeds=list(seeds), batch_size=batch_size)
+    rows, timings = [scored.rows], {}
+    for g in gens:
+        if g.train_seed == cmp.seed:
+            cost, timings[g.key] = _cost_rows(g, scored.labels, cmp.device, timing_batch, timing_repeats)
+            rows.append(pd.DataFrame(cost))
+    path = write_metrics(runs.metrics_path(cmp.run_dir), pd.concat(rows, ignore_index=True))
+    settings = {"n_test": int(len(scored.index)), "sampler": sampler, "sampler_steps": sampler_steps,
+                "sample_seeds": list(seeds), "timing_batch": timing_batch, "timing_repeats": timing_repeats}
     write_json_atomic(cmp.run_dir / "metrics.json", {
         "metrics_csv": path.name, "window_hu": list(L.MODEL_WINDOW), "data_range": DATA_RANGE,
-        "data_range_note": "PSNR/SSIM on [-1, 1] = HU [-1000, 400]; data range 2.0 (1400 HU)",
-        "test_slices": idx.tolist(), "n_test": int(len(idx)), "seeds": cmp.seeds, "sampler": sampler,
-        "sampling_steps": sampling_steps, "timing_batch": timing_batch, "timing_repeats": timing_repeats,
+        "test_slices": scored.index.tolist(), "seeds": cmp.seeds, **settings,
         "device": device_description(cmp.device), "budget": cmp.budget, "notes": cmp.notes,
-        "models": {k: {str(s): str(p) for s, p in v.items()} for k, v in cmp.models.items()},
-        "reported_poster": REPORTED, "timings": timings,
-        "provenance": provenance(config={"profile": cmp.profile, "n_test": n_test, "sampler": sampler,
-                                         "sampling_steps": sampling_steps, "timing_batch": timing_batch},
-                                 seed=cmp.seed, device=cmp.device),
+        "models": {k: {str(s): str(p) for s, p in v.items()} for k, v in cmp.models.items()}, "timings": timings,
+        "provenance": provenance(config={"gan_size": cmp.gan_size, **settings}, seed=cmp.seed, device=cmp.device),
     })
-    return read_metrics(path)
+    return scored
 
 
-def _save_samples(path: Path, images: np.ndarray, idx: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, images=images.astype(np.float32), test_index=idx.astype(np.int64))
-
-
-def _load_samples(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no generated samples; run evaluate(cmp) first")
-    with np.load(path, allow_pickle=False) as z:
-        return z["images"], z["test_index"]
+def table_judge(scored: scoring.Scored) -> pd.DataFrame:
+    """The judge's Dice per class on the real test slices: the ceiling for generated ones."""
+    return scoring.judge_dice(scored.rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,14 +252,14 @@ def _ci_text(lo: float, hi: float) -> str:
 def summary(run_dir) -> pd.DataFrame:
     """Means and 95% t-intervals from metrics.csv, one row per (model, metric, class).
 
-    `lo_slices, hi_slices`: over test slices (each slice's value averaged over seeds first);
-    `lo_seeds, hi_seeds`: over training seeds (each seed's mean over slices first); NaN with one seed.
+    `lo_slices, hi_slices`: over test slices (each slice's value averaged over sampling and training seeds
+    first); `lo_seeds, hi_seeds`: over training seeds (each seed's mean over slices first); NaN with one seed.
     """
     df = read_metrics(run_dir)
     rows = []
     for (model, metric, cls), g in df.groupby(["model", "metric", "class"], sort=False):
         per_slice = g.groupby("slice")["value"].mean()
-        per_seed = g.groupby("seed")["value"].mean()
+        per_seed = g.groupby("train_seed")["value"].mean()
         m, lo, hi = mean_ci(per_slice)
         _, slo, shi = mean_ci(per_seed)
         rows.append({"model": model, "metric": metric, "class": cls, "mean": m, "lo_slices": lo, "hi_slices": hi,
@@ -376,15 +268,17 @@ def summary(run_dir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def comparison_table(run_dir) -> pd.DataFrame:
+def table_comparison(run_dir) -> pd.DataFrame:
     """The poster's table rebuilt from metrics.csv: PSNR, SSIM, GFLOPs per image, parameters and s/image of each
     model, ours (mean, 95% CI over test slices and over seeds) with the poster's reported row beneath."""
     s = summary(run_dir).set_index(["model", "metric", "class"])
     meta = json.loads((Path(run_dir) / "metrics.json").read_text())
     rows = []
-    for name in MODELS.values():
+    for key in MODELS:
+        name = display_name(key)
+
         def val(metric, cls="all"):
-            return s.loc[(name, metric, cls)] if (name, metric, cls) in s.index else None
+            return s.loc[(key, metric, cls)] if (key, metric, cls) in s.index else None
 
         psnr, ssim = val("psnr"), val("ssim")
         rows.append({
@@ -395,17 +289,18 @@ def comparison_table(run_dir) -> pd.DataFrame:
             "SSIM CI seeds": _ci_text(ssim["lo_seeds"], ssim["hi_seeds"]),
             "GFLOPs/image": f"{val('gflops_per_image')['mean']:.3g}",
             "params (M)": f"{val('params')['mean'] / 1e6:.2f}",
-            "s/image": f"{meta.get('timings', {}).get(name, {}).get('s_per_image', float('nan')):.3g}",
+            "s/image": f"{meta.get('timings', {}).get(key, {}).get('s_per_image', float('nan')):.3g}",
         })
-        r = REPORTED[name]
+        r = IMAGE_QUALITY[key]
         rows.append({"model": name, "source": REPORTED_LABEL, "PSNR (dB)": f"{r['psnr']:.2f}", "PSNR CI slices": "",
                      "PSNR CI seeds": "", "SSIM": f"{r['ssim']:.2f}", "SSIM CI slices": "", "SSIM CI seeds": "",
                      "GFLOPs/image": f"{r['gflops_per_image']:g}", "params (M)": "",
                      "s/image": f"{r['s_per_image']:g}"})
     table = pd.DataFrame(rows).set_index(["model", "source"])
     table.attrs["caption"] = (
-        f"Ours: {meta['n_test']} test slices, seeds {meta['seeds']}, diffusion sampled with {meta['sampler']} "
-        f"{meta['sampling_steps']} steps; PSNR/SSIM on HU [-1000, 400] (data range {meta['data_range']} in [-1, 1]); "
+        f"Ours: {meta['n_test']} test slices, training seeds {meta['seeds']}, sampling seeds {meta['sample_seeds']}, "
+        f"diffusion sampled with {meta['sampler']} {meta['sampler_steps']} steps; PSNR/SSIM on HU [-1000, 400] "
+        f"(data range {meta['data_range']} in [-1, 1]); "
         f"GFLOPs count every sampling step; s/image at batch {meta['timing_batch']} on {meta['device']}. "
         f"Poster rows are reported values (their image size and device are not stated).")
     write_json_atomic(Path(run_dir) / "comparison_table.json", {"table": table.reset_index().to_dict("records"),
@@ -413,14 +308,14 @@ def comparison_table(run_dir) -> pd.DataFrame:
     return table
 
 
-def faithfulness_table(run_dir) -> pd.DataFrame:
+def table_faithfulness(run_dir) -> pd.DataFrame:
     """Mask faithfulness: Dice per class of the segmenter on each model's slices, mean [95% CI over slices]."""
     s = summary(run_dir)
     s = s[s.metric == "dice"]
     s = s.assign(text=[f"{m:.3f} {_ci_text(lo, hi)}" if not np.isnan(m) else "n/a"
                        for m, lo, hi in zip(s["mean"], s.lo_slices, s.hi_slices)])
-    order = list(MODELS.values()) + ["real slices"]
-    table = s.pivot(index="model", columns="class", values="text").reindex(order)
+    table = s.pivot(index="model", columns="class", values="text").reindex([*MODELS, "real"])
+    table.index = [display_name(k) for k in table.index]
     return table[[c for c in L.names(range(L.NUM_IDS)) if c in table.columns]]
 
 
@@ -450,17 +345,15 @@ def _box(mask: np.ndarray, min_side: int) -> tuple[int, int, int, int]:
     return y0, y0 + 2 * half, x0, x0 + 2 * half
 
 
-def figure_samples(cmp: Comparison, n_masks: int = 3):
-    """The same test masks through the four models (main seed) beside the real slice, lung window, each row
-    followed by a zoom on its rare class."""
+def figure_samples(cmp: Comparison, scored: scoring.Scored, n_masks: int = 3):
+    """The same test masks through the four models (main training seed, first sampling seed: the images scored)
+    beside the real slice, lung window, each row followed by a zoom on its rare class."""
     from matplotlib.patches import Rectangle
 
-    test = cmp.dataset.split("test")
-    samples = {k: _load_samples(cmp.run_dir / "samples" / k / f"seed_{cmp.seed}.npz") for k in MODELS}
-    idx = samples["pix2pix"][1]
-    labels, real = test.labels[idx], test.images[idx]
+    idx, labels, real = scored.index, scored.labels, scored.real
     picks = _rare_picks(cmp.dataset, labels, n_masks)
-    cols = [("mask", None), ("real", real)] + [(MODELS[k], samples[k][0]) for k in MODELS]
+    cols = [("mask", None), ("real", real)] + [(display_name(k), scored.generated(k, train_seed=cmp.seed))
+                                               for k in MODELS]
     fig, axes = plt.subplots(2 * len(picks), len(cols), figsize=(1.7 * len(cols), 3.4 * len(picks)), squeeze=False)
     for r, (i, c) in enumerate(picks):
         y0, y1, x0, x1 = _box(labels[i] == c, max(8, cmp.dataset.size // 4))
@@ -486,14 +379,15 @@ def figure_quality_cost(run_dir):
     """PSNR against GFLOPs per generated image (log x): ours with 95% CIs over test slices, the poster's points
     as hollow markers."""
     s = summary(run_dir).set_index(["model", "metric", "class"])
-    colors = dict(zip(MODELS.values(), ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")))
+    colors = dict(zip(MODELS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")))
     fig, ax = plt.subplots(figsize=(6.2, 4))
-    for name in MODELS.values():
-        p, g = s.loc[(name, "psnr", "all")], s.loc[(name, "gflops_per_image", "all")]["mean"]
+    for key in MODELS:
+        name = display_name(key)
+        p, g = s.loc[(key, "psnr", "all")], s.loc[(key, "gflops_per_image", "all")]["mean"]
         err = [[p["mean"] - p["lo_slices"]], [p["hi_slices"] - p["mean"]]] if not np.isnan(p["lo_slices"]) else None
-        ax.errorbar(g, p["mean"], yerr=err, fmt="o", color=colors[name], capsize=3, label=f"{name}, ours")
-        r = REPORTED[name]
-        ax.scatter(r["gflops_per_image"], r["psnr"], s=60, facecolors="none", edgecolors=colors[name], marker="s",
+        ax.errorbar(g, p["mean"], yerr=err, fmt="o", color=colors[key], capsize=3, label=f"{name}, ours")
+        r = IMAGE_QUALITY[key]
+        ax.scatter(r["gflops_per_image"], r["psnr"], s=60, facecolors="none", edgecolors=colors[key], marker="s",
                    label=f"{name}, {REPORTED_LABEL}")
     ax.set_xscale("log")
     ax.set(xlabel="GFLOPs per generated image (log; every sampling step counted)", ylabel="PSNR (dB), HU [-1000, 400]",

@@ -3,78 +3,67 @@ samples for held-out masks rich in rare classes, generated versus real HU per cl
 
 Each function is one section of `notebooks/03_cbmat_training.py`:
 
-    result = ch.train_main(runs_root, run_dir, steps=..., batch_size=..., preset=..., lr=..., seed=seed)
-    ch.training_table(result, run_dir)
-    ch.loss_figure(run_dir)
-    ch.sample_grid(runs_root, run_dir, n=..., sampler=..., sampler_steps=..., seeds=(seed, seed + 1))
-    gen = ch.generate_test(runs_root, run_dir, n_test=..., sampler=..., sampler_steps=..., seed=seed)
-    ch.quality_table(gen); ch.hu_figure(gen, run_dir); ch.hu_table(gen)
-    ch.write_metrics(run_dir, ch.metric_rows(result, gen)); ch.write_cost(result, run_dir)
+    result = ch.train_main(runs_root, steps=..., batch_size=..., preset=..., lr=..., seed=seed)
+    ch.write_cost(result, run_dir); ch.table_training(result); ch.figure_loss(result, run_dir)
+    scored = ch.evaluate(runs_root, run_dir, result, n_test=..., sampler=..., sampler_steps=..., seeds=...)
+    ch.table_quality(scored); ch.figure_samples(scored, run_dir, n=...); ch.figure_hu(scored, run_dir)
+    ch.table_hu(scored)
 
-Profile parameters (the notebook passes them from profiles/*.yml):
-    smoke     size 32, preset "small", steps 600, batch_size 8, lr 2e-3, warmup 20; grid n 6, seeds [0, 1];
-              n_test 16, sampler "dpm", sampler_steps 10. Measured on 2 CPU threads: ~43 s (training 38 s).
-    standard  size 128, preset "base", steps ~30000, batch_size 16, lr 1e-4, sampler "dpm", sampler_steps 20
-              (suggested; not measured here, no GPU).
-    paper     size 256, preset "efficient" (~8 GFLOP per forward: DPM-Solver++ 20 steps = 163 GFLOP per
-              image), steps ~100000, batch_size 16; `compile=True` on a GPU.
-
-The model is saved to `<run_dir>/model/` (chapters 4 and 5 reuse it) and reused when finished with the same
-configuration and data.
+The profile's values come from profiles/*.yml. The model is saved to `<runs_root>/03_cbmat_training/model/`
+(`difflung.runs.main_model_dir`; chapters 4 and 5 reuse it) and reused when finished with the same configuration
+and data. Generation follows `difflung.scoring` (test subset, seeding, schema), so chapter 4 reports the same
+PSNR for this model on the same test slices and seeds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .. import labels as L
-from ..diffusion import TrainConfig, TrainResult, load_model, sample, to_hu, train_diffusion
-from ..diffusion.model import count_parameters
-from ..evaluation import mean_ci, psnr_ssim
-from ..metrics import write_metrics as _write_metrics
-from ..plots import legend_handles, plt, save_figure, show_ct, slice_grid
+from .. import runs, scoring
+from ..dataset import Dataset
+from ..diffusion import TrainResult, to_hu, train_diffusion
+from ..evaluation import mean_ci
+from ..generators import diffusion_config, load_generator
+from ..metrics import write_metrics
+from ..plots import plt, save_figure, slice_grid
 from ..provenance import provenance, resolve_device, write_json_atomic
-from .ablation_study import open_dataset, rare_rich, test_indices
 
-MODEL = "difflung-cbmat"
-
-
-def model_dir(run_dir) -> Path:
-    return Path(run_dir) / "model"
+MODEL = "difflung"
 
 
-def train_main(runs_root, run_dir, *, steps: int, batch_size: int, preset: str = "small", lr: float = 1e-4,
+def train_main(runs_root, *, steps: int, batch_size: int, preset: str = "small", lr: float = 1e-4,
                warmup: int | None = None, seed: int = 0, device: str = "auto", checkpoint_every: int = 1000,
                compile: bool = False, progress: bool = False) -> TrainResult:
     """Train (or reuse) Diff-Lung with CBMAT on the training split: one-hot masks, cosine-annealed 1 - f_i.
 
     Args:
-        runs_root: the profile's runs folder (holds 01_data_preparation/dataset).
-        run_dir: this chapter's folder; the model goes to `<run_dir>/model/`.
+        runs_root: the profile's runs folder (holds chapter 1's dataset); the model goes to
+            `runs.main_model_dir(runs_root)`.
         steps, batch_size, preset, lr, warmup: `TrainConfig` fields (the profile's).
         seed: training seed.
         device: "auto" (GPU when there is one), "cpu" or "cuda"; bf16 and channels_last on GPU.
         checkpoint_every: steps between resumable checkpoints (an interrupted run resumes).
         compile: torch.compile on GPU.
     """
-    cfg = TrainConfig(preset=preset, mask_mode="onehot", strategy="cbmat", steps=steps, batch_size=batch_size,
-                      lr=lr, warmup=warmup, seed=seed, checkpoint_every=checkpoint_every, compile=compile)
-    return train_diffusion(open_dataset(runs_root), cfg, model_dir(run_dir), device=device, progress=progress,
-                           overwrite=True)  # a model of another configuration in this folder is replaced
+    cfg = diffusion_config(MODEL, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                           seed=seed, checkpoint_every=checkpoint_every, compile=compile)
+    # a model of another configuration in this folder is replaced
+    return train_diffusion(Dataset(runs.phantom_dataset_dir(runs_root)), cfg, runs.main_model_dir(runs_root),
+                           device=device, progress=progress, overwrite=True)
 
 
-def training_table(result: TrainResult, run_dir) -> pd.DataFrame:
+def table_training(result: TrainResult) -> pd.DataFrame:
     """Device, steps, wall time, throughput, peak memory, parameters and final loss of the main run."""
-    unet, meta = load_model(result.model_dir)
+    g = load_generator(result.model_dir)
+    meta = g.config
     loss = pd.read_csv(result.loss_csv)["loss"]
     tc = meta["train_config"]
     rows = {
         "device": result.device,
-        "preset (parameters)": f"{tc['preset']} ({count_parameters(unet) / 1e6:.2f} M)",
+        "preset (parameters)": f"{tc['preset']} ({g.params / 1e6:.2f} M)",
         "image size": f"{meta['sample_size']} x {meta['sample_size']}",
         "steps x batch": f"{result.steps} x {tc['batch_size']}",
         "wall time (s)": f"{result.wall_s:.1f}" + (" (reused from an earlier run)" if result.reused else ""),
@@ -86,9 +75,9 @@ def training_table(result: TrainResult, run_dir) -> pd.DataFrame:
     return pd.DataFrame({"value": rows})
 
 
-def loss_figure(run_dir, *, smooth: int = 20, seed: int = 0):
+def figure_loss(result: TrainResult, run_dir, *, smooth: int = 20, seed: int = 0):
     """Training loss (raw and running mean) with the learning rate."""
-    df = pd.read_csv(model_dir(run_dir) / "loss.csv")
+    df = pd.read_csv(result.loss_csv)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(df["step"], df["loss"], color="0.75", lw=0.7, label="per step")
     ax.plot(df["step"], df["loss"].rolling(smooth, min_periods=1).mean(), color="C0", label=f"running mean ({smooth})")
@@ -104,74 +93,68 @@ def loss_figure(run_dir, *, smooth: int = 20, seed: int = 0):
     return fig
 
 
-def sample_grid(runs_root, run_dir, *, n: int = 6, sampler: str = "ddim", sampler_steps: int = 50, seeds=(0, 1),
-                device: str = "auto"):
-    """For the `n` held-out (test) masks richest in rare classes: the mask over the real slice, the real slice,
-    and one generation per seed."""
-    ds = open_dataset(runs_root)
-    dev = resolve_device(device)
-    unet, meta = load_model(model_dir(run_dir), ds, device=dev)
-    te = ds.split("test")
-    idx = rare_rich(te.labels, n)
-    rows = [("mask", to_hu(te.images[idx]), te.labels[idx]), ("real", to_hu(te.images[idx]), None)]
-    for s in seeds:
-        gen = sample(unet, meta, te.labels[idx], generator=torch.Generator().manual_seed(s), sampler=sampler,
-                     steps=sampler_steps, device=dev)
-        rows.append((f"seed {s}", to_hu(gen), None))
-    fig = slice_grid(rows, ds.classes, cell=1.6)
-    save_figure(fig, Path(run_dir) / "cbmat_samples.png",
-                config={"test_slices": idx.tolist(), "sampler": sampler, "steps": sampler_steps}, seed=int(seeds[0]))
-    return fig
+def evaluate(runs_root, run_dir, result: TrainResult, *, n_test: int, sampler: str, sampler_steps: int,
+             seeds=(0,), batch_size: int = 32, device: str = "auto", progress: bool = False) -> scoring.Scored:
+    """Generate the test subset's masks with the main model for every sampling seed and score PSNR and SSIM
+    (`difflung.scoring.generate_and_score`); write `<run_dir>/per_image.csv` and the chapter's `metrics.csv`
+    (steps, final loss, PSNR/SSIM per seed with 95% CI over test slices, mean HU difference per class)."""
+    ds, dev = Dataset(runs.phantom_dataset_dir(runs_root)), resolve_device(device)
+    g = load_generator(result.model_dir, key=MODEL, dataset=ds, device=dev, sampler=sampler,
+                       sampler_steps=sampler_steps)
+    scored = scoring.generate_and_score([g], ds, None, n_test=n_test, seeds=list(seeds), batch_size=batch_size,
+                                        progress=progress)
+    scoring.write_per_image(runs.per_image_path(run_dir), scored.rows)
+    loss = pd.read_csv(result.loss_csv)["loss"]
+    rows = [{"model": MODEL, "metric": m, "class": "all", "seed": g.train_seed, "value": float(v)} for m, v in
+            (("train_steps", result.steps), ("final_loss", loss.tail(max(len(loss) // 10, 1)).mean()))]
+    q = scored.rows[scored.rows["metric"].isin(["psnr", "ssim"])]
+    for (metric, seed), x in q.groupby(["metric", "seed"]):
+        m, lo, hi = mean_ci(x["value"])
+        rows.append({"model": MODEL, "metric": metric, "class": "all", "seed": seed, "value": m, "lo": lo, "hi": hi,
+                     "n": len(x)})
+    for name, r in table_hu(scored, digits=None).iterrows():
+        rows.append({"model": MODEL, "metric": "hu_mean_difference", "class": name, "seed": int(seeds[0]),
+                     "value": float(r["mean difference (generated - real)"])})
+    write_metrics(runs.metrics_path(run_dir), rows)
+    return scored
 
 
-@dataclass
-class Generated:
-    """Generations for test masks with the real slices of the same masks."""
-
-    images: np.ndarray  # (N, S, S) generated, [-1, 1]
-    real: np.ndarray  # (N, S, S) real, [-1, 1]
-    labels: np.ndarray  # (N, S, S) project ids
-    index: np.ndarray  # (N,) test-split indices
-    seed: int
-    sampler: str
-    steps: int
-    classes: list
-
-
-def generate_test(runs_root, run_dir, *, n_test: int = 16, sampler: str = "ddim", sampler_steps: int = 50,
-                  seed: int = 0, batch_size: int = 32, device: str = "auto") -> Generated:
-    """Generate one image per test mask (`n_test` spread over the split) with the main model."""
-    ds = open_dataset(runs_root)
-    dev = resolve_device(device)
-    unet, meta = load_model(model_dir(run_dir), ds, device=dev)
-    te = ds.split("test")
-    idx = test_indices(len(te), n_test)
-    gen = sample(unet, meta, te.labels[idx], generator=torch.Generator().manual_seed(seed), sampler=sampler,
-                 steps=sampler_steps, batch_size=batch_size, device=dev)
-    return Generated(gen, te.images[idx], te.labels[idx], idx, seed, sampler, sampler_steps, ds.classes)
-
-
-def quality_table(gen: Generated) -> pd.DataFrame:
-    """PSNR and SSIM of the generations against the real slices of the same masks: mean [95% CI over slices]."""
-    q = psnr_ssim(gen.images, gen.real)
+def table_quality(scored: scoring.Scored) -> pd.DataFrame:
+    """PSNR and SSIM of the generations against the real slices of the same masks: mean [95% CI over test
+    slices, each slice averaged over the sampling seeds]."""
+    q = scored.rows[scored.rows["model"] == MODEL]
     rows = {}
     for col, name, dg in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 3)):
-        m, lo, hi = mean_ci(q[col])
+        m, lo, hi = mean_ci(q[q["metric"] == col].groupby("slice")["value"].mean())
         rows[name] = f"{m:.{dg}f} [{lo:.{dg}f}, {hi:.{dg}f}]"
-    rows["test slices"] = str(len(q))
-    rows["sampler"] = f"{gen.sampler}, {gen.steps} steps, seed {gen.seed}"
+    rows["test slices"] = str(len(scored.index))
+    rows["sampling seeds"] = ", ".join(str(s) for s in sorted(set(q["seed"])))
     return pd.DataFrame({"value": rows})
 
 
-def hu_values(gen: Generated, per_class: int = 5000) -> pd.DataFrame:
+def figure_samples(scored: scoring.Scored, run_dir, *, n: int = 6):
+    """For the `n` scored test masks richest in rare classes: the mask over the real slice, the real slice,
+    and the scored generation of every sampling seed."""
+    pos = scoring.rare_rich(scored.labels, n)
+    real = to_hu(scored.real[pos])
+    seeds = sorted({k[3] for k in scored.images if k[0] == MODEL})
+    rows = [("mask", real, scored.labels[pos]), ("real", real, None)]
+    rows += [(f"seed {s}", to_hu(scored.generated(MODEL, seed=s)[pos]), None) for s in seeds]
+    fig = slice_grid(rows, np.unique(scored.labels).tolist(), cell=1.6)
+    save_figure(fig, Path(run_dir) / "cbmat_samples.png", config={"test_slices": scored.index[pos].tolist()},
+                seed=seeds[0])
+    return fig
+
+
+def hu_values(scored: scoring.Scored, per_class: int = 5000) -> pd.DataFrame:
     """Pixel HU per class in generated and real slices (long: class, source, hu), at most `per_class` per
-    class and source, taken evenly (no randomness)."""
+    class and source, taken evenly (no randomness); the first sampling seed's generations."""
     parts = []
-    hu_gen, hu_real = to_hu(gen.images), to_hu(gen.real)
-    for c in gen.classes:
+    hu_gen, hu_real = to_hu(scored.generated(MODEL)), to_hu(scored.real)
+    for c in np.unique(scored.labels):
         if c == L.BACKGROUND:
             continue
-        sel = gen.labels == c
+        sel = scored.labels == c
         if not sel.any():
             continue
         for source, hu in (("real", hu_real), ("generated", hu_gen)):
@@ -181,9 +164,9 @@ def hu_values(gen: Generated, per_class: int = 5000) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def hu_table(gen: Generated, digits: int | None = 1) -> pd.DataFrame:
+def table_hu(scored: scoring.Scored, digits: int | None = 1) -> pd.DataFrame:
     """Mean and SD of HU per class, real versus generated, and the difference of means."""
-    df = hu_values(gen, per_class=10**9)
+    df = hu_values(scored, per_class=10**9)
     t = df.groupby(["class", "source"], sort=False)["hu"].agg(["mean", "std"]).unstack("source")
     t.columns = [f"{stat} HU ({src})" for stat, src in t.columns]
     t["mean difference (generated - real)"] = t["mean HU (generated)"] - t["mean HU (real)"]
@@ -191,11 +174,11 @@ def hu_table(gen: Generated, digits: int | None = 1) -> pd.DataFrame:
     return t if digits is None else t.round(digits)
 
 
-def hu_figure(gen: Generated, run_dir):
+def figure_hu(scored: scoring.Scored, run_dir):
     """Histograms of HU per class: generated versus real pixels under the same masks (seaborn)."""
     import seaborn as sns
 
-    df = hu_values(gen)
+    df = hu_values(scored)
     names = list(dict.fromkeys(df["class"]))
     fig, axes = plt.subplots(1, len(names), figsize=(2.5 * len(names), 2.8))
     for ax, name in zip(np.atleast_1d(axes), names):
@@ -212,37 +195,16 @@ def hu_figure(gen: Generated, run_dir):
                  fontsize=10)
     fig.tight_layout()
     save_figure(fig, Path(run_dir) / "cbmat_hu_histograms.png",
-                config={"sampler": gen.sampler, "steps": gen.steps, "test_slices": gen.index.tolist()}, seed=gen.seed)
+                config={"test_slices": scored.index.tolist()})
     return fig
 
 
-def metric_rows(result: TrainResult, gen: Generated) -> list[dict]:
-    """Tidy rows: steps and final loss, PSNR/SSIM (mean with 95% CI over test slices) and the per-class mean HU
-    difference. Timings are not metrics (they differ between identical runs): see `write_cost`."""
-    seed = int(load_model(result.model_dir)[1]["seed"])
-    loss = pd.read_csv(result.loss_csv)["loss"]
-    rows = [{"model": MODEL, "metric": m, "class": "all", "seed": seed, "value": float(v)} for m, v in
-            (("train_steps", result.steps), ("final_loss", loss.tail(max(len(loss) // 10, 1)).mean()))]
-    q = psnr_ssim(gen.images, gen.real)
-    for col in ("psnr", "ssim"):
-        m, lo, hi = mean_ci(q[col])
-        rows.append({"model": MODEL, "metric": col, "class": "all", "seed": gen.seed, "value": m, "lo": lo, "hi": hi,
-                     "n": len(q)})
-    for name, r in hu_table(gen, digits=None).iterrows():
-        rows.append({"model": MODEL, "metric": "hu_mean_difference", "class": name, "seed": gen.seed,
-                     "value": float(r["mean difference (generated - real)"])})
-    return rows
 
 
 def write_cost(result: TrainResult, run_dir) -> Path:
     """Wall time, throughput, peak memory and device of the main run, with provenance, to `<run_dir>/cost.json`."""
-    meta = load_model(result.model_dir)[1]
+    meta = load_generator(result.model_dir).config
     return write_json_atomic(Path(run_dir) / "cost.json", {
         "device": result.device, "wall_s": result.wall_s, "images_per_s": result.images_per_s,
         "peak_mem_bytes": result.peak_mem_bytes, "steps": result.steps, "reused": result.reused,
         "provenance": provenance(config=meta["train_config"], seed=meta["seed"])})
-
-
-def write_metrics(run_dir, rows) -> Path:
-    """Write the chapter's tidy `metrics.csv` in `run_dir`."""
-    return _write_metrics(run_dir, rows)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .. import instruments as I
 from .. import labels as L
+from .. import runs
 from ..dataset import Dataset, SPLITS, Volume, lung_fraction, unwindow, volumes_to_slices, write_dataset
 from ..diffusion.ablation import ablation_frequencies
 from ..metrics import write_metrics
@@ -44,7 +45,7 @@ def build_phantom(run_dir, *, n_patients: int, slices_per_patient: int, phantom_
     slices, patients = volumes_to_slices(volumes, size)
     params = {"generator": "difflung.phantom", "phantom_config": _asdict(cfg), "n_patients": n_patients,
               "size": size, "split_fractions": list(split_fractions)}
-    ds = write_dataset(Path(run_dir) / "dataset", slices, source="phantom", params=params, seed=seed,
+    ds = write_dataset(Path(run_dir) / runs.PHANTOM_DATASET, slices, source="phantom", params=params, seed=seed,
                        fractions=split_fractions, patients=patients)
     return ds, volumes
 
@@ -93,7 +94,7 @@ def hu_samples(volumes: list[Volume], per_class: int = 20000, seed: int = 0) -> 
 
 
 def figure_hu_histograms(samples: pd.DataFrame, run_dir, *, seed: int):
-    """Per-class HU histograms with the literature ranges of DESIGN.md shaded."""
+    """Per-class HU histograms with each class's literature HU range (`labels.LabelClass.hu_range`) shaded."""
     import seaborn as sns
 
     names = list(dict.fromkeys(samples["class"]))

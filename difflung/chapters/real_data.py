@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .. import labels as L
+from .. import runs
 from ..anatomy import AnatomyConfig, segment
 from ..classmap import load_classmap
 from ..dataset import Volume
@@ -171,7 +172,8 @@ def hu_lung_stats(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def figure_real_vs_phantom_hu(samples: pd.DataFrame, run_dir, *, seed: int):
-    """Density histograms of healthy-lung HU, real CT against phantom, with the literature band (DESIGN.md)."""
+    """Density histograms of healthy-lung HU, real CT against phantom, with the literature band of normal lung
+    (`labels.LabelClass.hu_range` of lung)."""
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
@@ -221,7 +223,7 @@ def prepare_example(run_dir, *, size: int, seed: int, cache_dir=None, classes="n
     """
     paths = fetch_pyradiomics(cache_dir, log=lambda s: None)
     folder = paths["lung1_image"].parent
-    out = Path(run_dir) / "real_dataset"
+    out = Path(run_dir) / runs.REAL_DATASET
     ds, summary = prepare(folder, out, classes=classes, size=size, seed=seed)
     summary = {k: v for k, v in summary.items() if k != "seconds"}  # keep the saved file reproducible
     write_json_atomic(Path(run_dir) / "real_dataset_summary.json", summary)

@@ -7,7 +7,9 @@
 Masks are project-id label maps; pixels set to UNSPECIFIED (255) leave their class to the model (partial
 masks, `remove_classes`). The initial noise of all N images is drawn up front from the CPU generator, so DDIM
 and DPM-Solver++ results do not depend on the batch size or the device beyond float rounding; DDPM also draws
-noise at every step, in batch order.
+noise at every step, in batch order. With a list of generators (one per mask, as in diffusers pipelines) image i
+draws all its noise from generator i, so it does not depend on the other masks of the call: the common random
+numbers of `difflung.scoring`.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def remove_classes(labels, class_ids) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample(unet, meta: dict, labels, *, generator: torch.Generator, sampler: str = "ddim", steps: int | None = None,
+def sample(unet, meta: dict, labels, *, generator: torch.Generator | list, sampler: str = "ddim", steps: int | None = None,
            batch_size: int = 16, device=None, autocast: bool | None = None, progress: bool = False) -> np.ndarray:
     """Generate one CT slice per label mask.
 
@@ -70,7 +72,8 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator, sampler: str
         meta: its difflung_config.json (classes, mask_mode, noise_schedule with the model's prediction_type
             ("epsilon" or "v_prediction"), sample_size).
         labels: (N, H, W) project-id masks (numpy or torch integers); UNSPECIFIED (255) where not given.
-        generator: CPU torch.Generator for the initial noise (and DDPM's per-step noise).
+        generator: CPU torch.Generator for the initial noise (and DDPM's per-step noise), or a list of N of them,
+            one per mask.
         sampler: "ddim" (eta = 0), "dpm" (DPM-Solver++ 2M) or "ddpm" (ancestral, the reference).
         steps: solver steps; None: 50 for DDIM, 20 for DPM-Solver++ (at most 25), 1000 for DDPM.
         batch_size: masks per UNet batch.
@@ -84,8 +87,10 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator, sampler: str
     from tqdm import tqdm
 
     steps = _steps(sampler, steps)
-    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
-        raise TypeError("generator must be a CPU torch.Generator (noise is drawn on the CPU, then moved)")
+    gens = list(generator) if isinstance(generator, (list, tuple)) else None
+    if not all(isinstance(g, torch.Generator) and g.device.type == "cpu" for g in gens or [generator]):
+        raise TypeError("generator must be a CPU torch.Generator or a list of them (noise is drawn on the CPU, "
+                        "then moved)")
     labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
     if labels.ndim == 2:
         labels = labels[None]
@@ -95,7 +100,12 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator, sampler: str
     autocast = device.type == "cuda" if autocast is None else autocast
     unet = unet.to(device).eval()
     n, s = labels.shape[0], labels.shape[-1]
-    noise = torch.randn((n, 1, s, s), generator=generator)  # (N, 1, S, S) x_T of every image, drawn up front
+    if gens is not None and len(gens) != n:
+        raise ValueError(f"{len(gens)} generators for {n} masks: pass one generator, or one per mask")
+    if gens is None:
+        noise = torch.randn((n, 1, s, s), generator=generator)  # (N, 1, S, S) x_T of every image, drawn up front
+    else:
+        noise = torch.cat([torch.randn((1, 1, s, s), generator=g) for g in gens]) if n else torch.empty(0, 1, s, s)
     sched = make_scheduler(sampler, meta["noise_schedule"])
     out = np.empty((n, s, s), dtype=np.float32)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
@@ -108,7 +118,8 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator, sampler: str
             with ctx:
                 # (b, 1, S, S): epsilon or v, as the scheduler's prediction_type (the model's) says
                 out_t = unet(torch.cat([x, cond], dim=1), t).sample.float()
-            kw = {"eta": 0.0} if sampler == "ddim" else {"generator": generator} if sampler == "ddpm" else {}
+            step_gen = generator if gens is None else gens[lo:hi]  # diffusers draws per image from a list
+            kw = {"eta": 0.0} if sampler == "ddim" else {"generator": step_gen} if sampler == "ddpm" else {}
             x = sched.step(out_t, t, x, **kw).prev_sample
         out[lo:hi] = x.clamp(-1, 1)[:, 0].float().cpu().numpy()
     return out

@@ -1,0 +1,152 @@
+"""Chapters 2, 3 and 4 on a toy runs folder: their sections run, write their artifacts, reuse models, and chapters
+3 and 4 report the same PSNR for the same model, test slices and seeds."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from difflung import runs
+from difflung.diffusion.toy import toy_dataset
+from difflung.metrics import read_metrics
+
+EVAL = dict(n_test=3, sampler="dpm", sampler_steps=2, seeds=(0, 1), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    toy_dataset(runs.phantom_dataset_dir(root), n_patients=5, n_slices=4, size=16)
+    return root
+
+
+def test_ablation_chapter_sections(runs_root):
+    from difflung.chapters import ablation_study as ch
+
+    run = runs.chapter_dir(runs_root, runs.MASK_ABLATION)
+    assert ch.table_probabilities(runs_root, steps=10).loc["fibrosis", ("cbmat", "t=T")] == 0
+    ch.figure_schedules(runs_root, run, steps=10)
+    kw = dict(steps=3, batch_size=4, preset="tiny", strategies=("none", "cbmat"), device="cpu")
+    assert not ch.train_strategies(runs_root, run, **kw)["reused"].any()
+    assert ch.train_strategies(runs_root, run, **kw)["reused"].all()  # same config and data: reused
+    ch.figure_losses(run, strategies=("none", "cbmat"))
+    ev = dict(EVAL, judge_steps=3, strategies=("none", "cbmat"))
+    scored = ch.evaluate(runs_root, run, **ev)
+    assert (runs.judge_dir(runs_root) / "segmenter.json").is_file()
+    assert "lung" in ch.table_judge(scored).index
+    assert len(read_metrics(runs.per_image_path(run))) == len(scored.rows)
+    files = {p: p.read_bytes() for p in (runs.per_image_path(run), runs.metrics_path(run))}
+    pd.testing.assert_frame_equal(scored.rows, ch.evaluate(runs_root, run, **ev).rows)  # deterministic
+    assert all(p.read_bytes() == b for p, b in files.items())  # byte-identical files on re-run
+    rows = scored.rows
+    assert {"full", "no fibrosis", "no body"} <= set(rows["condition"])
+    assert set(rows.loc[rows["condition"] == "no lung", "seed"]) == {0}  # partial masks: first seed
+    table = ch.table_quality(scored)
+    assert list(table.index) == ["real", "none", "cbmat"] and "Dice, rare classes" in table.columns
+    ch.figure_dice(scored, run)
+    ch.figure_partial(scored, run)
+    ch.figure_samples(scored, run, n=2)
+    m = read_metrics(run)
+    psnr = m[(m["model"] == "cbmat") & (m["metric"] == "psnr") & (m["condition"] == "full")]
+    assert sorted(psnr["seed"]) == [-1, 0, 1]  # per seed, and across seeds
+    assert {p.name for p in run.glob("*.png")} == {"ablation_schedules.png", "ablation_losses.png", "ablation_dice.png",
+                                                  "ablation_partial.png", "ablation_samples.png"}
+
+
+def _chapter3(runs_root):
+    from difflung.chapters import cbmat_training as ch
+
+    run = runs.chapter_dir(runs_root, runs.CBMAT_TRAINING)
+    r = ch.train_main(runs_root, steps=3, batch_size=2, preset="tiny", device="cpu")
+    return ch, run, r
+
+
+def test_cbmat_chapter_sections(runs_root):
+    ch, run, r = _chapter3(runs_root)
+    assert (runs.main_model_dir(runs_root) / "diffusion_pytorch_model.safetensors").is_file() and r.finished
+    assert ch.table_training(r).loc["steps x batch", "value"] == "3 x 2"
+    ch.figure_loss(r, run)
+    scored = ch.evaluate(runs_root, run, r, **EVAL)
+    assert scored.generated("difflung", seed=1).shape == (3, 16, 16)
+    assert ch.table_quality(scored).loc["test slices", "value"] == "3"
+    assert "lung" in ch.table_hu(scored).index
+    ch.figure_samples(scored, run, n=2)
+    ch.figure_hu(scored, run)
+    ch.write_cost(r, run)
+    m = read_metrics(run)
+    assert {"psnr", "ssim", "final_loss", "hu_mean_difference"} <= set(m["metric"]) and set(m["model"]) == {"difflung"}
+    assert json.loads((run / "cost.json").read_text())["steps"] == 3
+
+
+def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
+    from difflung.chapters import baseline_comparison as bc
+
+    ch3, run3, r = _chapter3(runs_root)  # reused from the test above when it ran
+    psnr3 = ch3.evaluate(runs_root, run3, r, **EVAL).rows
+    run = runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON)
+    with pytest.raises(ValueError, match="at least 3"):
+        bc.open_comparison(runs_root, run, seed=0, n_seeds=1, min_seeds=3, gan_size="T")
+    cmp = bc.open_comparison(runs_root, run, seed=0, n_seeds=1, gan_size="T", device="cpu")
+    models = bc.diffusion_models(cmp, progress=False)
+    assert models.set_index("model").loc["Diff-Lung (CBMAT)", "source"] == "reused"
+    assert cmp.budget == {"steps": 3, "batch_size": 2}  # chapter 3's budget, given to every model
+    seg_meta = json.loads((run / "models" / "segguided" / "difflung_config.json").read_text())
+    assert (seg_meta["mask_mode"], seg_meta["train_config"]["strategy"]) == ("single", "uniform")
+    assert bc.gan_baselines(cmp, progress=False)["images seen"].tolist() == [6, 6]
+    bc.figure_gan_losses(cmp)
+    ev = {k: v for k, v in EVAL.items() if k != "device"}
+    scored = bc.evaluate(cmp, judge_steps=3, timing_batch=2, timing_repeats=1, **ev)
+    assert "lung" in bc.table_judge(scored).index
+    df = read_metrics(run)
+    assert set(df["model"]) == {*bc.MODELS, "real"}  # keys, never display names
+    per_model = df[df["model"] != "real"].groupby("model")["metric"].apply(set)
+    assert all(m == {"psnr", "ssim", "dice", "gflops_per_image", "params"} for m in per_model)
+    # chapter 4 reports chapter 3's PSNR for the same model, test slices and sampling seeds
+    key = ["slice", "seed"]
+    a = psnr3[psnr3["metric"] == "psnr"].set_index(key)["value"].sort_index()
+    b = df[(df["model"] == "difflung") & (df["metric"] == "psnr")].set_index(key)["value"].sort_index()
+    assert len(a) == 6 and np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5)  # metrics.csv keeps 6 digits
+    table = bc.table_comparison(run)
+    ours = table.xs("ours (1 seed)", level="source")
+    assert ours.loc["Diff-Lung (CBMAT)", "PSNR (dB)"] == ch3.table_quality(scored).loc["PSNR (dB)", "value"].split()[0]
+    timings = json.loads((run / "metrics.json").read_text())["timings"]  # run-dependent: not in the CSV
+    assert set(timings) == set(bc.MODELS) and all(t["s_per_image"] > 0 for t in timings.values())
+    gflops = df[df.metric == "gflops_per_image"].set_index("model")["value"]
+    assert gflops["difflung"] > 2 * gflops["pix2pix"]  # 2 sampling steps, each a UNet forward
+    reported = table.xs(bc.REPORTED_LABEL, level="source")
+    assert reported.loc["Diff-Lung (CBMAT)", "PSNR (dB)"] == "20.70" and reported.loc["SPADE", "GFLOPs/image"] == "25"
+    assert "real slices" in bc.table_faithfulness(run).index
+    bc.figure_samples(cmp, scored, n_masks=2)
+    bc.figure_quality_cost(run)
+    assert (run / "samples.png").is_file() and (run / "quality_vs_cost.json").is_file()
+    before = (run / "models" / "spade" / "generator" / "model.safetensors").stat().st_mtime_ns
+    bc.gan_baselines(cmp, progress=False)  # a second pass reuses every model
+    assert (run / "models" / "spade" / "generator" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_chapters_need_the_dataset(tmp_path):
+    from difflung.chapters import ablation_study, baseline_comparison, cbmat_training
+
+    with pytest.raises(FileNotFoundError, match="01_data_preparation"):
+        ablation_study.train_strategies(tmp_path, tmp_path / "02", steps=2, batch_size=2)
+    with pytest.raises(FileNotFoundError, match="01_data_preparation"):
+        cbmat_training.train_main(tmp_path, steps=2, batch_size=2)
+    with pytest.raises(FileNotFoundError, match="01_data_preparation"):
+        baseline_comparison.open_comparison(tmp_path, tmp_path / "04", seed=0)
+
+
+def test_no_chapter_imports_another():
+    import ast
+    from pathlib import Path
+
+    import difflung.chapters as chapters
+
+    paths = [p for p in Path(chapters.__file__).parent.glob("*.py") if p.stem != "__init__"]
+    modules = {p.stem for p in paths}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                assert not modules & set(names), f"{path.name} imports chapter {modules & set(names)}"
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module == "chapters":
+                raise AssertionError(f"{path.name} imports difflung.chapters")
