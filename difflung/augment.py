@@ -33,6 +33,7 @@ import torch
 from . import labels as L
 from .dataset import Dataset, Slices
 from .evaluation import compare_to_reference, dice_per_class
+from .generators import load_generator
 from .provenance import atomic_path, provenance, resolve_device, sha256_file, write_json_atomic
 from .segmentation import SegConfig, train_segmenter
 
@@ -135,27 +136,6 @@ class Synthesis:
     sets: dict[str, SyntheticSet]  # arm -> images painted by that arm's generator
 
 
-class _DiffusionPainter:
-    """A diffusion model folder as a generator: `.sample(masks, generator=...)` -> (n, S, S) images in [-1, 1]."""
-
-    def __init__(self, model_dir, dataset: Dataset, device: str):
-        from .diffusion.train import load_model
-
-        self.unet, self.meta = load_model(model_dir, dataset=dataset, device=device)
-
-    def sample(self, masks, *, generator: torch.Generator, sampler: str = "ddim", steps: int | None = None,
-               batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        from .diffusion.sample import sample
-
-        return sample(self.unet, self.meta, masks, generator=generator, sampler=sampler, steps=steps,
-                      batch_size=batch_size, progress=progress)
-
-
-def load_painter(model_dir, dataset: Dataset, device: str):
-    """The generator stored in `model_dir` (checked against `dataset`'s classes and size), on `device`."""
-    return _DiffusionPainter(model_dir, dataset, device)
-
-
 def paint_masks(models: dict, dataset: Dataset, masks: np.ndarray, run_dir, *, seed: int, tag: str,
                 sampler: str = "ddim", steps: int | None = None, batch_size: int = 32, device: str = "auto",
                 progress: bool = False) -> dict[str, SyntheticSet]:
@@ -174,10 +154,10 @@ def paint_masks(models: dict, dataset: Dataset, masks: np.ndarray, run_dir, *, s
     """
     out, sets, dev = Path(run_dir) / tag, {}, resolve_device(device)
     for arm, model_dir in models.items():
-        painter = load_painter(model_dir, dataset, dev)
+        painter = load_generator(model_dir, device=dev, sampler=sampler, sampler_steps=steps, dataset=dataset)
         t0 = time.perf_counter()
-        images = painter.sample(masks, generator=torch.Generator().manual_seed(seed), sampler=sampler, steps=steps,
-                                batch_size=batch_size, progress=progress)
+        images = painter.sample(masks, generator=torch.Generator().manual_seed(seed), batch_size=batch_size,
+                                progress=progress)
         dt = time.perf_counter() - t0
         sets[arm] = SyntheticSet(arm, images, masks, Path(model_dir), dt, len(masks) / dt)
         path = out / f"synthetic_{arm.lstrip('+')}.npz"

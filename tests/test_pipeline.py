@@ -123,22 +123,6 @@ def test_repository_profiles_match_notebook_parameters():
             assert not set(prof["notebooks"].get(stem, {})) - declared, (name, stem)
 
 
-@pytest.mark.parametrize("stem", ["01_data_preparation", "02_mask_ablation_study", "03_cbmat_training",
-                                  "04_baseline_comparison", "06_results"])
-def test_notebook_defaults_are_the_smoke_profile(stem):
-    """A notebook run by hand computes what `python -m difflung run --profile smoke` computes."""
-    import ast
-
-    import papermill
-
-    prof = load_profile("smoke")
-    declared = papermill.inspect_notebook(str(REPO / "notebooks" / f"{stem}.ipynb"))
-    defaults = {k: ast.literal_eval(v["default"]) for k, v in declared.items()}
-    want = {**{k: v for k, v in prof["common"].items() if k in defaults}, **prof["notebooks"].get(stem, {})}
-    assert {k: defaults[k] for k in want} == want
-    assert defaults["profile"] == "smoke" and defaults["run_dir"] == f"runs/smoke/{stem}"
-
-
 def test_cli_exit_status_and_message():
     r = subprocess.run([sys.executable, "-m", "difflung", "run", "--profile", "no-such-profile"], cwd=REPO,
                        capture_output=True, text=True)

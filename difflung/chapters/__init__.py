@@ -2,4 +2,3 @@
 models, tables and figures; loading, sampling and scoring live in `difflung.generators` and `difflung.scoring`,
 artifact paths in `difflung.runs`. No chapter imports another.
 """
-from ..runs import phantom_dataset_dir, real_dataset_dir  # noqa: F401 -- chapter 5 imports them from here for now

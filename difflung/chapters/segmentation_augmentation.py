@@ -42,7 +42,7 @@ from ..plots import legend_handles, plt, save_figure, show_ct
 from ..provenance import write_json_atomic
 from ..reported import LABEL, SEGMENTATION_DICE
 from ..segmentation import SegConfig
-from . import phantom_dataset_dir, real_dataset_dir
+from ..runs import phantom_dataset_dir, real_dataset_dir
 
 TABLE_CLASSES = ("lung", "emphysema", "fibrosis", "ggo")  # the poster's "healthy" is healthy lung parenchyma
 TABLE_HEADERS = {"lung": "Dice healthy", "emphysema": "Dice emphysema", "fibrosis": "Dice fibrosis", "ggo": "Dice GGO"}
