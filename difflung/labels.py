@@ -16,7 +16,7 @@ class LabelClass:
     color: str  # hex, for overlays and legends
     in_lung: bool  # part of the lung field (counts towards lung volume and f_i within lung)
     pathology: bool
-    hu_range: tuple[float, float] | None  # literature range of the class (DESIGN.md), for plots and checks
+    hu_range: tuple[float, float] | None  # literature range of the class in HU, for plots and checks
 
 
 CLASSES: tuple[LabelClass, ...] = (
@@ -51,7 +51,7 @@ LUNG_IDS: tuple[int, ...] = tuple(c.id for c in CLASSES if c.in_lung)
 PATHOLOGY_IDS: tuple[int, ...] = tuple(c.id for c in CLASSES if c.pathology)
 PHANTOM_IDS: tuple[int, ...] = (BACKGROUND, BODY, LUNG, AIRWAY, EMPHYSEMA, GGO, FIBROSIS)
 
-# Windows from DESIGN.md: the model window maps [-1000, 400] HU to [-1, 1]; the display window is W1500/L-600.
+# Windows: the model window maps [-1000, 400] HU to [-1, 1]; the display window is W1500/L-600.
 MODEL_WINDOW = (-1000.0, 400.0)
 LUNG_DISPLAY_WINDOW = (-1350.0, 150.0)
 

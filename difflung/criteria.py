@@ -1,0 +1,128 @@
+"""Which classes a run can measure, and whether a generator has converged: one place for every chapter.
+
+Two questions come before any verdict (`difflung.stats.verdict`):
+- *Measurable classes.* A class can be judged only when the judge segmenter meets its floor on the real test
+  slices (`instruments.judge_validity`) and the class keeps its HU signature at the run's image size (chapter 1's
+  `hu_signature.json`, `instruments.read_signature`). `measurable_classes` merges the two, with the reason.
+- *Convergence.* A generator's comparisons count only when it meets the convergence criteria on the test masks
+  (`instruments.convergence`): judge Dice on generated slices at least 0.8 of that on real slices for each
+  measurable class, per-class HU Wasserstein-1 at most 50 HU, at least 95 % of slices with their air within 30 HU
+  of the real slice's, and a real-vs-generated classifier no better than 0.8 on held-out patients. `measure`
+  computes them from a `scoring.Scored` (the same images every other number comes from), with the memorisation
+  check beside them (reported, not a criterion).
+
+Each chapter writes what it measured with `write_criteria`; later chapters read it with `read_criteria`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import instruments as I
+from . import labels as L
+from .provenance import write_json_atomic
+
+CRITERIA_FILE = "criteria.json"
+
+
+def measurable_classes(scored, signature: dict[str, tuple[bool, str]] | None = None) -> dict[str, tuple[bool, str]]:
+    """class -> (measurable, reason) from the judge's Dice on real test slices and chapter 1's HU signature.
+
+    Args:
+        scored: `scoring.Scored` with the judge's rows (model "real").
+        signature: `instruments.read_signature(<chapter 1 run folder>)`; None skips that check.
+    """
+    real = scored.rows[(scored.rows.model == "real") & (scored.rows.metric == "dice")]
+    dice = real.groupby("class", sort=False)["value"].mean().dropna().to_dict()
+    out = I.judge_validity(dice)
+    for c, (ok, reason) in (signature or {}).items():
+        if c in out and out[c][0] and not ok:
+            out[c] = (False, reason)
+    return out
+
+
+def _dice_means(rows: pd.DataFrame, model: str, train_seed: int | None) -> dict[str, float]:
+    r = rows[(rows.model == model) & (rows.metric == "dice") & (rows.condition == "full")]
+    if train_seed is not None:
+        r = r[r.train_seed == train_seed]
+    return r.groupby("class", sort=False)["value"].mean().to_dict()
+
+
+def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tuple[bool, str]],
+            generator: torch.Generator, train_seed: int | None = None, seed: int | None = None,
+            classifier_steps: int = 300) -> dict:
+    """The convergence criteria of one generator on the scored test masks.
+
+    Args:
+        scored: `scoring.Scored` holding the generator's images and the judge's rows.
+        model: the generator's key; train_seed, seed: which of its image sets (default: the first).
+        train: (N, S, S) real training slices in [-1, 1] (memorisation reference).
+        measurable: `measurable_classes(scored, ...)`: the Dice ratio and HU distance use measurable classes only.
+        generator: CPU torch.Generator for the classifier two-sample test.
+        classifier_steps: its training steps.
+    Returns:
+        {"table": DataFrame (criterion, value, threshold, met), "converged": bool, "memorisation": dict}.
+    """
+    from .diffusion.sample import to_hu
+    from .quality import air_check, classifier_two_sample, hu_wasserstein, memorisation
+
+    gen = scored.generated(model, seed=seed, train_seed=train_seed)  # (n, S, S)
+    gen_hu, real_hu = to_hu(gen), to_hu(scored.real)
+    ok = [c for c, (m, _) in measurable.items() if m and c != "background"]
+    ratio = I.dice_ratios(_dice_means(scored.rows, model, train_seed), _dice_means(scored.rows, "real", None),
+                          {c: measurable[c] for c in ok})
+    present = [c for c in ok if (scored.labels == L.class_id(c)).any()]
+    w1 = hu_wasserstein(gen_hu, real_hu, scored.labels, present)
+    air = air_check(gen_hu, real_hu, scored.labels, I.AIR_TOLERANCE_HU)
+    clf = classifier_two_sample(scored.real, gen, scored.patient, scored.patient, generator=generator,
+                                steps=classifier_steps)
+    table = I.convergence(dice_ratio=ratio, hu_w1=w1, air_share=float(air["ok"].mean()) if len(air) else math.nan,
+                          classifier_accuracy=float(clf["accuracy"]))
+    mem = memorisation(gen, train, scored.real)
+    return {"table": table, "converged": I.converged(table),
+            "memorisation": {k: mem[k] for k in ("ratio", "share_flagged", "threshold")}}
+
+
+def write_criteria(run_dir, results: dict[str, dict], measurable: dict[str, tuple[bool, str]], **meta) -> Path:
+    """`<run_dir>/criteria.json`: per generator key its criteria table and verdict, and the measurable classes."""
+    doc = {"measurable": {c: {"measurable": bool(m), "reason": r} for c, (m, r) in measurable.items()},
+           "generators": {k: {"converged": bool(v["converged"]), "memorisation": v.get("memorisation", {}),
+                              "criteria": v["table"].to_dict(orient="records")} for k, v in results.items()},
+           **meta}
+    return write_json_atomic(Path(run_dir) / CRITERIA_FILE, doc)
+
+
+def read_criteria(run_dir) -> dict:
+    """Read `criteria.json` back: {"measurable": {cls: (ok, reason)}, "converged": {key: bool}, "tables": {key: df}}.
+
+    Raises FileNotFoundError naming the file when the chapter that writes it has not run.
+    """
+    path = Path(run_dir) / CRITERIA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no convergence criteria here; run the chapter that writes them first")
+    doc = json.loads(path.read_text())
+    return {"measurable": {c: (r["measurable"], r["reason"]) for c, r in doc.get("measurable", {}).items()},
+            "converged": {k: v["converged"] for k, v in doc.get("generators", {}).items()},
+            "tables": {k: pd.DataFrame(v["criteria"]) for k, v in doc.get("generators", {}).items()},
+            "memorisation": {k: v.get("memorisation", {}) for k, v in doc.get("generators", {}).items()}}
+
+
+def validity(classes: list[str], measurable: dict[str, tuple[bool, str]], converged: dict[str, bool],
+             models: list[str]) -> dict:
+    """`stats.Comparison` validity flags for a comparison of `models` on `classes` ("all" for image quality).
+
+    A comparison is not measurable when a class is not measurable (its reason) or a generator involved did not
+    meet its convergence criteria (generators without a record count as not converged).
+    """
+    for c in classes:
+        if c != "all" and not measurable.get(c, (False, f"{c}: not scored in this run"))[0]:
+            return {"measurable": False, "reason": measurable.get(c, (False, f"{c}: not scored"))[1]}
+    bad = [m for m in models if not converged.get(m, False)]
+    if bad:
+        return {"converged": False, "reason": f"{', '.join(bad)} did not meet the convergence criteria"}
+    return {}

@@ -1,0 +1,63 @@
+"""Measurable classes and convergence criteria computed from scored images."""
+import numpy as np
+import pandas as pd
+import torch
+
+from difflung import criteria
+from difflung import labels as L
+from difflung.dataset import window
+from difflung.scoring import SCHEMA, Scored
+
+
+def _scored(gen_fn, judge_dice=0.9):
+    rng = np.random.default_rng(0)
+    n, s = 16, 16
+    labels = np.full((n, s, s), L.BODY, np.uint8)
+    labels[:, :2] = L.BACKGROUND
+    labels[:, 4:12, 4:12] = L.LUNG
+    hu = np.where(labels == L.BACKGROUND, -1000.0, np.where(labels == L.LUNG, -850.0, 40.0))
+    real = window(hu + rng.normal(0, 10, hu.shape)).astype(np.float32)
+    patient = np.repeat(np.array(["p0", "p1", "p2", "p3"]), 4)
+    rows = []
+    for model, d in (("real", judge_dice), ("m", judge_dice)):
+        for i in range(n):
+            for c in ("body", "lung"):
+                rows.append({"model": model, "train_seed": -1 if model == "real" else 0, "condition": "full",
+                             "seed": -1 if model == "real" else 0, "slice": i, "patient": patient[i],
+                             "metric": "dice", "class": c, "value": d})
+    images = {("m", 0, "full", 0): gen_fn(real, rng).astype(np.float32)}
+    return Scored(pd.DataFrame(rows)[list(SCHEMA)], np.arange(n), patient, real, labels, images)
+
+
+def test_a_faithful_generator_converges_and_a_noisy_one_does_not():
+    good = _scored(lambda r, rng: r + rng.normal(0, 0.005, r.shape))
+    meas = criteria.measurable_classes(good)
+    assert meas["lung"][0] and meas["body"][0]
+    res = criteria.measure(good, "m", train=good.real, measurable=meas, generator=torch.Generator().manual_seed(0),
+                           classifier_steps=30)
+    t = res["table"].set_index("criterion")
+    assert t.loc["judge Dice ratio, lung", "value"] == 1.0
+    assert t.loc["HU Wasserstein-1, lung (HU)", "value"] < 10
+    assert res["converged"], res["table"]
+    bad = _scored(lambda r, rng: r + rng.normal(0.3, 0.2, r.shape))
+    res = criteria.measure(bad, "m", train=bad.real, measurable=meas, generator=torch.Generator().manual_seed(0),
+                           classifier_steps=30)
+    assert not res["converged"]
+    assert not res["table"].set_index("criterion").loc["slices with air within 30 HU", "met"]
+
+
+def test_judge_below_floor_makes_class_not_measurable_and_round_trip(tmp_path):
+    s = _scored(lambda r, rng: r, judge_dice=0.5)
+    meas = criteria.measurable_classes(s, signature={"body": (True, ""), "lung": (True, "")})
+    assert not meas["lung"][0] and "0.7" in meas["lung"][1]
+    meas = criteria.measurable_classes(_scored(lambda r, rng: r), signature={"lung": (False, "at 32 px: lost")})
+    assert meas["lung"] == (False, "at 32 px: lost")
+    res = criteria.measure(s, "m", train=s.real, measurable={"body": (True, "")}, generator=torch.Generator(),
+                           classifier_steps=10)
+    criteria.write_criteria(tmp_path, {"m": res}, meas, size=16)
+    back = criteria.read_criteria(tmp_path)
+    assert back["measurable"]["lung"] == (False, "at 32 px: lost") and back["converged"]["m"] == res["converged"]
+    assert criteria.validity(["lung"], back["measurable"], {"m": True}, ["m"]) == {"measurable": False,
+                                                                                  "reason": "at 32 px: lost"}
+    assert criteria.validity(["all"], back["measurable"], {"m": False}, ["m"])["converged"] is False
+    assert criteria.validity(["body"], back["measurable"], {"m": True}, ["m"]) == {}
