@@ -36,11 +36,21 @@ JUDGE_CHANNELS = (16, 32, 64, 128)  # MONAI UNet, strides 2: images must be divi
 # the judge
 
 def judge_config(steps: int, batch_size: int = 16):
-    """The judge's one training rule: a MONAI UNet of `JUDGE_CHANNELS`, `steps` optimisation steps."""
+    """The judge's one training rule: a MONAI UNet of `JUDGE_CHANNELS`, `steps` optimisation steps.
+
+    Two choices differ from the downstream segmenter's, because the judge must read classes that are partly
+    defined by absolute attenuation (emphysema below -950 HU against healthy lung near -850 HU): no intensity
+    shift or noise augmentation (a +-70 HU shift erases that difference), and class-weighted loss (inverse square
+    root of pixel frequency), so that lesions a few percent of the pixels weigh in. Measured on the phantom at
+    64x64 (mean per-image Dice on real test slices, one seed each): without intensity augmentation emphysema
+    0.19 -> 0.27 (16 patients, 1,500 steps); class weighting on top, 40 patients, 2,000 steps: emphysema
+    0.23 -> 0.34, fibrosis 0.42 -> 0.42, GGO 0.61 -> 0.55. Emphysema is what the weighting is for.
+    """
     from .segmentation import SegConfig
 
     return SegConfig(channels=JUDGE_CHANNELS, strides=(2,) * (len(JUDGE_CHANNELS) - 1), steps=steps,
-                     batch_size=batch_size)
+                     batch_size=batch_size, shift_prob=0.0, noise_prob=0.0,
+                     class_weighting="inverse_sqrt_frequency")
 
 
 def judge(dataset, folder, *, steps: int, batch_size: int = 16, seed: int = 0, device: str = "auto",

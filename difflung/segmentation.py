@@ -62,6 +62,9 @@ class SegConfig:
     shift: float = 0.1  # intensity offset in [-1, 1] units (0.1 = 70 HU)
     noise_prob: float = 0.25
     noise_std: float = 0.02  # in [-1, 1] units (0.02 = 14 HU)
+    # "inverse_sqrt_frequency": loss weight of class k = sqrt(f_max / f_k) over the training pixels (capped at
+    # CLASS_WEIGHT_CAP), so small lesions are not drowned by background and body; "none": equal weights
+    class_weighting: str = "none"
     amp: bool = True  # bf16 autocast, CUDA only
     log_every: int = 10
 
@@ -178,6 +181,20 @@ class Segmenter:
         return cls(model, meta["classes"], config, device=device, info=meta.get("info", {}))
 
 
+CLASS_WEIGHT_CAP = 20.0
+CLASS_WEIGHTINGS = ("none", "inverse_sqrt_frequency")
+
+
+def class_weights(channel: np.ndarray, n_classes: int, weighting: str) -> torch.Tensor | None:
+    """Per-class loss weights from the training pixels' channel indices (None: unweighted)."""
+    if weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class_weighting {weighting!r}: expected one of {CLASS_WEIGHTINGS}")
+    if weighting == "none":
+        return None
+    f = np.bincount(channel.ravel(), minlength=n_classes)[:n_classes] / channel.size + 1e-6
+    return torch.tensor(np.sqrt(f.max() / f), dtype=torch.float32).clamp(max=CLASS_WEIGHT_CAP)
+
+
 def _seed_from(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
 
@@ -220,7 +237,8 @@ def train_segmenter(images, labels, classes, config: SegConfig, generator: torch
         aug = (build_augmentation(config, images.shape[-1]).set_random_state(seed=_seed_from(generator))
                if config.augment else None)
         log, t0 = LossLog(log_path), time.perf_counter()
-        seen, loss_v = _loop(model, aug, order, images, channel, config, device, log, progress)
+        weight = class_weights(channel, len(classes), config.class_weighting)
+        seen, loss_v = _loop(model, aug, order, images, channel, config, device, log, progress, weight)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
@@ -233,14 +251,16 @@ def train_segmenter(images, labels, classes, config: SegConfig, generator: torch
     return seg
 
 
-def _loop(model, aug, order: BatchOrder, images, channel, config: SegConfig, device, log: LossLog, progress: bool):
+def _loop(model, aug, order: BatchOrder, images, channel, config: SegConfig, device, log: LossLog, progress: bool,
+          weight: torch.Tensor | None = None):
     """`config.steps` optimisation steps of Dice + CE; returns (images seen, last logged loss)."""
     from monai.data import get_track_meta, set_track_meta
     from monai.losses import DiceCELoss
     from tqdm.auto import tqdm
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=config.lambda_dice,
-                         lambda_ce=config.lambda_ce, batch=config.dice_batch)
+                         lambda_ce=config.lambda_ce, batch=config.dice_batch,
+                         weight=None if weight is None else weight.to(device))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.steps, 1))
     use_amp = config.amp and device.type == "cuda"

@@ -129,3 +129,16 @@ def test_trains_and_predicts_on_cuda_with_bf16(data):
     pred = seg.predict(test[0])
     assert pred.shape == test[0].shape and set(np.unique(pred)) <= set(CLASSES)
     assert np.isfinite(seg.info["final_loss"]) and "cuda" in seg.info["provenance"]["device"]
+
+
+def test_class_weights_inverse_sqrt_frequency():
+    from difflung.segmentation import class_weights
+
+    channel = np.zeros((1, 10, 10), np.uint8)
+    channel[0, :1, :4] = 1  # 4 % of the pixels
+    w = class_weights(channel, 3, "inverse_sqrt_frequency")
+    assert w[0].item() == pytest.approx(1.0) and w[1].item() == pytest.approx((0.96 / 0.04) ** 0.5, rel=1e-4)
+    assert w[2].item() == 20.0  # absent class: capped
+    assert class_weights(channel, 3, "none") is None
+    with pytest.raises(ValueError, match="class_weighting 'x'"):
+        class_weights(channel, 3, "x")
