@@ -123,3 +123,14 @@ def interval(est, lo=None, hi=None, digits: int = 3) -> str:
     if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
         return sig(est, digits)
     return f"{sig(est, digits)} [{sig(lo, digits)}, {sig(hi, digits)}]"
+
+
+def zoom_box(mask: np.ndarray, min_side: int) -> tuple[int, int, int, int]:
+    """A square box (y0, y1, x0, x1) around a region of a (S, S) bool mask, at least `min_side` wide, inside the
+    image: where a figure zooms on a small lesion."""
+    ys, xs = np.nonzero(mask)
+    s = mask.shape[0]
+    cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2
+    half = min(s // 2, max(min_side, int(np.ptp(ys)) + 4, int(np.ptp(xs)) + 4) // 2)
+    y0, x0 = int(np.clip(cy - half, 0, s - 2 * half)), int(np.clip(cx - half, 0, s - 2 * half))
+    return y0, y0 + 2 * half, x0, x0 + 2 * half

@@ -234,3 +234,47 @@ def region_rows(scored, model: str) -> pd.DataFrame:
     if not parts:
         raise KeyError(f"no full-mask images of model {model!r} in the scored set")
     return pd.concat(parts, ignore_index=True)[["model", "seed", "slice", "patient", "region", "metric", "value"]]
+
+
+def hu_w1_rows(scored, classes: Sequence[str | int] | None = None) -> pd.DataFrame:
+    """Per-class HU Wasserstein-1 (`hu_wasserstein`) of every full-mask image set in a `scoring.Scored`, as long rows.
+
+    One row per (model, train_seed, sampling seed, class present in the scored masks): metric "hu_w1", slice -1,
+    patient "all", value in HU (the pixels of all scored slices pooled).
+
+    Args:
+        scored: `scoring.Scored`. classes: names or ids (default: every class in the masks but background).
+    """
+    from .diffusion.sample import to_hu
+
+    if classes is None:
+        classes = [int(c) for c in np.unique(scored.labels) if c != L.BACKGROUND]
+    real_hu, rows = to_hu(scored.real), []
+    for (model, train_seed, cond, seed), gen in scored.images.items():
+        if cond != "full":
+            continue
+        for c, v in hu_wasserstein(to_hu(gen), real_hu, scored.labels, classes).items():
+            rows.append({"model": model, "train_seed": train_seed, "condition": cond, "seed": seed, "slice": -1,
+                         "patient": "all", "metric": "hu_w1", "class": c, "value": v})
+    return pd.DataFrame(rows, columns=["model", "train_seed", "condition", "seed", "slice", "patient", "metric",
+                                       "class", "value"])
+
+
+def region_metric_rows(scored, regions: Sequence[str] = ("body", "lung")) -> pd.DataFrame:
+    """Region PSNR/SSIM of every full-mask image set of a `scoring.Scored` (each model and training seed), as rows
+    in `scoring.SCHEMA` with metrics named "<psnr|ssim>_<region>" (psnr_body, ssim_lung, ...), class "all".
+
+    The full-frame scores stay the rows "psnr"/"ssim" that `generate_and_score` writes; these sit beside them.
+    """
+    parts = []
+    for (model, train_seed, cond, seed), gen in scored.images.items():
+        if cond != "full":
+            continue
+        q = region_quality(gen, scored.real, scored.labels)
+        q = q[q["region"].isin(regions)].melt(id_vars=["image", "region"], var_name="metric")
+        pos = q.pop("image").to_numpy()
+        q["metric"] = q["metric"] + "_" + q.pop("region")
+        parts.append(q.assign(model=model, train_seed=train_seed, condition=cond, seed=seed, slice=scored.index[pos],
+                              patient=scored.patient[pos], **{"class": "all"}))
+    cols = ["model", "train_seed", "condition", "seed", "slice", "patient", "metric", "class", "value"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)

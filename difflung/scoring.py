@@ -213,3 +213,18 @@ def paired(rows: pd.DataFrame, a: str, b: str, metric: str, cls: str = "all", co
     key = ["seed", "slice", "patient"]
     x, y = (sel[sel["model"] == m].groupby(key)["value"].mean().rename(n) for m, n in ((a, "a"), (b, "b")))
     return pd.concat([x, y], axis=1, join="inner").dropna().reset_index()
+
+
+def cost(g, labels: np.ndarray, *, device: str = "cpu", timing_batch: int = 8, timing_repeats: int = 2) -> dict:
+    """A generator's cost: GFLOPs per image (every sampling step counted), parameters, and seconds per image on
+    `device` at batch `timing_batch` (`evaluation.time_per_image`: median of `timing_repeats` after a warm-up).
+
+    Args:
+        g: a `difflung.generators.Generator`. labels: (N, S, S) masks to time on (the first `timing_batch`).
+    """
+    from .evaluation import time_per_image
+
+    tgen = slice_generator(0, 0)
+    spi = time_per_image(lambda b: g.sample(labels[:b], generator=tgen, batch_size=b), timing_batch, timing_batch,
+                         device, repeats=timing_repeats)
+    return {"gflops_per_image": float(g.gflops_per_image()), "params": float(g.params), "s_per_image": float(spi)}

@@ -78,50 +78,106 @@ def test_cbmat_chapter_sections(runs_root):
     assert json.loads((run / "cost.json").read_text())["steps"] == 3
 
 
-def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
+@pytest.fixture(scope="module")
+def runs_root4(tmp_path_factory):
+    """A toy run with two test patients (the criteria's classifier splits test patients) and chapter 1's HU
+    signature file, which chapter 4 reads."""
+    from difflung import instruments as I
+    from difflung.dataset import Dataset, unwindow
+
+    root = tmp_path_factory.mktemp("runs4")
+    toy_dataset(runs.phantom_dataset_dir(root), n_patients=10, n_slices=2, size=16)
+    train = Dataset(runs.phantom_dataset_dir(root)).split("train")
+    hu = (unwindow(train.images), train.labels)
+    table = I.signature_survival(hu, hu, ["lung", "emphysema"], size=16)
+    I.write_signature(runs.chapter_dir(root, runs.DATA_PREPARATION), table)
+    return root
+
+
+def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root4):
+    from difflung import criteria
     from difflung.chapters import baseline_comparison as bc
 
-    ch3, run3, r = _chapter3(runs_root)  # reused from the test above when it ran
+    runs_root = runs_root4
+    ch3, run3, r = _chapter3(runs_root)
     psnr3 = ch3.evaluate(runs_root, run3, r, **EVAL).rows
     run = runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON)
     with pytest.raises(ValueError, match="at least 3"):
         bc.open_comparison(runs_root, run, seed=0, n_seeds=1, min_seeds=3, gan_size="T")
     cmp = bc.open_comparison(runs_root, run, seed=0, n_seeds=1, gan_size="T", device="cpu")
-    models = bc.diffusion_models(cmp, progress=False)
-    assert models.set_index("model").loc["Diff-Lung (CBMAT)", "source"] == "reused"
+    models = bc.diffusion_models(cmp)
+    assert models.set_index("model").loc["Diff-Lung (CBMAT)", "source"] == "chapter 3"
     assert cmp.budget == {"steps": 3, "batch_size": 2}  # chapter 3's budget, given to every model
     seg_meta = json.loads((run / "models" / "segguided" / "difflung_config.json").read_text())
     assert (seg_meta["mask_mode"], seg_meta["train_config"]["strategy"]) == ("single", "uniform")
-    assert bc.gan_baselines(cmp, progress=False)["images seen"].tolist() == [6, 6]
+    gans = bc.gan_baselines(cmp)
+    assert gans["images seen"].tolist() == [6, 6]
+    assert len(bc.table_models(models, gans)) == 4
     bc.figure_gan_losses(cmp)
     ev = {k: v for k, v in EVAL.items() if k != "device"}
-    scored = bc.evaluate(cmp, judge_steps=3, timing_batch=2, timing_repeats=1, **ev)
-    assert "lung" in bc.table_judge(scored).index
+    scored = bc.evaluate(cmp, judge_steps=3, timing_batch=2, timing_repeats=1, classifier_steps=2, **ev)
     df = read_metrics(run)
     assert set(df["model"]) == {*bc.MODELS, "real"}  # keys, never display names
     per_model = df[df["model"] != "real"].groupby("model")["metric"].apply(set)
-    assert all(m == {"psnr", "ssim", "dice", "gflops_per_image", "params"} for m in per_model)
+    assert all(m == {*bc.QUALITY, "dice", "hu_w1", "gflops_per_image", "params"} for m in per_model)
+    # the full-frame rows difflung.claims reads: per (train_seed, sampling seed, slice, patient), class "all"
+    psnr = df[(df["model"] == "difflung") & (df["metric"] == "psnr")]
+    assert set(psnr["class"]) == {"all"} and set(psnr["condition"]) == {"full"} and set(psnr["seed"]) == {0, 1}
+    assert (psnr["slice"] >= 0).all() and psnr["patient"].str.startswith("toy").all()
     # chapter 4 reports chapter 3's PSNR for the same model, test slices and sampling seeds
     key = ["slice", "seed"]
     a = psnr3[psnr3["metric"] == "psnr"].set_index(key)["value"].sort_index()
-    b = df[(df["model"] == "difflung") & (df["metric"] == "psnr")].set_index(key)["value"].sort_index()
-    assert len(a) == 6 and np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5)  # metrics.csv keeps 6 digits
-    table = bc.table_comparison(run)
-    ours = table.xs("ours (1 seed)", level="source")
-    assert ours.loc["Diff-Lung (CBMAT)", "PSNR (dB)"] == ch3.table_quality(scored).loc["PSNR (dB)", "value"].split()[0]
+    b = psnr.set_index(key)["value"].sort_index()
+    assert len(a) == 2 * len(scored.index) and np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5)
+    # every generator's criteria, written once; on a 3-step toy run none converges
+    crit = criteria.read_criteria(run)
+    assert set(crit["converged"]) == set(bc.MODELS) and not any(crit["converged"].values())
+    s = bc.summary(run)
+    assert (s.loc[s.metric == "psnr", "patients"] == 2).all()  # the unit is the test patient
+    quality = bc.table_quality(s)
+    assert quality.loc[("Diff-Lung (CBMAT)", "reported (poster)"), "PSNR (dB)"] == "20.7"
+    assert quality.loc[("SPADE", "reported (poster)"), "SSIM lung"] == "not reported"
+    assert "not met" in bc.table_criteria(run).to_string()
+    inst = bc.table_instruments(run, s)
+    assert inst.loc["lung", "floor"] == 0.7
+    faith = bc.table_faithfulness(run, s)
+    assert "real slices" in faith.columns
+    for c, ok in crit["measurable"].items():  # a class the judge cannot judge shows no Dice, only the reason
+        assert (faith.loc[c, "Pix2Pix"] == "not measurable") == (not ok[0])
+    assert "lung" in bc.table_hu(run).index
+    per_model, ratios = bc.table_cost(run)
+    assert per_model.loc["SPADE", "GFLOPs/image, reported"] == 25 and len(ratios) == 4
+    assert per_model.loc["Diff-Lung (CBMAT)", "GFLOPs/image, ours"] > 2 * per_model.loc["Pix2Pix", "GFLOPs/image, ours"]
     timings = json.loads((run / "metrics.json").read_text())["timings"]  # run-dependent: not in the CSV
     assert set(timings) == set(bc.MODELS) and all(t["s_per_image"] > 0 for t in timings.values())
-    gflops = df[df.metric == "gflops_per_image"].set_index("model")["value"]
-    assert gflops["difflung"] > 2 * gflops["pix2pix"]  # 2 sampling steps, each a UNet forward
-    reported = table.xs(bc.REPORTED_LABEL, level="source")
-    assert reported.loc["Diff-Lung (CBMAT)", "PSNR (dB)"] == "20.70" and reported.loc["SPADE", "GFLOPs/image"] == "25"
-    assert "real slices" in bc.table_faithfulness(run).index
     bc.figure_samples(cmp, scored, n_masks=2)
-    bc.figure_quality_cost(run)
+    bc.figure_quality_cost(run, s)
     assert (run / "samples.png").is_file() and (run / "quality_vs_cost.json").is_file()
+    box = bc.scope("smoke", run)
+    assert any("convergence criteria" in c for c in box.cannot) and "What this run" in box.html()
     before = (run / "models" / "spade" / "generator" / "model.safetensors").stat().st_mtime_ns
-    bc.gan_baselines(cmp, progress=False)  # a second pass reuses every model
+    bc.gan_baselines(cmp)  # a second pass reuses every model
     assert (run / "models" / "spade" / "generator" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_a_generator_failing_its_criteria_makes_its_comparisons_not_measurable(runs_root4):
+    from difflung.chapters import baseline_comparison as bc
+
+    run = runs.chapter_dir(runs_root4, runs.BASELINE_COMPARISON)
+    if not (run / "criteria.json").is_file():
+        pytest.skip("needs the chapter 4 toy run of the test above")
+    doc = json.loads((run / "criteria.json").read_text())
+    for k in doc["generators"]:  # every generator converged: the comparisons are measured
+        doc["generators"][k]["converged"] = True
+    (run / "criteria.json").write_text(json.dumps(doc))
+    t = bc.comparisons(run)
+    assert len(t) == 6 and (t["status"] == bc.MEASURED).all()
+    doc["generators"]["spade"]["converged"] = False  # SPADE fails its criteria: its claims are not measurable
+    (run / "criteria.json").write_text(json.dumps(doc))
+    status = bc.table_comparisons(bc.comparisons(run))["status"]
+    spade = status.index.str.contains("SPADE")
+    assert spade.sum() == 2 and status[spade].str.startswith("not measurable: spade did not meet").all()
+    assert (status[~spade] == bc.MEASURED).all()
 
 
 def test_chapters_need_the_dataset(tmp_path):
