@@ -126,3 +126,71 @@ def validity(classes: list[str], measurable: dict[str, tuple[bool, str]], conver
     if bad:
         return {"converged": False, "reason": f"{', '.join(bad)} did not meet the convergence criteria"}
     return {}
+
+
+def criteria_frame(crit: dict, keys, name=str) -> pd.DataFrame:
+    """Several generators' convergence criteria side by side, from `read_criteria`.
+
+    Rows: (criterion, threshold), then "all criteria met" and the memorisation ratio (reported beside the
+    criteria, not one of them); one column per generator key (headed `name(key)`), cells "value (met|not met)".
+    """
+    from .plots import sig
+
+    cols = {}
+    for k in keys:
+        t = crit["tables"][k].set_index(["criterion", "threshold"])
+        cols[name(k)] = pd.Series([f"{sig(v)} ({'met' if m else 'not met'})" for v, m in zip(t["value"], t["met"])],
+                                  index=t.index, dtype=object)
+    out = pd.DataFrame(cols)
+    out.loc[("all criteria met", ""), :] = ["yes" if crit["converged"].get(k) else "no" for k in keys]
+    out.loc[("memorisation: NN distance ratio (not a criterion)", "well below 1: copying"), :] = [
+        sig(crit["memorisation"].get(k, {}).get("ratio")) for k in keys]
+    return out
+
+
+def judge_frame(summary: pd.DataFrame, measurable: dict[str, tuple[bool, str]]) -> pd.DataFrame:
+    """Per class: the judge's Dice on the real test slices (rows of model "real" in a `stats.slice_intervals`
+    summary) as "mean [lo, hi]", its floor, and whether the class is judged ("yes" or "not measurable: reason")."""
+    from .plots import summary_cell
+
+    return pd.DataFrame([{"class": c, "judge Dice, real test slices": summary_cell(summary, "real", "dice", c),
+                          "floor": I.judge_floor(c), "judged": "yes" if ok else f"not measurable: {why}"}
+                         for c, (ok, why) in measurable.items()]).set_index("class")
+
+
+def dice_frame(summary: pd.DataFrame, measurable: dict[str, tuple[bool, str]], keys, name=str) -> pd.DataFrame:
+    """Mask faithfulness: the judge's Dice per class (rows, in label order) and model (columns `name(key)`) as
+    "mean [lo, hi]" from a `stats.slice_intervals` summary. A class the judge cannot judge reads "not measurable"
+    in every model's cell, its reason in the first column "judged"."""
+    from .plots import summary_cell
+
+    rows = []
+    for c in [n for n in L.names(range(L.NUM_IDS)) if n in measurable]:
+        ok, why = measurable[c]
+        rows.append({"class": c, "judged": "yes" if ok else f"not measurable: {why}",
+                     **{name(k): summary_cell(summary, k, "dice", c) if ok else "not measurable" for k in keys}})
+    return pd.DataFrame(rows, columns=["class", "judged", *map(name, keys)]).set_index("class")
+
+
+def quality_comparisons(rows: pd.DataFrame, crit: dict, *, generator: np.random.Generator, claims=None) -> list:
+    """The poster's image-quality claims measured on long-form scores (`stats.compare_slices`, unit test patient),
+    each with its validity (`validity`: both generators must meet their convergence criteria).
+
+    Args:
+        rows: per-slice rows with model keys (full-frame psnr/ssim, class "all", condition "full").
+        crit: `read_criteria` of the chapter that scored them.
+        generator: numpy Generator for the bootstraps (claims visited in order).
+        claims: `reported.Claim`s (default: every image-quality claim of `reported.CLAIMS`).
+    Returns:
+        `stats.Comparison`s, for `stats.judge_claims`.
+    """
+    from . import reported, scoring, stats
+
+    claims = [c for c in reported.CLAIMS if c.kind == "image quality"] if claims is None else claims
+    out = []
+    for c in claims:
+        p = scoring.paired(rows, c.a, c.b, c.metric)
+        out.append(stats.compare_slices(p["a"], p["b"], p["slice"], p["patient"], claim=c.text, generator=generator,
+                                        direction=c.direction, margin=c.margin, reported=c.reported,
+                                        **validity(["all"], crit["measurable"], crit["converged"], [c.a, c.b])))
+    return out

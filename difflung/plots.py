@@ -134,3 +134,45 @@ def zoom_box(mask: np.ndarray, min_side: int) -> tuple[int, int, int, int]:
     half = min(s // 2, max(min_side, int(np.ptp(ys)) + 4, int(np.ptp(xs)) + 4) // 2)
     y0, x0 = int(np.clip(cy - half, 0, s - 2 * half)), int(np.clip(cx - half, 0, s - 2 * half))
     return y0, y0 + 2 * half, x0, x0 + 2 * half
+
+
+def summary_cell(summary, model: str, metric: str, cls: str = "all", digits: int = 3) -> str:
+    """One cell "mean [lo, hi]" of a `stats.slice_intervals` summary (columns model, metric, class, mean, lo, hi);
+    "n/a" when the summary has no such row."""
+    r = summary[(summary["model"] == model) & (summary["metric"] == metric) & (summary["class"] == cls)]
+    return interval(*r[["mean", "lo", "hi"]].iloc[0], digits=digits) if len(r) else "n/a"
+
+
+def zoom_grid(columns, labels, picks, *, min_side: int, row_text=None):
+    """Slices of several sources side by side, each row followed by a zoom on one class; lung window with its HU
+    colour bar, a legend of the classes shown.
+
+    Args:
+        columns: [(title, images (N, S, S) in [-1, 1], or None for the mask drawn over the first real column)];
+            a None column draws `columns[1]`'s slice with its label overlay.
+        labels: (N, S, S) masks. picks: [(row in the arrays, class id to zoom on)].
+        min_side: the zoom box's smallest side (pixels). row_text: optional label per pick, beside its row.
+    """
+    from matplotlib.patches import Rectangle
+
+    from .dataset import unwindow
+
+    fig, axes = plt.subplots(2 * len(picks), len(columns), figsize=(1.7 * len(columns) + 1, 3.4 * len(picks)),
+                             squeeze=False, layout="constrained")
+    for r, (i, c) in enumerate(picks):
+        y0, y1, x0, x1 = zoom_box(labels[i] == c, min_side)
+        for j, (title, imgs) in enumerate(columns):
+            hu = unwindow((columns[1][1] if imgs is None else imgs)[i])
+            lab = labels[i] if imgs is None else None
+            show_ct(axes[2 * r, j], hu, lab, alpha=0.6, title=title if r == 0 else None)
+            axes[2 * r, j].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="#f1c40f",
+                                               lw=0.8))
+            show_ct(axes[2 * r + 1, j], hu[y0:y1, x0:x1], None if lab is None else lab[y0:y1, x0:x1], alpha=0.6)
+        if row_text is not None:
+            axes[2 * r, 0].text(-0.1, 0.5, row_text[r], rotation=90, transform=axes[2 * r, 0].transAxes,
+                                ha="right", va="center", fontsize=8)
+    hu_colorbar(fig, axes)
+    present = sorted(set(np.unique(labels[[i for i, _ in picks]]).tolist()) - {L.BACKGROUND, L.BODY})
+    fig.legend(handles=legend_handles(present), loc="outside lower center", ncol=max(1, len(present)), frameon=False,
+               fontsize=8)
+    return fig

@@ -9,20 +9,13 @@ Each function is one section of `notebooks/04_baseline_comparison.py`:
     ch.table_comparisons(run_dir); ch.table_faithfulness(run_dir); ch.table_hu(run_dir)
     ch.figure_samples(cmp, scored); ch.figure_quality_cost(run_dir); ch.scope(profile, run_dir)
 
-Diff-Lung (CBMAT) of the main seed is chapter 3's model (`difflung.runs.main_model_dir`) when it was trained on
-this dataset with CBMAT, one-hot masks and this seed; other seeds are trained here with its configuration.
-Seg-Guided (uniform ablation p = 0.5, the single k/255 mask channel of the original) gets the same network and
-budget; Pix2Pix and SPADE the same steps x batch. Model folders are reused when they hold a finished model of the
-same configuration.
-
-Generation and scoring follow `difflung.scoring`, so Diff-Lung's PSNR here equals chapter 3's for the same slices
-and seeds. Statistics have the test patient as unit: a slice's score is averaged over sampling (and training)
-seeds, then the mean over slices gets a patient-level bootstrap interval (`stats.slice_intervals`). A class is
-judged only where the judge meets its floor and chapter 1's HU signature survives (`criteria.measurable_classes`);
-a comparison counts only when both generators meet their convergence criteria (`criteria.measure`, written to
-`criteria.json`). `metrics.csv` holds the long rows (model keys; full-frame psnr/ssim, region psnr_body/ssim_body/
-psnr_lung/ssim_lung, Dice, per-class hu_w1, and cost rows with slice -1), `metrics.json` settings, timings and
-provenance. Images are compared in the model window HU [-1000, 400] mapped to [-1, 1] (data range 2.0).
+Diff-Lung of the main seed is chapter 3's model when it fits this dataset and seed; Seg-Guided (uniform p = 0.5,
+one k/255 mask channel) gets its network and budget, Pix2Pix and SPADE the same steps x batch. Scores follow
+`difflung.scoring` (same slices and noise as chapter 3). Unit of every interval: the test patient
+(`stats.slice_intervals`). Classes are judged only where `criteria.measurable_classes` allows; comparisons count
+only when both generators meet their convergence criteria (`criteria.json`). `metrics.csv` rows: full-frame
+psnr/ssim (what `difflung.claims` reads), psnr_body/ssim_body/psnr_lung/ssim_lung, dice, hu_w1 per class, and
+cost rows (slice -1); model window HU [-1000, 400] as [-1, 1] (data range 2.0).
 """
 from __future__ import annotations
 
@@ -38,12 +31,12 @@ from .. import criteria, quality, reported, runs, scoring, stats
 from .. import instruments as I
 from .. import labels as L
 from ..baselines import read_loss_log, train_gan
-from ..dataset import Dataset, unwindow
+from ..dataset import Dataset
 from ..diffusion import train_diffusion
 from ..evaluation import DATA_RANGE
 from ..generators import diffusion_config, display_name, gan_config, load_generator
 from ..metrics import read_metrics, write_metrics
-from ..plots import hu_colorbar, interval, legend_handles, plt, save_figure, show_ct, sig, window_name, zoom_box
+from ..plots import interval, plt, save_figure, summary_cell, window_name, zoom_grid
 from ..provenance import device_description, provenance, resolve_device, write_json_atomic
 from ..scope import Scope, smoke_caveat
 
@@ -265,33 +258,15 @@ def summary(run_dir, seed: int = 0) -> pd.DataFrame:
     return stats.slice_intervals(df, ["model", "metric", "class"], generator=np.random.default_rng(seed))
 
 
-def _cell(s: pd.DataFrame, model: str, metric: str, cls: str = "all") -> str:
-    r = s[(s.model == model) & (s.metric == metric) & (s["class"] == cls)]
-    return interval(*r[["mean", "lo", "hi"]].iloc[0]) if len(r) else "n/a"
-
-
 def table_instruments(run_dir, s: pd.DataFrame) -> pd.DataFrame:
-    """Per class: the judge's Dice on the real test slices [patient interval], its floor, and whether the class
-    can be judged (judge floor and chapter 1's HU signature, `criteria.measurable_classes`)."""
-    meas = criteria.read_criteria(run_dir)["measurable"]
-    return pd.DataFrame([{"class": c, "judge Dice, real test slices": _cell(s, "real", "dice", c),
-                          "floor": I.judge_floor(c), "judged": "yes" if ok else f"not measurable: {why}"}
-                         for c, (ok, why) in meas.items()]).set_index("class")
+    """Per class: the judge's Dice on the real test slices, its floor, and whether the class can be judged (judge
+    floor and chapter 1's HU signature, `criteria.measurable_classes`)."""
+    return criteria.judge_frame(s, criteria.read_criteria(run_dir)["measurable"])
 
 
 def table_criteria(run_dir) -> pd.DataFrame:
     """Each generator's convergence criteria (criteria.json): value and whether it is met, one column per model."""
-    crit = criteria.read_criteria(run_dir)
-    cols = {}
-    for k in MODELS:
-        t = crit["tables"][k].set_index(["criterion", "threshold"])
-        cols[display_name(k)] = pd.Series([f"{sig(v)} ({'met' if m else 'not met'})" for v, m in
-                                           zip(t["value"], t["met"])], index=t.index)
-    out = pd.DataFrame(cols)
-    out.loc[("all criteria met", ""), :] = ["yes" if crit["converged"][k] else "no" for k in MODELS]
-    out.loc[("memorisation: NN distance ratio (not a criterion)", "well below 1: copying"), :] = [
-        sig(crit["memorisation"][k].get("ratio")) for k in MODELS]
-    return out
+    return criteria.criteria_frame(criteria.read_criteria(run_dir), MODELS, display_name)
 
 
 def table_quality(s: pd.DataFrame) -> pd.DataFrame:
@@ -299,7 +274,7 @@ def table_quality(s: pd.DataFrame) -> pd.DataFrame:
     reported full-frame values beneath (it reports no region scores)."""
     rows = []
     for k in MODELS:
-        rows.append({"model": display_name(k), "source": "ours", **{n: _cell(s, k, m) for m, n in QUALITY.items()}})
+        rows.append({"model": display_name(k), "source": "ours", **{n: summary_cell(s, k, m) for m, n in QUALITY.items()}})
         r = reported.IMAGE_QUALITY[k]
         rows.append({"model": display_name(k), "source": reported.LABEL, "PSNR (dB)": f"{r['psnr']:g}",
                      "SSIM": f"{r['ssim']:g}"})
@@ -329,14 +304,8 @@ def comparisons(run_dir, seed: int = 0) -> pd.DataFrame:
     validity (`criteria.validity`: both generators must meet their convergence criteria), through
     `stats.judge_claims`. Only "not measurable" is final here: the verdicts are given once, in chapter 6, after
     Holm's correction across all the run's claims (`difflung.claims.judge_run`)."""
-    df, crit = read_metrics(run_dir), criteria.read_criteria(run_dir)
-    gen, comps = np.random.default_rng(seed), []
-    for c in (c for c in reported.CLAIMS if c.kind == "image quality"):
-        p = scoring.paired(df, c.a, c.b, c.metric)
-        comps.append(stats.compare_slices(p["a"], p["b"], p["slice"], p["patient"], claim=c.text, generator=gen,
-                                          direction=c.direction, margin=c.margin, reported=c.reported,
-                                          **criteria.validity(["all"], crit["measurable"], crit["converged"],
-                                                              [c.a, c.b])))
+    comps = criteria.quality_comparisons(read_metrics(run_dir), criteria.read_criteria(run_dir),
+                                         generator=np.random.default_rng(seed))
     t = stats.judge_claims(comps)
     t["status"] = [v if v.startswith("not measurable") else MEASURED for v in t["verdict"]]
     return t
@@ -354,14 +323,7 @@ def table_comparisons(t: pd.DataFrame) -> pd.DataFrame:
 def table_faithfulness(run_dir, s: pd.DataFrame) -> pd.DataFrame:
     """Mask faithfulness: the judge's Dice per class on each model's slices, mean [patient interval]; a class the
     judge cannot judge reads "not measurable" (its reason in the first column); real slices are the ceiling."""
-    meas = criteria.read_criteria(run_dir)["measurable"]
-    keys = [*MODELS, "real"]
-    rows = []
-    for c in [n for n in L.names(range(L.NUM_IDS)) if n in meas]:
-        ok, why = meas[c]
-        rows.append({"class": c, "judged": "yes" if ok else f"not measurable: {why}",
-                     **{display_name(k): _cell(s, k, "dice", c) if ok else "not measurable" for k in keys}})
-    return pd.DataFrame(rows).set_index("class")
+    return criteria.dice_frame(s, criteria.read_criteria(run_dir)["measurable"], [*MODELS, "real"], display_name)
 
 
 def table_hu(run_dir) -> pd.DataFrame:
@@ -387,28 +349,13 @@ def _rare_picks(ds: Dataset, labels: np.ndarray, n: int) -> list[tuple[int, int]
 def figure_samples(cmp: Setup, scored: scoring.Scored, n_masks: int = 3):
     """The same test masks through the four models (main training seed, first sampling seed: images that were
     scored) beside the phantom slice, lung window with its HU colour bar; under each row a zoom on its rare class."""
-    from matplotlib.patches import Rectangle
-
-    idx, labels, real = scored.index, scored.labels, scored.real
-    picks = _rare_picks(cmp.dataset, labels, n_masks)
-    cols = [("mask", None), ("phantom (truth)", real)] + [(display_name(k), scored.generated(k, train_seed=cmp.seed))
-                                                          for k in MODELS]
-    fig, axes = plt.subplots(2 * len(picks), len(cols), figsize=(1.7 * len(cols) + 1, 3.4 * len(picks)),
-                             squeeze=False, layout="constrained")
-    for r, (i, c) in enumerate(picks):
-        y0, y1, x0, x1 = zoom_box(labels[i] == c, max(8, cmp.dataset.size // 4))
-        for j, (title, imgs) in enumerate(cols):
-            hu, lab = unwindow(real[i] if imgs is None else imgs[i]), labels[i] if imgs is None else None
-            show_ct(axes[2 * r, j], hu, lab, alpha=0.6, title=title if r == 0 else None)
-            axes[2 * r, j].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="#f1c40f", lw=0.8))
-            show_ct(axes[2 * r + 1, j], hu[y0:y1, x0:x1], None if lab is None else lab[y0:y1, x0:x1], alpha=0.6)
-        axes[2 * r, 0].text(-0.1, 0.5, f"test slice {int(idx[i])}\nzoom: {L.BY_ID[c].name}", rotation=90,
-                            transform=axes[2 * r, 0].transAxes, ha="right", va="center", fontsize=8)
-    hu_colorbar(fig, axes)
-    present = sorted(set(np.unique(labels[[i for i, _ in picks]]).tolist()) - {L.BACKGROUND, L.BODY})
-    fig.legend(handles=legend_handles(present), loc="outside lower center", ncol=max(1, len(present)), frameon=False)
-    save_figure(fig, cmp.run_dir / "samples.png", config={"test_slices": [int(idx[i]) for i, _ in picks],
-                                                           "classes": [c for _, c in picks]}, seed=cmp.seed)
+    picks = _rare_picks(cmp.dataset, scored.labels, n_masks)
+    cols = [("mask", None), ("phantom (truth)", scored.real)] + [
+        (display_name(k), scored.generated(k, train_seed=cmp.seed)) for k in MODELS]
+    fig = zoom_grid(cols, scored.labels, picks, min_side=max(8, cmp.dataset.size // 4),
+                    row_text=[f"test slice {int(scored.index[i])}\nzoom: {L.BY_ID[c].name}" for i, c in picks])
+    save_figure(fig, cmp.run_dir / "samples.png", seed=cmp.seed,
+                config={"test_slices": [int(scored.index[i]) for i, _ in picks], "classes": [c for _, c in picks]})
     return fig
 
 
@@ -449,8 +396,8 @@ def scope(profile: str, run_dir) -> Scope:
                    for c, (ok, why) in crit["measurable"].items() if not ok]
     bad = [display_name(k) for k, ok in crit["converged"].items() if not ok]
     if bad:
-        box.cannot.append(f"Any comparison involving {', '.join(bad)}: not measurable, since they did not meet "
-                          f"their convergence criteria.")
+        box.cannot.append(f"Any comparison involving {', '.join(bad)}: not measurable: did not meet "
+                          f"the convergence criteria.")
     need = stats.min_units(len(reported.CLAIMS))
     if f["n_patients"] < need:
         box.cannot.append(f"A reproduced image-quality claim: with {f['n_patients']} test patients the patient-level "
