@@ -365,7 +365,7 @@ def figure_quality_cost(run_dir, s: pd.DataFrame):
     meta, ours = json.loads((Path(run_dir) / "metrics.json").read_text()), _ours_cost(run_dir)
     where = f"ours, {meta['size']}x{meta['size']} {meta['device_kind']}"
     colors = dict(zip(MODELS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")))
-    fig, ax = plt.subplots(figsize=(6.4, 4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7, 5.2), layout="constrained")
     for k in MODELS:
         p = s[(s.model == k) & (s.metric == "psnr")].iloc[0]
         err = [[p["mean"] - p["lo"]], [p["hi"] - p["mean"]]] if np.isfinite(p["lo"]) else None
@@ -376,8 +376,8 @@ def figure_quality_cost(run_dir, s: pd.DataFrame):
                    label=f"{display_name(k)}, {reported.COST_LABEL}")
     ax.set_xscale("log")
     ax.set(xlabel="GFLOPs per generated image (log; every sampling step counted)",
-           ylabel=f"PSNR (dB), HU {list(L.MODEL_WINDOW)}", title="Quality against cost")
-    fig.legend(fontsize=7, frameon=False, loc="outside right center")
+           ylabel="PSNR (dB), HU [{:g}, {:g}]".format(*L.MODEL_WINDOW), title="Quality against cost")
+    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncol=2)
     save_figure(fig, Path(run_dir) / "quality_vs_cost.png", config={"source": "metrics.csv + reported (poster)",
                                                                     "reported_setting": reported.COST_SETTING})
     return fig
