@@ -52,10 +52,11 @@ from tqdm import TqdmWarning
 
 warnings.filterwarnings("ignore", category=TqdmWarning)  # tqdm.auto's note that ipywidgets is absent: not page content
 
-from difflung import instruments  # noqa: E402
+from difflung import instruments, stats  # noqa: E402
 from difflung.chapters import baseline_comparison as ch  # noqa: E402
-from difflung.plots import table  # noqa: E402
+from difflung.plots import pct, table  # noqa: E402
 
+glue("confidence", Markdown(pct(stats.CONFIDENCE, 2)), display=False)
 for name in ("JUDGE_FLOOR_ANATOMY", "JUDGE_FLOOR_RARE", "DICE_RATIO_MIN", "HU_W1_MAX", "AIR_TOLERANCE_HU",
              "AIR_SHARE_MIN", "CLASSIFIER_ACCURACY_MAX"):
     glue(name.lower(), getattr(instruments, name), display=False)
@@ -123,10 +124,10 @@ table(ch.table_criteria(run_dir))
 # %% [markdown]
 # ## Image quality
 #
-# PSNR and SSIM on the {glue:md}`window` (HU $[-1000, 400]$ mapped to $[-1, 1]$), over the full frame, inside the
-# body and inside the lung. Each test slice's score is first averaged over sampling and training seeds; the
-# interval in brackets is a 95 % bootstrap interval that resamples test *patients*, since slices of one patient
-# are not independent. The poster reports full-frame values only.
+# PSNR and SSIM on the {glue:md}`window` (mapped to $[-1, 1]$), over the full frame, inside the body and inside
+# the lung. Each test slice's score is first averaged over sampling and training seeds; the interval in brackets is
+# a {glue:md}`confidence` bootstrap interval that resamples test *patients*, since slices of one patient are not
+# independent. The poster reports full-frame values only.
 
 # %% tags=["hide-input"]
 table(ch.table_quality(summary))
@@ -178,7 +179,7 @@ table(ratios)
 # %% [markdown]
 # {numref}`ch4-quality-cost` sets quality against cost.
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "PSNR against GFLOPs per generated image (log scale). Filled circles: ours, at this run's size and device, with 95 % intervals over test patients; hollow squares: the poster's reported points, whose size and device it does not state. Made by `difflung.chapters.baseline_comparison.figure_quality_cost`.", "name": "ch4-quality-cost"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "PSNR against GFLOPs per generated image (log scale). Filled circles: ours, at this run's size and device, with bootstrap intervals over test patients; hollow squares: the poster's reported points, whose size and device it does not state. Made by `difflung.chapters.baseline_comparison.figure_quality_cost`.", "name": "ch4-quality-cost"}}
 ch.figure_quality_cost(run_dir, summary)
 
 # %% tags=["remove-input"]
