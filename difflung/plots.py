@@ -176,3 +176,25 @@ def zoom_grid(columns, labels, picks, *, min_side: int, row_text=None):
     fig.legend(handles=legend_handles(present), loc="outside lower center", ncol=max(1, len(present)), frameon=False,
                fontsize=8)
     return fig
+
+
+def cost_scatter(ours: dict, reported: dict, *, ours_label: str, reported_label: str, xlabel: str, ylabel: str,
+                 title: str = ""):
+    """Quality against cost on a log x axis: our points (filled circles with interval bars) apart from reported
+    ones (hollow squares), one colour per model, a legend under the axes.
+
+    Args:
+        ours: name -> (x, y, lo, hi); lo/hi NaN draws no bar. reported: name -> (x, y); names missing are skipped.
+        ours_label, reported_label: appended to each name in the legend (e.g. the size and device of each).
+    """
+    fig, ax = plt.subplots(figsize=(7, 5.2), layout="constrained")
+    for color, (name, (x, y, lo, hi)) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], ours.items()):
+        err = [[y - lo], [hi - y]] if np.isfinite(lo) and np.isfinite(hi) else None
+        ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, label=f"{name}, {ours_label}")
+        if name in reported:
+            ax.scatter(*reported[name], s=60, facecolors="none", edgecolors=color, marker="s",
+                       label=f"{name}, {reported_label}")
+    ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncol=2)
+    return fig

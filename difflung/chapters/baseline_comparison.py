@@ -36,7 +36,7 @@ from ..diffusion import train_diffusion
 from ..evaluation import DATA_RANGE
 from ..generators import diffusion_config, display_name, gan_config, load_generator
 from ..metrics import read_metrics, write_metrics
-from ..plots import interval, plt, save_figure, summary_cell, window_name, zoom_grid
+from ..plots import cost_scatter, interval, plt, save_figure, summary_cell, window_name, zoom_grid
 from ..provenance import device_description, provenance, resolve_device, write_json_atomic
 from ..scope import Scope, smoke_caveat
 
@@ -274,7 +274,8 @@ def table_quality(s: pd.DataFrame) -> pd.DataFrame:
     reported full-frame values beneath (it reports no region scores)."""
     rows = []
     for k in MODELS:
-        rows.append({"model": display_name(k), "source": "ours", **{n: summary_cell(s, k, m) for m, n in QUALITY.items()}})
+        rows.append({"model": display_name(k), "source": "ours",
+                     **{n: summary_cell(s, k, m) for m, n in QUALITY.items()}})
         r = reported.IMAGE_QUALITY[k]
         rows.append({"model": display_name(k), "source": reported.LABEL, "PSNR (dB)": f"{r['psnr']:g}",
                      "SSIM": f"{r['ssim']:g}"})
@@ -363,21 +364,14 @@ def figure_quality_cost(run_dir, s: pd.DataFrame):
     """PSNR against GFLOPs per generated image (log x): ours (this run's size and device) with patient-level 95 %
     intervals as filled circles, the poster's reported points (`reported.COST_LABEL`) as hollow squares."""
     meta, ours = json.loads((Path(run_dir) / "metrics.json").read_text()), _ours_cost(run_dir)
-    where = f"ours, {meta['size']}x{meta['size']} {meta['device_kind']}"
-    colors = dict(zip(MODELS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")))
-    fig, ax = plt.subplots(figsize=(7, 5.2), layout="constrained")
-    for k in MODELS:
-        p = s[(s.model == k) & (s.metric == "psnr")].iloc[0]
-        err = [[p["mean"] - p["lo"]], [p["hi"] - p["mean"]]] if np.isfinite(p["lo"]) else None
-        ax.errorbar(ours[k]["gflops_per_image"], p["mean"], yerr=err, fmt="o", color=colors[k], capsize=3,
-                    label=f"{display_name(k)}, {where}")
-        r = reported.IMAGE_QUALITY[k]
-        ax.scatter(r["gflops_per_image"], r["psnr"], s=60, facecolors="none", edgecolors=colors[k], marker="s",
-                   label=f"{display_name(k)}, {reported.COST_LABEL}")
-    ax.set_xscale("log")
-    ax.set(xlabel="GFLOPs per generated image (log; every sampling step counted)",
-           ylabel="PSNR (dB), HU [{:g}, {:g}]".format(*L.MODEL_WINDOW), title="Quality against cost")
-    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncol=2)
+    psnr, rep = s[s.metric == "psnr"].set_index("model"), reported.IMAGE_QUALITY
+    fig = cost_scatter({display_name(k): (ours[k]["gflops_per_image"], *psnr.loc[k, ["mean", "lo", "hi"]])
+                        for k in MODELS},
+                       {display_name(k): (rep[k]["gflops_per_image"], rep[k]["psnr"]) for k in MODELS},
+                       ours_label=f"ours, {meta['size']}x{meta['size']} {meta['device_kind']}",
+                       reported_label=reported.COST_LABEL, title="Quality against cost",
+                       xlabel="GFLOPs per generated image (log; every sampling step counted)",
+                       ylabel="PSNR (dB), HU [{:g}, {:g}]".format(*L.MODEL_WINDOW))
     save_figure(fig, Path(run_dir) / "quality_vs_cost.png", config={"source": "metrics.csv + reported (poster)",
                                                                     "reported_setting": reported.COST_SETTING})
     return fig
@@ -392,7 +386,7 @@ def scope(profile: str, run_dir) -> Scope:
     box.can.append(f"PSNR and SSIM (full frame, body, lung) of the four generators on the same masks and noise, "
                    f"with intervals over {f['n_patients']} test patients.")
     box.can.append(f"Cost on this run's device ({f['device']}) at {f['size']} px, beside the poster's ratios.")
-    box.cannot += [f"Mask faithfulness and texture of {c}: not measurable: {why}."
+    box.cannot += [f"Mask faithfulness of {c}: not measurable: {why}."
                    for c, (ok, why) in crit["measurable"].items() if not ok]
     bad = [display_name(k) for k, ok in crit["converged"].items() if not ok]
     if bad:
