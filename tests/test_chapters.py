@@ -116,6 +116,9 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root4):
     bc.figure_gan_losses(cmp)
     ev = {k: v for k, v in EVAL.items() if k != "device"}
     scored = bc.evaluate(cmp, judge_steps=3, timing_batch=2, timing_repeats=1, classifier_steps=2, **ev)
+    files = {p: p.read_bytes() for p in (runs.metrics_path(run), run / "criteria.json")}
+    bc.evaluate(cmp, judge_steps=3, timing_batch=2, timing_repeats=1, classifier_steps=2, **ev)
+    assert all(p.read_bytes() == b for p, b in files.items())  # same seeds on CPU: byte-identical files
     df = read_metrics(run)
     assert set(df["model"]) == {*bc.MODELS, "real"}  # keys, never display names
     per_model = df[df["model"] != "real"].groupby("model")["metric"].apply(set)
