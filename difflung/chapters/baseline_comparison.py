@@ -5,9 +5,10 @@ Each function is one section of `notebooks/04_baseline_comparison.py`:
     cmp = ch.open_comparison(runs_root, run_dir, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, gan_size=gan_size)
     ch.table_models(ch.diffusion_models(cmp, ...), ch.gan_baselines(cmp)); ch.figure_gan_losses(cmp)
     scored = ch.evaluate(cmp, judge_steps=..., n_test=..., sampler=..., sampler_steps=..., seeds=..., ...)
-    ch.table_instruments(run_dir); ch.table_criteria(run_dir); ch.table_quality(run_dir); ch.table_cost(run_dir)
-    ch.table_comparisons(run_dir); ch.table_faithfulness(run_dir); ch.table_hu(run_dir)
-    ch.figure_samples(cmp, scored); ch.figure_quality_cost(run_dir); ch.scope(profile, run_dir)
+    s = ch.summary(run_dir, seed); ch.table_instruments(run_dir, s); ch.table_criteria(run_dir)
+    ch.table_quality(s); ch.table_comparisons(ch.comparisons(run_dir, seed)); ch.table_faithfulness(run_dir, s)
+    ch.table_hu(run_dir); ch.figure_samples(cmp, scored); ch.table_cost(run_dir); ch.figure_quality_cost(run_dir, s)
+    ch.scope(profile, run_dir)    # the "What this run can and cannot show" box
 
 Diff-Lung of the main seed is chapter 3's model when it fits this dataset and seed; Seg-Guided (uniform p = 0.5,
 one k/255 mask channel) gets its network and budget, Pix2Pix and SPADE the same steps x batch. Scores follow
