@@ -30,7 +30,8 @@ def make_repaint_scheduler(noise_schedule: dict, eta: float = 0.0):
     from diffusers import RePaintScheduler
 
     if noise_schedule.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError(f"RePaint needs an eps-prediction model; this one predicts {noise_schedule['prediction_type']!r}")
+        raise ValueError("RePaint needs an eps-prediction model; this one predicts "
+                         f"{noise_schedule['prediction_type']!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta}: must lie in [0, 1] (0: DDIM steps, 1: DDPM steps)")
     return RePaintScheduler(num_train_timesteps=noise_schedule["num_train_timesteps"],
@@ -104,8 +105,7 @@ def inpaint(unet, meta: dict, images, known, labels, *, generator: torch.Generat
     out = images.copy()
     todo = np.flatnonzero(~known.reshape(n, -1).all(axis=1))  # patches with something to paint
     noise = torch.randn((len(todo), 1, s, s), generator=generator)  # x_T of every painted patch, drawn up front
-    bar = tqdm(range(0, len(todo), batch_size), disable=not show_progress(progress), desc=f"inpaint {steps}x{jump_n_sample}")
-    for lo in bar:
+    for lo in tqdm(range(0, len(todo), batch_size), disable=not show_progress(progress), desc="inpaint"):
         idx = todo[lo:lo + batch_size]
         x0 = torch.from_numpy(images[idx]).unsqueeze(1).to(device)  # (b, 1, S, S)
         keep = torch.from_numpy(known[idx]).unsqueeze(1).to(device, torch.float32)  # (b, 1, S, S), 1 = known
