@@ -176,3 +176,24 @@ def test_cli_prints_the_summary_and_refuses_a_whole_slice_model(tmp_path, model,
     assert main(args + ["--model", str(plain), "--out", str(out2)]) == 1
     err = capsys.readouterr().err
     assert "records no pixel_spacing_mm" in err and str(plain) in err and not out2.parent.exists()
+
+
+@pytest.mark.slow
+def test_done_when_lung2_emphysema_50ml(tmp_path, capsys):
+    """The issue's acceptance run on the pyradiomics lung2 scan (cheap sampler settings; cost is per window)."""
+    from difflung.realdata import cached_paths
+
+    ct = cached_paths()["lung2_image"]
+    if not ct.is_file():
+        pytest.skip("pyradiomics lung2 not cached; run `python -m difflung fetch-data`")
+    model = save_untrained_model(tmp_path / "m", CLASSES, 64, preset="tiny")
+    out = tmp_path / "lung2_emph.nii.gz"
+    assert main(["insert", str(ct), "--synthesize", "emphysema", "--target-ml", "50", "--model", str(model),
+                 "--out", str(out), "--steps", "5", "--jump-n-sample", "1", "--device", "cpu"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(lesions_path(out))))
+    ml = (lab == L.EMPHYSEMA).sum() * np.prod(sitk.ReadImage(str(out)).GetSpacing()) / 1000
+    assert 45.0 <= ml <= 50.0 and s["differing_voxels_outside_region"] == 0 and s["seconds"] > 0
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert a.dtype == b.dtype and (a != b).sum() <= s["edit_region_voxels"]
