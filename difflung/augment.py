@@ -450,17 +450,17 @@ def arm_convergence(runs_root, arms, dataset: str = "phantom") -> dict[str, tupl
         if spec is None or spec.extra != "synthetic":
             out[arm] = (True, "")
             continue
-        path = Path(runs_root) / spec.criteria / CRITERIA_FILE
+        path, where = Path(runs_root) / spec.criteria / CRITERIA_FILE, f"{spec.criteria}/{CRITERIA_FILE}"
         if dataset != "phantom":
             out[arm] = (False, f"no convergence criteria are measured for a {spec.generator} model trained on "
                                f"{dataset} data")
         elif not path.is_file():
-            out[arm] = (False, f"{spec.generator} has no convergence record ({path} missing)")
+            out[arm] = (False, f"{spec.generator} has no convergence record ({where} missing)")
         else:
             conv = read_criteria(path.parent)["converged"]
             out[arm] = ((True, "") if conv.get(spec.generator) else
                         (False, f"{spec.generator} did not meet its convergence criteria ({spec.producer})"
-                         if spec.generator in conv else f"{spec.generator} not recorded in {path}"))
+                         if spec.generator in conv else f"{spec.generator} not recorded in {where}"))
     return out
 
 

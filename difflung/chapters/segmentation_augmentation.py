@@ -178,10 +178,12 @@ def table_comparisons(run_dir, dataset: str = "phantom", classes=None, *, runs_r
     exclude = POSTER_TRIPLES if dataset == "phantom" else ()
     t = A.judge_arms(A.seed_scores(m), A.comparison_triples(classes, _arms(m), exclude), measurable=measurable,
                      converged=converged, generator=np.random.default_rng(seed))
-    interval = [f"[{sig(lo)}, {sig(hi)}]" if np.isfinite(lo) else f"none (fewer than {stats.MIN_SEEDS} seeds)"
-                for lo, hi in zip(t.lo, t.hi)]
-    return pd.DataFrame({"comparison": t.claim, "difference": t.estimate, "95 % interval": interval,
-                         "seeds": t.n, "p": t.p, "p (Holm)": t["p (Holm)"], "verdict": t.verdict, "why": t.note})
+    ok = ~t.verdict.str.startswith("not measurable")  # those show their reason, not numbers
+    interval = [("n/a" if not k else f"[{sig(lo)}, {sig(hi)}]" if np.isfinite(lo) else
+                 f"none (fewer than {stats.MIN_SEEDS} seeds)") for k, lo, hi in zip(ok, t.lo, t.hi)]
+    return pd.DataFrame({"comparison": t.claim, "difference": t.estimate.where(ok), "95 % interval": interval,
+                         "seeds": t.n, "p": t.p.where(ok), "p (Holm)": t["p (Holm)"], "verdict": t.verdict,
+                         "why": t.note.where(ok, "")})
 
 
 def table_poster_claims(runs_root) -> pd.DataFrame:
