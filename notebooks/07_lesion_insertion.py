@@ -47,13 +47,17 @@ jump_n_sample = 1
 margin_mm = 2.0
 
 # %% tags=["remove-input"]
-from IPython.display import Markdown, display
+import warnings
+
+from IPython.display import Markdown
 from myst_nb import glue
+from tqdm import TqdmWarning
 
 from difflung.chapters import lesion_insertion as ch
 from difflung.patches import PATCH_SPACING_MM
 from difflung.plots import table, window_name
 
+warnings.filterwarnings("ignore", category=TqdmWarning)  # tqdm.auto without ipywidgets: no bars are drawn anyway
 glue("patch_size", patch_size, display=False)
 glue("patch_mm", PATCH_SPACING_MM, display=False)
 glue("n_phantom", per_class * len(lesion_classes), display=False)
