@@ -134,3 +134,44 @@ def crop_box(mask2d: np.ndarray, spacing_yx, half_mm: float = 40.0) -> tuple[sli
     hy, hx = int(half_mm / spacing_yx[0]), int(half_mm / spacing_yx[1])
     y0, x0 = max(cy - hy, 0), max(cx - hx, 0)
     return slice(y0, min(y0 + 2 * hy, mask2d.shape[0])), slice(x0, min(x0 + 2 * hx, mask2d.shape[1]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the judge at the patch scale
+
+def lesion_windows(ins: Insertion, size: int, out_mm: float):
+    """Windows of the patch grid centred on each inserted lesion (one per connected piece per slice).
+
+    Returns (after (n, S, S), before (n, S, S), both windowed to [-1, 1]; labels (n, S, S) uint8 lesion ids).
+    """
+    from .dataset import window
+    from .patches import sample_plane
+
+    sp, after, before, labs = ins.spacing[1:], [], [], []
+    for k in np.flatnonzero(ins.lesions.any(axis=(1, 2))):
+        comp, n = ndi.label(ins.lesions[k] > 0, structure=np.ones((3, 3), bool))
+        for c in ndi.center_of_mass(comp > 0, comp, range(1, n + 1)):
+            after.append(window(sample_plane(ins.after[k], c, sp, size, out_mm)))
+            before.append(window(sample_plane(ins.before[k], c, sp, size, out_mm)))
+            labs.append(sample_plane(ins.lesions[k], c, sp, size, out_mm, order=0, cval=0))
+    return np.stack(after), np.stack(before), np.stack(labs).astype(np.uint8)
+
+
+def judge_lesion_dice(seg, ins: Insertion, test, size: int, out_mm: float) -> list[dict]:
+    """Per inserted class: the patch-scale judge's mean Dice on windows of the edited scan (after) and of the
+    input at the same places (before: what it finds without the insertion), and its floor check, its mean Dice
+    on the patch dataset's test split (`test`: Slices) for that class."""
+    from .evaluation import dice_per_class
+
+    after, before, labs = lesion_windows(ins, size, out_mm)
+    rows = []
+    for c in (int(v) for v in np.unique(ins.lesions) if v):
+        has = (labs == c).any(axis=(1, 2))
+        d_after = dice_per_class(seg.predict(after[has]), labs[has], [c])["dice"]
+        d_before = dice_per_class(seg.predict(before[has]), labs[has], [c])["dice"]
+        on_test = dice_per_class(seg.predict(test.images), test.labels, [c])["dice"]
+        rows.append({"class": L.BY_ID[c].name, "judge_dice_after": float(np.nanmean(d_after)),
+                     "judge_dice_before": float(np.nanmean(d_before)),
+                     "judge_dice_phantom_test": float(np.nanmean(on_test)) if on_test.notna().any() else np.nan,
+                     "judge_windows": int(has.sum())})
+    return rows

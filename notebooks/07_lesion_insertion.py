@@ -45,11 +45,12 @@ insert_steps = 10
 jump_length = 5
 jump_n_sample = 1
 margin_mm = 2.0
+patch_judge_steps = 0
 
 # %% tags=["remove-input"]
 import warnings
 
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 from myst_nb import glue
 from tqdm import TqdmWarning
 
@@ -141,10 +142,24 @@ glue("n_classes", len(checks), display=False)
 # the phantom's lesion intensities than the healthy lung they replaced for {glue:text}`n_w1_better` of
 # {glue:text}`n_classes` classes.
 #
-# The judge segmenter's Dice on the inserted lesions is not measured: the run's judge segments whole slices at the
-# profile's image size, where a lesion of a few ml covers a handful of pixels, and a judge at the patch scale
-# would need its own training on the patch dataset, outside this chapter's budget.
+# ### Does a segmenter find the inserted lesions?
 #
+# The run's judge segments whole slices at the profile's image size, where a lesion of a few ml covers a handful
+# of pixels. The judge for this chapter is trained the same way (`difflung.scoring.judge`) on the patch dataset
+# and reads windows of the patch grid centred on each inserted lesion, of the edited scan (*after*) and of the
+# input at the same places (*before*: the Dice it reaches without any insertion). Its own Dice on phantom test
+# patches says whether it reads a class reliably enough to judge it (the project's judge floor).
+
+# %% tags=["hide-input"]
+judged = ch.judge_table(run_dir, ins, steps=patch_judge_steps, seed=seed, device=device)
+if judged is None:
+    display(Markdown(ch.JUDGE_NOT_MEASURED))
+else:
+    display(table(judged.rename(columns={"judge_dice_after": "Dice after", "judge_dice_before": "Dice before",
+                                         "judge_dice_phantom_test": "Dice on phantom test patches",
+                                         "judge_windows": "windows", "judge_valid": "above its floor"})))
+
+# %% [markdown]
 # ## Cost
 
 # %% tags=["hide-input"]
@@ -161,8 +176,7 @@ glue("s_per_lesion", float(cost.loc["seconds per lesion (insertion + placement)"
 # `metrics.csv` and `cost.json`.
 
 # %% tags=["remove-input"]
-metrics = ch.write_outputs(run_dir, checks, cost, summary, seed=seed)
+metrics = ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=judged)
 
 # %% tags=["remove-input"]
-ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, train_steps=train_steps,
-         judge=ch.JUDGE_NOT_MEASURED)
+ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, train_steps=train_steps, judged=judged)

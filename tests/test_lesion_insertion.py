@@ -81,5 +81,26 @@ def test_chapter_tables_metrics_figure_and_scope(case, tmp_path):
     assert b"seconds" not in first and "train_seconds" in (tmp_path / "cost.json").read_text()
     fig = ch.figure_insertions(ins, tmp_path, seed=0)
     assert len(fig.axes) >= 8 and (tmp_path / "figures" / "insertions.png").is_file()
-    box = ch.scope("smoke", checks, per_class=1, patch_size=16, train_steps=4, judge=ch.JUDGE_NOT_MEASURED).html()
-    assert "What this run can and cannot show" in box and "bit-identical" in box and "not measured" in box
+    assert ch.judge_table(tmp_path, ins, steps=0, seed=0) is None
+    box = ch.scope("smoke", checks, per_class=1, patch_size=16, train_steps=4, judged=None).html()
+    assert "What this run can and cannot show" in box and "bit-identical" in box and "Not measured" in box
+
+
+def test_the_patch_judge_reads_windows_around_each_inserted_lesion(case, tmp_path):
+    from difflung.patches import build_patch_dataset
+
+    _, ct, _, s = case
+    ins = ch.read_result(s)
+    rng = np.random.default_rng(0)
+    phantom = pathology_volumes([L.GGO, L.FIBROSIS], 2, rng, slices_per_patient=4, fraction=0.15, out_mm=MODEL_MM)
+    build_patch_dataset(tmp_path / "patches", phantom, size=16, rng=rng, per_slice=2, out_mm=MODEL_MM)
+    after, before, labs = C.lesion_windows(ins, 16, MODEL_MM)
+    assert after.shape == before.shape == labs.shape and after.shape[1:] == (16, 16)
+    assert all(labs[i].any() for i in range(len(labs)))  # every window holds lesion pixels
+    assert not np.array_equal(after, before)
+    judged = ch.judge_table(tmp_path, ins, steps=2, seed=0, device="cpu")
+    assert list(judged.index) == ["ggo", "fibrosis"]
+    assert judged["judge_windows"].sum() >= 2 and judged["judge_dice_after"].between(0, 1).all()
+    box = ch.scope("standard", ch.checks_table(ins, phantom, seed=0), per_class=2, patch_size=16, train_steps=4,
+                   judged=judged).html()
+    assert "patch judge" in box

@@ -19,19 +19,24 @@ import pandas as pd
 
 from .. import insert_checks as C
 from .. import labels as L
+from ..dataset import Dataset
 from ..diffusion.train import TrainConfig
 from ..insert import InsertConfig, insert_lesions, synthesize_mask_file
+from ..instruments import judge_floor
 from ..metrics import write_metrics
-from ..patches import build_patch_dataset, lesion_focused, pathology_volumes, real_volumes, train_patch_model
+from ..patches import (build_patch_dataset, dataset_spacing, lesion_focused, pathology_volumes, real_volumes,
+                       train_patch_model)
 from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct
 from ..provenance import write_json_atomic
 from ..realdata import fetch_pyradiomics
 from ..scope import Scope, smoke_caveat
+from ..scoring import judge
 
 MODEL = "insert-patch"  # the model key in metrics.csv
-JUDGE_NOT_MEASURED = ("not measured. The run's judge segments whole slices at the profile's image size, where a "
-                      "lesion of a few ml covers a handful of pixels; a judge at the 1 mm patch scale would need its "
-                      "own training on the patch dataset, outside this chapter's budget.")
+JUDGE_NOT_MEASURED = ("Not measured in this profile (patch_judge_steps = 0). The run's judge segments whole slices at "
+                      "the profile's image size, where a lesion of a few ml covers a handful of pixels; a judge at the "
+                      "1 mm patch scale needs its own training, which on a CPU costs more than this chapter's whole "
+                      "smoke budget.")
 TRAIN_SCAN, TARGET_SCAN = "lung1", "lung2"
 LESIONS = (L.EMPHYSEMA, L.FIBROSIS, L.GGO)
 
@@ -93,6 +98,19 @@ def checks_table(ins: C.Insertion, phantom, *, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("class")
 
 
+def judge_table(run_dir, ins: C.Insertion, *, steps: int, seed: int, device: str = "auto") -> pd.DataFrame | None:
+    """The judge at the patch scale (`scoring.judge` trained on this chapter's patch dataset) on windows around
+    the inserted lesions, after and before insertion, with its own Dice on phantom test patches against its floor.
+    None when `steps` is 0 (not measured)."""
+    if not steps:
+        return None
+    ds = Dataset(Path(run_dir) / "patches")
+    seg = judge(ds, Path(run_dir) / "patch_judge", steps=steps, seed=seed, device=device)
+    df = pd.DataFrame(C.judge_lesion_dice(seg, ins, ds.split("test"), ds.size, dataset_spacing(ds)))
+    df["judge_valid"] = [bool(v >= judge_floor(c)) for c, v in zip(df["class"], df["judge_dice_phantom_test"])]
+    return df.set_index("class")
+
+
 def cost_table(summary: dict, train_seconds: float) -> pd.DataFrame:
     """The run's costs: training, placement, painting, per lesion and per UNet call."""
     st, n = summary["seconds_by_stage"], max(int(summary["lesions"]), 1)
@@ -129,11 +147,12 @@ def figure_insertions(ins: C.Insertion, run_dir, *, seed: int, half_mm: float = 
     return fig
 
 
-def write_outputs(run_dir, checks: pd.DataFrame, cost: pd.DataFrame, summary: dict, *, seed: int) -> pd.DataFrame:
+def write_outputs(run_dir, checks: pd.DataFrame, cost: pd.DataFrame, summary: dict, *, seed: int,
+                  judged: pd.DataFrame | None = None) -> pd.DataFrame:
     """metrics.csv (model, metric, class, seed, value; keys only; no timings, so that a seeded CPU run writes the
     same bytes) and cost.json (the timings) in the run folder."""
     rows = [{"model": MODEL, "metric": m, "class": c, "seed": seed, "value": float(v)}
-            for c, r in checks.iterrows() for m, v in r.items()]
+            for t in (checks, judged) if t is not None for c, r in t.iterrows() for m, v in r.items()]
     rows += [{"model": MODEL, "metric": "lesion_ml", "class": c, "seed": seed, "value": v}
              for c, v in summary["lesion_ml"].items()]
     counts = {"lesions": "lesions inserted", "windows": "windows painted",
@@ -152,7 +171,7 @@ def write_outputs(run_dir, checks: pd.DataFrame, cost: pd.DataFrame, summary: di
 
 
 def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int, train_steps: int,
-          judge: str) -> Scope:
+          judged: pd.DataFrame | None) -> Scope:
     """The chapter's "What this run can and cannot show" box, from its own numbers."""
     exact = int(checks["outside_differences"].sum()) == 0
     s = Scope(profile, facts={"training scans": f"{per_class * len(LESIONS)} phantom patients + {TRAIN_SCAN}",
@@ -165,6 +184,14 @@ def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int
                     "is a distribution check, not a reader study.")
     if profile == "smoke":
         s.cannot.append("A trained insertion model: the smoke patch model is small and far from converged.")
-    s.cannot.append(f"The judge segmenter's Dice on inserted lesions: {judge}")
+    if judged is None:
+        s.cannot.append(f"The judge segmenter's Dice on inserted lesions. {JUDGE_NOT_MEASURED}")
+    else:
+        bad = [c for c, ok in judged["judge_valid"].items() if not ok]
+        if bad:
+            s.cannot.append(f"Whether inserted {', '.join(bad)} is recognisable: the patch judge misses its Dice floor "
+                            "for that class on phantom test patches.")
+        if len(bad) < len(judged):
+            s.can.append("Whether the patch judge finds the inserted lesions of the classes it reads reliably.")
     s.cannot += smoke_caveat(profile)
     return s
