@@ -4,7 +4,8 @@
 
 diffusers' `RePaintScheduler` drives the reverse process; the conditional UNet only supplies the noise estimate
 eps(x_t, t | label map) (a v-prediction model's v is turned into that estimate first, `v_to_epsilon`). At every
-step the known region is the real patch forward-diffused to that step, q(x_{t-1} | x_0) = sqrt(abar) x_0 + sqrt(1 - abar) noise, the unknown region comes from the model (a DDIM step,
+step the known region is the real patch forward-diffused to that step,
+q(x_{t-1} | x_0) = sqrt(abar) x_0 + sqrt(1 - abar) noise, the unknown region comes from the model (a DDIM step,
 eta = 0, or ancestral with eta = 1), and the two are joined by the mask (LeFusion's
 `x = m_bg * q_sample(x0_real, t) + (1 - m_bg) * x`). Resampling jumps (RePaint's j and r: every `jump_length`
 steps the sample is re-noised `jump_length` steps and denoised again, `jump_n_sample` times in all) let the
