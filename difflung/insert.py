@@ -234,6 +234,40 @@ def synthesize_lesions(labels: np.ndarray, cls: int, target_ml: float, voxel_ml:
     return np.where((lab == cls) & (labels != cls), cls, 0).astype(np.uint8)
 
 
+def synthesize_mask_file(ct, out, classes, target_ml: float, *, seed: int = 0) -> dict:
+    """Place lesions of several classes in one CT's healthy lung (`--synthesize` for each, one after the other,
+    each on the lung the earlier ones left healthy) and write them as a lesion mask with the CT's geometry.
+
+    One mask lets one `insert_lesions(ct, ..., lesion_mask=out)` call paint every class in a single pass.
+    Args:
+        ct: CT file or DICOM folder; out: the mask file to write (.nii.gz etc.; written atomically).
+        classes: class names or ids (phantom classes); target_ml: the volume of each class.
+        seed: seeds the donors and the placement (class i uses the i-th child streams).
+    Returns {class name: placed ml}.
+    """
+    from .anatomy import segment
+    from .ctio import write_volume
+
+    vol = read_volume(ct)
+    labels = segment(vol.hu, vol.spacing, name=str(ct)).labels()
+    lesions, placed = np.zeros(labels.shape, np.uint8), {}
+    streams = np.random.SeedSequence(seed).spawn(len(classes))
+    for c, ss in zip((_class_arg(c, PHANTOM_CLASSES, "--synthesize") for c in classes), streams):
+        rng_bank, rng_place = (np.random.default_rng(s) for s in ss.spawn(2))
+        donors = phantom_lesion_sources(c, float(np.mean(vol.spacing[1:])), rng_bank)
+        new = synthesize_lesions(labels, c, float(target_ml), vol.voxel_ml, donors, rng_place)
+        lesions[new > 0], labels[new > 0] = c, c
+        placed[L.BY_ID[c].name] = float((new > 0).sum()) * vol.voxel_ml
+    out = Path(out)
+    tmp = out.with_name(f".{stem(out)}.{secrets.token_hex(6)}.partial{volume_suffix(out)}")
+    try:
+        write_volume(tmp, lesions, vol.spacing, origin=tuple(vol.origin), direction=tuple(vol.direction))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return placed
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # painting
 

@@ -155,6 +155,33 @@ def phantom_volumes(n_patients: int, rng: np.random.Generator, *, slices_per_pat
     return phantom_cohort(n_patients, rng, cfg)
 
 
+def pathology_volumes(classes, per_class: int, rng: np.random.Generator, *, slices_per_patient: int = 12,
+                       fraction: float = 0.1, out_mm: float = PATCH_SPACING_MM, fov_mm: float = 350.0,
+                       max_tries: int = 8) -> list[Volume]:
+    """Phantom patients at `out_mm` pixels, `per_class` of them holding each class of `classes` (ids).
+
+    A patient is drawn with one pathology knob at `fraction` (the others 0) and kept when that class appears;
+    redrawn up to `max_tries` times, so that every class reaches the patch set even in a tiny cohort.
+    Patient ids "<class name><k>". ValueError when a class does not appear within max_tries draws.
+    """
+    from .phantom import PhantomConfig, phantom_patient
+
+    size, out = int(round(fov_mm / out_mm)), []
+    for c in classes:
+        knobs = {L.BY_ID[k].name: (fraction if k == c else 0.0) for k in (L.EMPHYSEMA, L.GGO, L.FIBROSIS)}
+        cfg = PhantomConfig(size=size, fov_mm=size * out_mm, slices_per_patient=slices_per_patient, **knobs)
+        for k in range(per_class):
+            for _ in range(max_tries):
+                v = phantom_patient(f"{L.BY_ID[c].name}{k}", rng, cfg)
+                if (v.labels == c).any():
+                    out.append(v)
+                    break
+            else:
+                raise ValueError(f"no phantom patient with {L.BY_ID[c].name} in {max_tries} draws at fraction "
+                                 f"{fraction:g}; raise the fraction or the slices per patient")
+    return out
+
+
 def real_volumes(paths: Iterable, labels: Iterable | None = None, classes=None) -> list[Volume]:
     """Real CT volumes with their classical anatomy (and lesions, when label files and a class map are given).
 

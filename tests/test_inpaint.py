@@ -87,3 +87,32 @@ def test_bad_input_is_refused_before_any_work(model):
         _run(model, images, known, labels, jump_n_sample=0)
     with pytest.raises(TypeError, match="generator"):
         inpaint(*model, images, known, labels, generator=None)
+
+
+def test_v_to_epsilon_inverts_diffusers_velocity():
+    from diffusers import DDPMScheduler
+
+    from difflung.diffusion.inpaint import make_repaint_scheduler, v_to_epsilon
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn((3, 1, S, S), generator=g), torch.randn((3, 1, S, S), generator=g)
+    ddpm = DDPMScheduler(**{k: v for k, v in NOISE_SCHEDULE.items() if k != "prediction_type"})
+    ac = make_repaint_scheduler({**NOISE_SCHEDULE, "prediction_type": "v_prediction"}).alphas_cumprod
+    for t in (0, 500, 999):
+        tt = torch.full((3,), t, dtype=torch.long)
+        x_t, v = ddpm.add_noise(x0, eps, tt), ddpm.get_velocity(x0, eps, tt)
+        assert torch.allclose(v_to_epsilon(v, x_t, t, ac), eps, atol=1e-4)
+
+
+def test_a_v_prediction_model_inpaints_and_keeps_the_outside(model):
+    unet, meta = model
+    v_meta = {**meta, "noise_schedule": {**NOISE_SCHEDULE, "prediction_type": "v_prediction"}}
+    images, known, labels = _patches()
+    out = _run((unet, v_meta), images, known, labels)
+    assert np.array_equal(out[known].view(np.uint32), images[known].view(np.uint32))  # bit-identical
+    assert np.all(out[~known] != images[~known]) and out.min() >= -1.0 and out.max() <= 1.0
+    as_eps = _run(model, images, known, labels)  # same net, same noise, read as eps: the conversion matters
+    assert not np.allclose(out[~known], as_eps[~known])
+    with pytest.raises(ValueError, match="v_prediction"):
+        _run((unet, {**meta, "noise_schedule": {**NOISE_SCHEDULE, "prediction_type": "sample"}}), images, known,
+             labels)

@@ -3,7 +3,8 @@
     x = inpaint(unet, meta, images, known, labels, generator=torch.Generator().manual_seed(0))
 
 diffusers' `RePaintScheduler` drives the reverse process; the conditional UNet only supplies the noise estimate
-eps(x_t, t | label map). At every step the known region is the real patch forward-diffused to that step,
+eps(x_t, t | label map) (a v-prediction model's v is turned into that estimate first, `v_to_epsilon`). At every
+step the known region is the real patch forward-diffused to that step,
 q(x_{t-1} | x_0) = sqrt(abar) x_0 + sqrt(1 - abar) noise, the unknown region comes from the model (a DDIM step,
 eta = 0, or ancestral with eta = 1), and the two are joined by the mask (LeFusion's
 `x = m_bg * q_sample(x0_real, t) + (1 - m_bg) * x`). Resampling jumps (RePaint's j and r: every `jump_length`
@@ -25,12 +26,15 @@ from ..progress import show_progress
 from .model import channel_index, check_size, encode_mask
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the model may predict; RePaint's step takes epsilon
+
+
 def make_repaint_scheduler(noise_schedule: dict, eta: float = 0.0):
-    """diffusers' RePaintScheduler for a model trained with `noise_schedule` (an eps-prediction model)."""
+    """diffusers' RePaintScheduler for a model trained with `noise_schedule` (eps- or v-prediction)."""
     from diffusers import RePaintScheduler
 
-    if noise_schedule.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError("RePaint needs an eps-prediction model; this one predicts "
+    if noise_schedule.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
+        raise ValueError(f"RePaint needs an epsilon or v_prediction model; this one predicts "
                          f"{noise_schedule['prediction_type']!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta}: must lie in [0, 1] (0: DDIM steps, 1: DDPM steps)")
@@ -38,6 +42,16 @@ def make_repaint_scheduler(noise_schedule: dict, eta: float = 0.0):
                             beta_start=noise_schedule["beta_start"], beta_end=noise_schedule["beta_end"],
                             beta_schedule=noise_schedule["beta_schedule"], eta=eta,
                             clip_sample=noise_schedule.get("clip_sample", True))
+
+
+def v_to_epsilon(v: torch.Tensor, x_t: torch.Tensor, t, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The noise estimate of a v-prediction model: eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v.
+
+    (v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 and x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, Salimans and
+    Ho 2022.) RePaint's step needs eps; abar_t is the scheduler's `alphas_cumprod` at the integer timestep t.
+    """
+    abar = alphas_cumprod[int(t)].to(device=x_t.device, dtype=torch.float32)
+    return (1.0 - abar).sqrt() * x_t.float() + abar.sqrt() * v.float()
 
 
 def _check(steps: int, jump_length: int, jump_n_sample: int, num_train_timesteps: int = 1000) -> None:
@@ -67,7 +81,8 @@ def inpaint(unet, meta: dict, images, known, labels, *, generator: torch.Generat
 
     Args:
         unet: the mask-conditioned `UNet2DModel` (`load_model`).
-        meta: its difflung_config.json (classes, mask_mode, noise_schedule, sample_size).
+        meta: its difflung_config.json (classes, mask_mode, noise_schedule with prediction_type "epsilon" or
+            "v_prediction", sample_size).
         images: (N, S, S) real patches in the model window [-1, 1].
         known: (N, S, S) bool, True where the real patch is kept (background), False where the model paints.
         labels: (N, S, S) project-id label maps: the condition (UNSPECIFIED = 255 where not given).
@@ -97,6 +112,7 @@ def inpaint(unet, meta: dict, images, known, labels, *, generator: torch.Generat
     ns = meta["noise_schedule"]
     _check(steps, jump_length, jump_n_sample, ns["num_train_timesteps"])
     sched = make_repaint_scheduler(ns, eta)
+    v_model = ns.get("prediction_type", "epsilon") == "v_prediction"
     device = torch.device(device) if device is not None else unet.device
     autocast = device.type == "cuda" if autocast is None else autocast
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
@@ -116,7 +132,9 @@ def inpaint(unet, meta: dict, images, known, labels, *, generator: torch.Generat
         for t in sched.timesteps:
             if t < t_last:  # a reverse step: model for the unknown part, q(x_{t-1} | x_0) for the known part
                 with ctx:
-                    eps = unet(torch.cat([x, cond], dim=1), t).sample.float()
+                    eps = unet(torch.cat([x, cond], dim=1), t).sample.float()  # (b, 1, S, S): eps or v
+                if v_model:
+                    eps = v_to_epsilon(eps, x, t, sched.alphas_cumprod)
                 x = sched.step(eps, t, x, x0, keep, generator=generator).prev_sample
             else:  # a resampling jump: forward-diffuse the joined sample back to t
                 x = sched.undo_step(x, t_last, generator=generator)
