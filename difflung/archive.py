@@ -59,7 +59,8 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
     files = [prov_path]
     for stem in chapters:
         for p in sorted((run / stem).glob("*")):
-            if p.is_file() and p.suffix in SUFFIXES and p.stat().st_size <= MAX_FILE_BYTES:
+            figure_sidecar = p.suffix == ".json" and p.with_suffix(".png").exists()
+            if p.is_file() and p.suffix in SUFFIXES and not figure_sidecar and p.stat().st_size <= MAX_FILE_BYTES:
                 files.append(p)
     total = sum(p.stat().st_size for p in files)
     if total > MAX_BYTES:

@@ -17,8 +17,12 @@ variance of drawing another synthetic set.
 
 Statistics: the unit of replication is the training seed. Per seed, the Dice of a class is the mean over test
 slices of per-slice Dice (`evaluation.dice_per_class`); seed s of every arm shares its initial weights and
-augmentation stream with seed s of `ref`, so arms are compared to `ref` by paired tests over seeds
-(`evaluation.compare_to_reference`).
+augmentation stream with seed s of every other arm, so arms are compared by paired tests over seeds
+(`evaluation.compare_to_reference` -> `stats.compare_seeds`): an interval only from `stats.MIN_SEEDS` seeds
+(bounded bootstrap), Holm across the chapter's comparisons and the book's one verdict rule (`judge_arms`).
+A comparison is *not measurable* when its class is absent from the test truth or lost its HU signature at the run's
+size (`class_measurability`), or when a synthetic arm's generator did not meet its convergence criteria
+(`arm_convergence`, from the producing chapter's `criteria.json`).
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ import pandas as pd
 import torch
 
 from . import labels as L
+from . import runs
+from . import stats
 from .dataset import Dataset, Slices
 from .evaluation import compare_to_reference, dice_per_class
 from .generators import load_generator
@@ -48,14 +54,17 @@ class ArmSpec:
     extra: str  # what is added to the real slices: "none", "oversample" or "synthetic" (painted masks)
     model: str | None = None  # synthetic arms: the generator's folder inside a run (runs/<profile>/...)
     producer: str | None = None  # the chapter that writes `model`, named in the error when it is missing
+    criteria: str | None = None  # synthetic arms: the chapter folder whose criteria.json judges the generator
+    generator: str | None = None  # the generator's key in that criteria.json
 
 
 ARMS = {a.key: a for a in (
     ArmSpec("ref", "ref-UNet", "none"),
     ArmSpec("oversample", "oversample-UNet", "oversample"),
-    ArmSpec("+segguided", "Seg-Guided-UNet", "synthetic", "04_baseline_comparison/models/segguided",
-            "chapter 4 (04_baseline_comparison)"),
-    ArmSpec("+difflung", "DiffLung-UNet", "synthetic", "03_cbmat_training/model", "chapter 3 (03_cbmat_training)"),
+    ArmSpec("+segguided", "Seg-Guided-UNet", "synthetic", f"{runs.BASELINE_COMPARISON}/models/segguided",
+            f"chapter 4 ({runs.BASELINE_COMPARISON})", runs.BASELINE_COMPARISON, "segguided"),
+    ArmSpec("+difflung", "DiffLung-UNet", "synthetic", f"{runs.CBMAT_TRAINING}/model",
+            f"chapter 3 ({runs.CBMAT_TRAINING})", runs.CBMAT_TRAINING, "difflung"),
 )}
 ARM_NAMES = {k: a.label for k, a in ARMS.items()}
 SYNTHETIC_ARMS = tuple(k for k, a in ARMS.items() if a.extra == "synthetic")
@@ -67,11 +76,17 @@ def arm_order(key: str) -> int:
     return list(ARMS).index(key) if key in ARMS else len(ARMS)
 
 
+def arm_label(key: str) -> str:
+    """Display name of an arm (its key if it is not in the registry)."""
+    return ARMS[key].label if key in ARMS else key
+
+
 def training_seeds(seed: int, n_seeds: int, min_seeds: int = 2) -> list[int]:
-    """seed, seed + 1, ..., seed + n_seeds - 1; an error below `min_seeds` (the profile's floor for intervals)."""
+    """seed, seed + 1, ..., seed + n_seeds - 1; an error below `min_seeds` (the profile's floor of seeds per arm;
+    intervals need `stats.MIN_SEEDS` whatever the floor)."""
     if n_seeds < min_seeds:
         raise ValueError(f"n_seeds={n_seeds}: the profile asks for at least min_seeds={min_seeds} training seeds "
-                         f"per arm for its confidence intervals")
+                         f"per arm")
     return list(range(seed, seed + n_seeds))
 
 
@@ -118,6 +133,17 @@ def synthesize_masks(train: Slices, classes, rare: list[int], n: int, seed: int,
 
 # ---------------------------------------------------------------------------------------------------------------
 # painting masks with generators
+
+def describe_generator(model_dir) -> str:
+    """One line on a generator folder for the reader: mask encoding, ablation strategy, preset, training steps."""
+    import json
+
+    meta = json.loads((Path(model_dir) / "difflung_config.json").read_text())
+    tc = meta.get("train_config", {})
+    return (f"mask {meta.get('mask_mode', tc.get('mask_mode'))}, ablation "
+            f"{tc.get('strategy', meta.get('ablation', {}).get('strategy', '?'))}, "
+            f"preset {tc.get('preset', '?')}, {tc.get('steps', '?')} steps")
+
 
 @dataclass
 class SyntheticSet:
@@ -340,42 +366,148 @@ def train_and_evaluate(arms: dict[str, Arm], test: Slices, classes, config: SegC
                    timings, n)
 
 
-def compare_arms(res: Results, ref: str = "ref") -> pd.DataFrame:
-    """Per class and arm: mean Dice over seeds with its 95% CI, the paired difference to `ref` with its CI,
-    the Wilcoxon signed-rank p over seeds (primary) and the rank-sum p over slices (secondary), and the number
-    of scored test slices (`evaluation.compare_to_reference` with the training seed as the unit)."""
-    t = compare_to_reference(res.per_seed, ref, model="arm", unit="seed", by="class", value="dice",
-                             per_item=res.dice, item="image")
-    n_slices = res.per_seed.groupby(["class", "arm"])["n_slices"].max()
-    t = t.rename(columns={"n_units": "n_seeds"})
-    t.insert(t.columns.get_loc("n_seeds") + 1, "n_slices",
-             [int(n_slices[(c, a)]) for c, a in zip(t["class"], t["arm"])])
-    return t
-
-
-def metric_rows(res: Results) -> list[dict]:
-    """Tidy rows for metrics.csv: per-seed Dice (metric dice), aggregates over seeds (seed = -1), test-set sizes."""
+def metric_rows(res: Results, *, generator: np.random.Generator) -> list[dict]:
+    """Tidy rows for metrics.csv: per-seed Dice (metric dice, seed = training seed: the rows `difflung.claims`
+    reads), per (arm, class) the mean over seeds with its interval (seed = -1; NaN below `stats.MIN_SEEDS`
+    seeds), and the test set's sizes. `generator` drives the bootstrap intervals."""
     rows = [{"model": r.arm, "metric": "dice", "class": r["class"], "seed": r.seed, "value": r.dice,
              "dataset": res.tag} for _, r in res.per_seed.iterrows()]
-    agg = {"mean": "dice_mean", "lo": "dice_lo", "hi": "dice_hi", "n_seeds": "n_seeds", "n_slices": "n_slices",
-           "delta": "delta_vs_ref", "delta_lo": "delta_vs_ref_lo", "delta_hi": "delta_vs_ref_hi",
-           "p_wilcoxon": "p_wilcoxon_seeds_vs_ref", "p_ranksum": "p_ranksum_slices_vs_ref"}
-    for _, r in compare_arms(res).iterrows():
-        for col, metric in agg.items():
-            if r.arm == "ref" and col.startswith(("delta", "p_")):
-                continue
-            rows.append({"model": r.arm, "metric": metric, "class": r["class"], "seed": -1,
-                         "value": float(r[col]), "dataset": res.tag})
+    scores = res.per_seed.rename(columns={"arm": "model", "dice": "value"})
+    n_slices = res.per_seed.groupby(["class", "arm"])["n_slices"].max()
+    for _, r in summarize_arms(scores, generator=generator).iterrows():
+        vals = {"dice_mean": r["mean"], "dice_lo": r.lo, "dice_hi": r.hi, "n_seeds": r.n_seeds,
+                "n_slices": n_slices[(r["class"], r.model)]}
+        rows += [{"model": r.model, "metric": k, "class": r["class"], "seed": -1, "value": float(v),
+                  "dataset": res.tag} for k, v in vals.items()]
 
     def total(metric, value, cls="all"):
         rows.append({"model": "all", "metric": metric, "class": cls, "seed": -1, "value": value, "dataset": res.tag})
 
     total("n_test_slices", len(res.test))
+    total("image_size", res.test.labels.shape[-1])
     for c in res.classes:  # truth pixels per class in the test slices: 0 means Dice can only be 0 (false positives)
         total("test_pixels", int((res.test.labels == c).sum()), L.BY_ID[c].name)
     total("n_test_patients", len(set(res.test.patient.tolist())))
     total("n_extra_images", res.n_extra)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics over training seeds: summaries, validity, the chapter's comparisons
+
+def seed_scores(metrics: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """The per-seed Dice rows of a chapter-5 metrics table (metric dice, seed >= 0): model, class, seed, value."""
+    m = metrics if dataset is None else metrics[metrics["dataset"] == dataset]
+    m = m[(m.metric == "dice") & (m.seed >= 0)]
+    return m[["model", "class", "seed", "value"]].reset_index(drop=True)
+
+
+def summarize_arms(scores: pd.DataFrame, *, generator: np.random.Generator,
+                   min_seeds: int = stats.MIN_SEEDS) -> pd.DataFrame:
+    """Per (class, model): mean Dice over training seeds, its percentile-bootstrap interval (`stats.seed_interval`,
+    inside [0, 1] by construction; NaN below `min_seeds` seeds) and the number of seeds with a score."""
+    rows = []
+    for (cls, arm), g in scores.groupby(["class", "model"], sort=True):
+        v = g["value"].to_numpy(np.float64)
+        v = v[np.isfinite(v)]
+        iv = stats.seed_interval(v, generator=generator, min_seeds=min_seeds)
+        rows.append({"class": cls, "model": arm, "mean": float(v.mean()) if v.size else np.nan,
+                     "lo": iv.lo if iv else np.nan, "hi": iv.hi if iv else np.nan, "n_seeds": int(v.size)})
+    return pd.DataFrame(rows, columns=["class", "model", "mean", "lo", "hi", "n_seeds"])
+
+
+def class_measurability(runs_root, test_pixels: dict[str, float]) -> dict[str, tuple[bool, str]]:
+    """class -> (measurable, reason) for this chapter's Dice: a class needs pixels in the test truth (else its
+    Dice counts only false positives) and, for a pathology class, chapter 1's HU signature at the run's size
+    (`instruments.read_signature`); without chapter 1's signature file a pathology class is not measurable."""
+    from .instruments import read_signature
+
+    try:
+        sig, missing = read_signature(runs.chapter_dir(runs_root, runs.DATA_PREPARATION)), ""
+    except FileNotFoundError:
+        sig, missing = {}, f"HU signature not checked (no hu_signature.json from {runs.DATA_PREPARATION})"
+    out = {}
+    for c, n in test_pixels.items():
+        if n == 0:
+            out[c] = (False, f"no {c} in the test truth")
+        elif missing and c in L.BY_NAME and L.BY_NAME[c].pathology:
+            out[c] = (False, missing)
+        else:
+            out[c] = sig.get(c, (True, ""))
+    return out
+
+
+def arm_convergence(runs_root, arms, dataset: str = "phantom") -> dict[str, tuple[bool, str]]:
+    """arm -> (converged, reason). Arms without a generator always pass. A synthetic arm passes only when its
+    generator met the convergence criteria its producing chapter wrote (`criteria.read_criteria`); a missing
+    criteria.json or generator key, or a generator trained on another dataset than the phantom (no criteria are
+    measured for it), fails with that reason."""
+    from .criteria import CRITERIA_FILE, read_criteria
+
+    out = {}
+    for arm in arms:
+        spec = ARMS.get(arm)
+        if spec is None or spec.extra != "synthetic":
+            out[arm] = (True, "")
+            continue
+        path, where = Path(runs_root) / spec.criteria / CRITERIA_FILE, f"{spec.criteria}/{CRITERIA_FILE}"
+        if dataset != "phantom":
+            out[arm] = (False, f"no convergence criteria are measured for a {spec.generator} model trained on "
+                               f"{dataset} data")
+        elif not path.is_file():
+            out[arm] = (False, f"{spec.generator} has no convergence record ({where} missing)")
+        else:
+            conv = read_criteria(path.parent)["converged"]
+            out[arm] = ((True, "") if conv.get(spec.generator) else
+                        (False, f"{spec.generator} did not meet its convergence criteria ({spec.producer})"
+                         if spec.generator in conv else f"{spec.generator} not recorded in {where}"))
+    return out
+
+
+def validity(metrics: pd.DataFrame, runs_root, dataset: str = "phantom") -> tuple[dict, dict]:
+    """(class -> (measurable, reason), arm -> (converged, reason)) for the arms and test truth of a chapter-5
+    metrics table (one dataset's rows)."""
+    t = metrics[metrics.metric == "test_pixels"]
+    arms = sorted(set(metrics.loc[metrics.metric == "dice", "model"]), key=arm_order)
+    return (class_measurability(runs_root, dict(zip(t["class"], t.value))),
+            arm_convergence(runs_root, arms, dataset))
+
+
+def comparison_triples(classes, arms, exclude=()) -> list[tuple[str, str, str]]:
+    """The chapter's paired comparisons (class, a, b), each tested as "a > b": per class every arm against `ref`
+    and every synthetic arm against the `oversample` control, in registry order; triples in `exclude` (the
+    poster's claims, judged once for the whole run) are left out. A new arm in `ARMS` joins automatically."""
+    present = sorted(set(arms) & set(ARMS), key=arm_order)
+    pairs = [(a, "ref") for a in present if a != "ref"] + [
+        (a, "oversample") for a in present if ARMS[a].extra == "synthetic" and "oversample" in present]
+    if "ref" not in present:
+        pairs = [p for p in pairs if p[1] != "ref"]
+    return [(c, a, b) for c in classes for a, b in pairs if (c, a, b) not in set(exclude)]
+
+
+def judge_arms(scores: pd.DataFrame, triples, *, measurable: dict[str, tuple[bool, str]],
+               converged: dict[str, tuple[bool, str]], generator: np.random.Generator,
+               alpha: float = stats.ALPHA) -> pd.DataFrame:
+    """Judge the comparisons `triples` with the book's one rule: `evaluation.compare_to_reference` (paired over
+    training seeds), then `stats.judge_claims` (Holm across these comparisons, `stats.verdict`).
+
+    Args:
+        scores: per-seed Dice (`seed_scores`). measurable: `class_measurability`. converged: `arm_convergence`.
+    Returns:
+        One row per triple: class, model, vs and `stats.judge_claims`' columns (claim, estimate, lo, hi, n, unit,
+        reported, p, p (Holm), verdict, note, same order as reported).
+    """
+    def validity(cls, a, b):
+        ok, why = measurable.get(cls, (False, f"{cls} not scored"))
+        if not ok:
+            return {"measurable": False, "reason": why}
+        bad = [converged[x][1] for x in (a, b) if not converged.get(x, (True, ""))[0]]
+        return {"converged": False, "reason": "; ".join(bad)} if bad else {}
+
+    t = compare_to_reference(scores, generator=generator, pairs=list(triples), validity=validity,
+                             claim=lambda c, a, b: f"Dice {c}: {arm_label(a)} > {arm_label(b)}")
+    judged = stats.judge_claims(t["comparison"].tolist(), alpha)
+    return pd.concat([t[["class", "model", "vs"]], judged], axis=1)
 
 
 def timing_record(results: list[Results], synthetic: dict[str, SyntheticSet] | None, *, config: SegConfig,
@@ -385,6 +517,31 @@ def timing_record(results: list[Results], synthetic: dict[str, SyntheticSet] | N
             "synthesis": {arm: {"seconds": s.seconds, "images_per_s": s.images_per_s, "n": len(s.images)}
                           for arm, s in (synthetic or {}).items()},
             "provenance": provenance(config={"segmentation": asdict(config), **(extra or {})}, seed=seed)}
+
+
+def scope_lines(metrics: pd.DataFrame, runs_root, dataset: str, classes, exclude=()) -> tuple[list, list]:
+    """(can, cannot) sentences for the chapter's scope box: per-seed values, the interval floor, whether any
+    comparison can reach "reproduced" at this number of seeds (`stats.min_units` with Holm across the measurable
+    comparisons), classes not measurable and generators not converged, each with its reason."""
+    measurable, converged = validity(metrics, runs_root, dataset)
+    n = int(seed_scores(metrics).seed.nunique())
+    arms = sorted(set(metrics.loc[metrics.metric == "dice", "model"]), key=arm_order)
+    k = max(1, sum(measurable[c][0] and converged[a][0] and converged[b][0]
+                   for c, a, b in comparison_triples(classes, arms, exclude)))
+    ok = [c for c in classes if measurable[c][0]]
+    can = [f"Per-seed Dice of every arm on {', '.join(ok)}, on held-out test patients."] if ok else []
+    cannot = []
+    if n < stats.MIN_SEEDS:
+        cannot.append(f"An interval for any Dice or difference: {n} training seeds, fewer than the "
+                      f"{stats.MIN_SEEDS} an interval needs; the page shows the per-seed values only.")
+    if n < stats.min_units(k):
+        cannot.append(f"A comparison that reaches \"reproduced\": with {n} training seeds the signed-rank test's "
+                      f"smallest p is 2/2^{n}, and Holm across {k} measurable comparison(s) needs at least "
+                      f"{stats.min_units(k)} seeds; no claim can reach \"reproduced\" at this number of seeds.")
+    cannot += [f"Dice of {c}: not measurable ({measurable[c][1]})." for c in classes if not measurable[c][0]]
+    cannot += [f"Whether {arm_label(a)}'s synthetic slices help: not measurable ({why})."
+               for a, (good, why) in converged.items() if not good]
+    return can, cannot
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ Conventions shared by every chapter:
   (PSNR 20 dB = RMS error of 10% of the window = 140 HU).
 - Dice is per image and per class; NaN when a class is absent from both prediction and target (nothing to
   score), 0 when it is predicted but absent from the target (or the reverse). Means skip NaNs.
-- Confidence intervals are two-sided Student-t intervals of the mean (or percentile bootstrap), 95% by default.
-- Paired comparisons (`compare_to_reference`) pair the replication units (e.g. training seeds) of two models;
-  finer items (e.g. test slices scored by the same models) are a secondary view, not independent replications.
+- `mean_ci`/`bootstrap_ci` are plain intervals of a mean. Verdicts never rest on them: paired comparisons over
+  training seeds (`compare_to_reference`) go through `difflung.stats` (an interval only from enough seeds,
+  bounded by construction; Wilcoxon signed-rank; Holm and the one verdict rule in `stats.judge_claims`). Test
+  slices scored by the same few models are not independent replications and are never the unit.
 """
 from __future__ import annotations
 
@@ -172,48 +173,51 @@ def paired_test(a, b, kind: str = "wilcoxon") -> TestResult:
     raise ValueError(f"unknown test kind {kind!r}; use 'wilcoxon' or 'ranksum'")
 
 
-def compare_to_reference(scores: pd.DataFrame, ref: str, *, model: str = "model", unit: str = "seed",
-                         by: str = "class", value: str = "value", per_item: pd.DataFrame | None = None,
-                         item: str = "image", interval: Callable | None = None) -> pd.DataFrame:
-    """Paired comparison of every model with the reference model `ref`, per group, over replication units.
+def compare_to_reference(scores: pd.DataFrame, ref: str | None = "ref", *, generator: np.random.Generator,
+                         model: str = "model", unit: str = "seed", by: str = "class", value: str = "value",
+                         pairs: Sequence[tuple] | None = None, validity: Callable | None = None,
+                         claim: Callable | None = None, bounds: tuple[float, float] = (-1.0, 1.0),
+                         min_seeds: int | None = None) -> pd.DataFrame:
+    """Paired comparisons of models over replication units (training seeds), each a `stats.Comparison`.
+
+    Unit u of model a is paired with unit u of model b (the same training seed: the same initial weights and
+    augmentation stream). Each pair goes through `stats.compare_seeds`: the mean paired difference, a bounded
+    percentile-bootstrap interval only from at least `min_seeds` units (none below: the verdict is then at best
+    inconclusive), and a two-sided Wilcoxon signed-rank p over units. Verdicts come from
+    `stats.judge_claims(table.comparison)` (Holm across the comparisons passed, then the book's one rule).
 
     Args:
-        scores: one score per (by, model, unit): e.g. per (class, arm, training seed) the mean Dice over test
-            slices. Unit u of every model is paired with unit u of `ref` (same seed: same initial weights).
-        ref: the reference model's key in column `model`.
+        scores: one score per (by, model, unit), e.g. per (class, arm, training seed) the mean Dice over slices.
+        ref: the reference model, compared with every other model of each group when `pairs` is None.
+        generator: numpy Generator for the bootstrap intervals (used in the order of `pairs`).
         model, unit, by, value: column names.
-        per_item: optional finer scores per (by, model, unit, item), e.g. per-slice Dice; each item's score is
-            averaged over units, and the two models' items are compared by a rank-sum test. Items scored by
-            the same few models are not independent replications: this is a secondary view, never the verdict.
-        interval: values -> (mean, lo, hi) over units, for scores and paired differences; None: `mean_ci`
-            (95% t-interval).
+        pairs: (group, a, b) triples, each tested as "a > b" within group `group`; None: (g, m, ref) for every
+            group g and model m != ref, in order of appearance.
+        validity: (group, a, b) -> `stats.Comparison` validity kwargs (measurable/converged flags, reason).
+        claim: (group, a, b) -> the claim's text; default "<group>: a > b".
+        bounds: range of a paired difference (Dice: (-1, 1)).
+        min_seeds: fewest units that get an interval (default `stats.MIN_SEEDS`).
     Returns:
-        One row per (by, model): mean, lo, hi (over units), n_units (units with a score); for models other
-        than `ref` also delta, delta_lo, delta_hi (interval of the paired difference over units),
-        p_wilcoxon (signed-rank over units, the primary test) and p_ranksum (over items; NaN without per_item).
+        One row per pair: by, model (a), vs (b), delta, lo, hi, p_wilcoxon, n_units, comparison (the
+        `stats.Comparison`).
     """
-    interval = interval or mean_ci
-    item_mean = per_item.groupby([model, by, item])[value].mean() if per_item is not None else None
+    from . import stats
+
+    if pairs is None:
+        pairs = [(g, m, ref) for g in sorted(scores[by].unique())
+                 for m in scores.loc[scores[by] == g, model].unique() if m != ref]
     rows = []
-    for key in sorted(scores[by].unique()):
-        g = scores[scores[by] == key]
-        r = g[g[model] == ref].set_index(unit)[value]
-        for m in g[model].unique():
-            a = g[g[model] == m].set_index(unit)[value].reindex(r.index)
-            mean, lo, hi = interval(a)
-            row = {by: key, model: m, "mean": mean, "lo": lo, "hi": hi, "n_units": int(a.notna().sum())}
-            if m != ref:
-                dm, dlo, dhi = interval(a.values - r.values)
-                p_rs = math.nan
-                if item_mean is not None:
-                    empty = pd.Series(dtype=float)
-                    p_rs = paired_test(item_mean.get((m, key), empty).values,
-                                       item_mean.get((ref, key), empty).values, "ranksum").p
-                row.update(delta=dm, delta_lo=dlo, delta_hi=dhi, p_wilcoxon=paired_test(a.values, r.values).p,
-                           p_ranksum=p_rs)
-            rows.append(row)
-    cols = [by, model, "mean", "lo", "hi", "n_units", "delta", "delta_lo", "delta_hi", "p_wilcoxon", "p_ranksum"]
-    return pd.DataFrame(rows).reindex(columns=cols)
+    for g, a, b in pairs:
+        x = scores[scores[by] == g]
+        xa, xb = (x[x[model] == k].set_index(unit)[value] for k in (a, b))
+        units = xa.index.union(xb.index)  # a seed one model lacks is dropped by the paired statistics (NaN)
+        c = stats.compare_seeds(xa.reindex(units).to_numpy(np.float64), xb.reindex(units).to_numpy(np.float64),
+                                claim=claim(g, a, b) if claim else f"{g}: {a} > {b}", generator=generator,
+                                bounds=bounds, min_seeds=min_seeds or stats.MIN_SEEDS,
+                                **(validity(g, a, b) if validity else {}))
+        rows.append({by: g, model: a, "vs": b, "delta": c.estimate, "lo": c.lo, "hi": c.hi, "p_wilcoxon": c.p_value,
+                     "n_units": c.n, "comparison": c})
+    return pd.DataFrame(rows, columns=[by, model, "vs", "delta", "lo", "hi", "p_wilcoxon", "n_units", "comparison"])
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str], value: str = "value", confidence: float = 0.95) -> pd.DataFrame:

@@ -71,6 +71,32 @@ def _write_nifti(path: Path, array2d: np.ndarray, spacing: tuple[float, float]) 
     nib.save(img, str(path))
 
 
+def _validated(dataset_id, name: str, real, synthetic, classes) -> tuple[list, list[int]]:
+    """Check the export's id, name, parts and classes; return the parts (tag, images, labels, patients) and the
+    sorted project ids to export. Raises ExportError naming the problem."""
+    if not isinstance(dataset_id, (int, np.integer)) or not 1 <= int(dataset_id) <= 999:
+        raise ExportError(f"dataset id {dataset_id!r}: nnU-Net ids are integers 1..999")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name or ""):
+        raise ExportError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
+    parts = [("real", *_as_pair(real, "real"))]
+    if synthetic is not None:
+        parts.append(("syn", *_as_pair(synthetic, "synthetic")))
+    if sum(len(p[1]) for p in parts) == 0:
+        raise ExportError("nothing to export: no real and no synthetic slices")
+    present = sorted(set().union(*(np.unique(p[2]).tolist() for p in parts)))
+    classes = sorted(int(c) for c in (classes if classes is not None else present))
+    if L.BACKGROUND not in classes:
+        raise ExportError(f"classes {classes}: nnU-Net needs background (project id {L.BACKGROUND}) as label 0")
+    for c in classes:
+        if c not in L.BY_ID:
+            raise ExportError(f"classes: {c} is not a project class id")
+    for tag, _, labs, _ in parts:
+        bad = sorted(set(np.unique(labs).tolist()) - set(classes))
+        if bad:
+            raise ExportError(f"{'real' if tag == 'real' else 'synthetic'}: label values {bad} not in classes {classes}")
+    return parts, classes
+
+
 def export_nnunet(out_root, dataset_id: int, name: str, real, synthetic=None, classes=None, *,
                   spacing: tuple[float, float] = (1.0, 1.0), overwrite: bool = False,
                   source: str = "") -> Path:
@@ -90,27 +116,8 @@ def export_nnunet(out_root, dataset_id: int, name: str, real, synthetic=None, cl
         overwrite: replace an existing folder of the same name (atomically) instead of refusing.
         source: free text recorded in dataset.json (e.g. the dataset artifact's path).
     """
-    if not isinstance(dataset_id, (int, np.integer)) or not 1 <= int(dataset_id) <= 999:
-        raise ExportError(f"dataset id {dataset_id!r}: nnU-Net ids are integers 1..999")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name or ""):
-        raise ExportError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
-    parts = [("real", *_as_pair(real, "real"))]
-    if synthetic is not None:
-        parts.append(("syn", *_as_pair(synthetic, "synthetic")))
+    parts, classes = _validated(dataset_id, name, real, synthetic, classes)
     sizes = {p[1].shape[1:] for p in parts if len(p[1])}
-    if sum(len(p[1]) for p in parts) == 0:
-        raise ExportError("nothing to export: no real and no synthetic slices")
-    present = sorted(set().union(*(np.unique(p[2]).tolist() for p in parts)))
-    classes = sorted(int(c) for c in (classes if classes is not None else present))
-    if L.BACKGROUND not in classes:
-        raise ExportError(f"classes {classes}: nnU-Net needs background (project id {L.BACKGROUND}) as label 0")
-    for c in classes:
-        if c not in L.BY_ID:
-            raise ExportError(f"classes: {c} is not a project class id")
-    for tag, _, labs, _ in parts:
-        bad = sorted(set(np.unique(labs).tolist()) - set(classes))
-        if bad:
-            raise ExportError(f"{'real' if tag == 'real' else 'synthetic'}: label values {bad} not in classes {classes}")
     out_root = Path(out_root)
     folder = out_root / f"Dataset{int(dataset_id):03d}_{name}"
     clash = [p.name for p in out_root.glob(f"Dataset{int(dataset_id):03d}_*") if p != folder] if out_root.is_dir() else []

@@ -140,22 +140,8 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
             if not force and rec.get("input_key") == key and rec.get("status") == "ok" and out_nb.is_file():
                 log(f"[ same ] {stem:32s} inputs unchanged, kept ({rec.get('wall_s', 0):.1f} s last time)")
                 continue
-            log(f"[ run  ] {stem:32s} ...", )
-            t0 = time.perf_counter()
-            rec = {"parameters": params, "input_key": key, "started": _now(), "device": device_description(),
-                   "git_revision": git_revision(root), "versions": package_versions(), "status": "running"}
-            prov["notebooks"][stem] = rec
-            with _noise_to(root / runs_root / "pipeline.log", stem):
-                err = _execute(nb, out_nb, params, root / runs_root / stem, root)
-            rec["wall_s"] = round(time.perf_counter() - t0, 2)
-            if err is not None:
-                rec["status"] = "failed"
-                rec["error"] = _failure_message(stem, err, nb)
-                write_json_atomic(prov_path, prov)
-                raise PipelineError(rec["error"] + f"\n  partial notebook kept at "
-                                    f"{os.path.relpath(root / runs_root / stem / (stem + '.failed.ipynb'), root)}")
-            rec["status"] = "ok"
-            write_json_atomic(prov_path, prov)
+            log(f"[ run  ] {stem:32s} ...")
+            rec = _run_notebook(stem, nb, out_nb, params, key, root, runs_root, prov, prov_path)
             log(f"[  ok  ] {stem:32s} {rec['wall_s']:7.1f} s")
     finally:
         if env_before is None:
@@ -205,6 +191,26 @@ def banner_text(profile: str) -> str | None:
                 "Its models and instruments are too small to test the paper's claims; the Results chapter shows "
                 "the archived reference run beside it.")
     return None
+
+
+def _run_notebook(stem, nb, out_nb, params, key, root, runs_root, prov, prov_path) -> dict:
+    """Execute one notebook, record it in the provenance (written after it ran), raise PipelineError on failure."""
+    t0 = time.perf_counter()
+    rec = {"parameters": params, "input_key": key, "started": _now(), "device": device_description(),
+           "git_revision": git_revision(root), "versions": package_versions(), "status": "running"}
+    prov["notebooks"][stem] = rec
+    with _noise_to(root / runs_root / "pipeline.log", stem):
+        err = _execute(nb, out_nb, params, root / runs_root / stem, root)
+    rec["wall_s"] = round(time.perf_counter() - t0, 2)
+    if err is not None:
+        rec["status"] = "failed"
+        rec["error"] = _failure_message(stem, err, nb)
+        write_json_atomic(prov_path, prov)
+        raise PipelineError(rec["error"] + f"\n  partial notebook kept at "
+                            f"{os.path.relpath(root / runs_root / stem / (stem + '.failed.ipynb'), root)}")
+    rec["status"] = "ok"
+    write_json_atomic(prov_path, prov)
+    return rec
 
 
 def _now() -> str:

@@ -7,6 +7,7 @@ from difflung import augment as A
 from difflung import labels as L
 from difflung.chapters import segmentation_augmentation as ch5
 from difflung.dataset import Slices
+from difflung.metrics import read_metrics
 from difflung.segmentation import SegConfig
 
 TINY = dict(channels=(8, 16), strides=(2,), num_res_units=1, batch_size=8, lr=1e-2)
@@ -37,14 +38,15 @@ def test_oversampling_matches_target_class_balance():
         A.oversample_indices(np.full((3, 8, 8), L.LUNG, np.uint8), target, rare, 5, rng)
 
 
-def _fake_results(tmp_path):
-    """Six seeds; +difflung beats ref on emphysema on every seed; lung is a three-way tie; GGO absent from test."""
+def _fake_results(n_seeds=6):
+    """+difflung beats ref on emphysema on every seed (+0.1), +segguided by +0.05, oversample loses 0.02; lung is a
+    tie; GGO is absent from the test truth."""
     test_labels = np.full((4, 8, 8), L.LUNG, np.uint8)
     test_labels[:, 0, 0] = L.EMPHYSEMA
     test = Slices(np.zeros((4, 8, 8), np.float32), test_labels, np.array(["p1"] * 4), np.zeros(4, np.float32))
     rows = []
-    for arm, gain in (("ref", 0.0), ("oversample", -0.02), ("+difflung", 0.1)):
-        for s in range(6):
+    for arm, gain in (("ref", 0.0), ("oversample", -0.02), ("+segguided", 0.05), ("+difflung", 0.1)):
+        for s in range(n_seeds):
             for i in range(4):
                 rows += [{"arm": arm, "seed": s, "image": i, "class": "emphysema", "class_id": L.EMPHYSEMA,
                           "dice": 0.5 + 0.01 * s + 0.01 * i + gain},
@@ -52,35 +54,115 @@ def _fake_results(tmp_path):
                          {"arm": arm, "seed": s, "image": i, "class": "ggo", "class_id": L.GGO,
                           "dice": 0.0 if (arm == "oversample" and i == 0) else np.nan}]
     dice = pd.DataFrame(rows)
-    return A.Results("phantom", [L.LUNG, L.EMPHYSEMA, L.GGO], list(range(6)), dice, A.per_seed_dice(dice),
-                       test, np.arange(2), {}, [], 2)
+    return A.Results("phantom", [L.LUNG, L.EMPHYSEMA, L.GGO], list(range(n_seeds)), dice, A.per_seed_dice(dice),
+                     test, np.arange(2), {}, [], 2)
 
 
-def test_statistics_tables_and_winners(tmp_path):
-    res = _fake_results(tmp_path)
-    cmp = A.compare_arms(res).set_index(["class", "arm"])
-    assert cmp.loc[("emphysema", "+difflung"), "delta"] == pytest.approx(0.1)
-    assert cmp.loc[("emphysema", "+difflung"), "p_wilcoxon"] == pytest.approx(2 / 2**6)  # 6 positive pairs
-    assert cmp.loc[("emphysema", "+difflung"), "n_seeds"] == 6
-    cfg = SegConfig(steps=1, **TINY)
-    path = ch5.write_chapter_metrics(tmp_path, [res], config=cfg, seed=0)
+def _upstream(root, *, difflung_converged=True, emphysema_signature=True, segguided_record=False):
+    """Chapter 1's HU signature and chapters 3/4's convergence records, as those chapters write them."""
+    from difflung import criteria, instruments
+
+    sig = pd.DataFrame([{"class": "emphysema", "size": 32, "measurable": emphysema_signature,
+                         "reason": "" if emphysema_signature else "at 32 px: HU signature lost"},
+                        {"class": "lung", "size": 32, "measurable": True, "reason": ""}])
+    instruments.write_signature(root / "01_data_preparation", sig)
+    table = pd.DataFrame([{"criterion": "c", "value": 1.0, "threshold": 1.0, "met": difflung_converged}])
+    criteria.write_criteria(root / "03_cbmat_training", {"difflung": {"converged": difflung_converged,
+                                                                       "table": table}}, {})
+    if segguided_record:
+        criteria.write_criteria(root / "04_baseline_comparison", {"segguided": {"converged": True, "table": table}},
+                                {})
+
+
+def _chapter(tmp_path, n_seeds=6, **upstream):
+    root = tmp_path / "runs"
+    _upstream(root, **upstream)
+    run_dir = root / "05_segmentation_augmentation"
+    path = ch5.write_chapter_metrics(run_dir, [_fake_results(n_seeds)], config=SegConfig(steps=1, **TINY), seed=0)
+    return root, run_dir, path
+
+
+def test_metrics_rows_and_results_table(tmp_path):
+    root, run_dir, path = _chapter(tmp_path)
     first = path.read_bytes()
-    ch5.write_chapter_metrics(tmp_path, [res], config=cfg, seed=0)
+    ch5.write_chapter_metrics(run_dir, [_fake_results()], config=SegConfig(steps=1, **TINY), seed=0)
     assert path.read_bytes() == first  # deterministic: timings live in timings.json, not metrics.csv
-    w = ch5.table_winners(tmp_path)
-    assert w.loc["emphysema", "winner"] == "+difflung" and w.loc["emphysema", "verdict"].startswith("better than ref")
-    assert w.loc["lung", "winner"] == "ref = oversample = +difflung"
-    assert "tie with ref" in w.loc["lung", "verdict"]
-    assert "not measurable" in w.loc["ggo", "verdict"]
-    t = ch5.table_results(tmp_path)
+    m = read_metrics(run_dir)
+    per_seed = m[(m.metric == "dice") & (m.seed >= 0)]  # the rows difflung.claims reads
+    assert set(per_seed.model) == {"ref", "oversample", "+segguided", "+difflung"} and per_seed.seed.nunique() == 6
+    assert (per_seed.dataset == "phantom").all()
+    e = m[(m.seed == -1) & (m.model == "+difflung") & (m["class"] == "emphysema")].set_index("metric").value
+    assert e["dice_mean"] == pytest.approx(0.64) and 0.615 <= e["dice_lo"] < 0.64 < e["dice_hi"] <= 0.665
+    t = ch5.table_results(run_dir, runs_root=root)
     assert t.loc[("DiffLung-UNet", "ours"), "Dice emphysema"].startswith("0.640 [")
     assert t.loc[("DiffLung-UNet", "reported (poster)"), "Dice emphysema"] == "0.80"
     assert t.loc[("ref-UNet", "reported (poster)"), "Dice GGO"] == "not reported"
-    assert t.loc[("ref-UNet", "ours"), "Dice GGO"] == "no ggo in test truth"
-    assert t.loc[("ref-UNet", "ours"), "seeds"] == "6"
-    tt = ch5.table_tests(tmp_path)
-    assert tt.loc[("emphysema", "+difflung"), "p signed-rank (seeds)"] == pytest.approx(0.03125)
-    assert tt.loc[("emphysema", "oversample"), "difference"] == pytest.approx(-0.02)
+    assert t.loc[("ref-UNet", "ours"), "Dice GGO"] == "not measurable: no ggo in the test truth"
+    assert t.loc[("ref-UNet", "ours"), "seeds"] == 6
+
+
+def test_comparisons_one_rule_holm_and_validity(tmp_path):
+    root, run_dir, _ = _chapter(tmp_path)
+    t = ch5.table_comparisons(run_dir, runs_root=root).set_index("comparison")
+    # the poster's own claims are judged once for the run (table_poster_claims), not here
+    assert "Dice emphysema: DiffLung-UNet > ref-UNet" not in t.index
+    r = t.loc["Dice emphysema: DiffLung-UNet > oversample-UNet"]
+    assert r.difference == pytest.approx(0.12) and r.p == pytest.approx(2 / 2**6) and r.seeds == 6
+    assert r["p (Holm)"] == pytest.approx(2 * 2 / 2**6)  # two measurable comparisons with a p (lung ties: none)
+    assert r.verdict == "inconclusive" and r["95 % interval"] == "[0.120, 0.120]"
+    assert t.loc["Dice emphysema: oversample-UNet > ref-UNet", "verdict"] == "not reproduced"
+    assert t.loc["Dice ggo: DiffLung-UNet > ref-UNet", "verdict"] == "not measurable: no ggo in the test truth"
+    seg = t.loc["Dice emphysema: Seg-Guided-UNet > ref-UNet", "verdict"]
+    assert seg.startswith("not measurable: segguided has no convergence record") and "criteria.json" in seg
+    assert t.loc["Dice lung: oversample-UNet > ref-UNet", "verdict"] == "inconclusive"  # a tie: no p
+    root8, run8, _ = _chapter(tmp_path / "eight", n_seeds=8, segguided_record=True)
+    t8 = ch5.table_comparisons(run8, runs_root=root8).set_index("comparison")
+    assert t8.loc["Dice emphysema: DiffLung-UNet > oversample-UNet", "verdict"] == "reproduced"
+    assert t8.loc["Dice emphysema: Seg-Guided-UNet > ref-UNet", "verdict"] == "reproduced"
+
+
+def test_fewer_than_five_seeds_gives_no_interval_and_at_best_inconclusive(tmp_path):
+    root, run_dir, _ = _chapter(tmp_path, n_seeds=4)
+    m = read_metrics(run_dir)
+    assert m[m.metric.isin(["dice_lo", "dice_hi"])].value.isna().all()
+    assert "[" not in ch5.table_results(run_dir, runs_root=root).loc[("DiffLung-UNet", "ours"), "Dice emphysema"]
+    t = ch5.table_comparisons(run_dir, runs_root=root)
+    measured = ~t.verdict.str.startswith("not measurable")
+    assert measured.any() and (t.loc[measured, "95 % interval"] == "none (fewer than 5 seeds)").all()
+    assert (t.loc[~measured, "95 % interval"] == "n/a").all()  # not measurable: its reason, no numbers
+    assert set(t.verdict) <= {"inconclusive"} | {v for v in t.verdict if v.startswith("not measurable")}
+    s = ch5.scope("smoke", run_dir, runs_root=root).html()
+    assert "fewer than the 5 an interval needs" in s and "no claim can reach" in s and "do not test the paper" in s
+
+
+def test_non_converged_generator_and_lost_signature_are_not_measurable(tmp_path):
+    root, run_dir, _ = _chapter(tmp_path, difflung_converged=False, emphysema_signature=False)
+    t = ch5.table_comparisons(run_dir, runs_root=root).set_index("comparison")
+    assert t.loc["Dice lung: DiffLung-UNet > oversample-UNet", "verdict"] == (
+        "not measurable: difflung did not meet its convergence criteria (chapter 3 (03_cbmat_training))")
+    assert t.loc["Dice emphysema: oversample-UNet > ref-UNet", "verdict"] == (
+        "not measurable: at 32 px: HU signature lost")
+    assert t.loc[("Dice emphysema: oversample-UNet > ref-UNet"), "p (Holm)"] != t.loc[
+        ("Dice emphysema: oversample-UNet > ref-UNet"), "p (Holm)"]  # not measurable: not counted by Holm (NaN)
+    assert ch5.table_results(run_dir, runs_root=root).loc[("ref-UNet", "ours"), "Dice emphysema"] == (
+        "not measurable: at 32 px: HU signature lost")
+    box = ch5.scope("standard", run_dir, runs_root=root)
+    assert any("DiffLung-UNet" in c and "convergence criteria" in c for c in box.cannot)
+    assert any(c.startswith("Dice of emphysema: not measurable") for c in box.cannot)
+    assert ch5.figure_dice(run_dir, runs_root=root) is not None
+
+
+def test_poster_claims_come_from_the_one_judge(tmp_path, monkeypatch):
+    """table_poster_claims shows difflung.claims.judge_run's segmentation rows, unchanged."""
+    import sys
+    import types
+
+    judged = pd.DataFrame({"key": ["a", "b"], "kind": ["image quality", "segmentation"], "verdict": ["x", "y"]})
+    fake = types.ModuleType("difflung.claims")
+    fake.judge_run = lambda runs_root: judged if runs_root == tmp_path else None
+    monkeypatch.setitem(sys.modules, "difflung.claims", fake)
+    t = ch5.table_poster_claims(tmp_path)
+    assert t.to_dict("list") == {"key": ["b"], "verdict": ["y"]}
 
 
 def test_chapter_experiment_end_to_end(tmp_path):
@@ -113,9 +195,15 @@ def test_chapter_experiment_end_to_end(tmp_path):
     for f in ("phantom/synthetic_difflung.npz", "phantom/dice_per_slice.csv", "phantom/segmenters/ref/segmenter.json",
               "timings.json"):
         assert (run_dir / f).is_file(), f
-    assert ch5.table_winners(run_dir).index.tolist() == ["lung", "emphysema", "fibrosis", "ggo"]
+    t = ch5.table_comparisons(run_dir, runs_root=tmp_path / "runs").set_index("comparison")
+    # no criteria.json from chapters 3/4 and no HU signature from chapter 1 in this toy run: not measurable
+    assert t.loc["Dice lung: DiffLung-UNet > oversample-UNet", "verdict"].startswith(
+        "not measurable: difflung has no convergence record")
+    assert t.loc["Dice emphysema: oversample-UNet > ref-UNet", "verdict"].startswith(
+        "not measurable: HU signature not checked")
     folder, summary = ch5.export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
-    assert summary["numTraining"] == len(ds.split("train")) + n and summary["synthetic cases"] == n
+    assert summary.loc["training cases", "value"] == len(ds.split("train")) + n
+    assert summary.loc["synthetic cases", "value"] == n
 
 
 def test_training_seeds_floor():
@@ -125,15 +213,19 @@ def test_training_seeds_floor():
 
 
 def test_a_new_arm_is_one_registry_entry(monkeypatch, tmp_path):
-    """A synthetic arm added to ARMS gets its training set from build_arms and its model folder from
-    locate_inputs, with no other change."""
+    """A synthetic arm added to ARMS gets its training set from build_arms, its model folder from locate_inputs,
+    its comparisons and its convergence check, with no other change."""
     from difflung.diffusion.toy import toy_dataset
 
-    arms = dict(A.ARMS, **{"+insert": A.ArmSpec("+insert", "Insert-UNet", "synthetic", "07_insert/model",
-                                                 "chapter 7 (07_insert)")})
+    arms = dict(A.ARMS)
+    arms["+insert"] = A.ArmSpec("+insert", "Insert-UNet", "synthetic", "07_insert/model", "chapter 7 (07_insert)",
+                                "07_insert", "insert")
     monkeypatch.setattr(A, "ARMS", arms)
     monkeypatch.setattr(ch5, "ARMS", arms)
     monkeypatch.setattr(ch5, "SYNTHETIC_ARMS", tuple(k for k, a in arms.items() if a.extra == "synthetic"))
+    assert A.comparison_triples(["emphysema"], ["ref", "oversample", "+insert"]) == [
+        ("emphysema", "oversample", "ref"), ("emphysema", "+insert", "ref"), ("emphysema", "+insert", "oversample")]
+    assert A.arm_convergence(tmp_path, ["+insert"])["+insert"][1].startswith("insert has no convergence record")
     lab = np.full((4, 8, 8), L.LUNG, np.uint8)
     lab[:2, 0, 0] = L.EMPHYSEMA
     train = Slices(np.zeros((4, 8, 8), np.float32), lab, np.array(["p"] * 4), np.zeros(4, np.float32))

@@ -94,28 +94,38 @@ def test_paired_tests():
         E.paired_test(a, a, "ttest")
 
 
+def _seed_scores(n_seeds):
+    return pd.DataFrame([{"model": m, "seed": s, "class": "emphysema", "value": 0.5 + 0.01 * s + gain}
+                         for m, gain in (("ref", 0.0), ("better", 0.1), ("worse", -0.02)) for s in range(n_seeds)])
+
+
 def test_compare_to_reference_pairs_units():
-    """Seed s of every model is paired with seed s of ref; the rank-sum runs on per-item means over seeds."""
-    seeds, items = range(6), range(4)
-    per_item = pd.DataFrame([{"model": m, "seed": s, "image": i, "class": "emphysema",
-                              "value": 0.5 + 0.01 * s + 0.01 * i + gain}
-                             for m, gain in (("ref", 0.0), ("better", 0.1), ("worse", -0.02))
-                             for s in seeds for i in items])
-    scores = per_item.groupby(["model", "seed", "class"], as_index=False)["value"].mean()
-    t = E.compare_to_reference(scores, "ref", per_item=per_item).set_index("model")
+    """Seed s of every model is paired with seed s of ref; the statistics are stats.compare_seeds'."""
+    from difflung import stats
+
+    t = E.compare_to_reference(_seed_scores(6), "ref", generator=np.random.default_rng(0)).set_index("model")
+    assert list(t.index) == ["better", "worse"] and (t.vs == "ref").all()
     assert t.loc["better", "delta"] == pytest.approx(0.1) and t.loc["better", "n_units"] == 6
     assert t.loc["better", "p_wilcoxon"] == pytest.approx(2 / 2**6)  # 6 positive pairs: exact p = 2 / 2^6
-    assert t.loc["worse", "delta"] == pytest.approx(-0.02) and t.loc["worse", "delta_hi"] < 0
-    assert t.loc["better", "p_ranksum"] == pytest.approx(E.paired_test(
-        per_item[per_item.model == "better"].groupby("image").value.mean(),
-        per_item[per_item.model == "ref"].groupby("image").value.mean(), "ranksum").p)
-    assert math.isnan(t.loc["ref", "delta"]) and t.loc["ref", "mean"] == pytest.approx(0.54)
-    no_items = E.compare_to_reference(scores, "ref").set_index("model")
-    assert math.isnan(no_items.loc["better", "p_ranksum"])
-    assert no_items.loc["better", "p_wilcoxon"] == t.loc["better", "p_wilcoxon"]
-    boot = E.compare_to_reference(scores, "ref", interval=lambda v: E.bootstrap_ci(v, np.random.default_rng(0)))
-    boot = boot.set_index("model")
-    assert boot.loc["ref", "mean"] == t.loc["ref", "mean"] and boot.loc["ref", "lo"] != t.loc["ref", "lo"]
+    assert t.loc["worse", "delta"] == pytest.approx(-0.02) and t.loc["worse", "hi"] < 0
+    c = t.loc["better", "comparison"]
+    assert isinstance(c, stats.Comparison) and c.unit == "training seeds" and c.claim == "emphysema: better > ref"
+    v = stats.judge_claims(t.comparison.tolist()).set_index("claim")["verdict"]
+    assert v["emphysema: worse > ref"] == "not reproduced"
+    assert v["emphysema: better > ref"] == "inconclusive"  # Holm: 2 x 2/2^6 = 0.0625
+
+
+def test_compare_to_reference_no_interval_below_five_seeds_and_validity():
+    from difflung import stats
+
+    t = E.compare_to_reference(_seed_scores(4), "ref", generator=np.random.default_rng(0),
+                               pairs=[("emphysema", "better", "worse"), ("emphysema", "worse", "ref")],
+                               validity=lambda g, a, b: {"converged": False, "reason": "x not converged"}
+                               if "worse" in (a, b) and b == "ref" else {})
+    assert t.delta.tolist() == pytest.approx([0.12, -0.02])
+    assert t.lo.isna().all() and t.hi.isna().all()  # 4 seeds: no interval, only the per-seed values
+    v = stats.judge_claims(t.comparison.tolist())["verdict"].tolist()
+    assert v == ["inconclusive", "not measurable: x not converged"]
 
 
 def test_summarize():

@@ -1,15 +1,9 @@
-"""Chapter 6, results: the paper's reported numbers against this run's, read from the chapters' files.
+"""Chapter 6, results: the poster's claims judged on this run, beside the archived reference run.
 
-Nothing here trains or re-measures: every number comes from a chapter's `metrics.csv` (or, for timings that
-differ from run to run, its cost/timings JSON) under `runs/<profile>/`. Verdicts follow stated rules:
-
-    A claim "X beats Y" is tested on our paired differences X - Y (over test slices for image quality, over
-    training seeds for segmentation), with a 95 % t-interval:
-      reproduced              the interval lies above 0 (above -margin for "not worse than" claims)
-      not reproduced          the interval lies below 0 (below -margin)
-      inconclusive at this n  the interval contains 0 (or -margin)
-      not measurable          the class is absent from the test truth, or a chapter did not run
-    A cost claim "X costs at least k times Y" is reproduced when our ratio is at least k, else not reproduced.
+Nothing here trains or re-measures. The claims table is `difflung.claims.judge_run` (the one function chapter 5
+also shows), the summary tables read the chapters' `metrics.csv`, timings come from their JSON records, and the
+reference run is the newest archive under `reference/` (`difflung.archive`). The prose of the page is generated
+from the verdicts (`summary_markdown`), so it follows the run.
 """
 from __future__ import annotations
 
@@ -19,27 +13,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluation import mean_ci
+from .. import claims as C
+from .. import runs
+from ..archive import load_reference
+from ..generators import display_name
 from ..metrics import read_metrics
-from ..plots import plt, save_figure
-from ..reported import IMAGE_QUALITY, LABEL, POSTER_NAMES, SEGMENTATION_DICE
+from ..plots import plt, save_figure, sig
+from ..reported import IMAGE_QUALITY, LABEL, SEGMENTATION_DICE, cost_ratio_frame
+from ..scope import Scope, smoke_caveat
+from ..stats import cluster_bootstrap, min_units, seed_interval, unit_means
 
-CHAPTERS = ("01_data_preparation", "02_mask_ablation_study", "03_cbmat_training", "04_baseline_comparison",
-            "05_segmentation_augmentation")
-CH4_NAMES = {"pix2pix": "Pix2Pix", "spade": "SPADE", "segguided": "Seg-Guided", "difflung": "Diff-Lung (CBMAT)"}
-NON_INFERIORITY = 0.02  # Dice margin for "not worse than ref" (the poster's healthy-lung change is +0.01)
+QUALITY_MODELS = ("pix2pix", "spade", "segguided", "difflung")
+ARMS = ("ref", "oversample", "+segguided", "+difflung")
 
 
-def load_metrics(runs_root) -> dict[str, pd.DataFrame]:
-    """Every chapter's metrics.csv of the run (a chapter that did not run is absent)."""
-    out = {}
-    for stem in CHAPTERS:
-        p = Path(runs_root) / stem / "metrics.csv"
-        if p.is_file():
-            out[stem] = read_metrics(p)
-    if not out:
-        raise FileNotFoundError(f"{runs_root}: no chapter metrics.csv found; run the chapters first")
-    return out
+def _metrics(runs_root, stem) -> pd.DataFrame | None:
+    p = runs.chapter_dir(runs_root, stem) / "metrics.csv"
+    return read_metrics(p) if p.is_file() else None
 
 
 def _json(path) -> dict:
@@ -47,199 +37,193 @@ def _json(path) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def _fmt(m, lo=None, hi=None, d=2) -> str:
-    if m is None or not np.isfinite(m):
+def _ci(est, lo=np.nan, hi=np.nan) -> str:
+    if est is None or not np.isfinite(est):
         return "n/a"
-    if lo is None or not np.isfinite(lo) or not np.isfinite(hi):
-        return f"{m:.{d}f}"
-    return f"{m:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
+    return sig(est) if not (np.isfinite(lo) and np.isfinite(hi)) else f"{sig(est)} [{sig(lo)}, {sig(hi)}]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# claims
+
+def judge(runs_root, run_dir, seed: int = 0) -> pd.DataFrame:
+    """The run's claims table (`difflung.claims`), written to `<run_dir>/claims.csv` for the archive."""
+    return C.write_claims(runs_root, run_dir, seed)[0]
+
+
+def table_claims(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claims for the page: ours with its interval and unit, the poster's effect, Holm p and the verdict."""
+    out = pd.DataFrame({
+        "claim": claims["claim"],
+        "reported": [sig(v) for v in claims["reported"]],
+        "ours [interval]": [_ci(e, lo, hi) for e, lo, hi in zip(claims["estimate"], claims["lo"], claims["hi"])],
+        "n": [f"{int(n)} {u.split()[-1]}" if n else "" for n, u in zip(claims["n"], claims["unit"])],
+        "p (Holm)": [sig(p) if np.isfinite(p) else "" for p in claims["p (Holm)"]],
+        "verdict": claims["verdict"],
+        "same order as reported": claims["same order as reported"].map({True: "yes", False: "no"}).fillna(""),
+    })
+    return out.set_index("claim")
+
+
+def summary_markdown(claims: pd.DataFrame, profile: str) -> str:
+    """The page's conclusion, generated from the verdicts (no number or profile fact is typed in the notebook)."""
+    label = claims["verdict"].str.split(":").str[0]
+    counts = label.value_counts()
+    n_tested = int((~label.eq("not measurable")).sum())
+    parts = [f"In this **{profile}** run, of {len(claims)} claims of the poster, "
+             + ", ".join(f"{int(counts.get(k, 0))} {k}" for k in ("reproduced", "not reproduced", "inconclusive",
+                                                                  "not measurable")) + "."]
+    for k, head in (("reproduced", "Reproduced"), ("not reproduced", "Not reproduced (our result disagrees with the "
+                                                                       "poster: the interval lies on the other side)")):
+        rows = claims[label == k]
+        if len(rows):
+            parts.append(f"{head}: " + "; ".join(rows["claim"]) + ".")
+    reasons = claims.loc[label == "not measurable", "verdict"].str.split(": ", n=1).str[1].value_counts()
+    if len(reasons):
+        parts.append("Not measurable, and why: " + "; ".join(f"{r} ({n} claim{'s' * (n > 1)})"
+                                                             for r, n in reasons.items()) + ".")
+    if n_tested:
+        units = claims.loc[~label.eq("not measurable")].groupby("unit")["n"].max()
+        need = min_units(n_tested)
+        short = [f"{int(n)} {u}" for u, n in units.items() if n < need]
+        if short:
+            parts.append(f"With {n_tested} claims tested, Holm's correction needs at least {need} units per "
+                         f"comparison for an exact paired test to reach p < 0.05; this run has "
+                         f"{' and '.join(short)}, so those claims can be at best inconclusive, whatever the data.")
+    if profile == "smoke":
+        parts.append("The smoke profile checks the pipeline; its verdicts do not test the paper. The archived "
+                     "reference run below was made at a size and budget chosen to test it.")
+    return "\n\n".join(parts)
+
+
+def figure_claims(claims: pd.DataFrame, run_dir, *, seed: int = 0):
+    """Our effects with intervals (dots; grey when not measurable) against the poster's (diamonds), per unit."""
+    units = [u for u in ("test patients", "training seeds") if (claims["unit"] == u).any()] or ["test patients"]
+    fig, axes = plt.subplots(1, len(units), figsize=(5.5 * len(units), 0.42 * max(len(claims) / len(units), 4) + 1.4),
+                             squeeze=False, layout="constrained")
+    for ax, unit in zip(axes[0], units):
+        s = claims[claims["unit"] == unit].reset_index(drop=True)
+        y = np.arange(len(s))
+        ok = ~s["verdict"].str.startswith("not measurable")
+        for sel, color, lab in ((ok, "C0", "ours (95 % interval)"), (~ok, "0.6", "ours, not measurable")):
+            t = s[sel]
+            err = np.nan_to_num(np.vstack([t["estimate"] - t["lo"], t["hi"] - t["estimate"]]), nan=0.0)
+            ax.errorbar(t["estimate"], y[sel.to_numpy()], xerr=err, fmt="o", color=color, label=lab)
+        ax.scatter(s["reported"], y, marker="D", facecolors="none", edgecolors="C3", label=LABEL)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(y, s["claim"], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"effect (a - b), unit: {unit}")
+        ax.legend(fontsize=7, frameon=False, loc="lower right")
+    save_figure(fig, Path(run_dir) / "claims.png", seed=seed)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # summary tables
 
-def image_quality_table(metrics: dict, runs_root) -> pd.DataFrame:
-    """Chapter 4's models: PSNR, SSIM (mean [95 % CI] over test slices), GFLOPs per image, parameters and s/image,
-    each with the poster's reported row beneath."""
-    m = metrics.get("04_baseline_comparison")
+def table_image_quality(runs_root, seed: int = 0) -> pd.DataFrame:
+    """Chapter 4: PSNR and SSIM per generator (mean [patient-level 95 % interval]), cost, beside the poster."""
+    m = _metrics(runs_root, runs.BASELINE_COMPARISON)
     if m is None:
         return pd.DataFrame()
-    timings = _json(Path(runs_root) / "04_baseline_comparison" / "metrics.json").get("timings", {})
+    timings = _json(runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON) / "metrics.json").get("timings", {})
     rows = []
-    for key, name in CH4_NAMES.items():
-        mm = m[m.model == name]
-        per_slice = mm[mm["slice"].astype(int) >= 0] if "slice" in mm else mm
-        row = {"model": name, "source": "ours"}
+    for key in QUALITY_MODELS:
+        mm = m[m.model == key]
+        row = {"model": display_name(key), "source": "ours"}
         for metric in ("psnr", "ssim"):
-            v = per_slice.loc[per_slice.metric == metric, "value"].to_numpy(float)
-            row[metric.upper()] = _fmt(*mean_ci(v)) if v.size else "n/a"
-        one = lambda k: mm.loc[mm.metric == k, "value"].astype(float)
-        row["GFLOPs/image"] = _fmt(one("gflops_per_image").iloc[0], d=3) if len(one("gflops_per_image")) else "n/a"
-        row["params (M)"] = _fmt(one("params").iloc[0] / 1e6) if len(one("params")) else "n/a"
-        spi = timings.get(name, {}).get("s_per_image")
-        row["s/image"] = _fmt(spi, d=3) if spi is not None else "n/a"
+            x = mm[(mm.metric == metric) & (mm["slice"].astype(int) >= 0)]
+            if len(x):
+                means, cl, _ = unit_means(x["value"], x["slice"], x["patient"].astype(str))
+                iv = cluster_bootstrap(means, cl, generator=np.random.default_rng(seed))
+                row[metric.upper()] = _ci(iv.estimate, iv.lo, iv.hi)
+        g = mm.loc[mm.metric == "gflops_per_image", "value"]
+        row["GFLOPs/image"] = sig(g.iloc[0]) if len(g) else "n/a"
+        row["s/image"] = sig(timings.get(key, {}).get("s_per_image", np.nan))
         rows.append(row)
         r = IMAGE_QUALITY[key]
-        rows.append({"model": name, "source": LABEL, "PSNR": f"{r['psnr']:.2f}",
-                     "SSIM": f"{r['ssim']:.2f}", "GFLOPs/image": f"{r['gflops_per_image']:g}", "params (M)": "",
-                     "s/image": f"{r['s_per_image']:g}"})
-    return pd.DataFrame(rows).set_index(["model", "source"])
+        rows.append({"model": display_name(key), "source": LABEL, "PSNR": sig(r["psnr"]), "SSIM": sig(r["ssim"]),
+                     "GFLOPs/image": sig(r["gflops_per_image"]), "s/image": sig(r["s_per_image"])})
+    return pd.DataFrame(rows).set_index(["model", "source"]).fillna("n/a")
 
 
-def segmentation_table(metrics: dict, dataset: str = "phantom") -> pd.DataFrame:
-    """Chapter 5: Dice per class and arm (mean [95 % CI] over training seeds), with the poster's rows."""
-    m = metrics.get("05_segmentation_augmentation")
+def table_segmentation(runs_root, seed: int = 0) -> pd.DataFrame:
+    """Chapter 5: Dice per arm and class, mean over training seeds [95 % interval only from >= 5 seeds]."""
+    m = _metrics(runs_root, runs.SEGMENTATION_AUGMENTATION)
     if m is None:
         return pd.DataFrame()
     if "dataset" in m:
-        m = m[m["dataset"] == dataset]
-    classes = [c for c in ("lung", "emphysema", "fibrosis", "ggo") if c in set(m["class"])]
-    agg = m[m.seed == -1].pivot_table(index=["model", "class"], columns="metric", values="value", aggfunc="first")
+        m = m[m["dataset"].astype(str) == "phantom"]
+    x = m[(m.metric == "dice") & (m.seed >= 0)]
+    classes = [c for c in ("lung", "emphysema", "fibrosis", "ggo") if c in set(x["class"])]
     rows = []
-    for arm in ("ref", "oversample", "+segguided", "+difflung"):
-        if arm not in agg.index.get_level_values(0):
-            continue
-        row = {"arm": arm, "source": "ours"}
+    for arm in [a for a in ARMS if a in set(x.model)] + sorted(set(x.model) - set(ARMS)):
+        row = {"arm": arm, "source": "ours", "seeds": str(x[x.model == arm]["seed"].nunique())}
         for c in classes:
-            r = agg.loc[(arm, c)] if (arm, c) in agg.index else None
-            row[f"Dice {c}"] = _fmt(r["dice_mean"], r["dice_lo"], r["dice_hi"]) if r is not None else "n/a"
+            v = x[(x.model == arm) & (x["class"] == c)]["value"].to_numpy(float)
+            iv = seed_interval(v, generator=np.random.default_rng(seed))
+            row[f"Dice {c}"] = _ci(v.mean(), *(iv[1:3] if iv else (np.nan, np.nan))) if v.size else "n/a"
         rows.append(row)
         if arm in SEGMENTATION_DICE:
-            rows.append({"arm": arm, "source": LABEL,
-                         **{f"Dice {c}": f"{SEGMENTATION_DICE[arm][c]:.2f}" if c in SEGMENTATION_DICE[arm] else ""
-                            for c in classes}})
+            rows.append({"arm": arm, "source": LABEL, "seeds": "", **{
+                f"Dice {c}": sig(SEGMENTATION_DICE[arm][c]) if c in SEGMENTATION_DICE[arm] else "" for c in classes}})
     return pd.DataFrame(rows).set_index(["arm", "source"])
 
 
-def cost_table(runs_root) -> pd.DataFrame:
-    """Training and sampling cost of the run: chapter 3's main training, chapter 5's synthesis, chapter 4's
-    per-image sampling cost (timings come from JSON files, not metrics.csv, since they vary between runs)."""
-    root = Path(runs_root)
-    rows = []
-    c3 = _json(root / "03_cbmat_training" / "cost.json")
-    if c3:
-        rows.append({"what": "Diff-Lung training (chapter 3)", "device": c3.get("device"), "steps": c3.get("steps"),
-                     "wall s": c3.get("wall_s"), "images/s": c3.get("images_per_s"),
-                     "peak memory MB": (c3.get("peak_mem_bytes") or 0) / 2**20})
-    t4 = _json(root / "04_baseline_comparison" / "metrics.json")
-    for name, t in t4.get("timings", {}).items():
-        rows.append({"what": f"{name} sampling (chapter 4)", "device": t4.get("device"),
-                     "s/image": t.get("s_per_image"), "batch": t4.get("timing_batch")})
-    t5 = _json(root / "05_segmentation_augmentation" / "timings.json")
-    for arm, t in t5.get("synthesis", {}).items():
-        rows.append({"what": f"synthetic set {arm} (chapter 5)", "images/s": t.get("images_per_s"),
-                     "wall s": t.get("seconds"), "steps": t.get("n")})
-    return pd.DataFrame(rows).set_index("what") if rows else pd.DataFrame()
+def table_cost_ratios(runs_root) -> pd.DataFrame:
+    """The poster's cost ratios beside ours (no threshold: the poster states none)."""
+    m = _metrics(runs_root, runs.BASELINE_COMPARISON)
+    timings = _json(runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON) / "metrics.json").get("timings", {})
+    ours = {}
+    for key in QUALITY_MODELS:
+        g = m.loc[(m.model == key) & (m.metric == "gflops_per_image"), "value"] if m is not None else []
+        ours[key] = {"gflops_per_image": float(g.iloc[0]) if len(g) else np.nan,
+                     "s_per_image": timings.get(key, {}).get("s_per_image", np.nan)}
+    t = cost_ratio_frame(ours)
+    return t.assign(**{c: t[c].map(sig) for c in ("reported ratio", "our ratio")}).set_index(["comparison", "metric"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# claims and verdicts
+# the reference run and this run's provenance
 
-def _verdict(lo: float, hi: float, margin: float = 0.0) -> str:
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "not measurable"
-    if lo > -margin:
-        return "reproduced"
-    if hi < -margin:
-        return "not reproduced"
-    return "inconclusive at this n"
-
-
-def _paired_slices(m: pd.DataFrame, a: str, b: str, metric: str) -> np.ndarray:
-    x = m[(m.metric == metric) & (m["slice"].astype(int) >= 0)]
-    pa = x[x.model == a].set_index(["seed", "slice"])["value"]
-    pb = x[x.model == b].set_index(["seed", "slice"])["value"]
-    both = pa.index.intersection(pb.index)
-    return (pa[both] - pb[both]).to_numpy(float)
+def reference(root=None):
+    """The newest archived reference run (`difflung.archive.Reference`) and its claims table (None: none)."""
+    ref = load_reference(root) if root else load_reference()
+    if ref is None:
+        return None, None
+    p = ref.path / runs.RESULTS / "claims.csv"
+    return ref, (pd.read_csv(p) if p.is_file() else None)
 
 
-def _paired_seeds(m: pd.DataFrame, a: str, b: str, cls: str) -> np.ndarray:
-    x = m[(m.metric == "dice") & (m["class"] == cls) & (m.seed >= 0)]
-    pa, pb = x[x.model == a].set_index("seed")["value"], x[x.model == b].set_index("seed")["value"]
-    both = pa.index.intersection(pb.index)
-    return (pa[both] - pb[both]).to_numpy(float)
-
-
-def claims_table(metrics: dict, dataset: str = "phantom") -> pd.DataFrame:
-    """The poster's claims, each with its reported difference, ours (mean [95 % CI], n) and the verdict."""
-    rows = []
-    m4 = metrics.get("04_baseline_comparison")
-    if m4 is not None:
-        for metric, label in (("psnr", "PSNR"), ("ssim", "SSIM")):
-            for other in ("segguided", "spade", "pix2pix"):
-                d = _paired_slices(m4, CH4_NAMES["difflung"], CH4_NAMES[other], metric)
-                mean, lo, hi = mean_ci(d) if d.size >= 2 else (np.nan, np.nan, np.nan)
-                rows.append({"claim": f"Diff-Lung {label} > {POSTER_NAMES[other]} {label}",
-                             "reported": IMAGE_QUALITY["difflung"][metric] - IMAGE_QUALITY[other][metric],
-                             "ours": mean, "lo": lo, "hi": hi, "n": int(d.size), "unit": "test slices",
-                             "verdict": _verdict(lo, hi)})
-        g = m4[m4.metric == "gflops_per_image"].set_index("model")["value"].astype(float)
-        if CH4_NAMES["difflung"] in g and CH4_NAMES["pix2pix"] in g:
-            ratio = g[CH4_NAMES["difflung"]] / g[CH4_NAMES["pix2pix"]]
-            rep = IMAGE_QUALITY["difflung"]["gflops_per_image"] / IMAGE_QUALITY["pix2pix"]["gflops_per_image"]
-            rows.append({"claim": "Diff-Lung costs >= 10x the GFLOPs of Pix2Pix per image", "reported": rep,
-                         "ours": ratio, "lo": np.nan, "hi": np.nan, "n": 1, "unit": "ratio",
-                         "verdict": "reproduced" if ratio >= 10 else "not reproduced"})
-    m5 = metrics.get("05_segmentation_augmentation")
-    if m5 is not None:
-        if "dataset" in m5:
-            m5 = m5[m5["dataset"] == dataset]
-        present = set(m5.loc[(m5.metric == "test_pixels") & (m5.value > 0), "class"])
-        for cls in ("emphysema", "fibrosis", "lung"):
-            for other in ("ref", "+segguided"):
-                margin = NON_INFERIORITY if cls == "lung" and other == "ref" else 0.0
-                d = _paired_seeds(m5, "+difflung", other, cls)
-                mean, lo, hi = mean_ci(d) if d.size >= 2 else (np.nan, np.nan, np.nan)
-                verdict = _verdict(lo, hi, margin) if cls in present else "not measurable"
-                rel = "not worse than" if margin else ">"
-                rows.append({"claim": f"Dice {cls}: +difflung {rel} {other}"
-                                      + (f" (margin {margin:g})" if margin else ""),
-                             "reported": SEGMENTATION_DICE["+difflung"][cls] - SEGMENTATION_DICE[other][cls],
-                             "ours": mean, "lo": lo, "hi": hi, "n": int(d.size), "unit": "training seeds",
-                             "verdict": verdict})
-    # the columns stand even when no chapter with claims has run (a partial run renders an empty table)
-    return pd.DataFrame(rows, columns=["claim", "reported", "ours", "lo", "hi", "n", "unit", "verdict"])
-
-
-def best_model(metrics: dict, metric: str = "psnr") -> str:
-    """The chapter-4 model with the highest mean of `metric` over test slices in this run ("n/a" if absent)."""
-    m = metrics.get("04_baseline_comparison")
-    if m is None:
-        return "n/a"
-    x = m[(m.metric == metric) & (m["slice"].astype(int) >= 0) & (m.model.isin(CH4_NAMES.values()))]
-    return str(x.groupby("model")["value"].mean().idxmax()) if len(x) else "n/a"
-
-
-def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
-    order = ("reproduced", "not reproduced", "inconclusive at this n", "not measurable")
-    counts = claims["verdict"].value_counts() if len(claims) else pd.Series(dtype=int)
-    return {k: int(counts.get(k, 0)) for k in order}
-
-
-def figure_claims(claims: pd.DataFrame, run_dir, *, seed: int = 0):
-    """Our paired differences with 95 % CIs against the poster's reported differences, one panel per unit."""
-    c = claims[claims.unit != "ratio"].reset_index(drop=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * max(len(c), 4) + 1.2), squeeze=False)
-    for ax, unit in zip(axes[0], ("test slices", "training seeds")):
-        s = c[c.unit == unit]
-        y = np.arange(len(s))
-        ax.errorbar(s["ours"], y, xerr=[s["ours"] - s["lo"], s["hi"] - s["ours"]], fmt="o", color="C0",
-                    label="ours (95 % CI)")
-        ax.scatter(s["reported"], y, marker="D", facecolors="none", edgecolors="C3", label=LABEL)
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(y, s["claim"], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(f"paired differences over {unit}", fontsize=9)
-        ax.legend(fontsize=7, frameon=False, loc="lower right")
-    fig.tight_layout()
-    save_figure(fig, Path(run_dir) / "claims.png", seed=seed)
-    return fig
+def reference_markdown(ref) -> str:
+    if ref is None:
+        return ("No reference run is archived in `reference/` yet: `python -m difflung archive --profile laptop` "
+                "after a finished laptop run puts its numbers there.")
+    stale = {True: " **The chapters' code has changed since this run was made: its numbers may not be what the "
+                   "current code would give.**", None: " Whether the code changed since is unknown (no git history)."
+             }.get(ref.code_changed, "")
+    wall = ref.meta.get("total_wall_s")
+    return (f"Archived reference run: **{ref.label}** ({len(ref.meta.get('chapters', []))} chapters"
+            + (f", {wall / 60:.0f} min of wall time" if wall else "") + f").{stale}")
 
 
 def provenance_table(runs_root) -> pd.DataFrame:
     """Per chapter of the run: status, wall time, device and git revision (from provenance.json)."""
     prov = _json(Path(runs_root) / "provenance.json")
-    rows = [{"chapter": k, "status": v.get("status"), "wall s": v.get("wall_s"), "device": v.get("device"),
-             "git revision": str(v.get("git_revision", ""))[:12]} for k, v in prov.get("notebooks", {}).items()
-            if k in CHAPTERS]
+    rows = [{"chapter": k, "status": v.get("status"), "wall s": sig(v.get("wall_s", np.nan)),
+             "device": v.get("device"), "git revision": str(v.get("git_revision", ""))[:12]}
+            for k, v in prov.get("notebooks", {}).items() if k in runs.CHAPTERS]
     return pd.DataFrame(rows).set_index("chapter") if rows else pd.DataFrame()
+
+
+def scope(claims: pd.DataFrame, profile: str, ref) -> Scope:
+    label = claims["verdict"].str.split(":").str[0]
+    can = [f"{int((label == k).sum())} claims {k}, each by the one verdict rule with Holm's correction"
+           for k in ("reproduced", "not reproduced") if (label == k).any()]
+    cannot = [f"{c}: {v.split(': ', 1)[1]}" for c, v in zip(claims["claim"], claims["verdict"])
+              if v.startswith("not measurable")]
+    cannot += [f"{c}: inconclusive at this number of units" for c, v in zip(claims["claim"], claims["verdict"])
+               if v == "inconclusive"]
+    facts = {"claims": str(len(claims)), "reference run": ref.label if ref is not None else "none archived"}
+    return Scope(profile, can=can, cannot=smoke_caveat(profile) + cannot, facts=facts)

@@ -1,8 +1,8 @@
 """Chapter 5, segmentation augmentation: does synthetic data lift rare-class Dice?
 
 The experiment -- arms, mask synthesis, painting, the oversampling control, training and scoring over seeds --
-lives in `difflung.augment`; the paired tests in `difflung.evaluation`. This module chooses the generators each
-synthetic arm uses and makes the chapter's tables and figures from `metrics.csv`.
+lives in `difflung.augment`, with its statistics (summaries, validity, the chapter's comparisons). This module
+chooses the generators each synthetic arm uses and makes the chapter's tables and figures from `metrics.csv`.
 
 Each function is one section of `notebooks/05_segmentation_augmentation.py`:
 
@@ -10,18 +10,15 @@ Each function is one section of `notebooks/05_segmentation_augmentation.py`:
     res, syn, balance = augment.run_experiment(inputs.dataset, run_dir, tag="phantom", models=inputs.models, ...)
     real, _, _ = augment.run_experiment(inputs.real_dataset, run_dir, tag="real", ...)   # if inputs.real_dataset
     write_chapter_metrics(run_dir, [res, real], config=config, seed=seed, synthetic=syn.sets)
-    table_results(run_dir); figure_dice(run_dir); table_tests(run_dir); table_winners(run_dir)   # from metrics.csv
-    figure_examples(res, run_dir)
-    table_real_data(real); figure_dice(run_dir, "real")
-    export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
+    table_results(run_dir, runs_root=...); figure_dice(run_dir, runs_root=...)     # from metrics.csv
+    table_comparisons(run_dir, runs_root=...); table_poster_claims(runs_root)
+    figure_examples(res, run_dir); export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
+    scope(profile, run_dir, runs_root=...)
 
-Numbers go to `<run_dir>/metrics.csv` (column `dataset`: phantom or real; per-seed Dice rows with metric
-`dice`, aggregates over seeds with seed = -1); timings, which vary from run to run, go to `timings.json`, so
-metrics.csv is byte-identical for a given seed on CPU. Per-slice Dice: `<run_dir>/<dataset>/dice_per_slice.csv`.
-
-The test against `ref` is the Wilcoxon signed-rank test over training seeds. With n seeds it cannot give p
-below 2 / 2^n (0.5 at 2 seeds, 0.0625 at 5, 0.031 at 6): at small n read the interval of the paired difference,
-not p alone. A rank-sum over slices is reported beside it as a secondary view.
+Numbers go to `<run_dir>/metrics.csv` (column `dataset`; per-seed Dice rows, metric `dice`, seed = training
+seed, read by `difflung.claims`); timings to `timings.json`. Statistics: `difflung.augment` (unit: training seed;
+an interval only from `stats.MIN_SEEDS` seeds; Holm across the chapter's table; `stats.verdict`). The poster's
+claims are judged once for the run (`table_poster_claims`) and left out of the chapter's table.
 """
 from __future__ import annotations
 
@@ -32,21 +29,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import augment as A
 from .. import labels as L
-from ..augment import (ARM_NAMES, ARMS, SYNTHETIC_ARMS, Results, SyntheticSet, arm_order, compare_arms, metric_rows,
-                       timing_record)
+from .. import stats
+from ..augment import ARM_NAMES, ARMS, SYNTHETIC_ARMS, Results, SyntheticSet
 from ..dataset import Dataset
-from ..evaluation import mean_ci
 from ..metrics import read_metrics, write_metrics
-from ..plots import legend_handles, plt, save_figure, show_ct
+from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, window_name
 from ..provenance import write_json_atomic
-from ..reported import LABEL, SEGMENTATION_DICE
-from ..segmentation import SegConfig
+from ..reported import CLAIMS, LABEL, SEGMENTATION_DICE
 from ..runs import phantom_dataset_dir, real_dataset_dir
+from ..scope import Scope, smoke_caveat
+from ..segmentation import SegConfig
 
 TABLE_CLASSES = ("lung", "emphysema", "fibrosis", "ggo")  # the poster's "healthy" is healthy lung parenchyma
-TABLE_HEADERS = {"lung": "Dice healthy", "emphysema": "Dice emphysema", "fibrosis": "Dice fibrosis", "ggo": "Dice GGO"}
 POSTER = SEGMENTATION_DICE  # the poster's rows (healthy = lung), shown as reported, never as ours
+POSTER_TRIPLES = {(c.cls, c.a, c.b) for c in CLAIMS if c.kind == "segmentation"}  # judged by difflung.claims
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,10 +81,8 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
     if real_dataset is not None:
         real = Path(real_dataset)
         Dataset(real)  # clear error if missing
-    else:  # chapter 1's worked example writes real_dataset; dataset_real is accepted too
-        found = [p for p in (real_dataset_dir(root), root / "01_data_preparation" / "dataset_real")
-                 if (p / "manifest.json").is_file()]
-        real = found[0] if found else None
+    else:  # chapter 1's worked example writes real_dataset
+        real = real_dataset_dir(root) if (real_dataset_dir(root) / "manifest.json").is_file() else None
     return Inputs(ds, chosen, real, {k: Path(v) for k, v in (real_models or {}).items()})
 
 
@@ -98,13 +94,8 @@ def table_inputs(inputs: Inputs) -> pd.DataFrame:
                  "detail": f"{ds.size} px, classes {', '.join(L.names(ds.classes))}, "
                            f"{ds.manifest['splits']['train']['n_slices']} train / "
                            f"{ds.manifest['splits']['test']['n_slices']} test slices"})
-    for arm, p in inputs.models.items():
-        meta = json.loads((p / "difflung_config.json").read_text())
-        tc = meta.get("train_config", {})
-        rows.append({"input": f"generator for {arm}", "path": str(p),
-                     "detail": f"mask {meta.get('mask_mode', tc.get('mask_mode'))}, ablation "
-                               f"{tc.get('strategy', meta.get('ablation', {}).get('strategy', '?'))}, "
-                               f"preset {tc.get('preset', '?')}, {tc.get('steps', '?')} steps"})
+    rows += [{"input": f"generator for {arm}", "path": str(p), "detail": A.describe_generator(p)}
+             for arm, p in inputs.models.items()]
     rows.append({"input": "real CT dataset", "path": str(inputs.real_dataset or "-"),
                  "detail": "absent: the real-data section is skipped" if inputs.real_dataset is None else
                  ", ".join(L.names(Dataset(inputs.real_dataset).classes))})
@@ -113,21 +104,16 @@ def table_inputs(inputs: Inputs) -> pd.DataFrame:
 
 def write_chapter_metrics(run_dir, results: list[Results], *, config: SegConfig, seed: int,
                           synthetic: dict[str, SyntheticSet] | None = None, extra: dict | None = None) -> Path:
-    """metrics.csv (deterministic numbers only) + timings.json (wall times, images/s, provenance)."""
-    path = write_metrics(run_dir, [row for r in results for row in metric_rows(r)])
-    write_json_atomic(Path(run_dir) / "timings.json", timing_record(results, synthetic, config=config, seed=seed,
-                                                                     extra=extra))
+    """metrics.csv (deterministic numbers only; intervals drawn from `seed`) + timings.json (wall times)."""
+    rng = np.random.default_rng(seed)
+    path = write_metrics(run_dir, [row for r in results for row in A.metric_rows(r, generator=rng)])
+    write_json_atomic(Path(run_dir) / "timings.json", A.timing_record(results, synthetic, config=config, seed=seed,
+                                                                       extra=extra))
     return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # tables and figures, from metrics.csv
-
-def _fmt(m, lo, hi) -> str:
-    if np.isnan(m):
-        return "n/a"
-    return f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
-
 
 def _metrics(run_dir, dataset: str) -> pd.DataFrame:
     m = read_metrics(run_dir)
@@ -147,122 +133,129 @@ def _classes(m: pd.DataFrame, classes) -> list[str]:
     return [c for c in TABLE_CLASSES if c in present] + extra
 
 
-def _test_pixels(m: pd.DataFrame) -> dict[str, float]:
-    t = m[m.metric == "test_pixels"]
-    return dict(zip(t["class"], t.value))
+def _summary(m: pd.DataFrame) -> pd.DataFrame:
+    return m[m.seed == -1].pivot_table(index=["class", "model"], columns="metric", values="value", aggfunc="first",
+                                       dropna=False)
 
 
-def table_results(run_dir, dataset: str = "phantom", classes=None, with_poster: bool | None = None) -> pd.DataFrame:
-    """The poster's table from metrics.csv: our arms (mean Dice [95% CI] over seeds) and, for the phantom,
-    the poster's reported rows, labelled as such. A class with no pixel in the test truth is marked: its Dice
-    could only count false positives."""
+def _arms(m: pd.DataFrame) -> list[str]:
+    return sorted(set(m.loc[m.metric == "dice", "model"]), key=A.arm_order)
+
+
+def table_results(run_dir, dataset: str = "phantom", classes=None, *, runs_root,
+                  with_poster: bool | None = None) -> pd.DataFrame:
+    """The poster's table from metrics.csv: per arm the mean Dice over training seeds, with its 95 % interval
+    only from `stats.MIN_SEEDS` seeds; a class that is not measurable shows why instead of a number; for the
+    phantom, the poster's reported rows beside ours, labelled as such."""
     m = _metrics(run_dir, dataset)
-    classes = _classes(m, classes)
-    pix = _test_pixels(m)
-    d = m[m.metric == "dice"]
-    rows = []
-    for arm in [a for a in ARMS if a in set(d.model)] + sorted(set(d.model) - set(ARMS)):
-        row = {"model": ARM_NAMES.get(arm, arm), "source": "ours", "seeds": str(d[d.model == arm].seed.nunique())}
+    classes, (measurable, _) = _classes(m, classes), A.validity(m, runs_root, dataset)
+    agg, rows = _summary(m), []
+    for arm in _arms(m):
+        row = {"model": A.arm_label(arm), "source": "ours", "seeds": int(agg.loc[(classes[0], arm), "n_seeds"])}
         for c in classes:
-            row[TABLE_HEADERS.get(c, f"Dice {c}")] = (
-                f"no {c} in test truth" if pix.get(c, 1) == 0 else
-                _fmt(*mean_ci(d[(d.model == arm) & (d["class"] == c)].value)))
+            r = agg.loc[(c, arm)]
+            row[_header(c)] = (f"not measurable: {measurable[c][1]}" if not measurable[c][0] else
+                               sig(r.dice_mean) + (f" [{sig(r.dice_lo)}, {sig(r.dice_hi)}]"
+                                                   if np.isfinite(r.dice_lo) else ""))
         rows.append(row)
     if _with_poster(classes, with_poster):
         for arm, vals in POSTER.items():
-            row = {"model": ARM_NAMES[arm], "source": LABEL, "seeds": "not stated"}
-            for c in classes:
-                row[TABLE_HEADERS.get(c, f"Dice {c}")] = f"{vals[c]:.2f}" if c in vals else "not reported"
-            rows.append(row)
+            rows.append({"model": ARM_NAMES[arm], "source": LABEL, "seeds": "not stated",
+                         **{_header(c): f"{vals[c]:.2f}" if c in vals else "not reported" for c in classes}})
     return pd.DataFrame(rows).set_index(["model", "source"])
 
 
-def table_tests(run_dir, dataset: str = "phantom", classes=None) -> pd.DataFrame:
-    """Per class and arm vs ref, from metrics.csv: the paired difference in mean Dice with its 95% CI, the
-    Wilcoxon signed-rank p over seeds (primary) and the rank-sum p over slices (secondary)."""
+def _header(c: str) -> str:
+    return f"Dice {'healthy' if c == 'lung' else 'GGO' if c == 'ggo' else c}"
+
+
+def table_comparisons(run_dir, dataset: str = "phantom", classes=None, *, runs_root, seed: int = 0) -> pd.DataFrame:
+    """The chapter's comparisons (`augment.comparison_triples`: every arm against ref, every synthetic arm against
+    the oversampling control; the poster's own claims excluded, see `table_poster_claims`), judged with the book's
+    one rule over training seeds (`augment.judge_arms`: Holm across this table)."""
     m = _metrics(run_dir, dataset)
-    classes = _classes(m, classes)
-    agg = m[(m.seed == -1) & m.model.isin([a for a in ARMS if a != "ref"]) & m["class"].isin(classes)]
-    wide = agg.pivot_table(index=["class", "model"], columns="metric", values="value", aggfunc="first")
-    cols = {"delta_vs_ref": "difference", "delta_vs_ref_lo": "lo", "delta_vs_ref_hi": "hi",
-            "p_wilcoxon_seeds_vs_ref": "p signed-rank (seeds)", "p_ranksum_slices_vs_ref": "p rank-sum (slices)",
-            "n_seeds": "seeds", "n_slices": "slices"}
-    wide = wide.reindex(columns=list(cols)).rename(columns=cols)
-    order = [(c, a) for c in classes for a in ARMS if (c, a) in wide.index]
-    return wide.loc[order]
+    classes, (measurable, converged) = _classes(m, classes), A.validity(m, runs_root, dataset)
+    exclude = POSTER_TRIPLES if dataset == "phantom" else ()
+    t = A.judge_arms(A.seed_scores(m), A.comparison_triples(classes, _arms(m), exclude), measurable=measurable,
+                     converged=converged, generator=np.random.default_rng(seed))
+    ok = ~t.verdict.str.startswith("not measurable")  # those show their reason, not numbers
+    interval = [("n/a" if not k else f"[{sig(lo)}, {sig(hi)}]" if np.isfinite(lo) else
+                 f"none (fewer than {stats.MIN_SEEDS} seeds)") for k, lo, hi in zip(ok, t.lo, t.hi)]
+    return pd.DataFrame({"comparison": t.claim, "difference": t.estimate.where(ok), "95 % interval": interval,
+                         "seeds": t.n, "p": t.p.where(ok), "p (Holm)": t["p (Holm)"], "verdict": t.verdict,
+                         "why": t.note.where(ok, "")})
 
 
-def table_winners(run_dir, dataset: str = "phantom", classes=None, alpha: float = 0.05) -> pd.DataFrame:
-    """Per class, as computed: the arm(s) with the highest mean Dice, the margin over ref, and whether the
-    paired evidence supports a gain (signed-rank p < alpha over seeds and the difference's CI above 0)."""
-    m = _metrics(run_dir, dataset)
-    classes = _classes(m, classes)
-    pix = _test_pixels(m)
-    rows = []
-    for cls in classes:
-        c = m[(m["class"] == cls) & (m.seed == -1)].pivot_table(index="model", columns="metric", values="value",
-                                                                aggfunc="first")
-        if pix.get(cls, 1) == 0 or "dice_mean" not in c or c["dice_mean"].isna().all():
-            rows.append({"class": cls, "winner": "none", "verdict": f"no {cls} in the test truth: not measurable"})
-            continue
-        means = c["dice_mean"].dropna()
-        top = sorted(means.index[np.isclose(means, means.max(), rtol=0, atol=1e-9)],
-                     key=arm_order)
-        best, ref = top[0], means.get("ref", np.nan)
-        row = {"class": cls, "winner": " = ".join(top), "dice": means[best], "ref dice": ref,
-               "margin over ref": means[best] - ref}
-        if "ref" in top:
-            row["verdict"] = ("tie with ref: " if len(top) > 1 else "") + "no arm beat real data alone"
-        else:
-            p, lo = c.loc[best].get("p_wilcoxon_seeds_vs_ref", np.nan), c.loc[best].get("delta_vs_ref_lo", np.nan)
-            row["p signed-rank (seeds)"] = p
-            row["verdict"] = (f"better than ref (p < {alpha:g}, CI of the difference above 0)" if p < alpha and lo > 0
-                              else "highest mean, not distinguishable from ref at this number of seeds")
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("class")
+def table_poster_claims(runs_root) -> pd.DataFrame:
+    """The poster's segmentation claims as judged for the whole run -- the single call site in this chapter.
+
+    `difflung.claims.judge_run(runs_root)` judges every claim of `difflung.reported.CLAIMS` once (Holm across the
+    run's claims, `stats.verdict`) from this chapter's per-seed Dice rows and the criteria of chapters 1, 3 and 4;
+    the results chapter shows the same rows, so chapters 5 and 6 cannot disagree. Imported lazily: the other
+    sections of this chapter do not depend on it.
+    """
+    from .. import claims  # THE judge of the poster's claims (difflung/claims.py)
+
+    t = claims.judge_run(runs_root)
+    return t[t["kind"] == "segmentation"].drop(columns="kind").reset_index(drop=True)
 
 
-def _with_poster(classes, with_poster) -> bool:
-    """Show the poster's rows only where its classes (emphysema, fibrosis) are studied."""
+def _with_poster(classes, with_poster) -> bool:  # the poster's rows only where its classes are studied
     return bool({"emphysema", "fibrosis"} & set(classes)) if with_poster is None else with_poster
 
 
-def figure_dice(run_dir, dataset: str = "phantom", classes=None, *, with_poster: bool | None = None, seed: int = 0):
-    """Point plot of per-class Dice (mean over seeds, 95% t-interval) per arm, from metrics.csv; the poster's
-    reported values in a second panel on the same scale."""
+def _dots(ax, values: dict, order: list[str], hue: list[str], palette: dict, marker: str = "o", spans=None):
+    """values[(class, arm)] = (per-seed values, mean, lo, hi); one dot per seed, a bar at the mean, the interval
+    as an error bar where it exists."""
+    w = 0.8 / max(len(hue), 1)
+    for j, arm in enumerate(hue):
+        for i, c in enumerate(order):
+            if (c, arm) not in values:
+                continue
+            v, mean, lo, hi = values[(c, arm)]
+            x = i - 0.4 + w * (j + 0.5)
+            ax.scatter(x + np.linspace(-w / 5, w / 5, len(v)) if len(v) > 1 else [x] * len(v), v, s=16,
+                       color=palette[arm], alpha=0.75, marker=marker, label=arm if i == 0 else None, zorder=3)
+            ax.plot([x - w / 3, x + w / 3], [mean] * 2, color=palette[arm], lw=2, zorder=4)
+            if np.isfinite(lo):
+                ax.errorbar(x, mean, yerr=[[mean - lo], [hi - mean]], color=palette[arm], capsize=3, zorder=4)
+    for i in [order.index(c) for c in (spans or ())]:
+        ax.axvspan(i - 0.5, i + 0.5, color="0.88", zorder=0)
+    ax.set_xticks(range(len(order)), [_header(c)[5:] + ("\n(not measurable)" if spans and c in spans else "")
+                                      for c in order], fontsize=8)
+    ax.set_xlim(-0.5, len(order) - 0.5)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def figure_dice(run_dir, dataset: str = "phantom", classes=None, *, runs_root, with_poster: bool | None = None,
+                seed: int = 0):
+    """Per class and arm: one dot per training seed, a bar at the mean and, from `stats.MIN_SEEDS` seeds, the 95 %
+    interval; classes that are not measurable on a grey band. The poster's reported values in a second panel."""
     import seaborn as sns
 
     m = _metrics(run_dir, dataset)
-    pix = _test_pixels(m)
-    classes = [c for c in _classes(m, classes) if pix.get(c, 1) > 0]  # absent classes have no Dice to plot
+    classes, (measurable, _) = _classes(m, classes), A.validity(m, runs_root, dataset)
+    arms, agg, d = _arms(m), _summary(m), A.seed_scores(m)
+    palette = dict(zip([A.arm_label(a) for a in ARMS], sns.color_palette("colorblind", len(ARMS))))
+    values = {(c, A.arm_label(a)): (d[(d.model == a) & (d["class"] == c)].value.dropna().to_numpy(),
+                                          *agg.loc[(c, a), ["dice_mean", "dice_lo", "dice_hi"]])
+              for c in classes for a in arms}
     poster = _with_poster(classes, with_poster)
-    m = m[(m.metric == "dice") & m["class"].isin(classes)].copy()
-    m["arm"] = m.model.map(lambda a: ARM_NAMES.get(a, a))
-    hue_order = [ARM_NAMES[a] for a in ARMS if ARM_NAMES[a] in set(m.arm)]
-    palette = dict(zip([ARM_NAMES[a] for a in ARMS], sns.color_palette("colorblind", len(ARMS))))
-    fig, axes = plt.subplots(1, 2 if poster else 1, figsize=(10 if poster else 6.5, 3.8), sharey=True,
-                             squeeze=False, gridspec_kw={"width_ratios": [len(classes), 3] if poster else [1]})
-    axes = axes[0]
-    sns.pointplot(m, x="class", y="value", hue="arm", order=classes, hue_order=hue_order, palette=palette,
-                  errorbar=lambda v: mean_ci(v)[1:] if len(v) > 1 else (np.mean(v), np.mean(v)),
-                  dodge=0.45, linestyle="none", markers="o", capsize=0.08, ax=axes[0])
-    axes[0].set_title(f"ours ({dataset}): mean over {m.seed.nunique()} seeds, 95% t-interval", fontsize=10)
-    axes[0].set_ylabel("Dice (held-out test slices)")
-    axes[0].legend(loc="best", fontsize=8, frameon=False)
+    fig, axes = plt.subplots(1, 2 if poster else 1, figsize=(10 if poster else 6.5, 3.8), sharey=True, squeeze=False,
+                             gridspec_kw={"width_ratios": [len(classes), 3] if poster else [1]}, layout="constrained")
+    hue = [A.arm_label(a) for a in arms]
+    _dots(axes[0, 0], values, classes, hue, palette, spans={c for c in classes if not measurable[c][0]})
+    n = int(d.seed.nunique())
+    axes[0, 0].set_title(f"ours ({dataset}): {n} training seeds, one dot each; bar = mean"
+                         + ("; 95 % interval" if n >= stats.MIN_SEEDS else
+                            f"; no interval below {stats.MIN_SEEDS} seeds"), fontsize=9)
+    axes[0, 0].set_ylabel("Dice (held-out test slices)")
+    axes[0, 0].legend(loc="lower left", fontsize=7, frameon=False)
     if poster:
-        rep = pd.DataFrame([{"arm": ARM_NAMES[a], "class": c, "value": v} for a, d in POSTER.items()
-                            for c, v in d.items()])
-        sns.pointplot(rep, x="class", y="value", hue="arm", order=["lung", "emphysema", "fibrosis"],
-                      hue_order=[ARM_NAMES[a] for a in POSTER], palette=palette, dodge=0.45, linestyle="none",
-                      markers="D", errorbar=None, ax=axes[1])
-        axes[1].set_title(f"{LABEL}: no seeds or CI given", fontsize=10)
-        axes[1].get_legend().remove()
-    for ax in axes:
-        ax.set_xlabel("")
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_xticks(ax.get_xticks(), ["healthy" if t.get_text() == "lung" else t.get_text()
-                                        for t in ax.get_xticklabels()])
-    fig.tight_layout()
+        rep = {(c, ARM_NAMES[a]): ([v], v, np.nan, np.nan) for a, dd in POSTER.items() for c, v in dd.items()}
+        _dots(axes[0, 1], rep, ["lung", "emphysema", "fibrosis"], [ARM_NAMES[a] for a in POSTER], palette, "D")
+        axes[0, 1].set_title(f"{LABEL}: no seeds or interval given", fontsize=9)
     save_figure(fig, Path(run_dir) / f"dice_{dataset}.png", config={"dataset": dataset, "classes": classes},
                 seed=seed)
     return fig
@@ -273,37 +266,42 @@ def figure_examples(res: Results, run_dir, *, seed: int = 0):
     from ..dataset import unwindow
 
     k, arms = len(res.example_idx), list(res.examples)
-    fig, axes = plt.subplots(k, 2 + len(arms), figsize=(2.1 * (2 + len(arms)), 2.2 * k), squeeze=False)
+    fig, axes = plt.subplots(k, 2 + len(arms), figsize=(2.1 * (2 + len(arms)) + 0.8, 2.2 * k), squeeze=False,
+                             layout="constrained")
+    truth = f"{res.tag} (truth)" if res.tag == "phantom" else "truth"
     for r, i in enumerate(res.example_idx):
         hu = unwindow(res.test.images[i])
         show_ct(axes[r, 0], hu, title=f"test slice {i}")
-        show_ct(axes[r, 1], hu, res.test.labels[i], alpha=0.5, title="truth" if r == 0 else None)
+        show_ct(axes[r, 1], hu, res.test.labels[i], alpha=0.5, title=truth if r == 0 else None)
         for j, arm in enumerate(arms):
             show_ct(axes[r, 2 + j], hu, res.examples[arm][r], alpha=0.5,
-                    title=ARM_NAMES.get(arm, arm) if r == 0 else None)
+                    title=A.arm_label(arm) if r == 0 else None)
+    hu_colorbar(fig, axes)
     present = sorted(set(np.unique(res.test.labels[res.example_idx]).tolist()) - {L.BACKGROUND, L.BODY})
-    fig.legend(handles=legend_handles(present), loc="lower center", ncol=max(len(present), 1), frameon=False)
-    fig.suptitle(f"Predictions on the same {res.tag} test slices (seed {res.seeds[0]}); lung window W1500/L-600")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.legend(handles=legend_handles(present), loc="outside lower center", ncol=max(len(present), 1), frameon=False)
+    fig.suptitle(f"Predictions on the same {res.tag} test slices (training seed {res.seeds[0]}); {window_name()}",
+                 fontsize=10)
     save_figure(fig, Path(run_dir) / f"examples_{res.tag}.png", config={"slices": res.example_idx.tolist()},
                 seed=seed)
     return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# real CT and nnU-Net export
+# the scope box and the nnU-Net export
 
-def table_real_data(res: Results) -> pd.DataFrame:
-    """The real-CT experiment with its size stated by the numbers: n test slices/patients and CI width."""
-    t = compare_arms(res)
-    t = t[t["class"].isin([L.BY_ID[c].name for c in res.classes if L.BY_ID[c].pathology] + ["lung"])]
-    t = t.assign(ci_width=t.hi - t.lo, test_patients=len(set(res.test.patient.tolist())), test_slices=len(res.test))
-    return t.set_index(["class", "arm"])[["mean", "lo", "hi", "ci_width", "n_seeds", "n_slices", "test_patients",
-                                          "test_slices", "delta", "p_wilcoxon", "p_ranksum"]]
+def scope(profile: str, run_dir, *, runs_root, dataset: str = "phantom") -> Scope:
+    """The chapter's "What this run can and cannot show" box, from its own metrics and validity checks."""
+    m = _metrics(run_dir, dataset)
+    tot = m[m.model == "all"].set_index("metric")["value"]
+    can, cannot = A.scope_lines(m, runs_root, dataset, _classes(m, None), exclude=POSTER_TRIPLES)
+    return Scope(profile, can=can, cannot=cannot + smoke_caveat(profile), facts={
+        "image size": f"{tot['image_size']:.0f} px",
+        "training seeds per arm": str(A.seed_scores(m).seed.nunique()),
+        "test patients": f"{tot['n_test_patients']:.0f}", "test slices": f"{tot['n_test_slices']:.0f}"})
 
 
 def export_nnunet_example(dataset, synthetic: SyntheticSet, run_dir, *, dataset_id: int = 501,
-                          name: str = "DiffLung") -> tuple[Path, dict]:
+                          name: str = "DiffLung") -> tuple[Path, pd.DataFrame]:
     """Write the +difflung training set (real train + synthetic) as an nnU-Net v2 raw dataset in the run folder."""
     from ..nnunet import export_nnunet
 
@@ -311,6 +309,7 @@ def export_nnunet_example(dataset, synthetic: SyntheticSet, run_dir, *, dataset_
     folder = export_nnunet(Path(run_dir) / "nnUNet_raw", dataset_id, name, ds.split("train"),
                            (synthetic.images, synthetic.labels), ds.classes, overwrite=True, source=str(ds.root))
     meta = json.loads((folder / "dataset.json").read_text())
-    summary = {k: meta[k] for k in ("channel_names", "labels", "numTraining", "file_ending")}
-    summary["synthetic cases"] = meta["difflung"]["n_synthetic"]
-    return folder, summary
+    summary = {"folder": folder.name, "training cases": meta["numTraining"],
+               "synthetic cases": meta["difflung"]["n_synthetic"], "file ending": meta["file_ending"],
+               "channels": ", ".join(map(str, meta["channel_names"].values())), "labels": ", ".join(meta["labels"])}
+    return folder, pd.DataFrame({"value": summary}).rename_axis("nnU-Net dataset")

@@ -1,0 +1,182 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesion insertion into real CT
+#
+# The chapters so far generate whole slices from masks. What users of augmentation ask for most is different:
+# take a real chest CT, choose where emphysema, fibrosis or ground-glass opacity (GGO) should appear, and get back
+# the same scan with a lesion there and every other voxel untouched. This chapter does that with
+# `python -m difflung insert`'s library (`difflung.insert`) on the real pyradiomics CT: a lesion-focused patch
+# model, trained on phantom and real `lung1` patches, paints lesions into `lung2`, a scan it never saw in training.
+# Every check below is computed from the files the insertion wrote.
+
+# %% tags=["parameters", "remove-input"]
+profile = "smoke"
+seed = 0
+run_dir = "runs/smoke/07_lesion_insertion"
+device = "auto"
+per_class = 2
+slices_per_patient = 6
+fraction = 0.1
+patch_size = 64
+per_slice = 4
+preset = "small"
+train_steps = 60
+batch_size = 8
+lr = 0.002
+warmup = 20
+lesion_weight = 5.0
+lesion_classes = ["emphysema", "fibrosis", "ggo"]
+target_ml = 3.0
+insert_steps = 10
+jump_length = 5
+jump_n_sample = 1
+margin_mm = 2.0
+patch_judge_steps = 0
+
+# %% tags=["remove-input"]
+import warnings
+
+from IPython.display import Markdown, display
+from myst_nb import glue
+from tqdm import TqdmWarning
+
+from difflung.chapters import lesion_insertion as ch
+from difflung.patches import PATCH_SPACING_MM
+from difflung.plots import table, window_name
+
+warnings.filterwarnings("ignore", category=TqdmWarning)  # tqdm.auto without ipywidgets: no bars are drawn anyway
+glue("patch_size", patch_size, display=False)
+glue("patch_mm", PATCH_SPACING_MM, display=False)
+glue("n_phantom", per_class * len(lesion_classes), display=False)
+glue("train_steps", train_steps, display=False)
+glue("target_ml", target_ml, display=False)
+glue("margin_mm", margin_mm, display=False)
+glue("lung_window", Markdown(window_name()), display=False)
+
+# %% [markdown]
+# ## The insertion model
+#
+# A whole-slice model at the profile's image size cannot paint texture into a 512 x 512 scan of sub-millimetre
+# pixels. The insertion model works on patches of {glue:text}`patch_size` pixels at {glue:text}`patch_mm` mm,
+# whatever the scan's own pixel size (`difflung.patches`): windows of the scan are resampled onto that grid, painted
+# and resampled back only where the lesion goes. It is trained with the ordinary training shell
+# (`difflung.patches.train_patch_model`) on patches of {glue:text}`n_phantom` phantom patients, drawn so that
+# each lesion class is present (they teach the pathology), and of the real `lung1` scan (healthy lung, vessels and
+# airway: the background), with the loss weighted towards lesion pixels (LeFusion's lesion-focused loss), for
+# {glue:text}`train_steps` steps. Train on `lung1`, insert into `lung2`: no in-sample leakage.
+
+# %% tags=["hide-input"]
+result, phantom, train_seconds = ch.train_model(
+    run_dir, per_class=per_class, slices_per_patient=slices_per_patient, fraction=fraction, patch_size=patch_size,
+    per_slice=per_slice, preset=preset, train_steps=train_steps, batch_size=batch_size, lr=lr, warmup=warmup,
+    lesion_weight=lesion_weight, seed=seed, device=device)
+
+# %% [markdown]
+# ## Placing and painting lesions
+#
+# For each class, lesion shapes of the phantom, drawn at `lung2`'s pixel size, are pasted into its healthy lung
+# (the `--synthesize` placement of `difflung.insert`, on the lung field `difflung.anatomy` extracts) until they
+# add up to {glue:text}`target_ml` ml. The edit region is the lesions dilated in-plane by {glue:text}`margin_mm`
+# mm within the lung; RePaint (`difflung.diffusion.inpaint`) regenerates only that region, with the real scan
+# forward-diffused as the known part at every step, and the final paste copies every other voxel from the input.
+
+# %% tags=["hide-input"]
+summary = ch.insert_all(run_dir, result.model_dir, classes=lesion_classes, target_ml=target_ml,
+                        insert_steps=insert_steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
+                        margin_mm=margin_mm, seed=seed, device=device)
+ins = ch.read_result(summary)
+
+# %% tags=["remove-input"]
+glue("n_lesions", summary["lesions"], display=False)
+glue("n_slices_edited", summary["slices_edited"], display=False)
+
+# %% [markdown]
+# {glue:text}`n_lesions` lesions were inserted on {glue:text}`n_slices_edited` slices of `lung2`.
+# {numref}`ch7-insertions` shows, for each class, the slice holding most of it, in the {glue:md}`lung_window`.
+
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Lesions inserted into the real lung2 CT, one row per class on the slice holding most of it: the input, the edited scan, their difference (the edit region; zero everywhere else) and the inserted lesion labels. Grey bar: HU in the lung window; the difference has its own bar. Made by `difflung.chapters.lesion_insertion.figure_insertions`.", "name": "ch7-insertions"}}
+ch.figure_insertions(ins, run_dir, seed=seed)
+
+# %% [markdown]
+# ## Checks
+#
+# Computed from the written files (`difflung.insert_checks`), per inserted class:
+#
+# - **outside differences**: voxels outside the edit region (recomputed from the written lesion labels and the
+#   scan's own anatomy) whose value differs from the input's, bit for bit; it must be 0;
+# - **seam score**: mean gradient magnitude (HU/mm) on the edit region's boundary divided by that in healthy lung
+#   of the same slices, on the edited scan (*after*) and on the input at the same pixels (*before*); an after well
+#   above before is a visible seam;
+# - **HU W1**: the Wasserstein-1 distance (HU) between the inserted lesion voxels and the phantom's lesions of the
+#   same class, after insertion and, as the reference, before it (the same voxels were healthy lung); the
+#   phantom's intensities follow the CT literature (chapter 1).
+
+# %% tags=["hide-input"]
+checks = ch.checks_table(ins, phantom, seed=seed)
+table(checks.rename(columns={"w1_after": "HU W1 after", "w1_before": "HU W1 before",
+                             "mean_hu_after": "mean HU after", "mean_hu_before": "mean HU before",
+                             "mean_hu_phantom": "mean HU phantom", "seam_after": "seam after",
+                             "seam_before": "seam before", "outside_differences": "outside differences"}))
+
+# %% tags=["remove-input"]
+glue("outside", int(checks["outside_differences"].iloc[0]), display=False)
+glue("n_w1_better", int((checks["w1_after"] < checks["w1_before"]).sum()), display=False)
+glue("n_classes", len(checks), display=False)
+
+# %% [markdown]
+# {glue:text}`outside` voxels outside the edit region differ from the input. The inserted lesions are closer to
+# the phantom's lesion intensities than the healthy lung they replaced for {glue:text}`n_w1_better` of
+# {glue:text}`n_classes` classes.
+#
+# ### Does a segmenter find the inserted lesions?
+#
+# The run's judge segments whole slices at the profile's image size, where a lesion of a few ml covers a handful
+# of pixels. The judge for this chapter is trained the same way (`difflung.scoring.judge`) on the patch dataset
+# and reads windows of the patch grid centred on each inserted lesion, of the edited scan (*after*) and of the
+# input at the same places (*before*: the Dice it reaches without any insertion). Its own Dice on phantom test
+# patches says whether it reads a class reliably enough to judge it (the project's judge floor).
+
+# %% tags=["hide-input"]
+judged = ch.judge_table(run_dir, ins, steps=patch_judge_steps, seed=seed, device=device)
+if judged is None:
+    display(Markdown(ch.JUDGE_NOT_MEASURED))
+else:
+    display(table(judged.rename(columns={"judge_dice_after": "Dice after", "judge_dice_before": "Dice before",
+                                         "judge_dice_phantom_test": "Dice on phantom test patches",
+                                         "judge_windows": "windows", "judge_valid": "above its floor"})))
+
+# %% [markdown]
+# ## Cost
+
+# %% tags=["hide-input"]
+cost = ch.cost_table(summary, train_seconds)
+table(cost)
+
+# %% tags=["remove-input"]
+glue("device", summary["device"], display=False)
+glue("s_per_lesion", float(cost.loc["seconds per lesion (insertion + placement)", "value"]), display=False)
+
+# %% [markdown]
+# On this run's device (**{glue:text}`device`**), one inserted lesion cost {glue:text}`s_per_lesion:.3g` s,
+# reading, anatomy, placement, painting and the checked write included. The numbers are in this chapter's
+# `metrics.csv` and `cost.json`.
+
+# %% tags=["remove-input"]
+metrics = ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=judged)
+
+# %% tags=["remove-input"]
+ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, train_steps=train_steps, judged=judged)

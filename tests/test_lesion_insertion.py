@@ -1,0 +1,106 @@
+"""Chapter 7 on a toy chest and a tiny untrained patch model: the checks computed from the written files
+(outside differences, seam score, lesion HU W1), several classes placed in one mask, the chapter's tables,
+figure, metrics and scope. The real pyradiomics run is the notebook's."""
+import numpy as np
+import pytest
+from scipy.stats import wasserstein_distance
+
+from _ct_fixtures import toy_chest
+from difflung import labels as L
+from difflung import insert_checks as C
+from difflung.chapters import lesion_insertion as ch
+from difflung.ctio import read_label, read_volume, write_volume
+from difflung.insert import InsertConfig, insert_lesions, synthesize_mask_file
+from difflung.patches import pathology_volumes, save_untrained_model
+
+SPACING = (5.0, 4.0, 4.0)
+MODEL_MM = 3.0
+CFG = InsertConfig(steps=4, jump_length=2, jump_n_sample=1, batch_size=8, spacing_mm=MODEL_MM)
+CLASSES = [L.BACKGROUND, L.BODY, L.LUNG, L.AIRWAY, L.EMPHYSEMA, L.GGO, L.FIBROSIS]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A toy chest CT with GGO and fibrosis placed in one mask and inserted by a tiny untrained model."""
+    root = tmp_path_factory.mktemp("ch7")
+    hu, _, _ = toy_chest(shape=(8, 80, 80), spacing=SPACING, lesion=False)
+    hu = hu + np.random.default_rng(0).normal(0, 25, hu.shape)
+    ct = write_volume(root / "ct.nii.gz", hu.astype(np.int16), SPACING)
+    model = save_untrained_model(root / "model", CLASSES, 16, spacing_mm=MODEL_MM)
+    placed = synthesize_mask_file(ct, root / "mask.nii.gz", ["ggo", "fibrosis"], 8.0, seed=0)
+    s = insert_lesions(ct, root / "out.nii.gz", model, lesion_mask=root / "mask.nii.gz", config=CFG, device="cpu")
+    return root, ct, placed, {**s, "seconds_placement": 1.0}
+
+
+def test_several_classes_are_placed_in_one_mask_with_the_cts_geometry(case):
+    root, ct, placed, _ = case
+    mask = read_label(root / "mask.nii.gz", read_volume(ct))  # the CT's geometry, else read_label refuses
+    voxel_ml = float(np.prod(SPACING)) / 1000
+    for name, c in (("ggo", L.GGO), ("fibrosis", L.FIBROSIS)):
+        assert 7.2 <= placed[name] <= 8.0 and placed[name] == pytest.approx((mask == c).sum() * voxel_ml)
+    again = synthesize_mask_file(ct, root / "mask2.nii.gz", ["ggo", "fibrosis"], 8.0, seed=0)
+    assert again == placed and np.array_equal(read_label(root / "mask2.nii.gz", read_volume(ct)), mask)
+
+
+def test_checks_from_the_written_files(case):
+    _, ct, _, s = case
+    ins = C.read_insertion(ct, s)
+    assert C.outside_differences(ins) == 0 and ins.region[ins.lesions > 0].all()
+    tampered = C.Insertion(**{**ins.__dict__, "after": ins.after.copy()})
+    z, y, x = np.argwhere(~ins.region)[0]
+    tampered.after[z, y, x] += 1.0
+    assert C.outside_differences(tampered) == 1
+    seams = C.seam_scores(ins, L.GGO)
+    assert seams["seam_after"] > 0 and seams["seam_before"] > 0
+    unchanged = C.Insertion(**{**ins.__dict__, "after": ins.before})
+    same = C.seam_scores(unchanged, L.GGO)
+    assert same["seam_after"] == same["seam_before"]  # the score reads the image it is given
+    ref = np.linspace(-700, -500, 50, dtype=np.float32)
+    rows = {r["class"]: r for r in C.lesion_hu_w1(ins, {L.GGO: ref, L.FIBROSIS: ref})}
+    m = ins.lesions == L.GGO
+    assert rows["ggo"]["w1_after"] == pytest.approx(wasserstein_distance(ins.after[m], ref))
+    assert rows["ggo"]["w1_before"] == pytest.approx(wasserstein_distance(ins.before[m], ref))
+    assert rows["ggo"]["voxels"] == int(m.sum())
+
+
+def test_chapter_tables_metrics_figure_and_scope(case, tmp_path):
+    _, ct, _, s = case
+    ins = ch.read_result(s)
+    phantom = pathology_volumes([L.GGO, L.FIBROSIS], 1, np.random.default_rng(0), slices_per_patient=4,
+                                fraction=0.15, out_mm=4.0)
+    assert [v.patient for v in phantom] == ["ggo0", "fibrosis0"]
+    assert all((v.labels == c).any() for v, c in zip(phantom, (L.GGO, L.FIBROSIS)))
+    checks = ch.checks_table(ins, phantom, seed=0)
+    assert list(checks.index) == ["ggo", "fibrosis"] and (checks["outside_differences"] == 0).all()
+    cost = ch.cost_table(s, 2.0)
+    assert cost.loc["lesions inserted", "value"] == s["lesions"]
+    ch.write_outputs(tmp_path, checks, cost, s, seed=0)
+    first = (tmp_path / "metrics.csv").read_bytes()
+    ch.write_outputs(tmp_path, ch.checks_table(ins, phantom, seed=0), ch.cost_table(s, 99.0), s, seed=0)
+    assert (tmp_path / "metrics.csv").read_bytes() == first  # timings live in cost.json only
+    assert b"seconds" not in first and "train_seconds" in (tmp_path / "cost.json").read_text()
+    fig = ch.figure_insertions(ins, tmp_path, seed=0)
+    assert len(fig.axes) >= 8 and (tmp_path / "figures" / "insertions.png").is_file()
+    assert ch.judge_table(tmp_path, ins, steps=0, seed=0) is None
+    box = ch.scope("smoke", checks, per_class=1, patch_size=16, train_steps=4, judged=None).html()
+    assert "What this run can and cannot show" in box and "bit-identical" in box and "Not measured" in box
+
+
+def test_the_patch_judge_reads_windows_around_each_inserted_lesion(case, tmp_path):
+    from difflung.patches import build_patch_dataset
+
+    _, ct, _, s = case
+    ins = ch.read_result(s)
+    rng = np.random.default_rng(0)
+    phantom = pathology_volumes([L.GGO, L.FIBROSIS], 2, rng, slices_per_patient=4, fraction=0.15, out_mm=MODEL_MM)
+    build_patch_dataset(tmp_path / "patches", phantom, size=16, rng=rng, per_slice=2, out_mm=MODEL_MM)
+    after, before, labs = C.lesion_windows(ins, 16, MODEL_MM)
+    assert after.shape == before.shape == labs.shape and after.shape[1:] == (16, 16)
+    assert all(labs[i].any() for i in range(len(labs)))  # every window holds lesion pixels
+    assert not np.array_equal(after, before)
+    judged = ch.judge_table(tmp_path, ins, steps=2, seed=0, device="cpu")
+    assert list(judged.index) == ["ggo", "fibrosis"]
+    assert judged["judge_windows"].sum() >= 2 and judged["judge_dice_after"].between(0, 1).all()
+    box = ch.scope("standard", ch.checks_table(ins, phantom, seed=0), per_class=2, patch_size=16, train_steps=4,
+                   judged=judged).html()
+    assert "patch judge" in box
