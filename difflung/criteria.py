@@ -170,27 +170,3 @@ def dice_frame(summary: pd.DataFrame, measurable: dict[str, tuple[bool, str]], k
         rows.append({"class": c, "judged": "yes" if ok else f"not measurable: {why}",
                      **{name(k): summary_cell(summary, k, "dice", c) if ok else "not measurable" for k in keys}})
     return pd.DataFrame(rows, columns=["class", "judged", *map(name, keys)]).set_index("class")
-
-
-def quality_comparisons(rows: pd.DataFrame, crit: dict, *, generator: np.random.Generator, claims=None) -> list:
-    """The poster's image-quality claims measured on long-form scores (`stats.compare_slices`, unit test patient),
-    each with its validity (`validity`: both generators must meet their convergence criteria).
-
-    Args:
-        rows: per-slice rows with model keys (full-frame psnr/ssim, class "all", condition "full").
-        crit: `read_criteria` of the chapter that scored them.
-        generator: numpy Generator for the bootstraps (claims visited in order).
-        claims: `reported.Claim`s (default: every image-quality claim of `reported.CLAIMS`).
-    Returns:
-        `stats.Comparison`s, for `stats.judge_claims`.
-    """
-    from . import reported, scoring, stats
-
-    claims = [c for c in reported.CLAIMS if c.kind == "image quality"] if claims is None else claims
-    out = []
-    for c in claims:
-        p = scoring.paired(rows, c.a, c.b, c.metric)
-        out.append(stats.compare_slices(p["a"], p["b"], p["slice"], p["patient"], claim=c.text, generator=generator,
-                                        direction=c.direction, margin=c.margin, reported=c.reported,
-                                        **validity(["all"], crit["measurable"], crit["converged"], [c.a, c.b])))
-    return out

@@ -139,7 +139,7 @@ table(ch.table_quality(summary))
 # of the run's claims.
 
 # %% tags=["hide-input"]
-table(ch.table_comparisons(ch.comparisons(run_dir, seed=seed)))
+table(ch.table_comparisons(ch.comparisons(runs_root, seed=seed)))
 
 # %% [markdown]
 # ## Mask faithfulness

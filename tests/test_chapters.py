@@ -173,11 +173,11 @@ def test_a_generator_failing_its_criteria_makes_its_comparisons_not_measurable(r
     for k in doc["generators"]:  # every generator converged: the comparisons are measured
         doc["generators"][k]["converged"] = True
     (run / "criteria.json").write_text(json.dumps(doc))
-    t = bc.comparisons(run)
+    t = bc.comparisons(runs_root4)
     assert len(t) == 6 and (t["status"] == bc.MEASURED).all()
     doc["generators"]["spade"]["converged"] = False  # SPADE fails its criteria: its claims are not measurable
     (run / "criteria.json").write_text(json.dumps(doc))
-    status = bc.table_comparisons(bc.comparisons(run))["status"]
+    status = bc.table_comparisons(bc.comparisons(runs_root4))["status"]
     spade = status.index.str.contains("SPADE")
     assert spade.sum() == 2 and status[spade].str.startswith("not measurable: spade did not meet").all()
     assert (status[~spade] == bc.MEASURED).all()

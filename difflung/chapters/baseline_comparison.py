@@ -6,7 +6,7 @@ Each function is one section of `notebooks/04_baseline_comparison.py`:
     ch.table_models(ch.diffusion_models(cmp, ...), ch.gan_baselines(cmp)); ch.figure_gan_losses(cmp)
     scored = ch.evaluate(cmp, judge_steps=..., n_test=..., sampler=..., sampler_steps=..., seeds=..., ...)
     s = ch.summary(run_dir, seed); ch.table_instruments(run_dir, s); ch.table_criteria(run_dir)
-    ch.table_quality(s); ch.table_comparisons(ch.comparisons(run_dir, seed)); ch.table_faithfulness(run_dir, s)
+    ch.table_quality(s); ch.table_comparisons(ch.comparisons(runs_root, seed)); ch.table_faithfulness(run_dir, s)
     ch.table_hu(run_dir); ch.figure_samples(cmp, scored); ch.table_cost(run_dir); ch.figure_quality_cost(run_dir, s)
     ch.scope(profile, run_dir)    # the "What this run can and cannot show" box
 
@@ -44,7 +44,7 @@ from ..scope import Scope, smoke_caveat
 MODELS = ("pix2pix", "spade", "segguided", "difflung")
 QUALITY = {"psnr": "PSNR (dB)", "ssim": "SSIM", "psnr_body": "PSNR body (dB)", "ssim_body": "SSIM body",
            "psnr_lung": "PSNR lung (dB)", "ssim_lung": "SSIM lung"}
-MEASURED = "measured: verdict in chapter 6 (Holm across the run's claims)"
+MEASURED = "measured: verdict in the results chapter (Holm across the run's claims)"
 
 
 @dataclass
@@ -301,13 +301,14 @@ def table_cost(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     return per_model, reported.cost_ratio_frame(ours).set_index(["comparison", "metric"])
 
 
-def comparisons(run_dir, seed: int = 0) -> pd.DataFrame:
-    """The poster's image-quality claims measured here (`stats.compare_slices`, unit test patient) with their
-    validity (`criteria.validity`: both generators must meet their convergence criteria), through
-    `stats.judge_claims`. Only "not measurable" is final here: the verdicts are given once, in chapter 6, after
-    Holm's correction across all the run's claims (`difflung.claims.judge_run`)."""
-    comps = criteria.quality_comparisons(read_metrics(run_dir), criteria.read_criteria(run_dir),
-                                         generator=np.random.default_rng(seed))
+def comparisons(runs_root, seed: int = 0) -> pd.DataFrame:
+    """The poster's image-quality claims as `difflung.claims.comparisons` measures them from this chapter's files
+    (`stats.compare_slices`, unit test patient; validity from the generators' convergence criteria), so the numbers
+    equal the results chapter's, through `stats.judge_claims`. Only "not measurable" is final here: the verdicts
+    are given once, in the results chapter, after Holm's correction across all the run's claims."""
+    from .. import claims
+
+    comps = [c for c, k in zip(claims.comparisons(runs_root, seed), reported.CLAIMS) if k.kind == "image quality"]
     t = stats.judge_claims(comps)
     t["status"] = [v if v.startswith("not measurable") else MEASURED for v in t["verdict"]]
     return t
