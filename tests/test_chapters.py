@@ -177,10 +177,12 @@ def test_a_generator_failing_its_criteria_makes_its_comparisons_not_measurable(r
     assert len(t) == 6 and (t["status"] == bc.MEASURED).all()
     doc["generators"]["spade"]["converged"] = False  # SPADE fails its criteria: its claims are not measurable
     (run / "criteria.json").write_text(json.dumps(doc))
-    status = bc.table_comparisons(bc.comparisons(runs_root4))["status"]
-    spade = status.index.str.contains("SPADE")
+    shown = bc.table_comparisons(bc.comparisons(runs_root4))
+    status, spade = shown["status"], shown.index.str.contains("SPADE")
     assert spade.sum() == 2 and status[spade].str.startswith("not measurable: spade did not meet").all()
     assert (status[~spade] == bc.MEASURED).all()
+    assert (shown.loc[spade, "ours (a - b)"] == "n/a").all()  # not measurable: its reason, no numbers
+    assert shown.loc[~spade, "ours (a - b)"].str.contains(r"\[").all()
 
 
 def test_chapters_need_the_dataset(tmp_path):

@@ -315,12 +315,14 @@ def comparisons(runs_root, seed: int = 0) -> pd.DataFrame:
 
 
 def table_comparisons(t: pd.DataFrame) -> pd.DataFrame:
-    """`comparisons` for the page: effect (a - b) with its patient interval beside the poster's, and the status."""
-    return pd.DataFrame({"ours (a - b)": [interval(e, lo, hi) for e, lo, hi in zip(t.estimate, t.lo, t.hi)],
+    """`comparisons` for the page: effect (a - b) with its patient interval beside the poster's, and the status; a
+    comparison that is not measurable shows its reason and no numbers ("n/a")."""
+    ok = ~t.status.str.startswith("not measurable")
+    same = t["same order as reported"].map({True: "yes", False: "no"}).fillna("n/a")
+    return pd.DataFrame({"ours (a - b)": [interval(e, lo, hi) if m else "n/a"
+                                          for e, lo, hi, m in zip(t.estimate, t.lo, t.hi, ok)],
                          "test patients": t.n, "reported (a - b)": t.reported.map(lambda v: f"{v:.3g}"),
-                         "same order as reported": t["same order as reported"].map(
-                             {True: "yes", False: "no"}).fillna("n/a"),
-                         "status": t.status}).set_axis(t.claim, axis=0)
+                         "same order as reported": same.where(ok, "n/a"), "status": t.status}).set_axis(t.claim)
 
 
 def table_faithfulness(run_dir, s: pd.DataFrame) -> pd.DataFrame:
