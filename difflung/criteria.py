@@ -177,7 +177,8 @@ def wide_table(results: dict[str, dict], names: dict[str, str] | None = None) ->
         cols[names.get(m, m)].append("yes" if r["converged"] else "no")
     first = next(iter(results.values()))["table"]
     index = [*first["criterion"], "converged"]
-    return pd.DataFrame({"threshold": [*first["threshold"], "all met"], **cols}, index=pd.Index(index, name="criterion"))
+    return pd.DataFrame({"threshold": [*first["threshold"], "all met"], **cols},
+                        index=pd.Index(index, name="criterion"))
 
 
 def memorisation_table(results: dict[str, dict], names: dict[str, str] | None = None) -> pd.DataFrame:

@@ -45,15 +45,16 @@ def open_dataset(runs_root) -> Dataset:
 # schedules
 
 def table_probabilities(runs_root, *, steps: int, strategies=STRATEGIES) -> pd.DataFrame:
-    """P_i at t = 0, T/2 and T per class (rows) and strategy (columns), with the f_i used."""
+    """P_i per class (columns) for each strategy at t = 0, T/2 and T (rows), below the f_i used (first row)."""
     ds = open_dataset(runs_root)
     freqs = ablation_frequencies(ds)
-    cols = {("f_i", ""): list(freqs.values())}
+    rows = {("f_i", ""): list(freqs.values())}
     for s in strategies:
         sch = AblationSchedule(s, ds.classes, freqs, steps)
         for label, t in (("t=0", 0), ("t=T/2", steps // 2), ("t=T", steps)):
-            cols[(s, label)] = sch.probabilities(t).tolist()
-    return pd.DataFrame(cols, index=pd.Index(list(freqs), name="class"))
+            rows[(s, label)] = sch.probabilities(t).tolist()
+    index = pd.MultiIndex.from_tuples(list(rows), names=["strategy", "step"])
+    return pd.DataFrame(list(rows.values()), index=index, columns=list(freqs))
 
 
 def figure_schedules(runs_root, run_dir, *, steps: int, strategies=STRATEGIES, seed: int = 0):
@@ -107,10 +108,10 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
         # a model of an earlier, different configuration in this chapter's folder is replaced
         r = train_diffusion(ds, cfg, runs.model_dir(run_dir, s), device=device, progress=progress, overwrite=True)
         loss = pd.read_csv(r.loss_csv)["loss"]
-        rows.append({"strategy": s, "steps": r.steps, "batch": batch_size, "wall_s": round(r.wall_s, 1),
-                     "images_per_s": round(r.images_per_s, 1), "final_loss (mean of last 10%)":
-                     round(float(loss.tail(max(len(loss) // 10, 1)).mean()), 4), "device": r.device,
-                     "reused": r.reused})
+        rows.append({"strategy": s, "steps": r.steps, "batch": batch_size, "wall time (s)": r.wall_s,
+                     "images / s": r.images_per_s, "final loss (mean of last 10 % of steps)":
+                     float(loss.tail(max(len(loss) // 10, 1)).mean()), "device": r.device,
+                     "reused from an earlier run": r.reused})
     return pd.DataFrame(rows).set_index("strategy")
 
 
@@ -181,22 +182,24 @@ def _names(results) -> dict[str, str]:
 
 
 def table_quality(scored: scoring.Scored, measurable, results, *, seed: int = 0) -> pd.DataFrame:
-    """Full masks, per strategy: PSNR, SSIM and the judge's Dice per class, "mean [95 % interval]" over test
-    slices (each averaged over sampling seeds; interval by patient). A class the run cannot measure reads
-    "not measurable: <reason>"; the row `real slices` is the judge on the real test slices (its ceiling)."""
+    """Full masks: PSNR, SSIM and the judge's Dice per class (rows) for each strategy (columns), "mean [95 %
+    interval]" over test slices (each averaged over sampling seeds; interval by patient), below whether the
+    strategy converged. A class the run cannot measure reads "not measurable", its reason in the last column;
+    the column `real slices` is the judge on the real test slices (its ceiling)."""
     full = scored.rows[scored.rows["condition"] == "full"]
     s = stats.slice_intervals(full, ["model", "metric", "class"], generator=np.random.default_rng(seed))
     s["cell"] = [interval(*v) for v in zip(s["mean"], s["lo"], s["hi"])]
-    cols = [("psnr", "all", "PSNR (dB)"), ("ssim", "all", "SSIM")]
-    cols += [("dice", c, f"Dice {c}") for c in dict.fromkeys(s.loc[s["metric"] == "dice", "class"])
-             if c in measurable or s.loc[(s["metric"] == "dice") & (s["class"] == c), "mean"].notna().any()]
-    out = pd.DataFrame(index=_order(s["model"]))
-    for metric, cls, col in cols:
-        out[col] = s[(s.metric == metric) & (s["class"] == cls)].set_index("model")["cell"]
-        if metric == "dice" and not measurable.get(cls, (False, ""))[0]:
-            out[col] = f"not measurable: {measurable.get(cls, (False, 'absent from the test truth'))[1]}"
-    out = out.fillna("-")  # the real slices have no PSNR/SSIM against themselves
-    return out.rename(index={**_names(results), "real": display_name("real")}).rename_axis("model")
+    models = _order(s["model"])
+    out = {"converged": {m: ("yes" if results[m]["converged"] else "no") if m in results else "-" for m in models}}
+    why = {"converged": ""}
+    for metric, cls in [("psnr", "all"), ("ssim", "all")] + [("dice", c) for c in dict.fromkeys(
+            s.loc[(s["metric"] == "dice") & s["mean"].notna(), "class"])]:
+        name = {"psnr": "PSNR (dB)", "ssim": "SSIM"}.get(metric, f"Dice {cls}")
+        ok, why[name] = (True, "") if metric != "dice" else measurable.get(cls, (False, "absent from the test truth"))
+        cells = s[(s.metric == metric) & (s["class"] == cls)].set_index("model")["cell"]
+        out[name] = {m: cells.get(m, "-") if ok else "not measurable" for m in models}
+    t = pd.DataFrame(out).T.rename(columns=display_name).rename_axis("metric")
+    return t.assign(**{"why not measurable": pd.Series(why)})
 
 
 def figure_dice(scored: scoring.Scored, measurable, run_dir, *, seed: int = 0):
@@ -239,9 +242,10 @@ def comparisons(scored: scoring.Scored, measurable, results, *, seed: int = 0, r
             p = scoring.paired(rows, ref, b, metric, cls)
             what = "PSNR" if metric == "psnr" else f"{cls} Dice"
             cmps.append(stats.compare_slices(p["a"], p["b"], p["slice"], p["patient"], generator=gen,
-                                             claim=f"{display_name(ref)} {what} > {display_name(b)}",
+                                             claim=f"{what}: {display_name(ref)} > {display_name(b)}",
                                              **criteria.validity([cls], measurable, converged, [ref, b])))
-    return stats.judge_claims(cmps).drop(columns=["reported", "same order as reported"])
+    out = stats.judge_claims(cmps).drop(columns=["reported", "same order as reported", "unit"])
+    return out.assign(note=out["note"].where(~out["verdict"].str.startswith("not measurable"), ""))
 
 
 def figure_partial(scored: scoring.Scored, measurable, run_dir, *, seed: int = 0):
