@@ -179,3 +179,28 @@ def test_no_chapter_imports_another():
                 assert not modules & set(names), f"{path.name} imports chapter {modules & set(names)}"
             if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module == "chapters":
                 raise AssertionError(f"{path.name} imports difflung.chapters")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", ["02_mask_ablation_study", "03_cbmat_training"])
+def test_notebook_runs_clean_on_a_toy_runs_folder(runs_root, stem, tmp_path):
+    """The page itself, executed with papermill on the toy runs folder: no error, nothing on stderr, no stream
+    output at all (progress bars, warnings, prints), and it ends with the "can and cannot show" box."""
+    from pathlib import Path
+
+    import papermill
+
+    from difflung.scope import TITLE
+
+    repo = Path(__file__).resolve().parents[1]
+    params = dict(runs_root=str(runs_root), run_dir=str(runs.chapter_dir(runs_root, stem)), device="cpu",
+                  judge_steps=3, preset="tiny", steps=3, batch_size=2, warmup=1, n_test=3, sampler_steps=2)
+    if stem.startswith("03"):
+        params["n_samples"] = 2
+    out = tmp_path / f"{stem}.ipynb"
+    papermill.execute_notebook(str(repo / "notebooks" / f"{stem}.ipynb"), str(out), parameters=params,
+                               cwd=str(repo), kernel_name="python3", progress_bar=False)
+    cells = json.loads(out.read_text())["cells"]
+    outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] in ("stream", "error")]
+    assert TITLE in "".join(cells[-1]["outputs"][0]["data"]["text/html"])

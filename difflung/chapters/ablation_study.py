@@ -192,8 +192,8 @@ def table_quality(scored: scoring.Scored, measurable, results, *, seed: int = 0)
     models = _order(s["model"])
     out = {"converged": {m: ("yes" if results[m]["converged"] else "no") if m in results else "-" for m in models}}
     why = {"converged": ""}
-    for metric, cls in [("psnr", "all"), ("ssim", "all")] + [("dice", c) for c in dict.fromkeys(
-            s.loc[(s["metric"] == "dice") & s["mean"].notna(), "class"])]:
+    present = sorted(set(s.loc[(s["metric"] == "dice") & s["mean"].notna(), "class"]), key=L.class_id)
+    for metric, cls in [("psnr", "all"), ("ssim", "all")] + [("dice", c) for c in present]:
         name = {"psnr": "PSNR (dB)", "ssim": "SSIM"}.get(metric, f"Dice {cls}")
         ok, why[name] = (True, "") if metric != "dice" else measurable.get(cls, (False, "absent from the test truth"))
         cells = s[(s.metric == metric) & (s["class"] == cls)].set_index("model")["cell"]
@@ -267,9 +267,12 @@ def figure_partial(scored: scoring.Scored, measurable, run_dir, *, seed: int = 0
         for (i, j), v in np.ndenumerate(mat.to_numpy(dtype=float)):
             ax.text(j, i, sig(v) if np.isfinite(v) else "", ha="center", va="center", fontsize=7, color="w")
         ax.set_xticks(range(len(conds)), conds, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(models)), models, fontsize=8)
+        ax.set_yticks(range(len(models)), [display_name(m) for m in models], fontsize=8)
         ax.set_title(title, fontsize=9)
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        if np.isfinite(mat.to_numpy(dtype=float)).any():
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        else:
+            ax.text(0.5, 0.5, "not measurable:\nno class is measurable", transform=ax.transAxes, ha="center")
     fig.tight_layout()
     save_figure(fig, Path(run_dir) / "ablation_partial.png", seed=seed)
     return fig
@@ -281,7 +284,8 @@ def figure_samples(scored: scoring.Scored, run_dir, *, n: int = 4, seed: int | N
     pos = scoring.rare_rich(scored.labels, n)
     real = to_hu(scored.real[pos])
     rows = [("mask", real, scored.labels[pos]), ("phantom (truth)", real, None)]
-    rows += [(m, to_hu(scored.generated(m, seed=seed)[pos]), None) for m in _order([k[0] for k in scored.images])]
+    rows += [(display_name(m), to_hu(scored.generated(m, seed=seed)[pos]), None)
+             for m in _order([k[0] for k in scored.images])]
     fig = slice_grid(rows, np.unique(scored.labels).tolist(), cell=1.5)
     save_figure(fig, Path(run_dir) / "ablation_samples.png", config={"test_slices": scored.index[pos].tolist()},
                 seed=seed)
