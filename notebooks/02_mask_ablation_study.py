@@ -118,19 +118,21 @@ table(criteria.wide_table(results, {k: display_name(k) for k in results}))
 glue("n_test_slices", len(scored.index), display=False)
 glue("n_test_patients", len(set(scored.patient)), display=False)
 glue("n_seeds", len(sample_seeds), display=False)
+glue("confidence", Markdown(f"{stats.CONFIDENCE:.0%}"), display=False)
+glue("alpha", stats.ALPHA, display=False)
 
 # %% [markdown]
 # ### Image quality and faithfulness per strategy
 #
 # Full masks. Each of the {glue:text}`n_test_slices` test slices is first averaged over the {glue:text}`n_seeds`
-# sampling seeds; the 95 % intervals are cluster-bootstrap intervals over the {glue:text}`n_test_patients` test
-# patients, since slices of one patient are not independent. The row *real slices* is the judge on the real test
-# slices, the ceiling for any generator.
+# sampling seeds; the {glue:md}`confidence` intervals are cluster-bootstrap intervals over the
+# {glue:text}`n_test_patients` test patients, since slices of one patient are not independent. The column
+# *real slices* is the judge on the real test slices, the ceiling for any generator.
 
 # %% tags=["hide-input"]
 table(ch.table_quality(scored, measurable, results, seed=seed))
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Mask faithfulness per measurable class and strategy, full masks: mean judge Dice with its 95 % patient-level interval; classes not measurable are left out and named above the plot. Made by `difflung.chapters.ablation_study.figure_dice`.", "name": "ch2-dice"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Mask faithfulness per measurable class and strategy, full masks: mean judge Dice with its patient-level confidence interval; classes not measurable are left out and named above the plot. Made by `difflung.chapters.ablation_study.figure_dice`.", "name": "ch2-dice"}}
 ch.figure_dice(scored, measurable, run_dir, seed=seed)
 
 # %% [markdown]
@@ -151,9 +153,9 @@ glue("min_patients", stats.min_units(len(claims)), display=False)
 # the estimate is the mean difference, its interval a patient-level bootstrap, its p-value a sign-flip test over
 # patients. The p-values are corrected with Holm's method over the {glue:text}`n_claims` comparisons of this
 # chapter, then every row goes through the book's one verdict rule (`difflung.stats.verdict`): *reproduced* needs
-# an adjusted p below 0.05 and an interval on the claimed side of zero. With this many comparisons that takes at
-# least {glue:text}`min_patients` test patients; a comparison involving a class or a strategy the run cannot
-# measure reads *not measurable*, with the reason.
+# an adjusted p below {glue:text}`alpha` and an interval on the claimed side of zero. With this many comparisons
+# that takes at least {glue:text}`min_patients` test patients; a comparison involving a class or a strategy the
+# run cannot measure reads *not measurable*, with the reason.
 #
 # ## Generation from partial masks
 #

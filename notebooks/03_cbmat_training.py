@@ -48,7 +48,7 @@ from difflung.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 
-from difflung import criteria, instruments
+from difflung import criteria, instruments, stats
 from difflung.chapters import cbmat_training as ch
 from difflung.generators import display_name
 from difflung.plots import table, window_name
@@ -90,6 +90,7 @@ table(criteria.measurable_table(scored, measurable))
 glue("n_test_slices", len(scored.index), display=False)
 glue("n_test_patients", len(set(scored.patient)), display=False)
 glue("n_seeds", len(sample_seeds), display=False)
+glue("confidence", Markdown(f"{stats.CONFIDENCE:.0%}"), display=False)
 glue("anatomy_floor", instruments.JUDGE_FLOOR_ANATOMY, display=False)
 glue("rare_floor", instruments.JUDGE_FLOOR_RARE, display=False)
 
@@ -130,7 +131,8 @@ table(criteria.memorisation_table(results, {ch.MODEL: display_name(ch.MODEL)}), 
 #
 # PSNR and SSIM against the real slice of the same mask, over the whole frame, inside the body and inside the
 # lung (air outside the body is easy to get right and inflates full-frame scores). Each slice is averaged over
-# the {glue:text}`n_seeds` sampling seeds; intervals are 95 % cluster-bootstrap intervals over test patients.
+# the {glue:text}`n_seeds` sampling seeds; intervals are {glue:md}`confidence` cluster-bootstrap intervals over
+# test patients.
 
 # %% tags=["hide-input"]
 table(ch.table_regions(scored, seed=seed))
