@@ -116,3 +116,10 @@ def save_figure(fig, path, *, config: dict | None = None, seed: int | None = Non
     write_json_atomic(path.with_suffix(".json"), provenance(config=config, seed=seed))
     plt.close(fig)  # the notebook shows the returned figure once, as its cell's last expression
     return path
+
+
+def interval(est, lo=None, hi=None, digits: int = 3) -> str:
+    """"mean [lo, hi]" at `digits` significant figures; the mean alone when there is no interval."""
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return sig(est, digits)
+    return f"{sig(est, digits)} [{sig(lo, digits)}, {sig(hi, digits)}]"

@@ -217,3 +217,20 @@ def memorisation(generated, train, test, percentile: float = 5.0) -> dict:
     return {"ratio": float(np.median(gen_nn)) / med if med > 0 else math.nan,
             "share_flagged": float(flagged.mean()), "threshold": thr, "flagged": flagged,
             "generated_nn": gen_nn, "test_nn": test_nn}
+
+
+def region_rows(scored, model: str) -> pd.DataFrame:
+    """Region PSNR/SSIM (full frame, body, lung) of every sampling seed's images of `model` in a `scoring.Scored`.
+
+    Returns long rows: model, seed, slice, patient, region, metric ("psnr"/"ssim"), value.
+    """
+    parts = []
+    for (m, _, cond, seed), gen in scored.images.items():
+        if m != model or cond != "full":
+            continue
+        q = region_quality(gen, scored.real, scored.labels).melt(id_vars=["image", "region"], var_name="metric")
+        pos = q.pop("image").to_numpy()
+        parts.append(q.assign(model=model, seed=seed, slice=scored.index[pos], patient=scored.patient[pos]))
+    if not parts:
+        raise KeyError(f"no full-mask images of model {model!r} in the scored set")
+    return pd.concat(parts, ignore_index=True)[["model", "seed", "slice", "patient", "region", "metric", "value"]]

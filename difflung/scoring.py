@@ -202,3 +202,14 @@ def write_per_image(path, rows: pd.DataFrame) -> Path:
     from .metrics import write_metrics
 
     return write_metrics(Path(path), rows)
+
+
+def paired(rows: pd.DataFrame, a: str, b: str, metric: str, cls: str = "all", condition: str = "full") -> pd.DataFrame:
+    """Scores of models `a` and `b` on the same (sampling seed, slice), for `stats.compare_slices`.
+
+    Returns columns seed, slice, patient, a, b (pairs where either score is missing are dropped).
+    """
+    sel = rows[(rows["metric"] == metric) & (rows["class"] == cls) & (rows["condition"] == condition)]
+    key = ["seed", "slice", "patient"]
+    x, y = (sel[sel["model"] == m].groupby(key)["value"].mean().rename(n) for m, n in ((a, "a"), (b, "b")))
+    return pd.concat([x, y], axis=1, join="inner").dropna().reset_index()

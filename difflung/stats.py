@@ -381,3 +381,30 @@ def min_units(n_claims: int, alpha: float = ALPHA, two_sided: bool = True) -> in
     while max(n_claims, 1) * k / 2.0**n >= alpha:
         n += 1
     return n
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tables of scored rows with the right unit
+
+def slice_intervals(rows: pd.DataFrame, by: Sequence[str], *, generator: np.random.Generator,
+                    n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+    """Mean and patient-level interval of long-form scores per group (image quality, faithfulness).
+
+    Within each group of `by`, each slice's scores are averaged over sampling seeds (`unit_means`), then the mean
+    over slices gets a cluster bootstrap interval by patient (`cluster_bootstrap`); never a t-interval over slices.
+
+    Args:
+        rows: long rows with columns `by`, "slice", "patient" and "value" (e.g. `scoring.Scored.rows`).
+        by: grouping columns, e.g. ["model", "metric", "class"].
+        generator: numpy Generator for the bootstraps (groups are visited in sorted order).
+    Returns:
+        One row per group: `by`, mean, lo, hi, patients, slices.
+    """
+    out = []
+    for key, g in rows.groupby(list(by), sort=True, dropna=False):
+        m, cl, _ = unit_means(g["value"], g["slice"], g["patient"])
+        iv = cluster_bootstrap(m, cl, generator=generator, n_resamples=n_resamples)
+        key = key if isinstance(key, tuple) else (key,)
+        out.append({**dict(zip(by, key)), "mean": iv.estimate, "lo": iv.lo, "hi": iv.hi, "patients": iv.n,
+                    "slices": len(m)})
+    return pd.DataFrame(out, columns=[*by, "mean", "lo", "hi", "patients", "slices"])
