@@ -51,7 +51,9 @@ from .segmentation import SegConfig, train_segmenter
 class ArmSpec:
     key: str  # the key stored in metrics.csv
     label: str  # display name in tables and figures
-    extra: str  # what is added to the real slices: "none", "oversample" or "synthetic" (painted masks)
+    # what is added to the real slices: "none", "oversample", "synthetic" (whole slices painted from the synthesised
+    # masks) or "insert" (the masks' new lesions inserted into their own real base slices, background kept exact)
+    extra: str
     model: str | None = None  # synthetic arms: the generator's folder inside a run (runs/<profile>/...)
     producer: str | None = None  # the chapter that writes `model`, named in the error when it is missing
     criteria: str | None = None  # synthetic arms: the chapter folder whose criteria.json judges the generator
@@ -65,9 +67,11 @@ ARMS = {a.key: a for a in (
             f"chapter 4 ({runs.BASELINE_COMPARISON})", runs.BASELINE_COMPARISON, "segguided"),
     ArmSpec("+difflung", "DiffLung-UNet", "synthetic", f"{runs.CBMAT_TRAINING}/model",
             f"chapter 3 ({runs.CBMAT_TRAINING})", runs.CBMAT_TRAINING, "difflung"),
+    ArmSpec("+insert", "Insert-UNet", "insert", f"{runs.CBMAT_TRAINING}/model",
+            f"chapter 3 ({runs.CBMAT_TRAINING})", runs.CBMAT_TRAINING, "difflung"),
 )}
 ARM_NAMES = {k: a.label for k, a in ARMS.items()}
-SYNTHETIC_ARMS = tuple(k for k, a in ARMS.items() if a.extra == "synthetic")
+SYNTHETIC_ARMS = tuple(k for k, a in ARMS.items() if a.extra in ("synthetic", "insert"))  # arms with a generator
 RARE_DEFAULT = ("emphysema", "ggo", "fibrosis")  # the poster's rare classes
 
 
@@ -479,7 +483,8 @@ def comparison_triples(classes, arms, exclude=()) -> list[tuple[str, str, str]]:
     poster's claims, judged once for the whole run) are left out. A new arm in `ARMS` joins automatically."""
     present = sorted(set(arms) & set(ARMS), key=arm_order)
     pairs = [(a, "ref") for a in present if a != "ref"] + [
-        (a, "oversample") for a in present if ARMS[a].extra == "synthetic" and "oversample" in present]
+        (a, "oversample") for a in present if a in SYNTHETIC_ARMS and "oversample" in present] + [
+        (a, "+difflung") for a in present if ARMS[a].extra == "insert" and "+difflung" in present]
     if "ref" not in present:
         pairs = [p for p in pairs if p[1] != "ref"]
     return [(c, a, b) for c in classes for a, b in pairs if (c, a, b) not in set(exclude)]
@@ -551,11 +556,30 @@ def _masks_for_arms(train: Slices, classes, rare, n, seed, boost, need: bool):
     """Synthesised masks and their report; without lesion pixels to copy: (None, empty, note) unless `need`."""
     try:
         ms = synthesize_masks(train, classes, rare, n, seed, boost)
-        return ms.labels, ms.report, None
+        return ms, None
     except ValueError as e:
         if need:
             raise
-        return None, pd.DataFrame(), f"no masks synthesised ({e}); oversample repeats rare-class slices uniformly"
+        return None, f"no masks synthesised ({e}); oversample repeats rare-class slices uniformly"
+
+
+def insert_lesions(models: dict, train: Slices, ms, run_dir, *, seed: int, tag: str, steps: int | None,
+                   device: str = "auto", progress: bool = False) -> dict[str, SyntheticSet]:
+    """The insertion arms' sets: each synthesised mask's new lesions inserted into its own real base slice
+    (`difflung.inserted.insertion_arm`), so the extra slices differ from real ones only inside the lesions."""
+    from .inserted import insertion_arm
+
+    out = {}
+    for arm, model_dir in models.items():
+        s = insertion_arm(model_dir, train.images, train.labels, ms.labels, ms.source_index, seed=seed,
+                          steps=steps or 50, device=device, progress=progress)
+        out[arm] = SyntheticSet(arm, s.images, s.labels, Path(model_dir), s.seconds, len(s.images) / s.seconds)
+        path = Path(run_dir) / tag / f"synthetic_{arm.lstrip('+')}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, images=s.images, labels=s.labels)
+    return out
 
 
 def run_experiment(dataset, run_dir, *, tag: str, models: dict, config: SegConfig, seeds, seed: int,
@@ -590,14 +614,20 @@ def run_experiment(dataset, run_dir, *, tag: str, models: dict, config: SegConfi
     train = ds.split("train")
     n = n_extra(mix_ratio, len(train))
     try:
-        masks, report, note = _masks_for_arms(train, ds.classes, rare, n, seed, boost, need=bool(models))
+        ms, note = _masks_for_arms(train, ds.classes, rare, n, seed, boost, need=bool(models))
     except ValueError as e:
         raise ValueError(f"{ds.root}: cannot synthesise masks for the synthetic arms ({e})") from e
+    masks, report = (ms.labels, ms.report) if ms is not None else (None, pd.DataFrame())
     notes = [note] if note else []
-    sets = paint_masks(dict(models), ds, masks, run_dir, seed=seed, tag=tag, sampler=sampler, steps=sampler_steps,
-                       device=device, progress=progress) if models else {}
+    paint = {k: v for k, v in models.items() if ARMS[k].extra == "synthetic"}
+    insert = {k: v for k, v in models.items() if ARMS[k].extra == "insert"}
+    sets = paint_masks(paint, ds, masks, run_dir, seed=seed, tag=tag, sampler=sampler, steps=sampler_steps,
+                       device=device, progress=progress) if paint else {}
+    if insert:
+        sets.update(insert_lesions(insert, train, ms, run_dir, seed=seed, tag=tag, steps=sampler_steps,
+                                   device=device, progress=progress))
     arms = build_arms(train, n, masks, sets, rare=rare, seed=seed,
-                      arms=[k for k, a in ARMS.items() if a.extra != "synthetic" or k in sets])
+                      arms=[k for k in ARMS if k not in SYNTHETIC_ARMS or k in sets])
     missing = [a for a in SYNTHETIC_ARMS if a not in sets]
     if missing:
         notes.append(f"arms {', '.join(missing)} not run: no generator trained on this dataset was given")

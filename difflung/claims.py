@@ -27,10 +27,10 @@ from . import runs
 from .criteria import read_criteria, validity
 from .instruments import read_signature
 from .metrics import read_metrics
-from .reported import CLAIMS, Claim
+from .reported import CLAIMS, EXTENSION_CLAIMS, Claim
 from .stats import Comparison, compare_seeds, compare_slices, judge_claims
 
-ARM_GENERATOR = {"+difflung": "difflung", "+segguided": "segguided"}  # synthetic arm -> the generator it paints with
+ARM_GENERATOR = {"+difflung": "difflung", "+segguided": "segguided", "+insert": "difflung"}  # synthetic arm -> the generator it paints with
 
 
 def _metrics(runs_root, stem: str) -> pd.DataFrame | None:
@@ -113,19 +113,26 @@ def comparisons(runs_root, seed: int = 0, claims=CLAIMS) -> list[Comparison]:
     return out
 
 
+FAMILIES = {"poster": CLAIMS, "extension": EXTENSION_CLAIMS}  # Holm is applied within each family
+
+
 def judge_run(runs_root, seed: int = 0) -> pd.DataFrame:
-    """The claims table of a run: each poster claim with its table, kind, our estimate, interval, n, p, Holm p and
-    verdict (`stats.judge_claims`: Holm across the run's measurable claims, then `stats.verdict`).
+    """The claims table of a run: each claim with its family, kind, key, our estimate, interval, n, p, Holm p,
+    verdict (`stats.judge_claims`: Holm across the family's measurable claims, then `stats.verdict`) and source.
 
     Args:
         runs_root: `runs/<profile>`.
-        seed: seeds the bootstrap and permutation draws (one stream per claim).
+        seed: seeds the bootstrap and permutation draws (one stream per claim and family).
     """
-    table = judge_claims(comparisons(runs_root, seed))
-    table.insert(1, "kind", [c.kind for c in CLAIMS])
-    table.insert(2, "key", [c.key for c in CLAIMS])
-    table["poster table"] = [c.table for c in CLAIMS]
-    return table
+    parts = []
+    for k, (family, claims) in enumerate(FAMILIES.items()):
+        t = judge_claims(comparisons(runs_root, seed + 1000 * k, claims))
+        t.insert(1, "family", family)
+        t.insert(2, "kind", [c.kind for c in claims])
+        t.insert(3, "key", [c.key for c in claims])
+        t["source table"] = [c.table for c in claims]
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True)
 
 
 def write_claims(runs_root, run_dir, seed: int = 0) -> tuple[pd.DataFrame, Path]:

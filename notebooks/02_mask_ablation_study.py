@@ -33,7 +33,7 @@
 #
 # Ablated pixels become "unspecified" (zero in every mask channel); background is never ablated.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-input"]
 profile = "smoke"
 seed = 0
 run_dir = "runs/smoke/02_mask_ablation_study"
@@ -50,77 +50,125 @@ sampler = "dpm"
 sampler_steps = 10
 sample_seeds = [0, 1]
 
-# %%
+# %% tags=["remove-input"]
+from IPython.display import Markdown
+from myst_nb import glue
+
+from difflung.progress import quiet_notebook_tqdm
+
+quiet_notebook_tqdm()
+
+from difflung import criteria, stats
 from difflung.chapters import ablation_study as ch
+from difflung.generators import display_name
+from difflung.plots import table, window_name
+
+glue("lung_window", Markdown(window_name()), display=False)
 
 # %% [markdown]
 # ## Ablation probabilities per class
 #
 # $f_i$ is each class's share of the non-background pixels of the training split (chapter 1's dataset).
+# {numref}`ch2-schedules` shows how each strategy's $P_i$ changes over training.
 
-# %%
-ch.table_probabilities(runs_root, steps=steps)
+# %% tags=["hide-input"]
+table(ch.table_probabilities(runs_root, steps=steps))
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Ablation probability P_i(t) of each class over training, one panel per strategy (rare pathologies solid and thick). Made by `difflung.chapters.ablation_study.figure_schedules`.", "name": "ch2-schedules"}}
 ch.figure_schedules(runs_root, run_dir, steps=steps, seed=seed)
 
 # %% [markdown]
-# *Figure: ablation probability $P_i(t)$ per class over training, for each strategy; made by
-# `difflung.chapters.ablation_study.figure_schedules`.*
-#
 # ## Training: one model per strategy
+#
+# Every strategy gets the same network, data, budget and training seed; {numref}`ch2-losses` shows their losses.
 
-# %%
-ch.train_strategies(runs_root, run_dir, steps=steps, batch_size=batch_size, preset=preset, lr=lr, warmup=warmup,
-                    seed=seed, device=device)
+# %% tags=["hide-input"]
+table(ch.train_strategies(runs_root, run_dir, steps=steps, batch_size=batch_size, preset=preset, lr=lr,
+                          warmup=warmup, seed=seed, device=device))
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Training loss per strategy (running mean). Made by `difflung.chapters.ablation_study.figure_losses`.", "name": "ch2-losses"}}
 ch.figure_losses(run_dir, seed=seed)
 
 # %% [markdown]
-# *Figure: training loss per strategy; made by `difflung.chapters.ablation_study.figure_losses`.*
-#
 # ## Evaluation
 #
-# Each model generates the test slices' masks (and the masks with one class removed in turn); every model gets the
-# same initial noise for the same mask and seed. PSNR and SSIM against the real slice; mask faithfulness is the
-# per-class Dice between the conditioning mask and what the run's judge, a segmentation network trained on real
-# training slices only (shared by every chapter), reads in the generated image.
+# Each model generates the test slices' masks (and the masks with one class removed in turn); every model gets
+# the same initial noise for the same mask and seed. PSNR and SSIM compare with the real slice; mask faithfulness
+# is the per-class Dice between the conditioning mask and what the run's judge, a segmentation network trained on
+# real training slices only (shared by every chapter), reads in the generated image. A class is *measurable* only
+# where the judge reaches its floor on the real test slices and the class keeps its HU signature at this image
+# size (chapter 1):
 
-# %%
+# %% tags=["hide-input"]
 scored = ch.evaluate(runs_root, run_dir, judge_steps=judge_steps, n_test=n_test, sampler=sampler,
                      sampler_steps=sampler_steps, seeds=sample_seeds, seed=seed, device=device)
-ch.table_judge(scored)
+measurable, results = ch.check(runs_root, run_dir, scored, sampler=sampler, steps=steps, seed=seed)
+table(criteria.measurable_table(scored, measurable))
 
 # %% [markdown]
-# The judge on the real test slices: the ceiling of mask faithfulness for any generator.
+# ### Did each strategy converge?
+#
+# The convergence criteria of chapter 3 (`difflung.criteria`), measured for every strategy on the same test
+# masks. A strategy that misses any of them makes every comparison involving it *not measurable*.
 
-# %%
-ch.table_quality(scored)
+# %% tags=["hide-input"]
+table(criteria.wide_table(results, {k: display_name(k) for k in results}))
+
+# %% tags=["remove-input"]
+glue("n_test_slices", len(scored.index), display=False)
+glue("n_test_patients", len(set(scored.patient)), display=False)
+glue("n_seeds", len(sample_seeds), display=False)
+glue("confidence", Markdown(f"{stats.CONFIDENCE:.0%}"), display=False)
+glue("alpha", stats.ALPHA, display=False)
 
 # %% [markdown]
-# Means with 95 % CIs over test slices (and over sampling seeds); the row `real` is the judge on the real test
-# slices.
+# ### Image quality and faithfulness per strategy
+#
+# Full masks. Each of the {glue:text}`n_test_slices` test slices is first averaged over the {glue:text}`n_seeds`
+# sampling seeds; the {glue:md}`confidence` intervals are cluster-bootstrap intervals over the
+# {glue:text}`n_test_patients` test patients, since slices of one patient are not independent. The column
+# *real slices* is the judge on the real test slices, the ceiling for any generator.
 
-# %%
-ch.figure_dice(scored, run_dir, seed=seed)
+# %% tags=["hide-input"]
+table(ch.table_quality(scored, measurable, results, seed=seed))
+
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Mask faithfulness per measurable class and strategy, full masks: mean judge Dice with its patient-level confidence interval; classes not measurable are left out and named above the plot. Made by `difflung.chapters.ablation_study.figure_dice`.", "name": "ch2-dice"}}
+ch.figure_dice(scored, measurable, run_dir, seed=seed)
 
 # %% [markdown]
-# *Figure: mask faithfulness per class and strategy, rare classes included; made by
-# `difflung.chapters.ablation_study.figure_dice`.*
+# {numref}`ch2-dice` shows the same faithfulness per class.
+#
+# ### CBMAT against the other strategies
+
+# %% tags=["hide-input"]
+claims = ch.comparisons(scored, measurable, results, seed=seed)
+table(claims, hide_index=True)
+
+# %% tags=["remove-input"]
+glue("n_claims", len(claims), display=False)
+glue("min_patients", stats.min_units(len(claims)), display=False)
+
+# %% [markdown]
+# Each row compares CBMAT with another strategy on the same slices and seeds (`difflung.stats.compare_slices`):
+# the estimate is the mean difference, its interval a patient-level bootstrap, its p-value a sign-flip test over
+# patients. The p-values are corrected with Holm's method over the {glue:text}`n_claims` comparisons of this
+# chapter, then every row goes through the book's one verdict rule (`difflung.stats.verdict`): *reproduced* needs
+# an adjusted p below {glue:text}`alpha` and an interval on the claimed side of zero. With this many comparisons
+# that takes at least {glue:text}`min_patients` test patients; a comparison involving a class or a strategy the
+# run cannot measure reads *not measurable*, with the reason.
 #
 # ## Generation from partial masks
+#
+# {numref}`ch2-partial` withholds one class from the masks at a time.
 
-# %%
-ch.figure_partial(scored, run_dir, seed=seed)
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Generation from partial masks, first sampling seed: PSNR (left) and the judge's mean Dice over the measurable classes still given (right), per strategy (rows) and withheld class (columns; 'full' is the complete mask). Made by `difflung.chapters.ablation_study.figure_partial`.", "name": "ch2-partial"}}
+ch.figure_partial(scored, measurable, run_dir, seed=seed)
 
 # %% [markdown]
-# *Figure: quality when one class is removed from the mask in turn; made by
-# `difflung.chapters.ablation_study.figure_partial`.*
+# {numref}`ch2-samples` shows the images behind these numbers, in the {glue:md}`lung_window`.
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Scored test slices richest in rare classes (mask over the phantom slice, the phantom slice itself as truth) and each strategy's generation from the same masks (first sampling seed), in the lung window with its HU colour bar. Made by `difflung.chapters.ablation_study.figure_samples`.", "name": "ch2-samples"}}
 ch.figure_samples(scored, run_dir)
 
-# %% [markdown]
-# *Figure: scored test slices rich in rare classes and each strategy's generation from the same masks (the images
-# scored above); made by `difflung.chapters.ablation_study.figure_samples`.*
+# %% tags=["remove-input"]
+ch.scope(profile, scored, measurable, results, len(claims))

@@ -19,14 +19,16 @@
 # The profile's main Diff-Lung model: a diffusers `UNet2DModel` conditioned on the one-hot mask, DDPM with
 # $T = 1000$ linear betas and $\varepsilon$-prediction, trained with CBMAT, AdamW with cosine warm-up, gradient
 # clipping and EMA weights (bf16 autocast and channels_last on a GPU; HF accelerate for several GPUs). Chapters 4
-# and 5 reuse this model.
+# and 5 reuse this model, and this chapter decides whether it has converged enough for their comparisons to mean
+# anything.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-input"]
 profile = "smoke"
 seed = 0
 run_dir = "runs/smoke/03_cbmat_training"
 runs_root = "runs/smoke"
 device = "auto"
+judge_steps = 300
 preset = "small"
 steps = 600
 batch_size = 8
@@ -38,55 +40,119 @@ sampler = "dpm"
 sampler_steps = 10
 sample_seeds = [0, 1]
 
-# %%
+# %% tags=["remove-input"]
+from IPython.display import Markdown
 from myst_nb import glue
 
+from difflung.progress import quiet_notebook_tqdm
+
+quiet_notebook_tqdm()
+
+from difflung import criteria, instruments, stats
 from difflung.chapters import cbmat_training as ch
+from difflung.generators import display_name
+from difflung.plots import table, window_name
+
+glue("lung_window", Markdown(window_name()), display=False)
 
 # %% [markdown]
 # ## Training
 
-# %%
+# %% tags=["hide-input"]
 result = ch.train_main(runs_root, steps=steps, batch_size=batch_size, preset=preset, lr=lr, warmup=warmup, seed=seed,
                        device=device)
 ch.write_cost(result, run_dir)
+table(ch.table_training(result))
+
+# %% tags=["remove-input"]
 glue("train_device", result.device, display=False)
-ch.table_training(result)
 
 # %% [markdown]
-# This run trained on **{glue:text}`train_device`**.
+# This run trained on **{glue:text}`train_device`**; {numref}`ch3-loss` shows its loss.
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Training loss per step (grey), its running mean (blue) and the learning rate (dashed, right axis). Made by `difflung.chapters.cbmat_training.figure_loss`.", "name": "ch3-loss"}}
 ch.figure_loss(result, run_dir, seed=seed)
 
 # %% [markdown]
-# *Figure: training loss and learning rate; made by `difflung.chapters.cbmat_training.figure_loss`.*
-#
 # ## Generation for held-out masks
 #
 # One generation per test mask and sampling seed, scored by the same rules as chapters 2 and 4 (test subset,
-# seeding), so chapter 4 reports the same PSNR for this model.
+# seeding: `difflung.scoring`), so chapter 4 reports the same PSNR for this model. Mask faithfulness is read by
+# the run's judge, a segmentation network trained on real training slices only.
 
-# %%
-scored = ch.evaluate(runs_root, run_dir, result, n_test=n_test, sampler=sampler, sampler_steps=sampler_steps,
-                     seeds=sample_seeds, device=device)
-ch.table_quality(scored)
+# %% tags=["hide-input"]
+scored = ch.evaluate(runs_root, run_dir, result, judge_steps=judge_steps, n_test=n_test, sampler=sampler,
+                     sampler_steps=sampler_steps, seeds=sample_seeds, seed=seed, device=device)
+measurable, results = ch.check(runs_root, run_dir, scored, sampler=sampler, steps=steps, seed=seed)
+table(criteria.measurable_table(scored, measurable))
 
-# %%
+# %% tags=["remove-input"]
+glue("n_test_slices", len(scored.index), display=False)
+glue("n_test_patients", len(set(scored.patient)), display=False)
+glue("n_seeds", len(sample_seeds), display=False)
+glue("confidence", Markdown(f"{stats.CONFIDENCE:.0%}"), display=False)
+glue("anatomy_floor", instruments.JUDGE_FLOOR_ANATOMY, display=False)
+glue("rare_floor", instruments.JUDGE_FLOOR_RARE, display=False)
+
+# %% [markdown]
+# The table gives the judge's Dice on the real test slices. A class counts as *measurable* only where the judge
+# reaches its floor there (Dice {glue:text}`anatomy_floor` for the large anatomy, {glue:text}`rare_floor` for every
+# other class) and the class keeps its HU signature at this image size (chapter 1's check); otherwise its
+# faithfulness is reported as not measurable, with the reason.
+#
+# ## Has the model converged?
+#
+# The criteria are checked on the {glue:text}`n_test_slices` test masks of {glue:text}`n_test_patients` test
+# patients (`difflung.criteria.measure`, thresholds in `difflung.instruments`): the judge's Dice on generated
+# slices at least a fixed share of its Dice on the real slices, for each measurable class; per-class HU distance
+# (Wasserstein-1) between generated and real pixels below a limit; almost every generated slice with its air
+# near the real slice's; and a small classifier trained on some test patients that cannot tell real from
+# generated slices of the others too well.
+
+# %% tags=["hide-input"]
+table(results[ch.MODEL]["table"].set_index("criterion"))
+
+# %% tags=["remove-input"]
+glue("converged_sentence", Markdown(criteria.sentence(display_name(ch.MODEL), results[ch.MODEL])), display=False)
+
+# %% [markdown]
+# {glue:md}`converged_sentence` The criteria are saved as `criteria.json` in this chapter's run folder, and
+# chapters 4 and 5 read them from there.
+#
+# The memorisation check (reported, not a criterion) compares each generated slice's distance to its nearest
+# training slice with the same distance for real test slices; a ratio well below 1 would suggest copying:
+
+# %% tags=["hide-input"]
+table(criteria.memorisation_table(results, {ch.MODEL: display_name(ch.MODEL)}), percent=[
+    "generated slices closer than 5 % of test slices"])
+
+# %% [markdown]
+# ## Image quality: full frame, body and lung
+#
+# PSNR and SSIM against the real slice of the same mask, over the whole frame, inside the body and inside the
+# lung (air outside the body is easy to get right and inflates full-frame scores). Each slice is averaged over
+# the {glue:text}`n_seeds` sampling seeds; intervals are {glue:md}`confidence` cluster-bootstrap intervals over
+# test patients.
+
+# %% tags=["hide-input"]
+table(ch.table_regions(scored, seed=seed))
+
+# %% [markdown]
+# {numref}`ch3-samples` shows the test masks richest in rare classes and what the model made of them.
+
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Scored test masks richest in rare classes (top, over the phantom slice), the phantom slice itself (the truth), and the generation of each sampling seed, in the lung window with its HU colour bar. Made by `difflung.chapters.cbmat_training.figure_samples`.", "name": "ch3-samples"}}
 ch.figure_samples(scored, run_dir, n=n_samples)
 
 # %% [markdown]
-# *Figure: scored test masks richest in rare classes, the real slice, and the generation of each sampling seed;
-# made by `difflung.chapters.cbmat_training.figure_samples`.*
+# Slices are shown in the {glue:md}`lung_window`.
 #
 # ## Generated against real intensities
+#
+# {numref}`ch3-hu` compares the HU of generated and real pixels under the same masks, class by class; the
+# criteria table above gives the distance between them.
 
-# %%
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "HU histograms per class, generated (first sampling seed) against real test pixels under the same masks; the grey band is the literature range of the class. Made by `difflung.chapters.cbmat_training.figure_hu`.", "name": "ch3-hu"}}
 ch.figure_hu(scored, run_dir)
 
-# %% [markdown]
-# *Figure: HU histograms per class, generated against real test slices; made by
-# `difflung.chapters.cbmat_training.figure_hu`.*
-
-# %%
-ch.table_hu(scored)
+# %% tags=["remove-input"]
+ch.scope(profile, scored, measurable, results)

@@ -44,14 +44,12 @@ timing_repeats = 1
 sample_seeds = [0, 1]
 
 # %% tags=["remove-input"]
-import warnings
-
 from IPython.display import Markdown, display
 from myst_nb import glue
-from tqdm import TqdmWarning
 
-warnings.filterwarnings("ignore", category=TqdmWarning)  # tqdm.auto's note that ipywidgets is absent: not page content
+from difflung.progress import quiet_notebook_tqdm
 
+quiet_notebook_tqdm()  # before difflung's GAN trainer imports tqdm.auto
 from difflung import instruments, stats  # noqa: E402
 from difflung.chapters import baseline_comparison as ch  # noqa: E402
 from difflung.plots import pct, table  # noqa: E402
@@ -119,7 +117,9 @@ for k, v in facts.items():
 # generated slices to the training slices, against that of real test slices) is shown beside them.
 
 # %% tags=["hide-input"]
-table(ch.table_criteria(run_dir))
+criteria_table, memorisation = ch.table_criteria(run_dir)
+display(table(criteria_table))
+table(memorisation)
 
 # %% [markdown]
 # ## Image quality

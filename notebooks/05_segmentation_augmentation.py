@@ -46,8 +46,6 @@ seg_lr = 0.01
 seg_steps = 200
 
 # %% tags=["remove-input"]
-import warnings
-
 from IPython.display import Markdown, display
 from myst_nb import glue
 
@@ -55,9 +53,10 @@ from difflung import augment, stats
 from difflung.chapters import segmentation_augmentation as ch
 from difflung.chapters.data_preparation import synthesis_display
 from difflung.plots import table
+from difflung.progress import quiet_notebook_tqdm
 from difflung.segmentation import SegConfig
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto in a kernel without widgets
+quiet_notebook_tqdm()
 inputs = ch.locate_inputs(runs_root)
 config = SegConfig.from_dict({"channels": seg_channels, "strides": seg_strides, "num_res_units": seg_res_units,
                                "batch_size": seg_batch_size, "lr": seg_lr, "steps": seg_steps})

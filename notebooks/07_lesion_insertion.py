@@ -48,17 +48,15 @@ margin_mm = 2.0
 patch_judge_steps = 0
 
 # %% tags=["remove-input"]
-import warnings
-
 from IPython.display import Markdown, display
 from myst_nb import glue
-from tqdm import TqdmWarning
 
 from difflung.chapters import lesion_insertion as ch
 from difflung.patches import PATCH_SPACING_MM
 from difflung.plots import table, window_name
+from difflung.progress import quiet_notebook_tqdm
 
-warnings.filterwarnings("ignore", category=TqdmWarning)  # tqdm.auto without ipywidgets: no bars are drawn anyway
+quiet_notebook_tqdm()
 glue("patch_size", patch_size, display=False)
 glue("patch_mm", PATCH_SPACING_MM, display=False)
 glue("n_phantom", per_class * len(lesion_classes), display=False)

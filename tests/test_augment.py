@@ -154,13 +154,10 @@ def test_non_converged_generator_and_lost_signature_are_not_measurable(tmp_path)
 
 def test_poster_claims_come_from_the_one_judge(tmp_path, monkeypatch):
     """table_poster_claims shows difflung.claims.judge_run's segmentation rows, unchanged."""
-    import sys
-    import types
+    from difflung import claims
 
     judged = pd.DataFrame({"key": ["a", "b"], "kind": ["image quality", "segmentation"], "verdict": ["x", "y"]})
-    fake = types.ModuleType("difflung.claims")
-    fake.judge_run = lambda runs_root: judged if runs_root == tmp_path else None
-    monkeypatch.setitem(sys.modules, "difflung.claims", fake)
+    monkeypatch.setattr(claims, "judge_run", lambda runs_root: judged if runs_root == tmp_path else None)
     t = ch5.table_poster_claims(tmp_path)
     assert t.to_dict("list") == {"key": ["b"], "verdict": ["y"]}
 
@@ -176,7 +173,7 @@ def test_chapter_experiment_end_to_end(tmp_path):
         train_diffusion(ds, TrainConfig(preset="tiny", steps=1, batch_size=4, mask_mode=mode, strategy=strategy),
                         tmp_path / "runs" / folder, device="cpu", progress=False)
     inputs = ch5.locate_inputs(tmp_path / "runs")
-    assert set(inputs.models) == {"+difflung", "+segguided"} and inputs.real_dataset is None
+    assert set(inputs.models) == {"+difflung", "+segguided", "+insert"} and inputs.real_dataset is None
     cfg = SegConfig(channels=(4, 8), strides=(2,), num_res_units=0, steps=3, batch_size=4)
     run_dir = tmp_path / "ch5"
     kw = dict(tag="phantom", models=inputs.models, config=cfg, seeds=[0, 1], seed=0, mix_ratio=0.5,
@@ -184,7 +181,7 @@ def test_chapter_experiment_end_to_end(tmp_path):
     res, syn, balance = A.run_experiment(inputs.dataset, run_dir, **kw)
     n = round(0.5 * len(ds.split("train")))
     assert set(res.dice.arm) == set(A.ARMS) and res.n_extra == n
-    extra_arms = ["oversample-UNet", "Seg-Guided-UNet", "DiffLung-UNet"]
+    extra_arms = ["oversample-UNet", "Seg-Guided-UNet", "DiffLung-UNet", "Insert-UNet"]
     assert (balance.loc[extra_arms, "images"] == len(ds.split("train")) + n).all()
     assert all(s.images.shape == (n, 32, 32) and np.array_equal(s.labels, syn.masks) for s in syn.sets.values())
     ch5.write_chapter_metrics(run_dir, [res], config=cfg, seed=0, synthetic=syn.sets)

@@ -1,14 +1,16 @@
-"""Chapters 2, 3 and 4 on a toy runs folder: their sections run, write their artifacts, reuse models, and chapters
-3 and 4 report the same PSNR for the same model, test slices and seeds."""
+"""Chapters 2, 3 and 4 on a toy runs folder: their sections run, write their artifacts, reuse models, chapters
+3 and 4 report the same PSNR for the same model, test slices and seeds, and a comparison involving a model that
+missed its convergence criteria reads "not measurable"."""
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from difflung import runs
+from difflung import criteria, instruments, runs
 from difflung.diffusion.toy import toy_dataset
 from difflung.metrics import read_metrics
+from difflung.plots import sig
 
 EVAL = dict(n_test=3, sampler="dpm", sampler_steps=2, seeds=(0, 1), device="cpu")
 
@@ -16,7 +18,10 @@ EVAL = dict(n_test=3, sampler="dpm", sampler_steps=2, seeds=(0, 1), device="cpu"
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    toy_dataset(runs.phantom_dataset_dir(root), n_patients=5, n_slices=4, size=16)
+    toy_dataset(runs.phantom_dataset_dir(root), n_patients=10, n_slices=4, size=16)  # 2 test patients
+    sig = pd.DataFrame([{"class": "lung", "size": 16, "measurable": True, "reason": ""},
+                        {"class": "fibrosis", "size": 16, "measurable": False, "reason": "at 16 px: lost (toy)"}])
+    instruments.write_signature(runs.chapter_dir(root, runs.DATA_PREPARATION), sig)  # chapter 1's HU check
     return root
 
 
@@ -24,16 +29,15 @@ def test_ablation_chapter_sections(runs_root):
     from difflung.chapters import ablation_study as ch
 
     run = runs.chapter_dir(runs_root, runs.MASK_ABLATION)
-    assert ch.table_probabilities(runs_root, steps=10).loc["fibrosis", ("cbmat", "t=T")] == 0
+    assert ch.table_probabilities(runs_root, steps=10).loc[("cbmat", "t=T"), "fibrosis"] == 0
     ch.figure_schedules(runs_root, run, steps=10)
     kw = dict(steps=3, batch_size=4, preset="tiny", strategies=("none", "cbmat"), device="cpu")
-    assert not ch.train_strategies(runs_root, run, **kw)["reused"].any()
-    assert ch.train_strategies(runs_root, run, **kw)["reused"].all()  # same config and data: reused
+    assert not ch.train_strategies(runs_root, run, **kw)["reused from an earlier run"].any()
+    assert ch.train_strategies(runs_root, run, **kw)["reused from an earlier run"].all()  # same config and data: reused
     ch.figure_losses(run, strategies=("none", "cbmat"))
     ev = dict(EVAL, judge_steps=3, strategies=("none", "cbmat"))
     scored = ch.evaluate(runs_root, run, **ev)
     assert (runs.judge_dir(runs_root) / "segmenter.json").is_file()
-    assert "lung" in ch.table_judge(scored).index
     assert len(read_metrics(runs.per_image_path(run))) == len(scored.rows)
     files = {p: p.read_bytes() for p in (runs.per_image_path(run), runs.metrics_path(run))}
     pd.testing.assert_frame_equal(scored.rows, ch.evaluate(runs_root, run, **ev).rows)  # deterministic
@@ -41,14 +45,27 @@ def test_ablation_chapter_sections(runs_root):
     rows = scored.rows
     assert {"full", "no fibrosis", "no body"} <= set(rows["condition"])
     assert set(rows.loc[rows["condition"] == "no lung", "seed"]) == {0}  # partial masks: first seed
-    table = ch.table_quality(scored)
-    assert list(table.index) == ["real", "none", "cbmat"] and "Dice, rare classes" in table.columns
-    ch.figure_dice(scored, run)
-    ch.figure_partial(scored, run)
+    measurable, results = ch.check(runs_root, run, scored, sampler="dpm", steps=3)
+    assert set(results) == {"none", "cbmat"} and criteria.read_criteria(run)["converged"].keys() == results.keys()
+    assert not measurable["fibrosis"][0]  # a 3-step judge, and chapter 1's signature: not measurable
+    table = ch.table_quality(scored, measurable, results)
+    assert list(table.columns) == ["real slices", "no ablation", "CBMAT (Diff-Lung)", "why not measurable"]
+    assert table.loc["PSNR (dB)", "real slices"] == "-" and table.loc["converged", "CBMAT (Diff-Lung)"] == "no"
+    assert (table.loc["Dice fibrosis"].iloc[:-1] == "not measurable").all()
+    assert table.loc["Dice fibrosis", "why not measurable"] == measurable["fibrosis"][1]
+    cmp = ch.comparisons(scored, measurable, results)
+    assert cmp["claim"].str.contains("PSNR").sum() == 1 and cmp["n"].eq(2).all()  # n: test patients
+    # a 3-step model misses its criteria: every comparison involving it is not measurable, with the reason
+    assert not results["cbmat"]["converged"] and cmp["verdict"].str.startswith("not measurable").all()
+    assert "did not meet the convergence criteria" in cmp.loc[cmp["claim"].str.contains("PSNR"), "verdict"].iloc[0]
+    ch.figure_dice(scored, measurable, run)
+    ch.figure_partial(scored, measurable, run)
     ch.figure_samples(scored, run, n=2)
+    box = ch.scope("smoke", scored, measurable, results, len(cmp)).html()
+    assert "What this run can and cannot show" in box and "fibrosis: not measurable" in box
     m = read_metrics(run)
     psnr = m[(m["model"] == "cbmat") & (m["metric"] == "psnr") & (m["condition"] == "full")]
-    assert sorted(psnr["seed"]) == [-1, 0, 1]  # per seed, and across seeds
+    assert psnr["seed"].tolist() == [-1] and psnr["n"].tolist() == [2]  # seeds averaged, interval over patients
     assert {p.name for p in run.glob("*.png")} == {"ablation_schedules.png", "ablation_losses.png", "ablation_dice.png",
                                                   "ablation_partial.png", "ablation_samples.png"}
 
@@ -66,41 +83,34 @@ def test_cbmat_chapter_sections(runs_root):
     assert (runs.main_model_dir(runs_root) / "diffusion_pytorch_model.safetensors").is_file() and r.finished
     assert ch.table_training(r).loc["steps x batch", "value"] == "3 x 2"
     ch.figure_loss(r, run)
-    scored = ch.evaluate(runs_root, run, r, **EVAL)
+    scored = ch.evaluate(runs_root, run, r, judge_steps=3, **EVAL)
     assert scored.generated("difflung", seed=1).shape == (3, 16, 16)
-    assert ch.table_quality(scored).loc["test slices", "value"] == "3"
-    assert "lung" in ch.table_hu(scored).index
+    measurable, results = ch.check(runs_root, run, scored, sampler="dpm", steps=3)
+    back = criteria.read_criteria(run)
+    assert back["converged"] == {"difflung": False} and back["measurable"]["fibrosis"][0] is False
+    assert set(back["tables"]["difflung"].columns) == {"criterion", "value", "threshold", "met"}
+    assert "did **not** meet" in criteria.sentence("Diff-Lung", results["difflung"])
+    regions = ch.table_regions(scored)
+    assert list(regions.index) == ["full frame", "body", "lung"] and list(regions.columns) == ["PSNR (dB)", "SSIM"]
     ch.figure_samples(scored, run, n=2)
     ch.figure_hu(scored, run)
     ch.write_cost(r, run)
+    box = ch.scope("smoke", scored, measurable, results).html()
+    assert "Any comparison involving Diff-Lung (CBMAT): not measurable" in box
     m = read_metrics(run)
-    assert {"psnr", "ssim", "final_loss", "hu_mean_difference"} <= set(m["metric"]) and set(m["model"]) == {"difflung"}
+    assert {"psnr", "ssim", "psnr_lung", "ssim_body", "final_loss"} <= set(m["metric"])
+    assert set(m["model"]) == {"difflung"}
+    full = m[m["metric"] == "psnr"].iloc[0]
+    full_ps = regions.loc["full frame", "PSNR (dB)"].split()[0]
+    assert full["seed"] == -1 and full["n"] == 2 and full_ps == sig(full["value"])  # the table shows metrics.csv's
     assert json.loads((run / "cost.json").read_text())["steps"] == 3
 
 
-@pytest.fixture(scope="module")
-def runs_root4(tmp_path_factory):
-    """A toy run with two test patients (the criteria's classifier splits test patients) and chapter 1's HU
-    signature file, which chapter 4 reads."""
-    from difflung import instruments as I
-    from difflung.dataset import Dataset, unwindow
-
-    root = tmp_path_factory.mktemp("runs4")
-    toy_dataset(runs.phantom_dataset_dir(root), n_patients=10, n_slices=2, size=16)
-    train = Dataset(runs.phantom_dataset_dir(root)).split("train")
-    hu = (unwindow(train.images), train.labels)
-    table = I.signature_survival(hu, hu, ["lung", "emphysema"], size=16)
-    I.write_signature(runs.chapter_dir(root, runs.DATA_PREPARATION), table)
-    return root
-
-
-def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root4):
-    from difflung import criteria
+def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     from difflung.chapters import baseline_comparison as bc
 
-    runs_root = runs_root4
-    ch3, run3, r = _chapter3(runs_root)
-    psnr3 = ch3.evaluate(runs_root, run3, r, **EVAL).rows
+    ch3, run3, r = _chapter3(runs_root)  # reused from the test above when it ran
+    psnr3 = ch3.evaluate(runs_root, run3, r, judge_steps=3, **EVAL).rows
     run = runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON)
     with pytest.raises(ValueError, match="at least 3"):
         bc.open_comparison(runs_root, run, seed=0, n_seeds=1, min_seeds=3, gan_size="T")
@@ -140,7 +150,8 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root4):
     quality = bc.table_quality(s)
     assert quality.loc[("Diff-Lung (CBMAT)", "reported (poster)"), "PSNR (dB)"] == "20.7"
     assert quality.loc[("SPADE", "reported (poster)"), "SSIM lung"] == "not reported"
-    assert "not met" in bc.table_criteria(run).to_string()
+    crit_table, memo = bc.table_criteria(run)
+    assert "(missed)" in crit_table.to_string() and len(memo) == len(bc.MODELS)
     inst = bc.table_instruments(run, s)
     assert inst.loc["lung", "floor"] == 0.7
     faith = bc.table_faithfulness(run, s)
@@ -163,21 +174,21 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root4):
     assert (run / "models" / "spade" / "generator" / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_a_generator_failing_its_criteria_makes_its_comparisons_not_measurable(runs_root4):
+def test_a_generator_failing_its_criteria_makes_its_comparisons_not_measurable(runs_root):
     from difflung.chapters import baseline_comparison as bc
 
-    run = runs.chapter_dir(runs_root4, runs.BASELINE_COMPARISON)
+    run = runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON)
     if not (run / "criteria.json").is_file():
         pytest.skip("needs the chapter 4 toy run of the test above")
     doc = json.loads((run / "criteria.json").read_text())
     for k in doc["generators"]:  # every generator converged: the comparisons are measured
         doc["generators"][k]["converged"] = True
     (run / "criteria.json").write_text(json.dumps(doc))
-    t = bc.comparisons(runs_root4)
+    t = bc.comparisons(runs_root)
     assert len(t) == 6 and (t["status"] == bc.MEASURED).all()
     doc["generators"]["spade"]["converged"] = False  # SPADE fails its criteria: its claims are not measurable
     (run / "criteria.json").write_text(json.dumps(doc))
-    shown = bc.table_comparisons(bc.comparisons(runs_root4))
+    shown = bc.table_comparisons(bc.comparisons(runs_root))
     status, spade = shown["status"], shown.index.str.contains("SPADE")
     assert spade.sum() == 2 and status[spade].str.startswith("not measurable: spade did not meet").all()
     assert (status[~spade] == bc.MEASURED).all()
@@ -211,3 +222,28 @@ def test_no_chapter_imports_another():
                 assert not modules & set(names), f"{path.name} imports chapter {modules & set(names)}"
             if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module == "chapters":
                 raise AssertionError(f"{path.name} imports difflung.chapters")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", ["02_mask_ablation_study", "03_cbmat_training"])
+def test_notebook_runs_clean_on_a_toy_runs_folder(runs_root, stem, tmp_path):
+    """The page itself, executed with papermill on the toy runs folder: no error, nothing on stderr, no stream
+    output at all (progress bars, warnings, prints), and it ends with the "can and cannot show" box."""
+    from pathlib import Path
+
+    import papermill
+
+    from difflung.scope import TITLE
+
+    repo = Path(__file__).resolve().parents[1]
+    params = dict(runs_root=str(runs_root), run_dir=str(runs.chapter_dir(runs_root, stem)), device="cpu",
+                  judge_steps=3, preset="tiny", steps=3, batch_size=2, warmup=1, n_test=3, sampler_steps=2)
+    if stem.startswith("03"):
+        params["n_samples"] = 2
+    out = tmp_path / f"{stem}.ipynb"
+    papermill.execute_notebook(str(repo / "notebooks" / f"{stem}.ipynb"), str(out), parameters=params,
+                               cwd=str(repo), kernel_name="python3", progress_bar=False)
+    cells = json.loads(out.read_text())["cells"]
+    outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] in ("stream", "error")]
+    assert TITLE in "".join(cells[-1]["outputs"][0]["data"]["text/html"])

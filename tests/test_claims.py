@@ -5,7 +5,7 @@ import pandas as pd
 from difflung import claims, runs
 from difflung.criteria import write_criteria
 from difflung.metrics import write_metrics
-from difflung.reported import CLAIMS
+from difflung.reported import ALL_CLAIMS
 
 GENS = {"difflung": 1.0, "segguided": 0.0, "spade": -0.5, "pix2pix": -1.0}  # PSNR offsets
 
@@ -43,7 +43,8 @@ def test_verdicts_from_chapter_files(tmp_path):
     _ch4(tmp_path)
     _ch5(tmp_path)
     t = claims.judge_run(tmp_path).set_index("key")
-    assert list(t.index) == [c.key for c in CLAIMS]
+    assert list(t.index) == [c.key for c in ALL_CLAIMS]
+    assert t.loc["dice_emphysema_insert_vs_difflung", "verdict"].startswith("not measurable: chapter 5 has no")
     assert t.loc["psnr_difflung_vs_segguided", "verdict"] == "reproduced"
     assert t.loc["psnr_difflung_vs_segguided", "unit"] == "test patients" and t.loc["psnr_difflung_vs_segguided", "n"] == 10
     assert 0.9 < t.loc["psnr_difflung_vs_segguided", "estimate"] < 1.1
@@ -68,4 +69,4 @@ def test_same_files_same_table(tmp_path):
     a, _ = claims.write_claims(tmp_path, tmp_path / "06")
     b = claims.judge_run(tmp_path)
     pd.testing.assert_frame_equal(a, b)
-    assert (tmp_path / "06" / "claims.csv").read_text().splitlines()[0].startswith("claim,kind,key")
+    assert (tmp_path / "06" / "claims.csv").read_text().splitlines()[0].startswith("claim,family,kind,key")

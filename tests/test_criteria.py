@@ -63,7 +63,7 @@ def test_judge_below_floor_makes_class_not_measurable_and_round_trip(tmp_path):
     assert criteria.validity(["body"], back["measurable"], {"m": True}, ["m"]) == {}
 
 
-def test_tables_say_not_measurable_and_region_and_hu_rows_follow_the_schema(tmp_path):
+def test_tables_say_not_measurable_and_region_and_hu_rows_follow_the_schema():
     from difflung import quality, stats
 
     s = _scored(lambda r, rng: r + rng.normal(0, 0.005, r.shape))
@@ -74,12 +74,6 @@ def test_tables_say_not_measurable_and_region_and_hu_rows_follow_the_schema(tmp_
     assert dice.loc["lung", "m"] == "not measurable" and dice.loc["lung", "judged"].startswith("not measurable: judge")
     assert dice.loc["body", "m"] == "0.900 [0.900, 0.900]" and dice.loc["body", "judged"] == "yes"
     assert criteria.judge_frame(summary, meas).loc["lung", "floor"] == 0.7
-    res = criteria.measure(s, "m", train=s.real, measurable=meas, generator=torch.Generator().manual_seed(0),
-                           classifier_steps=5)
-    criteria.write_criteria(tmp_path, {"m": res}, meas)
-    wide = criteria.criteria_frame(criteria.read_criteria(tmp_path), ["m"], str.upper)
-    assert list(wide.columns) == ["M"] and wide.loc[("all criteria met", ""), "M"] in ("yes", "no")
-    assert not any(c.startswith("judge Dice ratio, lung") for c, _ in wide.index)  # lung not measurable
     region = quality.region_metric_rows(s)
     assert set(region["metric"]) == {"psnr_body", "ssim_body", "psnr_lung", "ssim_lung"}
     assert list(region.columns) == list(SCHEMA) and len(region) == 4 * len(s.index)

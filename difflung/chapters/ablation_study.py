@@ -7,14 +7,15 @@ Each function is one section of `notebooks/02_mask_ablation_study.py`:
     ch.train_strategies(runs_root, run_dir, steps=..., batch_size=..., preset=..., lr=..., seed=seed)
     ch.figure_losses(run_dir)
     scored = ch.evaluate(runs_root, run_dir, judge_steps=..., n_test=..., sampler=..., sampler_steps=..., seeds=...)
-    ch.table_judge(scored); ch.table_quality(scored); ch.figure_dice(scored, run_dir)
-    ch.figure_partial(scored, run_dir); ch.figure_samples(scored, run_dir)
+    measurable, results = ch.check(runs_root, run_dir, scored, sampler=..., steps=..., seed=seed)
+    ch.table_quality(scored, measurable, results); ch.figure_dice(scored, measurable, run_dir)
+    ch.comparisons(scored, measurable, results); ch.figure_partial(scored, measurable, run_dir)
+    ch.figure_samples(scored, run_dir); ch.scope(profile, scored, measurable, results, n_comparisons)
 
-The profile's values come from profiles/*.yml. Models go to `<run_dir>/models/<strategy>/` (reused when finished
-with the same config and data); generation and scoring follow `difflung.scoring` (judge, test subset, seeding,
-schema); per-slice rows go to `<run_dir>/per_image.csv`, summaries to `metrics.csv`. Confidence intervals are
-Student-t over test slices (per seed), and over seeds (of the per-seed means) when there are several; in
-`metrics.csv` the across-seed rows carry seed -1.
+Models go to `<run_dir>/models/<strategy>/` (reused when finished with the same config and data); generation and
+scoring follow `difflung.scoring`. The unit of every interval is the test patient (`difflung.stats`); classes the
+judge cannot read, or whose HU signature is lost at this size, and strategies that miss their convergence criteria
+(`difflung.criteria`, written to `criteria.json`) make their comparisons "not measurable".
 """
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import criteria, runs, scoring, stats
+from .. import instruments as I
 from .. import labels as L
-from .. import runs, scoring
 from ..dataset import Dataset
 from ..diffusion import STRATEGIES, AblationSchedule, ablation_frequencies, to_hu, train_diffusion
-from ..evaluation import summarize
 from ..generators import diffusion_config, display_name, load_generator
 from ..metrics import write_metrics
-from ..plots import legend_handles, plt, save_figure, slice_grid
+from ..plots import interval, legend_handles, plt, save_figure, sig, slice_grid
 from ..provenance import resolve_device
+from ..scope import Scope, smoke_caveat
 
 
 def open_dataset(runs_root) -> Dataset:
@@ -39,24 +41,20 @@ def open_dataset(runs_root) -> Dataset:
     return Dataset(runs.phantom_dataset_dir(runs_root))
 
 
-def rare_classes(classes) -> list[int]:
-    """The pathology classes among `classes` (emphysema, GGO, fibrosis in the phantom)."""
-    return [c for c in classes if c in L.PATHOLOGY_IDS]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # schedules
 
 def table_probabilities(runs_root, *, steps: int, strategies=STRATEGIES) -> pd.DataFrame:
-    """P_i at t = 0, T/2 and T per class (rows) and strategy (columns), with the f_i used."""
+    """P_i per class (columns) for each strategy at t = 0, T/2 and T (rows), below the f_i used (first row)."""
     ds = open_dataset(runs_root)
     freqs = ablation_frequencies(ds)
-    cols = {("f_i", ""): list(freqs.values())}
+    rows = {("f_i", ""): list(freqs.values())}
     for s in strategies:
         sch = AblationSchedule(s, ds.classes, freqs, steps)
         for label, t in (("t=0", 0), ("t=T/2", steps // 2), ("t=T", steps)):
-            cols[(s, label)] = sch.probabilities(t).tolist()
-    return pd.DataFrame(cols, index=pd.Index(list(freqs), name="class"))
+            rows[(s, label)] = sch.probabilities(t).tolist()
+    index = pd.MultiIndex.from_tuples(list(rows), names=["strategy", "step"])
+    return pd.DataFrame(list(rows.values()), index=index, columns=list(freqs))
 
 
 def figure_schedules(runs_root, run_dir, *, steps: int, strategies=STRATEGIES, seed: int = 0):
@@ -110,10 +108,10 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
         # a model of an earlier, different configuration in this chapter's folder is replaced
         r = train_diffusion(ds, cfg, runs.model_dir(run_dir, s), device=device, progress=progress, overwrite=True)
         loss = pd.read_csv(r.loss_csv)["loss"]
-        rows.append({"strategy": s, "steps": r.steps, "batch": batch_size, "wall_s": round(r.wall_s, 1),
-                     "images_per_s": round(r.images_per_s, 1), "final_loss (mean of last 10%)":
-                     round(float(loss.tail(max(len(loss) // 10, 1)).mean()), 4), "device": r.device,
-                     "reused": r.reused})
+        rows.append({"strategy": s, "steps": r.steps, "batch": batch_size, "wall time (s)": r.wall_s,
+                     "images / s": r.images_per_s, "final loss (mean of last 10 % of steps)":
+                     float(loss.tail(max(len(loss) // 10, 1)).mean()), "device": r.device,
+                     "reused from an earlier run": r.reused})
     return pd.DataFrame(rows).set_index("strategy")
 
 
@@ -141,13 +139,14 @@ def evaluate(runs_root, run_dir, *, judge_steps: int, n_test: int, sampler: str,
     """Generate and score the test masks with every strategy's model (`difflung.scoring.generate_and_score`).
 
     With `partial`, each non-background class is also withheld from the masks in turn (first seed only). Writes
-    `<run_dir>/per_image.csv` and the chapter's `metrics.csv` (`metric_rows`).
+    `<run_dir>/per_image.csv` and `metrics.csv`: per (model, condition, metric, class) the mean over test slices
+    (each averaged over sampling seeds) with its patient-level interval, seed -1 (`stats.slice_intervals`).
 
     Args:
         runs_root, run_dir: as in `train_strategies` (run that section first).
         judge_steps: training steps of the run's judge segmenter (`difflung.scoring.judge`, trained once).
         n_test: test slices scored; sampler, sampler_steps: the diffusion sampler; seeds: sampling seeds.
-        seed: the judge's training seed.
+        seed: the judge's training seed and the bootstrap's.
     """
     ds, dev = open_dataset(runs_root), resolve_device(device)
     seg = scoring.judge(ds, runs.judge_dir(runs_root), steps=judge_steps, seed=seed, device=dev, progress=progress)
@@ -157,123 +156,123 @@ def evaluate(runs_root, run_dir, *, judge_steps: int, n_test: int, sampler: str,
     scored = scoring.generate_and_score(gens, ds, seg, n_test=n_test, seeds=list(seeds), withheld=withheld,
                                         batch_size=batch_size, progress=progress)
     scoring.write_per_image(runs.per_image_path(run_dir), scored.rows)
-    write_metrics(runs.metrics_path(run_dir), metric_rows(scored.rows))
+    s = stats.slice_intervals(scored.rows, ["model", "condition", "metric", "class"],
+                              generator=np.random.default_rng(seed))
+    write_metrics(runs.metrics_path(run_dir), s.rename(columns={"mean": "value", "patients": "n"})
+                  .drop(columns="slices").assign(seed=-1))
     return scored
 
 
-def table_judge(scored: scoring.Scored) -> pd.DataFrame:
-    """The judge's Dice per class on the real test slices: the ceiling for generated ones."""
-    return scoring.judge_dice(scored.rows)
+def check(runs_root, run_dir, scored: scoring.Scored, *, sampler: str, steps: int, seed: int = 0):
+    """Measurable classes (judge floors, chapter 1's HU signature) and each strategy's convergence criteria
+    (`difflung.criteria.check`), written to `<run_dir>/criteria.json`. Returns (measurable, results)."""
+    ds = open_dataset(runs_root)
+    signature = I.read_signature(runs.chapter_dir(runs_root, runs.DATA_PREPARATION))
+    return criteria.check(scored, _order(scored.rows["model"], real=False), train=ds.split("train").images,
+                          signature=signature, seed=seed, run_dir=run_dir, size=ds.size, sampler=sampler,
+                          test_patients=len(set(scored.patient)), steps=steps)
 
 
-def _with_means(per_image: pd.DataFrame, classes_present) -> pd.DataFrame:
-    """Add per-slice derived Dice rows: mean over all scored classes ('all') and over rare classes ('rare')."""
-    d = per_image[per_image["metric"] == "dice"]
-    rare = [L.BY_ID[c].name for c in rare_classes(classes_present)]
-    keys = ["model", "condition", "seed", "slice"]
-    extra = []
-    for name, sel in (("all", d), ("rare", d[d["class"].isin(rare)])):
-        m = sel.groupby(keys, sort=False)["value"].mean().reset_index()  # NaN (class absent) skipped
-        extra.append(m.assign(metric="dice_mean", **{"class": name}))
-    return pd.concat([per_image] + extra, ignore_index=True)
+def _order(models, real: bool = True) -> list[str]:
+    return [m for m in (["real"] if real else []) + list(STRATEGIES) if m in set(models)]
 
 
-def summary(per_image: pd.DataFrame, over: str = "images") -> pd.DataFrame:
-    """Mean and 95% CI per (model, condition, metric, class): over test slices per seed (`over="images"`),
-    or over seeds of the per-seed means (`over="seeds"`)."""
-    classes = [L.class_id(n) for n in per_image.loc[per_image["metric"] == "dice", "class"].unique()]
-    df = _with_means(per_image, classes)
-    by = ["model", "condition", "metric", "class"]
-    if over == "images":
-        return summarize(df, by + ["seed"])
-    if over != "seeds":
-        raise ValueError(f"over={over!r}: expected 'images' or 'seeds'")
-    per_seed = df.groupby(by + ["seed"], sort=False)["value"].mean().reset_index()
-    return summarize(per_seed, by)
+def _names(results) -> dict[str, str]:
+    return {m: display_name(m) + ("" if r["converged"] else " (not converged)") for m, r in results.items()}
 
 
-def _fmt(m, lo, hi, digits=3) -> str:
-    if np.isnan(m):
-        return "n/a"
-    return f"{m:.{digits}f}" if np.isnan(lo) else f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def _order(models) -> list[str]:
-    return [m for m in ["real", *STRATEGIES] if m in set(models)]
-
-
-def table_quality(scored: scoring.Scored) -> pd.DataFrame:
-    """Full masks: PSNR, SSIM, mean Dice and rare-class Dice per strategy, mean [95% CI]; the CI is over seeds
-    when there are several, else over test slices."""
+def table_quality(scored: scoring.Scored, measurable, results, *, seed: int = 0) -> pd.DataFrame:
+    """Full masks: PSNR, SSIM and the judge's Dice per class (rows) for each strategy (columns), "mean [95 %
+    interval]" over test slices (each averaged over sampling seeds; interval by patient), below whether the
+    strategy converged. A class the run cannot measure reads "not measurable", its reason in the last column;
+    the column `real slices` is the judge on the real test slices (its ceiling)."""
     full = scored.rows[scored.rows["condition"] == "full"]
-    several = full[full["model"] != "real"].groupby("model")["seed"].nunique().max() > 1
-    s = summary(full, "seeds" if several else "images")
-    want = [("psnr", "all", "PSNR (dB)", 2), ("ssim", "all", "SSIM", 3), ("dice_mean", "all", "Dice, all classes", 3),
-            ("dice_mean", "rare", "Dice, rare classes", 3)]
-    want += [("dice", L.BY_ID[c].name, f"Dice {L.BY_ID[c].name}", 3)
-             for c in rare_classes([L.class_id(n) for n in s.loc[s["metric"] == "dice", "class"].unique()])]
-    table = {}
-    for metric, cls, col, dg in want:
-        sel = s[(s["metric"] == metric) & (s["class"] == cls)]
-        table[col] = {r.model: _fmt(r.mean, r.lo, r.hi, dg) for r in sel.itertuples()}
-    out = pd.DataFrame(table).fillna("-")  # the real slices have no PSNR/SSIM against themselves
-    out = out.loc[:, (out != "n/a").any()]  # classes absent from every test mask
-    out = out.loc[_order(out.index)]
-    out.index.name = "model (CI over seeds)" if several else "model (CI over test slices)"
-    return out
-
-
-def figure_dice(scored: scoring.Scored, run_dir, *, seed: int = 0):
-    """Mask faithfulness per class and strategy (full masks), mean and 95% CI over test slices of all seeds."""
-    rows = scored.rows
-    full = rows[(rows["condition"] == "full") & (rows["metric"] == "dice")]
-    s = summarize(full, ["model", "class"])
-    classes = [c for c in dict.fromkeys(full["class"]) if full.loc[full["class"] == c, "value"].notna().any()]
+    s = stats.slice_intervals(full, ["model", "metric", "class"], generator=np.random.default_rng(seed))
+    s["cell"] = [interval(*v) for v in zip(s["mean"], s["lo"], s["hi"])]
     models = _order(s["model"])
-    fig, ax = plt.subplots(figsize=(1.3 * len(classes) + 2, 3.4))
-    w = 0.8 / len(models)
+    out = {"converged": {m: ("yes" if results[m]["converged"] else "no") if m in results else "-" for m in models}}
+    why = {"converged": ""}
+    present = sorted(set(s.loc[(s["metric"] == "dice") & s["mean"].notna(), "class"]), key=L.class_id)
+    for metric, cls in [("psnr", "all"), ("ssim", "all")] + [("dice", c) for c in present]:
+        name = {"psnr": "PSNR (dB)", "ssim": "SSIM"}.get(metric, f"Dice {cls}")
+        ok, why[name] = (True, "") if metric != "dice" else measurable.get(cls, (False, "absent from the test truth"))
+        cells = s[(s.metric == metric) & (s["class"] == cls)].set_index("model")["cell"]
+        out[name] = {m: cells.get(m, "-") if ok else "not measurable" for m in models}
+    t = pd.DataFrame(out).T.rename(columns=display_name).rename_axis("metric")
+    return t.assign(**{"why not measurable": pd.Series(why)})
+
+
+def figure_dice(scored: scoring.Scored, measurable, run_dir, *, seed: int = 0):
+    """Mask faithfulness per measurable class and strategy (full masks): mean and patient-level 95 % interval
+    over test slices averaged over sampling seeds; classes not measurable are left out and named in the title."""
+    full = scored.rows[(scored.rows["condition"] == "full") & (scored.rows["metric"] == "dice")]
+    classes = [c for c in dict.fromkeys(full["class"]) if measurable.get(c, (False, ""))[0]]
+    s = stats.slice_intervals(full[full["class"].isin(classes)], ["model", "class"],
+                              generator=np.random.default_rng(seed))
+    models = _order(s["model"])
+    fig, ax = plt.subplots(figsize=(1.3 * max(len(classes), 1) + 2, 3.4))
+    w = 0.8 / max(len(models), 1)
     for j, m in enumerate(models):
         sel = s[s["model"] == m].set_index("class").reindex(classes)
         x = np.arange(len(classes)) + (j - (len(models) - 1) / 2) * w
         err = np.array([sel["mean"] - sel["lo"], sel["hi"] - sel["mean"]])
         ax.bar(x, sel["mean"], w, yerr=np.nan_to_num(err), capsize=2, label=display_name(m),
                color="0.6" if m == "real" else None)
-    ax.set_xticks(np.arange(len(classes)), [f"{c}*" if L.BY_NAME[c].pathology else c for c in classes])
-    ax.set_ylabel("Dice (judge on image vs mask)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, frameon=False, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
-    ax.set_title("Mask faithfulness per class, full masks (* rare pathology; classes absent from the test masks "
-                 "omitted)", fontsize=9)
+    ax.set_xticks(np.arange(len(classes)), classes)
+    ax.set(ylabel="Dice (judge on image vs mask)", ylim=(0, 1))
+    if classes:
+        ax.legend(fontsize=7, frameon=False, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    lost = [c for c in dict.fromkeys(full["class"]) if c not in classes]
+    ax.set_title("Not measurable, left out: " + (", ".join(lost) if lost else "none"), fontsize=8)
     fig.tight_layout()
     save_figure(fig, Path(run_dir) / "ablation_dice.png", seed=seed)
     return fig
 
 
-def figure_partial(scored: scoring.Scored, run_dir, *, seed: int = 0):
-    """Generation from partial masks: PSNR and mean Dice of the classes still given, per strategy (rows) and
-    removed class (columns); the 'full' column is the complete mask."""
+def comparisons(scored: scoring.Scored, measurable, results, *, seed: int = 0, ref: str = "cbmat") -> pd.DataFrame:
+    """CBMAT against every other strategy on PSNR and on each rare class's Dice (full masks): paired by sampling
+    seed and slice, patient-level interval and sign-flip test (`stats.compare_slices`), Holm's correction over
+    all of them and the book's one verdict rule (`stats.judge_claims`); validity from `criteria.validity`."""
+    rows = scored.rows
+    rare = [L.BY_ID[c].name for c in L.PATHOLOGY_IDS if (scored.labels == c).any()]
+    converged = {m: r["converged"] for m, r in results.items()}
+    gen, cmps = np.random.default_rng(seed), []
+    for b in [m for m in _order(rows["model"], real=False) if m != ref]:
+        for metric, cls in [("psnr", "all")] + [("dice", c) for c in rare]:
+            p = scoring.paired(rows, ref, b, metric, cls)
+            what = "PSNR" if metric == "psnr" else f"{cls} Dice"
+            cmps.append(stats.compare_slices(p["a"], p["b"], p["slice"], p["patient"], generator=gen,
+                                             claim=f"{what}: {display_name(ref)} > {display_name(b)}",
+                                             **criteria.validity([cls], measurable, converged, [ref, b])))
+    out = stats.judge_claims(cmps).drop(columns=["reported", "same order as reported", "unit"])
+    return out.assign(note=out["note"].where(~out["verdict"].str.startswith("not measurable"), ""))
+
+
+def figure_partial(scored: scoring.Scored, measurable, run_dir, *, seed: int = 0):
+    """Generation from partial masks: PSNR and mean Dice of the measurable classes still given, per strategy
+    (rows) and withheld class (columns); the 'full' column is the complete mask."""
     df = scored.rows[scored.rows["model"] != "real"]
     df = df[df["seed"] == df.loc[df["condition"] != "full", "seed"].min()] if (df["condition"] != "full").any() else df
-    conds = list(dict.fromkeys(df["condition"]))
-    models = [m for m in STRATEGIES if m in set(df["model"])]
-    dice = df[df["metric"] == "dice"]
+    conds, models = list(dict.fromkeys(df["condition"])), _order(df["model"], real=False)
+    dice = df[(df["metric"] == "dice") & df["class"].map(lambda c: measurable.get(c, (False,))[0])]
     kept = dice[dice["condition"].str.removeprefix("no ") != dice["class"]]  # Dice of the classes still in the mask
-    mats = {
-        "PSNR (dB)": df[df["metric"] == "psnr"].groupby(["model", "condition"])["value"].mean(),
-        "Dice of the classes given": kept.groupby(["model", "condition", "slice"])["value"].mean()
-        .groupby(["model", "condition"]).mean(),
-    }
+    mats = {"PSNR (dB)": df[df["metric"] == "psnr"].groupby(["model", "condition"])["value"].mean(),
+            "Dice of the measurable classes given": kept.groupby(["model", "condition", "slice"])["value"].mean()
+            .groupby(["model", "condition"]).mean()}
     fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(conds), 0.5 * len(models) + 1.8))
     for ax, (title, ser) in zip(axes, mats.items()):
-        mat = ser.unstack("condition").reindex(index=models, columns=conds)
-        im = ax.imshow(mat.to_numpy(), cmap="viridis", aspect="auto")
-        for (i, j), v in np.ndenumerate(mat.to_numpy()):
-            ax.text(j, i, f"{v:.2f}" if not np.isnan(v) else "", ha="center", va="center", fontsize=7, color="w")
+        mat = ser.unstack("condition").reindex(index=models, columns=conds) if len(ser) else \
+            pd.DataFrame(np.nan, index=models, columns=conds)
+        im = ax.imshow(mat.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(mat.to_numpy(dtype=float)):
+            ax.text(j, i, sig(v) if np.isfinite(v) else "", ha="center", va="center", fontsize=7, color="w")
         ax.set_xticks(range(len(conds)), conds, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(models)), models, fontsize=8)
+        ax.set_yticks(range(len(models)), [display_name(m) for m in models], fontsize=8)
         ax.set_title(title, fontsize=9)
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle("Generation from partial masks (column: class withheld)", fontsize=10)
+        if np.isfinite(mat.to_numpy(dtype=float)).any():
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        else:
+            ax.text(0.5, 0.5, "not measurable:\nno class is measurable", transform=ax.transAxes, ha="center")
     fig.tight_layout()
     save_figure(fig, Path(run_dir) / "ablation_partial.png", seed=seed)
     return fig
@@ -281,27 +280,27 @@ def figure_partial(scored: scoring.Scored, run_dir, *, seed: int = 0):
 
 def figure_samples(scored: scoring.Scored, run_dir, *, n: int = 4, seed: int | None = None):
     """The scored test slices richest in rare classes (with and without their mask) and each strategy's
-    generation from the same masks (full masks, sampling seed `seed`, default the first): the images scored."""
+    generation from the same masks (full masks, sampling seed `seed`, default the first), lung window."""
     pos = scoring.rare_rich(scored.labels, n)
     real = to_hu(scored.real[pos])
-    rows = [("mask", real, scored.labels[pos]), ("real", real, None)]
-    models = [m for m in STRATEGIES if any(k[0] == m for k in scored.images)]
-    rows += [(m, to_hu(scored.generated(m, seed=seed)[pos]), None) for m in models]
+    rows = [("mask", real, scored.labels[pos]), ("phantom (truth)", real, None)]
+    rows += [(display_name(m), to_hu(scored.generated(m, seed=seed)[pos]), None)
+             for m in _order([k[0] for k in scored.images])]
     fig = slice_grid(rows, np.unique(scored.labels).tolist(), cell=1.5)
     save_figure(fig, Path(run_dir) / "ablation_samples.png", config={"test_slices": scored.index[pos].tolist()},
                 seed=seed)
     return fig
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# metrics
-
-def metric_rows(per_image: pd.DataFrame) -> pd.DataFrame:
-    """Tidy rows for metrics.csv: model (strategy or 'real'), metric, class, seed, value, plus condition and the
-    95% CI (lo, hi) and n. Per-seed rows average test slices; rows with seed -1 average seeds (when several);
-    the judge on the real slices ('real') is not sampled and also carries seed -1."""
-    rows = summary(per_image, "images").rename(columns={"mean": "value"})
-    n_seeds = per_image.groupby(["model", "condition"])["seed"].nunique()
-    multi = summary(per_image, "seeds").rename(columns={"mean": "value"}).assign(seed=-1)
-    keep = multi.apply(lambda r: n_seeds.get((r["model"], r["condition"]), 1) > 1, axis=1)
-    return pd.concat([rows, multi[keep]], ignore_index=True)
+def scope(profile: str, scored: scoring.Scored, measurable, results, n_comparisons: int) -> Scope:
+    """The chapter's "What this run can and cannot show" box, from its own numbers."""
+    seeds = sorted({k[3] for k in scored.images if k[2] == "full"})
+    s = Scope(profile, facts={"image size": f"{scored.real.shape[-1]} px", "strategies": str(len(results)),
+                              "test patients": str(len(set(scored.patient))), "test slices": str(len(scored.index)),
+                              "sampling seeds": ", ".join(map(str, seeds)), "training seeds per strategy": "1"})
+    s.can.append(f"Image quality and faithfulness of each strategy with patient-level intervals, and "
+                 f"{n_comparisons} comparisons against CBMAT under Holm's correction, where they are measurable.")
+    s.cannot += criteria.cannot_show(measurable, results, _names(results))
+    s.cannot.append("Variation over training seeds: one model per strategy.")
+    s.cannot += smoke_caveat(profile)
+    return s

@@ -219,15 +219,10 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
                                        "slice": -1, "patient": "all", "class": "all", "metric": m, "value": c[m]}
                                       for m in ("gflops_per_image", "params")]))
     path = write_metrics(runs.metrics_path(cmp.run_dir), pd.concat(rows, ignore_index=True))
-    measurable = criteria.measurable_classes(scored, signature)
-    train = ds.split("train").images
-    results = {k: criteria.measure(scored, k, train=train, measurable=measurable, train_seed=cmp.seed,
-                                   generator=torch.Generator().manual_seed(cmp.seed), classifier_steps=classifier_steps)
-               for k in MODELS}
     settings = {"n_test": int(len(scored.index)), "sampler": sampler, "sampler_steps": sampler_steps,
                 "sample_seeds": list(seeds), "timing_batch": timing_batch, "timing_repeats": timing_repeats}
-    criteria.write_criteria(cmp.run_dir, results, measurable, train_seed=cmp.seed, sample_seed=list(seeds)[0],
-                            classifier_steps=classifier_steps)
+    criteria.check(scored, MODELS, train=ds.split("train").images, signature=signature, seed=cmp.seed,  # main seed
+                   classifier_steps=classifier_steps, run_dir=cmp.run_dir, sample_seed=list(seeds)[0])
     write_json_atomic(cmp.run_dir / "metrics.json", {
         "metrics_csv": path.name, "window_hu": list(L.MODEL_WINDOW), "data_range": DATA_RANGE, "size": ds.size,
         "test_slices": scored.index.tolist(), "test_patients": sorted(set(scored.patient.tolist())),
@@ -265,9 +260,18 @@ def table_instruments(run_dir, s: pd.DataFrame) -> pd.DataFrame:
     return criteria.judge_frame(s, criteria.read_criteria(run_dir)["measurable"])
 
 
-def table_criteria(run_dir) -> pd.DataFrame:
-    """Each generator's convergence criteria (criteria.json): value and whether it is met, one column per model."""
-    return criteria.criteria_frame(criteria.read_criteria(run_dir), MODELS, display_name)
+def _results(run_dir) -> dict:
+    """criteria.json back in `criteria.check`'s form: {key: {"table", "converged", "memorisation"}}."""
+    crit = criteria.read_criteria(run_dir)
+    return {k: {"table": crit["tables"][k], "converged": crit["converged"][k], "memorisation": crit["memorisation"][k]}
+            for k in MODELS}
+
+
+def table_criteria(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each generator's convergence criteria (criteria.json), one column per model, and the memorisation check
+    beside them (not a criterion)."""
+    names = {k: display_name(k) for k in MODELS}
+    return criteria.wide_table(_results(run_dir), names), criteria.memorisation_table(_results(run_dir), names)
 
 
 def table_quality(s: pd.DataFrame) -> pd.DataFrame:
@@ -390,12 +394,7 @@ def scope(profile: str, run_dir) -> Scope:
     box.can.append(f"PSNR and SSIM (full frame, body, lung) of the four generators on the same masks and noise, "
                    f"with intervals over {f['n_patients']} test patients.")
     box.can.append(f"Cost on this run's device ({f['device']}) at {f['size']} px, beside the poster's ratios.")
-    box.cannot += [f"Mask faithfulness of {c}: not measurable: {why}."
-                   for c, (ok, why) in crit["measurable"].items() if not ok]
-    bad = [display_name(k) for k, ok in crit["converged"].items() if not ok]
-    if bad:
-        box.cannot.append(f"Any comparison involving {', '.join(bad)}: not measurable: did not meet "
-                          f"the convergence criteria.")
+    box.cannot += criteria.cannot_show(crit["measurable"], _results(run_dir), {k: display_name(k) for k in MODELS})
     need = stats.min_units(len(reported.CLAIMS))
     if f["n_patients"] < need:
         box.cannot.append(f"A reproduced image-quality claim: with {f['n_patients']} test patients the patient-level "

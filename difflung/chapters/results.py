@@ -65,8 +65,9 @@ def table_claims(claims: pd.DataFrame) -> pd.DataFrame:
     return out.set_index("claim")
 
 
-def summary_markdown(claims: pd.DataFrame, profile: str) -> str:
+def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
     """The page's conclusion, generated from the verdicts (no number or profile fact is typed in the notebook)."""
+    claims = all_claims[all_claims["family"] == "poster"] if "family" in all_claims else all_claims
     label = claims["verdict"].str.split(":").str[0]
     counts = label.value_counts()
     n_tested = int((~label.eq("not measurable")).sum())
@@ -90,6 +91,10 @@ def summary_markdown(claims: pd.DataFrame, profile: str) -> str:
             parts.append(f"With {n_tested} claims tested, Holm's correction needs at least {need} units per "
                          f"comparison for an exact paired test to reach p < 0.05; this run has "
                          f"{' and '.join(short)}, so those claims can be at best inconclusive, whatever the data.")
+    ext = all_claims[all_claims["family"] == "extension"] if "family" in all_claims else all_claims.iloc[:0]
+    if len(ext):
+        parts.append("Beyond the poster (its own Holm family): " + "; ".join(
+            f"{c}: {v}" for c, v in zip(ext["claim"], ext["verdict"])) + ".")
     if profile == "smoke":
         parts.append("The smoke profile checks the pipeline; its verdicts do not test the paper. The archived "
                      "reference run below was made at a size and budget chosen to test it.")

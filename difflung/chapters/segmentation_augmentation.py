@@ -37,14 +37,14 @@ from ..dataset import Dataset
 from ..metrics import read_metrics, write_metrics
 from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, window_name
 from ..provenance import write_json_atomic
-from ..reported import CLAIMS, LABEL, SEGMENTATION_DICE
+from ..reported import ALL_CLAIMS, LABEL, SEGMENTATION_DICE
 from ..runs import phantom_dataset_dir, real_dataset_dir
 from ..scope import Scope, smoke_caveat
 from ..segmentation import SegConfig
 
 TABLE_CLASSES = ("lung", "emphysema", "fibrosis", "ggo")  # the poster's "healthy" is healthy lung parenchyma
 POSTER = SEGMENTATION_DICE  # the poster's rows (healthy = lung), shown as reported, never as ours
-POSTER_TRIPLES = {(c.cls, c.a, c.b) for c in CLAIMS if c.kind == "segmentation"}  # judged by difflung.claims
+POSTER_TRIPLES = {(c.cls, c.a, c.b) for c in ALL_CLAIMS if c.kind == "segmentation"}  # judged by difflung.claims
 
 
 # ---------------------------------------------------------------------------------------------------------------

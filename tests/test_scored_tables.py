@@ -1,0 +1,72 @@
+"""Library helpers the chapters use to turn scored rows into tables: patient-level intervals of seed-averaged
+slices, paired scores, interval cells, and the criteria's page texts."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from difflung import criteria, scoring, stats
+from difflung.plots import interval
+
+
+def _rows():
+    """Two models, 2 sampling seeds, 6 slices of 3 patients; model b = a - 1 on every pair."""
+    rng = np.random.default_rng(0)
+    out = []
+    for seed in (0, 1):
+        for sl in range(6):
+            a = 20 + sl + rng.normal()
+            for model, v in (("a", a), ("b", a - 1)):
+                out.append({"model": model, "train_seed": 0, "condition": "full", "seed": seed, "slice": sl,
+                            "patient": f"p{sl // 2}", "metric": "psnr", "class": "all", "value": v})
+    return pd.DataFrame(out)[list(scoring.SCHEMA)]
+
+
+def test_slice_intervals_average_seeds_then_resample_patients():
+    rows = _rows()
+    s = stats.slice_intervals(rows, ["model"], generator=np.random.default_rng(1)).set_index("model")
+    assert s.loc["a", "patients"] == 3 and s.loc["a", "slices"] == 6
+    a = rows[rows.model == "a"]
+    per_slice = a.groupby("slice")["value"].mean()
+    want = stats.cluster_bootstrap(per_slice.to_numpy(), [f"p{i // 2}" for i in per_slice.index],
+                                   generator=np.random.default_rng(1))
+    assert s.loc["a", "mean"] == pytest.approx(per_slice.mean())
+    assert (s.loc["a", "lo"], s.loc["a", "hi"]) == pytest.approx((want.lo, want.hi))  # same resampling draws
+    assert s.loc["a", "lo"] < s.loc["a", "mean"] < s.loc["a", "hi"]
+
+
+def test_paired_aligns_seed_and_slice_for_compare_slices():
+    rows = _rows()
+    p = scoring.paired(rows, "a", "b", "psnr")
+    assert len(p) == 12 and np.allclose(p["a"] - p["b"], 1.0)
+    c = stats.compare_slices(p["a"], p["b"], p["slice"], p["patient"], claim="a > b",
+                             generator=np.random.default_rng(0))
+    assert c.estimate == pytest.approx(1.0) and c.n == 3 and c.unit == "test patients"
+    assert scoring.paired(rows, "a", "missing", "psnr").empty
+
+
+def test_interval_cell():
+    assert interval(3.14159, 2.5, 3.9) == "3.14 [2.50, 3.90]"
+    assert interval(0.5, math.nan, math.nan) == "0.500"
+
+
+def _result(met):
+    t = pd.DataFrame({"criterion": ["judge Dice ratio, lung", "slices with air within 30 HU"],
+                      "value": [0.9, 0.5], "threshold": [">= 0.8", ">= 0.95"], "met": met})
+    return {"table": t, "converged": all(met), "memorisation": {"ratio": 1.1, "share_flagged": 0.0}}
+
+
+def test_criteria_page_texts():
+    good, bad = _result([True, True]), _result([True, False])
+    assert criteria.sentence("M", good) == "M met all 2 convergence criteria."
+    assert "1 of 2 missed: slices with air within 30 HU" in criteria.sentence("M", bad)
+    lines = criteria.cannot_show({"lung": (True, ""), "emphysema": (False, "judge Dice 0.1 < floor 0.3")},
+                                 {"good": good, "bad": bad}, {"bad": "Bad model"})
+    assert lines == ["Faithfulness of emphysema: not measurable: judge Dice 0.1 < floor 0.3.",
+                     "Any comparison involving Bad model: not measurable: it missed 1 of 2 convergence criteria."]
+    w = criteria.wide_table({"good": good, "bad": bad})
+    assert w.loc["slices with air within 30 HU", "bad"] == "0.500 (missed)"
+    assert w.loc["converged"].tolist() == ["all met", "yes", "no"]
+    assert criteria.validity(["lung"], {"lung": (True, "")}, {"good": True, "bad": False}, ["good", "bad"]) == {
+        "converged": False, "reason": "bad did not meet the convergence criteria"}
