@@ -250,3 +250,17 @@ def test_lesion_weighting_zero_is_the_plain_loss_bit_for_bit_and_weights_lesions
     cfg = TrainConfig(lesion_weight=4.0, lesion_classes=(4,))
     assert diffusion_loss(pred, target, t, lab, cfg, sched).item() == pytest.approx(5 / 8)
     assert diffusion_loss(pred, target, t, lab, TrainConfig(), sched).item() == pytest.approx(1 / 4)
+
+
+def test_trained_with_recognises_the_same_run(tmp_path):
+    """A finished model is recognised for its own config and data only (how chapter 3 takes chapter 2's CBMAT run)."""
+    from difflung.diffusion.toy import toy_dataset
+    from difflung.diffusion.train import TrainConfig, train_diffusion, trained_with
+
+    ds = toy_dataset(tmp_path / "ds", n_patients=3, n_slices=2, size=16)
+    cfg = TrainConfig(preset="tiny", steps=2, batch_size=2, checkpoint_every=1)
+    assert not trained_with(tmp_path / "m", ds, cfg)
+    train_diffusion(ds, cfg, tmp_path / "m", device="cpu", progress=False)
+    assert trained_with(tmp_path / "m", ds, cfg)
+    assert trained_with(tmp_path / "m", ds, TrainConfig(preset="tiny", steps=2, batch_size=2, checkpoint_every=7))
+    assert not trained_with(tmp_path / "m", ds, TrainConfig(preset="tiny", steps=3, batch_size=2))

@@ -18,6 +18,7 @@ are patient-level (`difflung.stats.slice_intervals`); the criteria are `difflung
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,11 @@ from .. import instruments as I
 from .. import labels as L
 from ..dataset import Dataset
 from ..diffusion import TrainResult, to_hu, train_diffusion
+from ..diffusion.train import trained_with
 from ..generators import diffusion_config, display_name, load_generator
 from ..metrics import write_metrics
 from ..plots import interval, plt, save_figure, sig, slice_grid
-from ..provenance import provenance, resolve_device, write_json_atomic
+from ..provenance import atomic_dir, provenance, resolve_device, write_json_atomic
 from ..quality import region_rows
 from ..scope import Scope, smoke_caveat
 
@@ -51,9 +53,13 @@ def train_main(runs_root, *, steps: int, batch_size: int, preset: str = "small",
     """
     cfg = diffusion_config(MODEL, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                            seed=seed, checkpoint_every=checkpoint_every, compile=compile)
+    ds, main = Dataset(runs.phantom_dataset_dir(runs_root)), runs.main_model_dir(runs_root)
+    shared = runs.model_dir(runs.chapter_dir(runs_root, runs.MASK_ABLATION), "cbmat")
+    if not trained_with(main, ds, cfg) and trained_with(shared, ds, cfg):
+        with atomic_dir(main) as tmp:  # chapter 2's CBMAT run is this model: take it rather than train it again
+            shutil.copytree(shared, tmp, dirs_exist_ok=True)
     # a model of another configuration in this folder is replaced
-    return train_diffusion(Dataset(runs.phantom_dataset_dir(runs_root)), cfg, runs.main_model_dir(runs_root),
-                           device=device, progress=progress, overwrite=True)
+    return train_diffusion(ds, cfg, main, device=device, progress=progress, overwrite=True)
 
 
 def _final_loss(result: TrainResult) -> float:

@@ -470,3 +470,18 @@ def load_model(model_dir, dataset=None, device="cpu"):
             raise ModelLoadError(f"{model_dir}: trained at {meta['sample_size']} px, dataset {ds.root} is {ds.size} px")
     unet = UNet2DModel.from_pretrained(model_dir, use_safetensors=True)
     return unet.to(device).eval(), meta
+
+
+def trained_with(model_dir, data, config: TrainConfig) -> bool:
+    """Whether `model_dir` holds a finished model of `config` on `data`: the model `train_diffusion` would reuse.
+
+    Lets a chapter take another chapter's model when their configurations match (chapter 3's main model is chapter
+    2's CBMAT run when both use the same preset, budget, seed and data) instead of training it twice.
+    """
+    meta_path = Path(model_dir) / META_FILE
+    if not meta_path.is_file():
+        return False
+    ds = _open_dataset(data)
+    import json
+
+    return _stored_key(json.loads(meta_path.read_text())) == _key(config, _dataset_info(ds, config.split)["sha256"])
