@@ -4,6 +4,10 @@
     outside_differences(ins)                           # voxels changed outside the edit region: must be 0
     seam_scores(ins)                                   # |grad HU| on the region's boundary / in healthy lung
     lesion_hu_w1(ins, phantom_hu)                      # inserted lesion HU against the phantom's, Wasserstein-1
+    check_table(ins, phantom, seed=0)                  # the three checks per inserted class, one table
+    judge_table(run_dir, ins, steps=..., seed=0)       # a judge at the patch scale on windows around the lesions
+    cost_table(summary, train_seconds)                 # what the run cost, per lesion and per UNet call
+    write_outputs(run_dir, checks, cost, summary, model="insert-patch", seed=0)  # metrics.csv + cost.json
 
 The edit region is recomputed from the written lesion labels and the CT's own anatomy exactly as insertion
 defines it (`difflung.insert.edit_region`), so the first check does not trust the insertion's own count.
@@ -11,8 +15,10 @@ defines it (`difflung.insert.edit_region`), so the first check does not trust th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage as ndi
 from scipy.stats import wasserstein_distance
 
@@ -175,3 +181,76 @@ def judge_lesion_dice(seg, ins: Insertion, test, size: int, out_mm: float) -> li
                      "judge_dice_phantom_test": float(np.nanmean(on_test)) if on_test.notna().any() else np.nan,
                      "judge_windows": int(has.sum())})
     return rows
+
+
+def judge_table(run_dir, ins: Insertion, *, steps: int, seed: int, device: str = "auto") -> pd.DataFrame | None:
+    """The judge at the patch scale (`scoring.judge` trained on the patch dataset `<run_dir>/patches`, saved to
+    `<run_dir>/patch_judge`) on windows around the inserted lesions, after and before insertion, with its own
+    Dice on phantom test patches against its floor (`judge_valid`). None when `steps` is 0 (not measured)."""
+    from .dataset import Dataset
+    from .instruments import judge_floor
+    from .patches import dataset_spacing
+    from .scoring import judge
+
+    if not steps:
+        return None
+    ds = Dataset(Path(run_dir) / "patches")
+    seg = judge(ds, Path(run_dir) / "patch_judge", steps=steps, seed=seed, device=device)
+    df = pd.DataFrame(judge_lesion_dice(seg, ins, ds.split("test"), ds.size, dataset_spacing(ds)))
+    df["judge_valid"] = [bool(v >= judge_floor(c)) for c, v in zip(df["class"], df["judge_dice_phantom_test"])]
+    return df.set_index("class")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one table per run: checks, cost, and the files that keep them
+
+def check_table(ins: Insertion, phantom, *, seed: int, per_class: int = 20000) -> pd.DataFrame:
+    """Per inserted class: HU Wasserstein-1 to `per_class` seeded phantom lesion voxels after/before, seam scores,
+    and the voxels changed outside the edit region (one count for the scan, repeated per row)."""
+    ids = [int(c) for c in np.unique(ins.lesions) if c]
+    rng = np.random.default_rng(seed)
+    rows = lesion_hu_w1(ins, {c: phantom_lesion_hu(phantom, c, per_class, rng) for c in ids})
+    for r, c in zip(rows, ids):
+        r.update(seam_scores(ins, c), outside_differences=outside_differences(ins))
+    return pd.DataFrame(rows).set_index("class")
+
+
+def cost_table(summary: dict, train_seconds: float) -> pd.DataFrame:
+    """The run's costs from an insertion summary (with `seconds_placement`): training, placement, painting, per
+    lesion and per UNet call; one column, `value`."""
+    st, n = summary["seconds_by_stage"], max(int(summary["lesions"]), 1)
+    rows = {"patch model training (s)": train_seconds, "lesion placement (s)": summary["seconds_placement"],
+            "insertion, all stages (s)": summary["seconds"], "painting (s)": st["painting"],
+            "lesions inserted": summary["lesions"], "windows painted": summary["windows"],
+            "UNet calls per window": summary["network_calls_per_window"],
+            "seconds per lesion (insertion + placement)": (summary["seconds"] + summary["seconds_placement"]) / n,
+            "seconds per lesion (painting)": st["painting"] / n}
+    return pd.DataFrame({"value": rows})
+
+
+COUNTS = {"lesions": "lesions inserted", "windows": "windows painted",
+          "network_calls_per_window": "UNet calls per window"}  # metrics.csv key -> `cost_table` row
+TIMINGS = {"seconds_per_lesion": "seconds per lesion (insertion + placement)",
+           "seconds_per_lesion_painting": "seconds per lesion (painting)",
+           "train_seconds": "patch model training (s)"}  # cost.json only: a seeded re-run writes the same metrics
+
+
+def write_outputs(run_dir, checks: pd.DataFrame, cost: pd.DataFrame, summary: dict, *, model: str, seed: int,
+                  judged: pd.DataFrame | None = None) -> pd.DataFrame:
+    """metrics.csv (model, metric, class, seed, value; keys only; no timings, so that a seeded CPU run writes the
+    same bytes) and cost.json (the timings) in the run folder; returns the metrics rows."""
+    from .metrics import write_metrics
+    from .provenance import write_json_atomic
+
+    rows = [{"model": model, "metric": m, "class": c, "seed": seed, "value": float(v)}
+            for t in (checks, judged) if t is not None for c, r in t.iterrows() for m, v in r.items()]
+    rows += [{"model": model, "metric": "lesion_ml", "class": c, "seed": seed, "value": v}
+             for c, v in summary["lesion_ml"].items()]
+    rows += [{"model": model, "metric": k, "class": "all", "seed": seed, "value": float(cost.loc[v, "value"])}
+             for k, v in COUNTS.items()]
+    write_metrics(run_dir, rows)
+    write_json_atomic(Path(run_dir) / "cost.json", {
+        **{k: float(cost.loc[v, "value"]) for k, v in {**COUNTS, **TIMINGS}.items()},
+        "seconds_by_stage": summary["seconds_by_stage"], "seconds_placement": summary["seconds_placement"],
+        "device": summary["device"], "config": summary["config"]})
+    return pd.DataFrame(rows)

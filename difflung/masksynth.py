@@ -226,3 +226,21 @@ def _report(labels, out, targets: dict[int, float], bank, tolerance: float, n_el
         "pixels_synthetic": int(after[c][0]), "fraction_synthetic": float(after[c][1]),
         "fraction_combined": float(both[c][1]), "max_fraction_synthetic": float(per_mask[:, k].max()),
     } for k, (c, t) in enumerate(targets.items())])
+
+
+def report_table(report):
+    """A synthesis report (`MaskSynthesis.report`) for a page: shares of the lung field as percentages, one row
+    per boosted class."""
+    import pandas as pd
+
+    from .plots import pct
+
+    r = report.set_index("class")
+    return pd.DataFrame({
+        "target share": r["target_fraction"].map(pct),
+        "share in the training masks": r["fraction_before"].map(pct),
+        "share in the new masks (pooled)": r["fraction_synthetic"].map(pct),
+        "largest share in one new mask": r["max_fraction_synthetic"].map(pct),
+        "slices built on": [f"{e} of {t}" for e, t in zip(r["slices_eligible"], r["slices_total"])],
+        "lesions to copy": r["lesions_in_bank"],
+    })

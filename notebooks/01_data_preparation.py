@@ -39,10 +39,10 @@ n_synthetic_masks = 24
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from difflung import labels
+from difflung import cohort, labels, masksynth, realct
 from difflung.chapters import data_preparation as ch
-from difflung.chapters import real_data as real
 from difflung.plots import table, window_name
+from difflung.realdata import CREDIT
 
 glue("size", size, display=False)
 glue("phantom_size", phantom_size, display=False)
@@ -64,14 +64,14 @@ labels.legend_table()
 # two lungs with a tapering vessel tree, trachea and main bronchi) and pathology (emphysema with upper-zone
 # predominance, ground-glass opacity, subpleural and basal fibrosis with honeycombing) from an explicit
 # `numpy.random.Generator`, adds correlated CT noise and partial-volume blur, and stacks slices from apex to base.
-# `difflung.chapters.data_preparation.build_phantom` draws the slices at {glue:text}`phantom_size` pixels per side,
+# `difflung.cohort.build_phantom` draws the slices at {glue:text}`phantom_size` pixels per side,
 # resizes them to the profile's {glue:text}`size`, windows them for the model, keeps slices with lung, splits by
 # patient and writes the dataset artifact.
 
 # %% tags=["hide-input"]
-dataset, volumes = ch.build_phantom(run_dir, n_patients=n_patients, slices_per_patient=slices_per_patient,
-                                    phantom_size=phantom_size, size=size, seed=seed)
-splits = ch.split_summary(dataset)
+dataset, volumes = cohort.build_phantom(run_dir, n_patients=n_patients, slices_per_patient=slices_per_patient,
+                                        phantom_size=phantom_size, size=size, seed=seed)
+splits = ch.table_splits(dataset)
 splits
 
 # %% tags=["remove-input"]
@@ -91,12 +91,11 @@ ch.figure_levels(volumes, run_dir, seed=seed)
 # {numref}`ch1-hu-histograms` sets each class's phantom intensities against the range the CT literature reports.
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "HU histograms per class of the phantom at its full resolution; the grey band is the literature range of the class. Made by `difflung.chapters.data_preparation.figure_hu_histograms`.", "name": "ch1-hu-histograms"}}
-samples = ch.hu_samples(volumes, seed=seed)
-ch.figure_hu_histograms(samples, run_dir, seed=seed)
+ch.figure_hu_histograms(volumes, run_dir, seed=seed)
 
 # %% tags=["hide-input"]
-checks = ch.hu_checks(volumes)
-ch.checks_table(checks)
+checks = cohort.hu_checks(volumes)
+ch.table_hu_checks(checks)
 
 # %% tags=["remove-input"]
 for k, v in checks.items():
@@ -117,11 +116,11 @@ for k, v in checks.items():
 # split, in HU, once at the phantom's resolution and once after the resize.
 
 # %% tags=["hide-input"]
-signature = ch.hu_signature(dataset, volumes, run_dir)
-ch.signature_display(signature, phantom_size)
+signature = cohort.hu_signature(dataset, volumes, run_dir)
+ch.table_signature(signature, phantom_size)
 
 # %% tags=["remove-input"]
-lost = ch.not_measurable(signature)
+lost = cohort.not_measurable(signature)
 glue("sig_lost", Markdown(", ".join(lost) if lost else "no class"), display=False)
 glue("sig_verb", Markdown("loses" if len(lost) == 1 else "lose"), display=False)
 
@@ -144,22 +143,20 @@ glue("sig_verb", Markdown("loses" if len(lost) == 1 else "lose"), display=False)
 # {numref}`ch1-frequencies` shows both per split.
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Per split, left: the f_i CBMAT uses (each class's share of the non-background pixels); right: each lung-field class's share of the lung field. Log scale. Made by `difflung.chapters.data_preparation.figure_frequencies`.", "name": "ch1-frequencies"}}
-freq = ch.frequency_table(dataset)
+freq = cohort.frequency_table(dataset)
 ch.figure_frequencies(freq, run_dir, seed=seed)
 
 # %% [markdown]
 # The $f_i$ CBMAT uses, per split (share of non-background pixels):
 
 # %% tags=["hide-input"]
-f_cbmat = ch.frequency_pivot(freq, "f_cbmat")
-table(f_cbmat, percent=f_cbmat.columns)
+ch.table_frequencies(freq, "f_cbmat")
 
 # %% [markdown]
 # In-lung fractions, per split (share of the lung field; not what CBMAT uses):
 
 # %% tags=["hide-input"]
-f_lung = ch.frequency_pivot(freq, "f_in_lung")
-table(f_lung, percent=f_lung.columns)
+ch.table_frequencies(freq, "f_in_lung")
 
 # %% [markdown]
 # ## Real chest CT
@@ -173,18 +170,18 @@ table(f_lung, percent=f_lung.columns)
 
 # %% tags=["hide-input"]
 if real_ct:
-    cases = real.load_real_ct(classes="nodule")
-    volume_table = real.lung_volume_table(cases)
-    display(Markdown(real.credit()))
+    cases = realct.load_real_ct(classes="nodule")
+    volume_table = realct.lung_volume_table(cases)
+    display(Markdown(CREDIT))
     display(table(volume_table))
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Real CT (pyradiomics lung1, lung2) beside the phantom (truth) at apex, middle and base of each one's own lung extent; the colour bar gives the display window in HU. Made by `difflung.chapters.real_data.figure_real_vs_phantom`.", "name": "ch1-real-vs-phantom"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Real CT (pyradiomics lung1, lung2) beside the phantom (truth) at apex, middle and base of each one's own lung extent; the colour bar gives the display window in HU. Made by `difflung.chapters.data_preparation.figure_real_vs_phantom`.", "name": "ch1-real-vs-phantom"}}
 if real_ct:
-    display(real.figure_real_vs_phantom(cases, volumes, run_dir, seed=seed))
+    display(ch.figure_real_vs_phantom(cases, volumes, run_dir, seed=seed))
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Classical anatomy (body outline, lungs, airway) and the files' own lesion label on the real CT. Made by `difflung.chapters.real_data.figure_anatomy_overlays`.", "name": "ch1-real-anatomy"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Classical anatomy (body outline, lungs, airway) and the files' own lesion label on the real CT. Made by `difflung.chapters.data_preparation.figure_anatomy_overlays`.", "name": "ch1-real-anatomy"}}
 if real_ct:
-    display(real.figure_anatomy_overlays(cases, run_dir, seed=seed))
+    display(ch.figure_anatomy_overlays(cases, run_dir, seed=seed))
 
 # %% [markdown]
 # ### The classical anatomy against the phantom's truth
@@ -192,7 +189,7 @@ if real_ct:
 # The same segmentation run on the phantom, whose true labels we know:
 
 # %% tags=["hide-input"]
-agreement = real.phantom_anatomy_agreement(volumes[:4])
+agreement = realct.phantom_anatomy_agreement(volumes[:4])
 table(agreement.rename(columns={"lung_dice_vs_truth": "lung Dice vs truth", "lung_ml_found": "lung ml found",
                                 "lung_ml_truth": "lung ml truth", "airway_ml_found": "airway ml found",
                                 "airway_ml_truth": "airway ml truth"}))
@@ -207,11 +204,11 @@ glue("lung_dice_mean", float(agreement["lung_dice_vs_truth"].mean()), display=Fa
 #
 # ### Is the phantom's lung like real lung?
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Healthy-lung HU of the real CT against the phantom, literature band shaded. Made by `difflung.chapters.real_data.figure_real_vs_phantom_hu`.", "name": "ch1-real-vs-phantom-hu"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Healthy-lung HU of the real CT against the phantom, literature band shaded. Made by `difflung.chapters.data_preparation.figure_real_vs_phantom_hu`.", "name": "ch1-real-vs-phantom-hu"}}
 if real_ct:
-    hu = real.hu_lung_samples(cases, volumes, seed=seed)
-    hu_stats = real.hu_lung_stats(hu)
-    display(real.figure_real_vs_phantom_hu(hu, run_dir, seed=seed))
+    hu = realct.hu_lung_samples(cases, volumes, seed=seed)
+    hu_stats = realct.hu_lung_stats(hu)
+    display(ch.figure_real_vs_phantom_hu(hu, run_dir, seed=seed))
 
 # %% tags=["hide-input"]
 if real_ct:
@@ -228,9 +225,9 @@ if real_ct:
 
 # %% tags=["hide-input"]
 if real_ct:
-    real_dataset, real_table, command = real.prepare_example(run_dir, size=size, seed=seed)
+    real_dataset, real_summary, command = realct.prepare_example(run_dir, size=size, seed=seed)
     display(Markdown(f"```bash\n{command}\n```"))
-    display(table(real_table))
+    display(table(ch.table_prepared(real_summary)))
 
 # %% [markdown]
 # ## Mask synthesis for rare classes
@@ -242,17 +239,17 @@ if real_ct:
 # never above it. Anatomy (body, airway, lung outline) is never changed. These masks feed the ablation study and
 # the segmentation experiment; {numref}`ch1-mask-synthesis` shows four of them.
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Training masks (top) and the synthetic masks built on them (bottom). Made by `difflung.chapters.real_data.mask_synthesis_example`.", "name": "ch1-mask-synthesis"}}
-fig, synth_report, synthesis = real.mask_synthesis_example(dataset.split("train").labels, run_dir, boost=mask_boost,
-                                                           seed=seed, n_masks=n_synthetic_masks)
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Training masks (top) and the synthetic masks built on them (bottom). Made by `difflung.chapters.data_preparation.figure_mask_synthesis`.", "name": "ch1-mask-synthesis"}}
+fig, synth_report, synthesis = ch.figure_mask_synthesis(dataset.split("train").labels, run_dir, boost=mask_boost,
+                                                        seed=seed, n_masks=n_synthetic_masks)
 fig
 
 # %% tags=["hide-input"]
-ch.synthesis_display(synth_report)
+masksynth.report_table(synth_report)
 
 # %% tags=["remove-input"]
-extra = real.real_metrics_rows(volume_table if real_ct else None, agreement, hu_stats if real_ct else None, seed=seed)
-metrics = ch.write_chapter_metrics(run_dir, dataset, checks, seed=seed, signature=signature, extra_rows=extra)
+extra = realct.metrics_rows(volume_table if real_ct else None, agreement, hu_stats if real_ct else None, seed=seed)
+metrics = cohort.write_cohort_metrics(run_dir, dataset, checks, seed=seed, signature=signature, extra_rows=extra)
 
 # %% tags=["remove-input"]
 ch.scope(profile, dataset, signature, real_ct=real_ct)

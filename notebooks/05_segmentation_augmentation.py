@@ -51,7 +51,7 @@ from myst_nb import glue
 
 from difflung import augment, stats
 from difflung.chapters import segmentation_augmentation as ch
-from difflung.chapters.data_preparation import synthesis_display
+from difflung.masksynth import report_table as synthesis_display
 from difflung.plots import table
 from difflung.progress import quiet_notebook_tqdm
 from difflung.segmentation import SegConfig

@@ -51,6 +51,7 @@ patch_judge_steps = 0
 from IPython.display import Markdown, display
 from myst_nb import glue
 
+from difflung import insert_checks
 from difflung.chapters import lesion_insertion as ch
 from difflung.patches import PATCH_SPACING_MM
 from difflung.plots import table, window_name
@@ -93,10 +94,9 @@ result, phantom, train_seconds = ch.train_model(
 # forward-diffused as the known part at every step, and the final paste copies every other voxel from the input.
 
 # %% tags=["hide-input"]
-summary = ch.insert_all(run_dir, result.model_dir, classes=lesion_classes, target_ml=target_ml,
-                        insert_steps=insert_steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
-                        margin_mm=margin_mm, seed=seed, device=device)
-ins = ch.read_result(summary)
+summary, ins = ch.insert_all(run_dir, result.model_dir, classes=lesion_classes, target_ml=target_ml,
+                             insert_steps=insert_steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
+                             margin_mm=margin_mm, seed=seed, device=device)
 
 # %% tags=["remove-input"]
 glue("n_lesions", summary["lesions"], display=False)
@@ -124,11 +124,8 @@ ch.figure_insertions(ins, run_dir, seed=seed)
 #   phantom's intensities follow the CT literature (chapter 1).
 
 # %% tags=["hide-input"]
-checks = ch.checks_table(ins, phantom, seed=seed)
-table(checks.rename(columns={"w1_after": "HU W1 after", "w1_before": "HU W1 before",
-                             "mean_hu_after": "mean HU after", "mean_hu_before": "mean HU before",
-                             "mean_hu_phantom": "mean HU phantom", "seam_after": "seam after",
-                             "seam_before": "seam before", "outside_differences": "outside differences"}))
+checks = insert_checks.check_table(ins, phantom, seed=seed)
+ch.table_checks(checks)
 
 # %% tags=["remove-input"]
 glue("outside", int(checks["outside_differences"].iloc[0]), display=False)
@@ -149,19 +146,14 @@ glue("n_classes", len(checks), display=False)
 # patches says whether it reads a class reliably enough to judge it (the project's judge floor).
 
 # %% tags=["hide-input"]
-judged = ch.judge_table(run_dir, ins, steps=patch_judge_steps, seed=seed, device=device)
-if judged is None:
-    display(Markdown(ch.JUDGE_NOT_MEASURED))
-else:
-    display(table(judged.rename(columns={"judge_dice_after": "Dice after", "judge_dice_before": "Dice before",
-                                         "judge_dice_phantom_test": "Dice on phantom test patches",
-                                         "judge_windows": "windows", "judge_valid": "above its floor"})))
+judged = insert_checks.judge_table(run_dir, ins, steps=patch_judge_steps, seed=seed, device=device)
+display(Markdown(ch.JUDGE_NOT_MEASURED) if judged is None else ch.table_judge(judged))
 
 # %% [markdown]
 # ## Cost
 
 # %% tags=["hide-input"]
-cost = ch.cost_table(summary, train_seconds)
+cost = insert_checks.cost_table(summary, train_seconds)
 table(cost)
 
 # %% tags=["remove-input"]
@@ -174,7 +166,7 @@ glue("s_per_lesion", float(cost.loc["seconds per lesion (insertion + placement)"
 # `metrics.csv` and `cost.json`.
 
 # %% tags=["remove-input"]
-metrics = ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=judged)
+metrics = insert_checks.write_outputs(run_dir, checks, cost, summary, model=ch.MODEL, seed=seed, judged=judged)
 
 # %% tags=["remove-input"]
 ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, train_steps=train_steps, judged=judged)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from difflung import cohort
 from difflung import instruments as I
 from difflung import labels as L
 from difflung.chapters import data_preparation as ch
@@ -65,19 +66,19 @@ def tiny_dataset(tmp_path):
 
 def test_chapter_signature_frequencies_and_scope(tmp_path):
     ds, vols = tiny_dataset(tmp_path)
-    t = ch.hu_signature(ds, vols, tmp_path)
+    t = cohort.hu_signature(ds, vols, tmp_path)
     assert list(t["class"]) == ["lung", "emphysema", "fibrosis"]  # lung-field classes of the dataset
     assert (t["full_mean_hu"] == t["size_mean_hu"]).all() and t["measurable"].all()  # same size: same numbers
     assert I.read_signature(tmp_path)["emphysema"] == (True, "")
-    shown = ch.signature_display(t, 16)
+    shown = ch.table_signature(t, 16)
     assert shown.loc["emphysema", "16 px: % < -950 HU"] == "100 %" and shown.loc["lung", "16 px: signature"] == "no check"
 
-    freq = ch.frequency_table(ds)
-    cb = ch.frequency_pivot(freq, "f_cbmat")
+    freq = cohort.frequency_table(ds)
+    cb = cohort.frequency_pivot(freq, "f_cbmat")
     np.testing.assert_allclose(cb.sum().to_numpy(), 1.0)  # shares of the non-background pixels
     f = ablation_frequencies(ds, "train")
     assert cb.loc["fibrosis", "train"] == pytest.approx(f["fibrosis"]) == pytest.approx(2 * 1 * 2 / (2 * 144))
-    lung = ch.frequency_pivot(freq, "f_in_lung")
+    lung = cohort.frequency_pivot(freq, "f_in_lung")
     assert "body" not in lung.index and lung.loc["emphysema", "train"] == pytest.approx(4 / 64)
 
     lost = t.copy()
@@ -85,7 +86,7 @@ def test_chapter_signature_frequencies_and_scope(tmp_path):
     box = ch.scope("smoke", ds, lost, real_ct=True).html()
     assert "emphysema at this size" in box and "at 16 px: lost" in box and "do not test the paper" in box
     assert "no such labels" in box and "fibrosis at 16 px" in box
-    assert ch.not_measurable(lost) == {"emphysema": "at 16 px: lost"}
+    assert cohort.not_measurable(lost) == {"emphysema": "at 16 px: lost"}
 
 
 def test_readable_numbers_and_tables():

@@ -65,23 +65,24 @@ def test_checks_from_the_written_files(case):
 
 def test_chapter_tables_metrics_figure_and_scope(case, tmp_path):
     _, ct, _, s = case
-    ins = ch.read_result(s)
+    ins = C.read_insertion(ct, s)
     phantom = pathology_volumes([L.GGO, L.FIBROSIS], 1, np.random.default_rng(0), slices_per_patient=4,
                                 fraction=0.15, out_mm=4.0)
     assert [v.patient for v in phantom] == ["ggo0", "fibrosis0"]
     assert all((v.labels == c).any() for v, c in zip(phantom, (L.GGO, L.FIBROSIS)))
-    checks = ch.checks_table(ins, phantom, seed=0)
+    checks = C.check_table(ins, phantom, seed=0)
     assert list(checks.index) == ["ggo", "fibrosis"] and (checks["outside_differences"] == 0).all()
-    cost = ch.cost_table(s, 2.0)
+    assert "outside differences" in ch.table_checks(checks).to_html()
+    cost = C.cost_table(s, 2.0)
     assert cost.loc["lesions inserted", "value"] == s["lesions"]
-    ch.write_outputs(tmp_path, checks, cost, s, seed=0)
+    C.write_outputs(tmp_path, checks, cost, s, model=ch.MODEL, seed=0)
     first = (tmp_path / "metrics.csv").read_bytes()
-    ch.write_outputs(tmp_path, ch.checks_table(ins, phantom, seed=0), ch.cost_table(s, 99.0), s, seed=0)
+    C.write_outputs(tmp_path, C.check_table(ins, phantom, seed=0), C.cost_table(s, 99.0), s, model=ch.MODEL, seed=0)
     assert (tmp_path / "metrics.csv").read_bytes() == first  # timings live in cost.json only
     assert b"seconds" not in first and "train_seconds" in (tmp_path / "cost.json").read_text()
     fig = ch.figure_insertions(ins, tmp_path, seed=0)
     assert len(fig.axes) >= 8 and (tmp_path / "figures" / "insertions.png").is_file()
-    assert ch.judge_table(tmp_path, ins, steps=0, seed=0) is None
+    assert C.judge_table(tmp_path, ins, steps=0, seed=0) is None
     box = ch.scope("smoke", checks, per_class=1, patch_size=16, train_steps=4, judged=None).html()
     assert "What this run can and cannot show" in box and "bit-identical" in box and "Not measured" in box
 
@@ -90,7 +91,7 @@ def test_the_patch_judge_reads_windows_around_each_inserted_lesion(case, tmp_pat
     from difflung.patches import build_patch_dataset
 
     _, ct, _, s = case
-    ins = ch.read_result(s)
+    ins = C.read_insertion(ct, s)
     rng = np.random.default_rng(0)
     phantom = pathology_volumes([L.GGO, L.FIBROSIS], 2, rng, slices_per_patient=4, fraction=0.15, out_mm=MODEL_MM)
     build_patch_dataset(tmp_path / "patches", phantom, size=16, rng=rng, per_slice=2, out_mm=MODEL_MM)
@@ -98,9 +99,10 @@ def test_the_patch_judge_reads_windows_around_each_inserted_lesion(case, tmp_pat
     assert after.shape == before.shape == labs.shape and after.shape[1:] == (16, 16)
     assert all(labs[i].any() for i in range(len(labs)))  # every window holds lesion pixels
     assert not np.array_equal(after, before)
-    judged = ch.judge_table(tmp_path, ins, steps=2, seed=0, device="cpu")
+    judged = C.judge_table(tmp_path, ins, steps=2, seed=0, device="cpu")
     assert list(judged.index) == ["ggo", "fibrosis"]
     assert judged["judge_windows"].sum() >= 2 and judged["judge_dice_after"].between(0, 1).all()
-    box = ch.scope("standard", ch.checks_table(ins, phantom, seed=0), per_class=2, patch_size=16, train_steps=4,
+    assert "above its floor" in ch.table_judge(judged).to_html()
+    box = ch.scope("standard", C.check_table(ins, phantom, seed=0), per_class=2, patch_size=16, train_steps=4,
                    judged=judged).html()
     assert "patch judge" in box

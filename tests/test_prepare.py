@@ -137,10 +137,12 @@ def test_prepare_real_pyradiomics_ct(tmp_path):
     assert 10 < rows["lung1"]["airway_ml"] < 100 and 10 < rows["lung2"]["airway_ml"] < 100
 
 
-def test_chapter_real_data_functions_on_toy_cases(tmp_path):
-    """The chapter's real-CT sections run on any cases: tables, metrics rows, a figure with provenance."""
+def test_real_ct_functions_on_toy_cases(tmp_path):
+    """Chapter 1's real-CT sections run on any cases: tables, metrics rows, a figure with provenance."""
     from difflung.anatomy import AnatomyConfig
-    from difflung.chapters import real_data as R
+    from difflung.masksynth import report_table
+    from difflung import realct as R
+    from difflung.chapters import data_preparation as ch
     from difflung.metrics import to_frame
     from difflung.prepare import Case, prepare_volume
 
@@ -155,16 +157,18 @@ def test_chapter_real_data_functions_on_toy_cases(tmp_path):
     samples = R.hu_lung_samples(cases, [c.volume for c in cases], seed=0, per_volume=500)
     stats = R.hu_lung_stats(samples)
     assert stats.loc["real CT", "mean HU"] == pytest.approx(-860.0, abs=1.0)  # the toy lung is -860 HU
-    rows = R.real_metrics_rows(table, None, stats, seed=3)
+    rows = R.metrics_rows(table, None, stats, seed=3)
     df = to_frame(rows)
     assert set(df["model"]) == {"real-ct", "phantom"} and (df["seed"] == 3).all()
     assert df.query("metric == 'lung_volume_ml' and `class` == 'lung' and patient == 'r1'")["value"].item() == \
         table.loc["r1", "lung field ml"]
     labels = np.concatenate([c.volume.labels for c in cases])
-    fig, report, syn = R.mask_synthesis_example(labels, tmp_path / "run", boost={"nodule": 0.05}, seed=0, n_masks=3)
+    fig, report, syn = ch.figure_mask_synthesis(labels, tmp_path / "run", boost={"nodule": 0.05}, seed=0, n_masks=3)
     assert (tmp_path / "run" / "mask_synthesis_examples.png").is_file()
     assert (tmp_path / "run" / "mask_synthesis_examples.json").is_file()
     assert report.loc[0, "fraction_synthetic"] > report.loc[0, "fraction_before"]
+    shown = report_table(report)
+    assert shown.loc["nodule", "target share"] == "5.00 %" and shown.loc["nodule", "slices built on"].endswith(" of 24")
 
 
 def test_dicom_series_with_a_label_volume_in_patient_space(tmp_path):

@@ -1,7 +1,8 @@
-"""Chapter 1, data preparation: the phantom cohort, its dataset artifact, and the checks a reader can see.
+"""Chapter 1, data preparation: the figures and tables of `notebooks/01_data_preparation.py`.
 
-Each function is one section of `notebooks/01_data_preparation.py`: it computes, saves its figure or table
-under the run folder, and returns what the notebook displays.
+The numbers come from `difflung.cohort` (the phantom cohort, its HU checks, signature and frequencies) and
+`difflung.realct` (the real pyradiomics CT); each function here draws one section's figure or table, saves a
+figure under the run folder with provenance (`difflung.plots.save_figure`) and returns what the page shows.
 """
 from __future__ import annotations
 
@@ -12,51 +13,14 @@ import pandas as pd
 
 from .. import instruments as I
 from .. import labels as L
-from .. import runs
-from ..dataset import Dataset, SPLITS, Volume, lung_fraction, unwindow, volumes_to_slices, write_dataset
-from ..diffusion.ablation import ablation_frequencies
-from ..metrics import write_metrics
-from ..phantom import PhantomConfig, phantom_cohort
-from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, window_name
+from ..cohort import hu_samples, frequency_pivot, not_measurable
+from ..dataset import Dataset, SPLITS, Volume
+from ..plots import hu_colorbar, legend_handles, pct, plt, save_figure, show_ct, sig, table, window_name
+from ..realct import RealCase, crop_body, lung_levels
 from ..scope import Scope, smoke_caveat
 
-PATHOLOGIES = ("emphysema", "ggo", "fibrosis")
 
-
-def build_phantom(run_dir, *, n_patients: int, slices_per_patient: int, phantom_size: int, size: int, seed: int,
-                  emphysema: float | None = None, ggo: float | None = None, fibrosis: float | None = None,
-                  split_fractions=(0.6, 0.2, 0.2)) -> tuple[Dataset, list[Volume]]:
-    """Generate the phantom cohort from `seed` and write it as the dataset artifact `<run_dir>/dataset`.
-
-    Args:
-        run_dir: the chapter's run folder.
-        n_patients, slices_per_patient: cohort size.
-        phantom_size: pixels per side at which the phantom is drawn (then resized to `size`).
-        size: the profile's training size.
-        seed: seeds the cohort (numpy Generator) and the patient split.
-        emphysema, ggo, fibrosis: target pathology fractions of lung pixels (None keeps the phantom's default).
-
-    Returns:
-        The dataset artifact and the full-resolution volumes (for the HU figures of this chapter).
-    """
-    knobs = {k: v for k, v in dict(emphysema=emphysema, ggo=ggo, fibrosis=fibrosis).items() if v is not None}
-    cfg = PhantomConfig(size=phantom_size, slices_per_patient=slices_per_patient, **knobs)
-    volumes = phantom_cohort(n_patients, np.random.default_rng(seed), cfg)
-    slices, patients = volumes_to_slices(volumes, size)
-    params = {"generator": "difflung.phantom", "phantom_config": _asdict(cfg), "n_patients": n_patients,
-              "size": size, "split_fractions": list(split_fractions)}
-    ds = write_dataset(Path(run_dir) / runs.PHANTOM_DATASET, slices, source="phantom", params=params, seed=seed,
-                       fractions=split_fractions, patients=patients)
-    return ds, volumes
-
-
-def _asdict(cfg) -> dict:
-    from dataclasses import asdict
-
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-
-
-def split_summary(ds: Dataset) -> pd.DataFrame:
+def table_splits(ds: Dataset) -> pd.DataFrame:
     """Patients and slices per split (no patient is in two splits)."""
     rows = [{"split": s, "patients": len(ds.manifest["splits"][s]["patients"]),
              "slices": ds.manifest["splits"][s]["n_slices"],
@@ -80,23 +44,12 @@ def figure_levels(volumes: list[Volume], run_dir, *, seed: int, patient: int = 0
     return fig
 
 
-def hu_samples(volumes: list[Volume], per_class: int = 20000, seed: int = 0) -> pd.DataFrame:
-    """A random sample of pixel HU values per class across the cohort (long form: class, hu)."""
-    rng = np.random.default_rng(seed)
-    hu = np.concatenate([v.hu.ravel() for v in volumes])
-    lab = np.concatenate([v.labels.ravel() for v in volumes])
-    parts = []
-    for cid in sorted(set(np.unique(lab).tolist()) - {L.BACKGROUND}):
-        vals = hu[lab == cid]
-        take = rng.choice(len(vals), size=min(per_class, len(vals)), replace=False)
-        parts.append(pd.DataFrame({"class": L.BY_ID[cid].name, "hu": np.sort(vals[take])}))
-    return pd.concat(parts, ignore_index=True)
-
-
-def figure_hu_histograms(samples: pd.DataFrame, run_dir, *, seed: int):
-    """Per-class HU histograms with each class's literature HU range (`labels.LabelClass.hu_range`) shaded."""
+def figure_hu_histograms(volumes: list[Volume], run_dir, *, seed: int):
+    """Per-class HU histograms of a seeded sample of the cohort's pixels (`difflung.cohort.hu_samples`), with
+    each class's literature HU range (`labels.LabelClass.hu_range`) shaded."""
     import seaborn as sns
 
+    samples = hu_samples(volumes, seed=seed)
     names = list(dict.fromkeys(samples["class"]))
     ncol = min(4, len(names))
     nrow = -(-len(names) // ncol)
@@ -119,104 +72,30 @@ def figure_hu_histograms(samples: pd.DataFrame, run_dir, *, seed: int):
     return fig
 
 
-def hu_checks(volumes: list[Volume]) -> dict[str, float]:
-    """Computed checks against the literature: share of healthy lung and of emphysema below -950 HU, mean lung HU."""
-    hu = np.concatenate([v.hu.ravel() for v in volumes])
-    lab = np.concatenate([v.labels.ravel() for v in volumes])
-    lung, emph = hu[lab == L.LUNG], hu[lab == L.EMPHYSEMA]
-    return {
-        "healthy_lung_below_950": float((lung < -950).mean()),
-        "emphysema_below_950": float((emph < -950).mean()) if emph.size else float("nan"),
-        "healthy_lung_mean_hu": float(lung.mean()),
-        "healthy_lung_sd_hu": float(lung.std()),
-    }
-
-
 CHECK_NAMES = {"healthy_lung_mean_hu": ("healthy lung, mean", "HU"),
                "healthy_lung_sd_hu": ("healthy lung, standard deviation", "HU"),
                "healthy_lung_below_950": ("healthy lung below -950 HU", "share"),
                "emphysema_below_950": ("emphysema below -950 HU (LAA-950)", "share")}
 
 
-def checks_table(checks: dict[str, float]) -> pd.DataFrame:
-    """`hu_checks` as a two-column table (what, value) with units in words, for display."""
-    from ..plots import pct, sig
-
+def table_hu_checks(checks: dict[str, float]) -> pd.DataFrame:
+    """`difflung.cohort.hu_checks` as a two-column table (what, value) with units in words."""
     rows = [{"check": CHECK_NAMES[k][0], "value": pct(v) if CHECK_NAMES[k][1] == "share" else f"{sig(v)} HU"}
             for k, v in checks.items()]
     return pd.DataFrame(rows).set_index("check")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# HU signatures: does each class keep its texture at the run's size?
-
-def split_slices_hu(volumes: list[Volume], patients, min_lung_fraction: float = 0.01):
-    """HU (clipped to the model window) and labels of the slices `volumes_to_slices` keeps, at the phantom's own
-    resolution, for `patients`: ((N, S0, S0), (N, S0, S0))."""
-    keep = [(v.hu[k], v.labels[k]) for v in volumes if v.patient in set(patients)
-            for k in range(v.hu.shape[0]) if lung_fraction(v.labels[k]) >= min_lung_fraction]
-    if not keep:
-        raise ValueError(f"no slice with lung for patients {sorted(patients)}")
-    hu = np.clip(np.stack([h for h, _ in keep]), *L.MODEL_WINDOW)
-    return hu, np.stack([lab for _, lab in keep])
-
-
-def hu_signature(ds: Dataset, volumes: list[Volume], run_dir, *, split: str = "train") -> pd.DataFrame:
-    """Per class of the dataset (anatomy outside the lung left out), whether its HU signature survives resizing
-    to the dataset's size: the same check (`difflung.instruments.hu_signature`) on the split's slices at the
-    phantom's resolution and after the resize, both in HU on the model window. Writes
-    `<run_dir>/hu_signature.json`, which later chapters read with `difflung.instruments.read_signature`.
-    """
-    full = split_slices_hu(volumes, ds.manifest["splits"][split]["patients"])
-    part = ds.split(split)
-    resized = (unwindow(part.images), part.labels)
-    classes = [c for c in ds.classes if L.BY_ID[c].in_lung]
-    table = I.signature_survival(full, resized, classes, ds.size)
-    I.write_signature(run_dir, table, split=split, full_size=int(full[0].shape[-1]), source=ds.manifest["source"])
-    return table
-
-
-def signature_display(table: pd.DataFrame, full_size: int) -> pd.DataFrame:
-    """The signature table for the page: one row per class, readable column names, kept/lost in words."""
-    from ..plots import pct, sig
-
-    size = int(table["size"].iloc[0])
+def table_signature(signature: pd.DataFrame, full_size: int) -> pd.DataFrame:
+    """`difflung.cohort.hu_signature` for the page: one row per class, readable columns, kept/lost in words."""
+    size = int(signature["size"].iloc[0])
     thr = f"% < {I.EMPHYSEMA_THRESHOLD_HU:g} HU"
-    out = pd.DataFrame({"class": table["class"], "check": table["check"]})
+    out = pd.DataFrame({"class": signature["class"], "check": signature["check"]})
     for tag, px in (("full", full_size), ("size", size)):
-        out[f"{px} px: mean HU"] = table[f"{tag}_mean_hu"].map(sig)
-        out[f"{px} px: {thr}"] = table[f"{tag}_share_below_threshold"].map(pct)
+        out[f"{px} px: mean HU"] = signature[f"{tag}_mean_hu"].map(sig)
+        out[f"{px} px: {thr}"] = signature[f"{tag}_share_below_threshold"].map(pct)
         out[f"{px} px: signature"] = [("kept" if ok else "lost") if chk != "none (anatomy)" else "no check"
-                                      for ok, chk in zip(table[f"{tag}_ok"], table["check"])]
+                                      for ok, chk in zip(signature[f"{tag}_ok"], signature["check"])]
     return out.set_index("class")
-
-
-def not_measurable(table: pd.DataFrame) -> dict[str, str]:
-    """class -> reason, for the classes whose signature is lost at the run's size."""
-    return {r["class"]: r["reason"] for r in table.to_dict("records") if not r["measurable"]}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# class frequencies: the f_i CBMAT uses, and the in-lung fractions
-
-def frequency_table(ds: Dataset) -> pd.DataFrame:
-    """Per split and class (background left out): `f_cbmat`, the class's share of the non-background pixels
-    (the f_i of `difflung.diffusion.ablation.ablation_frequencies`, which CBMAT uses), and `f_in_lung`, its share
-    of the lung field (NaN for classes outside the lung)."""
-    rows = []
-    for s in SPLITS:
-        in_lung = ds.frequencies(s, "in_lung")
-        for name, f in ablation_frequencies(ds, s).items():
-            if name != "background":
-                rows.append({"split": s, "class": name, "f_cbmat": f, "f_in_lung": in_lung.get(name, np.nan)})
-    return pd.DataFrame(rows)
-
-
-def frequency_pivot(freq: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Class x split pivot of one frequency column, rows in the label scheme's order, NaN rows dropped."""
-    order = {c.name: c.id for c in L.CLASSES}
-    pv = freq.pivot(index="class", columns="split", values=column)[list(SPLITS)].dropna(how="all")
-    return pv.loc[sorted(pv.index, key=order.get)]
 
 
 def figure_frequencies(freq: pd.DataFrame, run_dir, *, seed: int):
@@ -238,32 +117,107 @@ def figure_frequencies(freq: pd.DataFrame, run_dir, *, seed: int):
     return fig
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the chapter's numbers and its scope box
+def table_frequencies(freq: pd.DataFrame, column: str):
+    """One frequency column of `difflung.cohort.frequency_table` as a class x split table of percentages."""
+    pv = frequency_pivot(freq, column)
+    return table(pv, percent=pv.columns)
 
-def write_chapter_metrics(run_dir, ds: Dataset, checks: dict, *, seed: int, signature: pd.DataFrame | None = None,
-                          extra_rows=()) -> pd.DataFrame:
-    """Write this chapter's numbers to `<run_dir>/metrics.csv` (tidy long form) and return them."""
-    rows = [{"model": "phantom", "metric": k, "class": "lung" if "lung" in k else "emphysema", "seed": seed,
-             "value": v} for k, v in checks.items()]
-    freq = frequency_table(ds)
-    for s in SPLITS:
-        part = freq[freq["split"] == s]
-        rows += [{"model": "phantom", "metric": f"f_cbmat_{s}", "class": r["class"], "seed": seed,
-                  "value": r["f_cbmat"]} for _, r in part.iterrows()]
-        rows += [{"model": "phantom", "metric": f"f_in_lung_{s}", "class": name, "seed": seed, "value": f}
-                 for name, f in ds.frequencies(s, "in_lung").items()]
-        rows.append({"model": "phantom", "metric": f"n_slices_{s}", "class": "all", "seed": seed,
-                     "value": ds.manifest["splits"][s]["n_slices"]})
-    for r in ([] if signature is None else signature.to_dict("records")):
-        for tag in ("full", "size"):
-            rows += [{"model": "phantom", "metric": f"hu_{stat}_{tag}", "class": r["class"], "seed": seed,
-                      "value": r[f"{tag}_{stat}"]} for stat in ("mean_hu", "share_below_threshold")]
-        rows.append({"model": "phantom", "metric": "hu_signature_measurable", "class": r["class"], "seed": seed,
-                     "value": float(r["measurable"])})
-    rows += list(extra_rows)
-    write_metrics(run_dir, rows)
-    return pd.DataFrame(rows)
+
+# ---------------------------------------------------------------------------------------------------------------
+# real chest CT (`difflung.realct`)
+
+def figure_real_vs_phantom(cases: list[RealCase], phantom: list[Volume], run_dir, *, seed: int,
+                           phantom_patient: int = 0):
+    """Real slices beside phantom slices at matching levels (apex / middle / base of each one's lung extent)."""
+    rows = [(c.volume, f"real {c.volume.patient}") for c in cases]
+    rows.append((phantom[phantom_patient], f"phantom (truth) {phantom[phantom_patient].patient}"))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9.8, 3 * len(rows)), layout="constrained")
+    used = {}
+    for i, (v, name) in enumerate(rows):
+        lv = used[name] = lung_levels(v.labels)
+        for j, (level, k) in enumerate(lv.items()):
+            hu, _ = crop_body(v.hu[k], v.labels[k])
+            show_ct(axes[i, j], hu, title=f"{name}, {level} (slice {k}, z {k * v.spacing[0]:.0f} mm)")
+    hu_colorbar(fig, axes, shrink=0.6)
+    fig.suptitle(f"Real CT (pyradiomics lung1/lung2) and phantom (truth) at matching lung levels, {window_name()}")
+    save_figure(fig, Path(run_dir) / "real_vs_phantom_levels.png", config={"levels": used}, seed=seed)
+    return fig
+
+
+def figure_anatomy_overlays(cases: list[RealCase], run_dir, *, seed: int):
+    """Classical anatomy (body outline, lung, airway) and the mapped lesion label on the real CT."""
+    fig, axes = plt.subplots(len(cases), 4, figsize=(13.8, 3.4 * len(cases)), squeeze=False, layout="constrained")
+    for i, c in enumerate(cases):
+        v = c.volume
+        lv = lung_levels(v.labels)
+        lesion_z = np.flatnonzero(np.isin(v.labels, L.PATHOLOGY_IDS).any(axis=(1, 2)))
+        ks = [("upper", min(lv["apex"] + 2, lv["middle"])), ("middle", lv["middle"]), ("base", lv["base"])]
+        ks.append(("lesion", int(lesion_z[len(lesion_z) // 2])) if lesion_z.size else ("upper airway", lv["apex"]))
+        for j, (name, k) in enumerate(ks):
+            hu, lab = crop_body(v.hu[k], v.labels[k])
+            show_ct(axes[i, j], hu, lab, alpha=0.4, title=f"{v.patient} {name} (slice {k})")
+            axes[i, j].contour(lab > 0, levels=[0.5], colors=[L.BY_NAME["body"].color], linewidths=0.8)
+    present = sorted(set().union(*[set(np.unique(c.volume.labels).tolist()) for c in cases]) - {L.BACKGROUND})
+    hu_colorbar(fig, axes, shrink=0.6)
+    fig.legend(handles=legend_handles(present), loc="outside lower center", ncol=len(present), frameon=False)
+    fig.suptitle(f"Anatomy found by thresholds and components (body outline, lung, airway) + the files' own lesion, "
+                 f"{window_name()}")
+    save_figure(fig, Path(run_dir) / "real_anatomy_overlays.png", config={"patients": [c.volume.patient for c in cases]},
+                seed=seed)
+    return fig
+
+
+def figure_real_vs_phantom_hu(samples: pd.DataFrame, run_dir, *, seed: int):
+    """Density histograms of healthy-lung HU (`difflung.realct.hu_lung_samples`), real CT against phantom, with
+    the literature band of normal lung (`labels.LabelClass.hu_range` of lung)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    sns.histplot(samples, x="hu", hue="source", stat="density", common_norm=False, bins=120,
+                 binrange=(-1050, -450), element="step", fill=False, ax=ax)
+    lo, hi = L.BY_NAME["lung"].hu_range
+    ax.axvspan(lo, hi, color="0.85", zorder=0, label="normal lung (literature)")
+    ax.axvline(-950, color="0.4", ls=":", lw=1)
+    ax.set_xlabel("HU of healthy lung voxels (label 2)")
+    ax.set_title("Healthy lung attenuation: real CT vs phantom (dotted: -950 HU)")
+    fig.tight_layout()
+    save_figure(fig, Path(run_dir) / "real_vs_phantom_lung_hu.png", config={"n": int(len(samples))}, seed=seed)
+    return fig
+
+
+def table_prepared(summary: dict) -> pd.DataFrame:
+    """Per patient of `difflung.realct.prepare_example`'s summary: slices kept, spacing, lung ml, voxels per class."""
+    return pd.DataFrame([{
+        "patient": r["patient"], "slices kept": r["slices_kept"], "of": r["slices_total"],
+        "spacing mm (z, y, x)": ", ".join(f"{s:.3g}" for s in r["spacing_mm"]),
+        "lung ml": r["lung_volume_ml"], **{f"{k} voxels": n for k, n in r["voxel_counts"].items()},
+    } for r in summary["patients"]]).set_index("patient")
+
+
+def figure_mask_synthesis(labels: np.ndarray, run_dir, *, boost: dict, seed: int, n_masks: int | None = None,
+                          n_show: int = 4, sources: np.ndarray | None = None, **kwargs):
+    """Synthesise masks with boosted rare classes; show before/after pairs; return (fig, report, MaskSynthesis)."""
+    from ..masksynth import synthesize_masks
+
+    syn = synthesize_masks(labels, boost, np.random.default_rng(seed), n_masks=n_masks, sources=sources, **kwargs)
+    n_show = min(n_show, len(syn.labels))
+    fig, axes = plt.subplots(2, n_show, figsize=(2.6 * n_show, 5.4), squeeze=False)
+    cmap, norm = L.colormap()
+    for j in range(n_show):
+        src = int(syn.source_index[j])
+        ys, xs = np.nonzero(labels[src] > 0)  # same crop (the body) for the pair
+        box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if ys.size else (slice(None),) * 2
+        for i, (m, title) in enumerate(((labels[src], f"input slice {src}"), (syn.labels[j], f"synthetic {j}"))):
+            axes[i, j].imshow(m[box], cmap=cmap, norm=norm, interpolation="nearest")
+            axes[i, j].set_title(title, fontsize=9)
+            axes[i, j].set_axis_off()
+    present = sorted(set(np.unique(syn.labels[:n_show]).tolist()) | set(np.unique(labels[syn.source_index[:n_show]]).tolist()))
+    fig.legend(handles=legend_handles(present), loc="lower center", ncol=len(present), frameon=False)
+    fig.suptitle("Mask synthesis: lesions rotated, copied and dilated into healthy lung (top: input, bottom: new)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    config = {"boost": {str(k): v for k, v in boost.items()}, "n_masks": int(len(syn.labels)), **kwargs}
+    save_figure(fig, Path(run_dir) / "mask_synthesis_examples.png", config=config, seed=seed)
+    return fig, syn.report, syn
 
 
 def scope(profile: str, ds: Dataset, signature: pd.DataFrame, *, real_ct: bool) -> Scope:
@@ -285,18 +239,3 @@ def scope(profile: str, ds: Dataset, signature: pd.DataFrame, *, real_ct: bool) 
                     "Anything about real CT: this run skipped the real-CT sections.")
     s.cannot += smoke_caveat(profile)
     return s
-
-
-def synthesis_display(report: pd.DataFrame) -> pd.DataFrame:
-    """The mask synthesis report (`difflung.masksynth`) for the page: shares of the lung field as percentages."""
-    from ..plots import pct
-
-    r = report.set_index("class")
-    return pd.DataFrame({
-        "target share": r["target_fraction"].map(pct),
-        "share in the training masks": r["fraction_before"].map(pct),
-        "share in the new masks (pooled)": r["fraction_synthetic"].map(pct),
-        "largest share in one new mask": r["max_fraction_synthetic"].map(pct),
-        "slices built on": [f"{e} of {t}" for e, t in zip(r["slices_eligible"], r["slices_total"])],
-        "lesions to copy": r["lesions_in_bank"],
-    })

@@ -1,11 +1,12 @@
 """Chapter 7, lesion insertion into real CT: a patch model trained on phantom and real lung1 patches inserts
-emphysema, fibrosis and GGO into the real lung2 scan; the checks are computed from the files written.
+emphysema, fibrosis and GGO into the real lung2 scan; the checks (`difflung.insert_checks`) are computed from
+the files written.
 
     result, phantom, s = ch.train_model(run_dir, per_class=..., train_steps=..., seed=seed)   # patches, training
-    summary = ch.insert_all(run_dir, model, classes=[...], target_ml=..., insert_steps=..., seed=seed)
-    ins = ch.read_result(summary)
-    ch.checks_table(ins, phantom, seed=seed); ch.cost_table(summary, s); ch.figure_insertions(ins, run_dir, seed=seed)
-    ch.write_outputs(run_dir, checks, cost, summary, seed=seed); ch.scope(profile, ...)
+    summary, ins = ch.insert_all(run_dir, model, classes=[...], target_ml=..., insert_steps=..., seed=seed)
+    ch.figure_insertions(ins, run_dir, seed=seed); ch.table_checks(C.check_table(ins, phantom, seed=seed))
+    C.write_outputs(run_dir, checks, C.cost_table(summary, s), summary, model=ch.MODEL, seed=seed)
+    ch.scope(profile, checks, ...)
 
 Train on lung1, insert into lung2: the scan a lesion goes into was never a training source.
 """
@@ -19,18 +20,12 @@ import pandas as pd
 
 from .. import insert_checks as C
 from .. import labels as L
-from ..dataset import Dataset
 from ..diffusion.train import TrainConfig
 from ..insert import InsertConfig, insert_lesions, synthesize_mask_file
-from ..instruments import judge_floor
-from ..metrics import write_metrics
-from ..patches import (build_patch_dataset, dataset_spacing, lesion_focused, pathology_volumes, real_volumes,
-                       train_patch_model)
-from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct
-from ..provenance import write_json_atomic
+from ..patches import build_patch_dataset, lesion_focused, pathology_volumes, real_volumes, train_patch_model
+from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, table
 from ..realdata import fetch_pyradiomics
 from ..scope import Scope, smoke_caveat
-from ..scoring import judge
 
 MODEL = "insert-patch"  # the model key in metrics.csv
 JUDGE_NOT_MEASURED = ("Not measured in this profile (patch_judge_steps = 0). The run's judge segments whole slices at "
@@ -67,9 +62,10 @@ def train_model(run_dir, *, per_class: int, slices_per_patient: int, fraction: f
 
 
 def insert_all(run_dir, model_dir, *, classes, target_ml: float, insert_steps: int, jump_length: int,
-               jump_n_sample: int, margin_mm: float, seed: int, device: str = "auto") -> dict:
+               jump_n_sample: int, margin_mm: float, seed: int, device: str = "auto") -> tuple[dict, C.Insertion]:
     """`target_ml` of each class placed in lung2's healthy lung (the `--synthesize` placement) and inserted in one
-    pass (`insert_lesions` with the mask); returns the insertion summary."""
+    pass (`insert_lesions` with the mask). Returns the insertion summary and the insertion read back from the
+    files it wrote (`difflung.insert_checks.read_insertion`: input, edited CT, lesion labels, edit region)."""
     cfg = InsertConfig(steps=insert_steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
                        margin_mm=margin_mm, seed=seed)
     ct, out = scans()[f"{TARGET_SCAN}_image"], Path(run_dir) / "inserted"
@@ -79,48 +75,26 @@ def insert_all(run_dir, model_dir, *, classes, target_ml: float, insert_steps: i
     placement = time.perf_counter() - t0
     s = insert_lesions(ct, out / f"{TARGET_SCAN}_inserted.nii.gz", model_dir,
                        lesion_mask=out / f"{TARGET_SCAN}_placed.nii.gz", config=cfg, device=device)
-    return {**s, "seconds_placement": round(placement, 2)}
+    s = {**s, "seconds_placement": round(placement, 2)}
+    return s, C.read_insertion(s["input"], s)
 
 
-def read_result(summary: dict) -> C.Insertion:
-    """The insertion read back from the files it wrote (input, edited CT, lesion labels) with its edit region."""
-    return C.read_insertion(summary["input"], summary)
+CHECK_NAMES = {"w1_after": "HU W1 after", "w1_before": "HU W1 before", "mean_hu_after": "mean HU after",
+               "mean_hu_before": "mean HU before", "mean_hu_phantom": "mean HU phantom", "seam_after": "seam after",
+               "seam_before": "seam before", "outside_differences": "outside differences"}
+JUDGE_NAMES = {"judge_dice_after": "Dice after", "judge_dice_before": "Dice before",
+               "judge_dice_phantom_test": "Dice on phantom test patches", "judge_windows": "windows",
+               "judge_valid": "above its floor"}
 
 
-def checks_table(ins: C.Insertion, phantom, *, seed: int) -> pd.DataFrame:
-    """Per class: HU Wasserstein-1 to the phantom's lesions after/before, seam scores; voxels changed outside
-    the edit region (one count for the scan)."""
-    ids = [int(c) for c in np.unique(ins.lesions) if c]
-    rng = np.random.default_rng(seed)
-    rows = C.lesion_hu_w1(ins, {c: C.phantom_lesion_hu(phantom, c, 20000, rng) for c in ids})
-    for r, c in zip(rows, ids):
-        r.update(C.seam_scores(ins, c), outside_differences=C.outside_differences(ins))
-    return pd.DataFrame(rows).set_index("class")
+def table_checks(checks: pd.DataFrame):
+    """`difflung.insert_checks.check_table` for the page, readable column names."""
+    return table(checks.rename(columns=CHECK_NAMES))
 
 
-def judge_table(run_dir, ins: C.Insertion, *, steps: int, seed: int, device: str = "auto") -> pd.DataFrame | None:
-    """The judge at the patch scale (`scoring.judge` trained on this chapter's patch dataset) on windows around
-    the inserted lesions, after and before insertion, with its own Dice on phantom test patches against its floor.
-    None when `steps` is 0 (not measured)."""
-    if not steps:
-        return None
-    ds = Dataset(Path(run_dir) / "patches")
-    seg = judge(ds, Path(run_dir) / "patch_judge", steps=steps, seed=seed, device=device)
-    df = pd.DataFrame(C.judge_lesion_dice(seg, ins, ds.split("test"), ds.size, dataset_spacing(ds)))
-    df["judge_valid"] = [bool(v >= judge_floor(c)) for c, v in zip(df["class"], df["judge_dice_phantom_test"])]
-    return df.set_index("class")
-
-
-def cost_table(summary: dict, train_seconds: float) -> pd.DataFrame:
-    """The run's costs: training, placement, painting, per lesion and per UNet call."""
-    st, n = summary["seconds_by_stage"], max(int(summary["lesions"]), 1)
-    rows = {"patch model training (s)": train_seconds, "lesion placement (s)": summary["seconds_placement"],
-            "insertion, all stages (s)": summary["seconds"], "painting (s)": st["painting"],
-            "lesions inserted": summary["lesions"], "windows painted": summary["windows"],
-            "UNet calls per window": summary["network_calls_per_window"],
-            "seconds per lesion (insertion + placement)": (summary["seconds"] + summary["seconds_placement"]) / n,
-            "seconds per lesion (painting)": st["painting"] / n}
-    return pd.DataFrame({"value": rows})
+def table_judge(judged: pd.DataFrame):
+    """`difflung.insert_checks.judge_table` for the page (when it is None, show `JUDGE_NOT_MEASURED` instead)."""
+    return table(judged.rename(columns=JUDGE_NAMES))
 
 
 def figure_insertions(ins: C.Insertion, run_dir, *, seed: int, half_mm: float = 40.0):
@@ -145,29 +119,6 @@ def figure_insertions(ins: C.Insertion, run_dir, *, seed: int, half_mm: float = 
     fig.legend(handles=legend_handles(ids), loc="outside lower center", ncol=len(ids), fontsize=8)
     save_figure(fig, Path(run_dir) / "figures" / "insertions.png", seed=seed)
     return fig
-
-
-def write_outputs(run_dir, checks: pd.DataFrame, cost: pd.DataFrame, summary: dict, *, seed: int,
-                  judged: pd.DataFrame | None = None) -> pd.DataFrame:
-    """metrics.csv (model, metric, class, seed, value; keys only; no timings, so that a seeded CPU run writes the
-    same bytes) and cost.json (the timings) in the run folder."""
-    rows = [{"model": MODEL, "metric": m, "class": c, "seed": seed, "value": float(v)}
-            for t in (checks, judged) if t is not None for c, r in t.iterrows() for m, v in r.items()]
-    rows += [{"model": MODEL, "metric": "lesion_ml", "class": c, "seed": seed, "value": v}
-             for c, v in summary["lesion_ml"].items()]
-    counts = {"lesions": "lesions inserted", "windows": "windows painted",
-              "network_calls_per_window": "UNet calls per window"}
-    rows += [{"model": MODEL, "metric": k, "class": "all", "seed": seed, "value": float(cost.loc[v, "value"])}
-             for k, v in counts.items()]
-    write_metrics(run_dir, rows)
-    timings = {"seconds_per_lesion": "seconds per lesion (insertion + placement)",
-               "seconds_per_lesion_painting": "seconds per lesion (painting)",
-               "train_seconds": "patch model training (s)"}
-    write_json_atomic(Path(run_dir) / "cost.json", {
-        **{k: float(cost.loc[v, "value"]) for k, v in {**counts, **timings}.items()},
-        "seconds_by_stage": summary["seconds_by_stage"], "seconds_placement": summary["seconds_placement"],
-        "device": summary["device"], "config": summary["config"]})
-    return pd.DataFrame(rows)
 
 
 def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int, train_steps: int,
