@@ -49,6 +49,7 @@ n_test = 16
 sampler = "dpm"
 sampler_steps = 10
 sample_seeds = [0, 1]
+strategies = ["none", "uniform", "cbmat", "cbmat-constant", "cbmat-inverse"]
 
 # %% tags=["remove-input"]
 from IPython.display import Markdown
@@ -72,10 +73,10 @@ glue("lung_window", Markdown(window_name()), display=False)
 # {numref}`ch2-schedules` shows how each strategy's $P_i$ changes over training.
 
 # %% tags=["hide-input"]
-table(ch.table_probabilities(runs_root, steps=steps))
+table(ch.table_probabilities(runs_root, steps=steps, strategies=strategies))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Ablation probability P_i(t) of each class over training, one panel per strategy (rare pathologies solid and thick). Made by `difflung.chapters.ablation_study.figure_schedules`.", "name": "ch2-schedules"}}
-ch.figure_schedules(runs_root, run_dir, steps=steps, seed=seed)
+ch.figure_schedules(runs_root, run_dir, steps=steps, strategies=strategies, seed=seed)
 
 # %% [markdown]
 # ## Training: one model per strategy
@@ -84,10 +85,11 @@ ch.figure_schedules(runs_root, run_dir, steps=steps, seed=seed)
 
 # %% tags=["hide-input"]
 table(ch.train_strategies(runs_root, run_dir, steps=steps, batch_size=batch_size, preset=preset, lr=lr,
+                          strategies=strategies,
                           warmup=warmup, seed=seed, device=device))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Training loss per strategy (running mean). Made by `difflung.chapters.ablation_study.figure_losses`.", "name": "ch2-losses"}}
-ch.figure_losses(run_dir, seed=seed)
+ch.figure_losses(run_dir, strategies=strategies, seed=seed)
 
 # %% [markdown]
 # ## Evaluation
@@ -101,6 +103,7 @@ ch.figure_losses(run_dir, seed=seed)
 
 # %% tags=["hide-input"]
 scored = ch.evaluate(runs_root, run_dir, judge_steps=judge_steps, n_test=n_test, sampler=sampler,
+                     strategies=strategies,
                      sampler_steps=sampler_steps, seeds=sample_seeds, seed=seed, device=device)
 measurable, results = ch.check(runs_root, run_dir, scored, sampler=sampler, steps=steps, seed=seed)
 table(criteria.measurable_table(scored, measurable))
