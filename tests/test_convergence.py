@@ -37,7 +37,7 @@ def test_checkpoint_model_reads_raw_and_ema_weights_of_a_stopped_run(ds, tmp_pat
     ema, meta_e = checkpoint_model(tmp_path / "m", ds)
     raw, meta_r = checkpoint_model(tmp_path / "m", ds, ema=False)
     assert (meta_e["step"], meta_e["weights"], meta_r["weights"]) == (3, "ema", "raw")
-    assert meta_e["noise_schedule"]["prediction_type"] == "epsilon"
+    assert meta_e["noise_schedule"]["prediction_type"] == "v_prediction"  # the default
     assert any(not torch.equal(a, b) for a, b in zip(ema.parameters(), raw.parameters()))
     train_diffusion(ds, cfg, tmp_path / "m", device="cpu", progress=False)  # finished: the saved EMA model
     fin, meta_f = checkpoint_model(tmp_path / "m", ds)
