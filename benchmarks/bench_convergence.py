@@ -147,8 +147,9 @@ def summary(arms: dict[str, list[dict]], cap: float) -> None:
                 ttq[(label, w)] = hit["cpu_min"]
                 print(f"  {label:24s} {w}: {hit['cpu_min']:.1f} min (step {hit['step']})")
             else:
-                last = sel[-1]
-                print(f"  {label:24s} {w}: not reached in {last['cpu_min']:.1f} min (cap {cap:g}; step {last['step']}): "
+                last, done = sel[-1], rows[-1].get("final")
+                why = f"cap {cap:g}" if done else "unfinished: arm still running or stopped"
+                print(f"  {label:24s} {w}: not reached in {last['cpu_min']:.1f} min ({why}; step {last['step']}): "
                       f"{short(last)}")
     best = lambda a: min([v for (l, _), v in ttq.items() if l == a], default=math.nan)
     d, p = best("difflung"), best("parent")
