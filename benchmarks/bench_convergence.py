@@ -121,7 +121,8 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, args) -> list[dict]:
         evals = evaluate(out / "model", ds, judge, args)
         stop = any(e["converged"] for e in evals) or cpu / 60 >= args.cap_min or step >= args.horizon
         for e in evals:
-            e.update(arm=label, recipe=rec, overrides=over, cpu_min=cpu / 60, wall_min=wall / 60, final=False)
+            e.update(arm=label, recipe=rec, overrides=over, config=cfg.result_key(), cpu_min=cpu / 60,
+                     wall_min=wall / 60, final=False)
             print(f"[{label}] step {e['step']:5d} {e['weights']:3s} cpu {e['cpu_min']:6.2f} min "
                   f"{'CONVERGED ' if e['converged'] else ''}{short(e)}", flush=True)
         evals[-1]["final"] = stop
