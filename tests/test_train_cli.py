@@ -32,8 +32,8 @@ def test_train_command_parses_the_recipe_levers():
     p = argparse.ArgumentParser()
     configure_parser(p)
     base = ["--dataset", "d", "--out", "o"]
-    args = p.parse_args(base + ["--prediction-type", "v_prediction", "--snr-gamma", "5", "--lesion-weight", "2",
+    args = p.parse_args(base + ["--prediction-type", "epsilon", "--snr-gamma", "5", "--lesion-weight", "2",
                                 "--lesion-classes", "4,6"])
-    assert (args.prediction_type, args.snr_gamma, args.lesion_weight, args.lesion_classes) == ("v_prediction", 5.0, 2.0, (4, 6))
+    assert (args.prediction_type, args.snr_gamma, args.lesion_weight, args.lesion_classes) == ("epsilon", 5.0, 2.0, (4, 6))
     d = p.parse_args(base)
-    assert (d.prediction_type, d.snr_gamma, d.lesion_weight, d.lesion_classes) == ("epsilon", None, 0.0, ())
+    assert (d.prediction_type, d.snr_gamma, d.lesion_weight, d.lesion_classes) == ("v_prediction", None, 0.0, ())

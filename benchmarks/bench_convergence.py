@@ -1,0 +1,208 @@
+"""Time to quality: CPU minutes until a recipe's generator meets the convergence criteria, difflung vs the parent.
+
+    .venv/bin/python benchmarks/bench_convergence.py                                    # full: 64x64, 16 patients
+    .venv/bin/python benchmarks/bench_convergence.py --cap-min 10 --eval-every 250 --n-patients 10   # 2 cores
+    .venv/bin/python benchmarks/bench_convergence.py --arm eps=difflung:prediction_type=epsilon --arm difflung
+
+Every arm trains the same model (`--preset`, one-hot masks, CBMAT ablation) on the same phantom dataset at
+`--size` (64 px: the size at which every class keeps its HU signature) with a named recipe
+(`difflung.diffusion.recipes`), optionally with some fields replaced (a lever). Training stops every
+`--eval-every` steps (`train_diffusion(stop_after=...)` checkpoints; the next call resumes bit-exactly, with
+the cosine schedule over `--horizon` steps), and the newest checkpoint's weights are scored on the test masks:
+the criteria of `difflung.instruments` (judge Dice ratio per judged class, per-class HU Wasserstein-1, share
+of slices with air within 30 HU, real-vs-generated classifier accuracy) with `--sampler` (DPM-Solver++ 20),
+plus the air share with DDIM-50. With an EMA both the EMA and the raw weights are scored (the EMA lever for
+free). Time is the training process's CPU time (user + system, all threads), evaluation excluded; an arm
+stops when its EMA (or raw) weights meet every criterion, or at `--cap-min` CPU minutes.
+
+Output: one line per evaluation, then the time-to-quality table and the ratio parent / difflung ("not reached
+in N min" with the values at the cap). Each arm's evaluations are kept in `<out>/<arm>/evals.jsonl`, so arms
+may run in separate processes into one `--out` and `--report` prints the table of all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def parse_arm(text: str) -> tuple[str, str, dict]:
+    """'label=recipe:field=value,field=value' (or just 'recipe') -> (label, recipe, overrides)."""
+    label, _, rest = text.partition("=") if "=" in text.split(":")[0] else (text.split(":")[0], "", text)
+    rec, _, fields = rest.partition(":")
+    over = {}
+    for item in filter(None, fields.split(",")):
+        k, _, v = item.partition("=")
+        over[k] = None if v == "None" else json.loads(v) if v[:1] in "-0123456789[{" else v
+    return label, rec or label, over
+
+
+def dataset(args):
+    from difflung.chapters.data_preparation import build_phantom
+    from difflung.dataset import Dataset
+
+    root = Path(args.out) / f"data_{args.n_patients}p_{args.size}px"
+    if (root / "dataset" / "manifest.json").is_file():
+        return Dataset(root / "dataset")
+    return build_phantom(root, n_patients=args.n_patients, slices_per_patient=args.slices, phantom_size=args.phantom_size,
+                         size=args.size, seed=args.seed)[0]
+
+
+def evaluate(model_dir, ds, judge, args) -> list[dict]:
+    """Score the newest checkpoint: criteria with args.sampler, air share with DDIM-50; EMA and raw weights."""
+    from difflung.convergence import checkpoint_model, measure_criteria
+    from difflung.diffusion.sample import sample
+    from difflung.instruments import converged
+
+    rows = []
+    for ema in (True, False):
+        unet, meta = checkpoint_model(model_dir, ds, ema=ema)
+        if rows and meta["weights"] == rows[-1]["weights"]:
+            break  # no EMA (raw scored already), or a finished model (EMA weights only)
+        gen = lambda m, g, s=args.sampler, n=args.sampler_steps: sample(unet, meta, m, generator=g, sampler=s, steps=n)
+        table, info = measure_criteria(gen, ds, judge, seed=args.seed)
+        ddim = lambda m, g: sample(unet, meta, m, generator=g, sampler="ddim", steps=50)
+        _, info50 = measure_criteria(ddim, ds, judge, seed=args.seed, classifier_steps=1)
+        gen_bg = info["air"]["generated_air"]
+        rows.append({"step": meta["step"], "weights": meta["weights"], "converged": converged(table),
+                     "criteria": {r.criterion: [r.value, bool(r.met)] for r in table.itertuples()},
+                     "air_share_ddim50": float(info50["air"]["ok"].mean()),
+                     "air_mean_hu": float(np.nanmean(gen_bg)), "real_air_mean_hu": float(np.nanmean(info["air"]["real_air"]))})
+    return rows
+
+
+def short(row: dict) -> str:
+    parts = []
+    for name, (v, met) in row["criteria"].items():
+        tag = (name.replace("judge Dice ratio, ", "dice/").replace("HU Wasserstein-1, ", "W1/").replace(" (HU)", "")
+               .replace("slices with air within 30 HU", "air").replace("real-vs-generated classifier accuracy", "clf"))
+        parts.append(f"{tag}={v:.3g}{'' if met else '*'}")
+    return " ".join(parts) + f" air_ddim50={row['air_share_ddim50']:.2f} air_mean={row['air_mean_hu']:.0f}HU"
+
+
+def run_arm(label: str, rec: str, over: dict, ds, judge, args) -> list[dict]:
+    from difflung.diffusion.recipes import recipe_config
+    from difflung.diffusion.train import train_diffusion
+
+    out = Path(args.out) / label
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "evals.jsonl"
+    if log.is_file() and not args.fresh:
+        done = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        if done and done[-1].get("final"):
+            return done
+    log.write_text("")
+    shutil.rmtree(out / "model", ignore_errors=True)  # every arm starts from step 0
+    cfg = recipe_config(rec, **{"preset": args.preset, "strategy": "cbmat", "steps": args.horizon, "seed": args.seed,
+                                "checkpoint_every": 10**9, **over})
+    cpu = wall = 0.0
+    rows, step = [], 0
+    while step < args.horizon:
+        step = min(step + args.eval_every, args.horizon)
+        c0, w0 = cpu_seconds(), time.perf_counter()
+        train_diffusion(ds, cfg, out / "model", device="cpu", progress=False, stop_after=step)
+        cpu, wall = cpu + cpu_seconds() - c0, wall + time.perf_counter() - w0
+        evals = evaluate(out / "model", ds, judge, args)
+        stop = any(e["converged"] for e in evals) or cpu / 60 >= args.cap_min or step >= args.horizon
+        for e in evals:
+            e.update(arm=label, recipe=rec, overrides=over, config=cfg.result_key(), cpu_min=cpu / 60,
+                     wall_min=wall / 60, final=False)
+            print(f"[{label}] step {e['step']:5d} {e['weights']:3s} cpu {e['cpu_min']:6.2f} min "
+                  f"{'CONVERGED ' if e['converged'] else ''}{short(e)}", flush=True)
+        evals[-1]["final"] = stop
+        rows += evals
+        with log.open("a") as f:
+            f.writelines(json.dumps(e) + "\n" for e in evals)
+        if stop:
+            break
+    return rows
+
+
+def summary(arms: dict[str, list[dict]], cap: float) -> None:
+    """Time to quality per arm and weights, and the ratio parent / difflung."""
+    print("\ntime to quality (training CPU minutes until every criterion is met)")
+    ttq = {}
+    for label, rows in arms.items():
+        for w in ("ema", "raw"):
+            sel = [r for r in rows if r["weights"] == w]
+            if not sel:
+                continue
+            hit = next((r for r in sel if r["converged"]), None)
+            if hit:
+                ttq[(label, w)] = hit["cpu_min"]
+                print(f"  {label:24s} {w}: {hit['cpu_min']:.1f} min (step {hit['step']})")
+            else:
+                last, done = sel[-1], rows[-1].get("final")
+                why = f"cap {cap:g}" if done else "unfinished: arm still running or stopped"
+                print(f"  {label:24s} {w}: not reached in {last['cpu_min']:.1f} min ({why}; step {last['step']}): "
+                      f"{short(last)}")
+    best = lambda a: min([v for (l, _), v in ttq.items() if l == a], default=math.nan)
+    d, p = best("difflung"), best("parent")
+    if "difflung" in arms and "parent" in arms:
+        if math.isfinite(d) and math.isfinite(p):
+            print(f"ratio parent / difflung: {p / d:.1f}x")
+        elif math.isfinite(d):
+            cap_p = max(r["cpu_min"] for r in arms["parent"])
+            print(f"ratio parent / difflung: > {cap_p / d:.1f}x (parent not reached in {cap_p:.1f} min)")
+        else:
+            print("ratio parent / difflung: not measurable (difflung not reached)")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arm", action="append", help="label=recipe:field=value,... (default: difflung, parent)")
+    ap.add_argument("--out", default="runs/bench_convergence")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--n-patients", type=int, default=16)
+    ap.add_argument("--slices", type=int, default=8, help="slices per patient")
+    ap.add_argument("--phantom-size", type=int, default=128)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--horizon", type=int, default=6000, help="steps of the LR schedule (and the step cap)")
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--cap-min", type=float, default=60.0, help="training CPU minutes per arm")
+    ap.add_argument("--sampler", default="dpm")
+    ap.add_argument("--sampler-steps", type=int, default=20)
+    ap.add_argument("--judge-steps", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fresh", action="store_true", help="retrain arms that already finished in --out")
+    ap.add_argument("--report", action="store_true", help="only print the table of the arms found in --out")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from difflung.convergence import fit_judge
+    specs = [parse_arm(a) for a in (args.arm or ["difflung", "parent"])]
+    if args.report:
+        found = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+                 for p in sorted(Path(args.out).glob("*/evals.jsonl"))}
+        summary({k: v for k, v in found.items() if v}, args.cap_min)
+        return
+    ds = dataset(args)
+    judge = fit_judge(Path(args.out) / f"judge_{args.n_patients}p_{args.size}px", ds, steps=args.judge_steps,
+                      seed=args.seed)
+    from difflung.evaluation import dice_per_class
+    te = ds.split("test")
+    real = dice_per_class(judge.predict(te.images), te.labels, ds.classes).groupby("class")["dice"].mean()
+    print("judge Dice on real test slices: " + ", ".join(f"{c} {v:.2f}" for c, v in real.items()), flush=True)
+    arms = {label: run_arm(label, rec, over, ds, judge, args) for label, rec, over in specs}
+    summary(arms, args.cap_min)
+
+
+if __name__ == "__main__":
+    main()

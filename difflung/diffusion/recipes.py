@@ -1,0 +1,55 @@
+"""Named training recipes: the optimisation settings of a diffusion run, apart from the model and the data.
+
+    cfg = recipe_config("parent", steps=3000, preset="small", strategy="cbmat")
+
+A recipe fixes how a model learns (optimiser, learning rate and warm-up, prediction target, loss weighting, EMA,
+batch, precision); the model size, mask encoding, ablation strategy and step budget stay the caller's. All
+diffusion models in one comparison share one recipe, so two generators differ only in what the comparison
+is about. `benchmarks/bench_convergence.py` measures each recipe's time to quality (CPU minutes until the
+convergence criteria of `difflung.instruments` are met).
+
+- "parent": the published recipe of Segmentation-Guided Diffusion (the parent): AdamW at 1e-4, cosine
+  schedule with 500 warm-up steps, epsilon prediction, linear betas, no EMA, batch 16, fp32.
+- "difflung": what difflung trains with. Measured in the benchmark (phantom, 64 px, `small`, one seed):
+  v-prediction (arm `eps=difflung:prediction_type=epsilon`: epsilon gives grey air with DPM-Solver++ 20 and
+  misses the criteria at every checkpoint), min-SNR-5 weighting (arm `nosnr=difflung:snr_gamma=None`: without
+  it the EMA weights met the criteria later) and the EMA (each evaluation scores EMA and raw weights; the raw
+  weights met them later). Learning rate, warm-up and batch are not yet compared beyond one alternative
+  (`lr3e-3=difflung:lr=0.003`).
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+
+from .train import TrainConfig
+
+RECIPES: dict[str, dict] = {
+    "parent": {"lr": 1e-4, "warmup": 500, "prediction_type": "epsilon", "snr_gamma": None, "ema_decay": None,
+               "batch_size": 16, "mixed_precision": "no", "weight_decay": 1e-2, "grad_clip": 1.0},
+    "difflung": {"lr": 1e-3, "warmup": 100, "prediction_type": "v_prediction", "snr_gamma": 5.0,
+                 "ema_decay": 0.999, "batch_size": 8, "mixed_precision": "auto", "weight_decay": 1e-2,
+                 "grad_clip": 1.0},
+}
+
+
+def recipe(name: str) -> dict:
+    """The TrainConfig fields of a named recipe (a copy)."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe {name!r}: expected one of {sorted(RECIPES)}")
+    return dict(RECIPES[name])
+
+
+def recipe_config(name: str, **overrides) -> TrainConfig:
+    """A TrainConfig with a recipe's settings; `overrides` set the other fields (steps, preset, strategy, ...)
+    and may replace a recipe field (a lever under study)."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+    return TrainConfig(**{**recipe(name), **overrides})
+
+
+def recipe_difference(a: str = "parent", b: str = "difflung") -> dict[str, tuple]:
+    """field -> (value in recipe a, value in recipe b) for every field where the two recipes differ."""
+    ra, rb = recipe(a), recipe(b)
+    return {k: (ra.get(k), rb.get(k)) for k in sorted(set(ra) | set(rb)) if ra.get(k) != rb.get(k)}
