@@ -152,7 +152,7 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
     prov["chapters"] = stems
     write_json_atomic(prov_path, prov)
     if out_dir == root / "book" / "chapters":  # the book's own run: its Reproduction page and banner
-        write_reproduction_pages(prov, root / "book" / "_generated")
+        write_reproduction_pages(prov, root / "book" / "_generated", root / runs_root)
     log(f"pipeline: {len(stems)} notebooks, {prov['total_wall_s']:.1f} s; provenance in "
         f"{os.path.relpath(prov_path, root)}, kernel messages in {os.path.relpath(prov_path.parent / 'pipeline.log', root)}")
     return prov
@@ -184,13 +184,24 @@ def _noise_to(log_path: Path, stem: str):
                 os.close(fd)
 
 
-def banner_text(profile: str) -> str | None:
-    """The announcement every page of the book carries for this profile (None: no banner)."""
-    if profile == "smoke":
-        return ("This copy was built with the <b>smoke</b> profile: it checks that the pipeline runs end to end. "
-                "Its models and instruments are too small to test the paper's claims; the Results chapter shows "
-                "the archived reference run beside it.")
-    return None
+def banner_text(profile: str, runs_root: Path | None = None) -> str | None:
+    """The announcement every page of the book carries for this profile (None: no banner). For smoke it names the
+    classes whose HU signature the run's image size erases (chapter 1's check), which no smoke number can show."""
+    if profile != "smoke":
+        return None
+    lost = []
+    if runs_root is not None:
+        from .instruments import read_signature
+
+        try:
+            lost = [c for c, (ok, _) in read_signature(Path(runs_root) / "01_data_preparation").items() if not ok]
+        except (FileNotFoundError, ValueError):
+            lost = []
+    return ("This copy was built with the <b>smoke</b> profile: it checks that the pipeline runs end to end. "
+            "Its models and instruments are too small to test the paper's claims"
+            + (f", and at its image size {' and '.join(lost)} {'loses its' if len(lost) == 1 else 'lose their'} HU "
+               f"signature, so nothing here can show {'it' if len(lost) == 1 else 'them'}" if lost else "")
+            + "; the Results chapter shows the archived reference run beside it.")
 
 
 def _run_notebook(stem, nb, out_nb, params, key, root, runs_root, prov, prov_path) -> dict:
@@ -252,7 +263,7 @@ def _hide_parameter_cells(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def write_reproduction_pages(prov: dict, gen_dir: Path) -> None:
+def write_reproduction_pages(prov: dict, gen_dir: Path, runs_root: Path | None = None) -> None:
     """The book's Reproduction page and the intro's run summary, generated from provenance.json."""
     rows = []
     for stem in prov.get("chapters", []):
@@ -300,7 +311,8 @@ jupyter-book build book
                f"the whole pipeline took {prov.get('total_wall_s', float('nan')):.0f} s "
                f"(see {{doc}}`/_generated/reproduction`).\n")
     write_text_atomic(gen_dir / "run_summary.md", summary)
-    write_json_atomic(gen_dir / "run.json", {"profile": prov["profile"], "banner": banner_text(prov["profile"])})
+    write_json_atomic(gen_dir / "run.json", {"profile": prov["profile"],
+                                             "banner": banner_text(prov["profile"], runs_root)})
 
 
 def configure_parser(p) -> None:

@@ -115,7 +115,7 @@ def test_profile_section_key_not_declared_by_notebook(mini_book):
 
 def test_repository_profiles_match_notebook_parameters():
     """Every profile's keys are declared by the notebooks they go to (so --set on them takes effect)."""
-    for name in ("smoke", "standard", "paper"):
+    for name in ("smoke", "laptop", "standard", "paper"):
         prof = load_profile(name)
         for stem in pipeline.toc_chapters(REPO):
             declared = pipeline.declared_parameters(REPO / "notebooks" / f"{stem}.ipynb")
@@ -130,3 +130,16 @@ def test_cli_exit_status_and_message():
     r = subprocess.run([sys.executable, "-m", "difflung", "run", "--set", "no_such_key=1"], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 1 and "unknown parameter" in r.stderr
+
+
+def test_smoke_banner_names_classes_that_lost_their_signature(tmp_path):
+    import json
+
+    assert pipeline.banner_text("laptop") is None
+    assert "checks that the pipeline runs" in pipeline.banner_text("smoke")
+    d = tmp_path / "01_data_preparation"
+    d.mkdir()
+    (d / "hu_signature.json").write_text(json.dumps({"classes": {
+        "emphysema": {"measurable": False, "reason": "at 32 px: lost"}, "ggo": {"measurable": True, "reason": ""}}}))
+    text = pipeline.banner_text("smoke", tmp_path)
+    assert "emphysema loses its HU signature" in text and "ggo" not in text
