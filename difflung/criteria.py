@@ -55,16 +55,19 @@ def _dice_means(rows: pd.DataFrame, model: str, train_seed: int | None) -> dict[
 
 def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tuple[bool, str]],
             generator: torch.Generator, train_seed: int | None = None, seed: int | None = None,
-            classifier_steps: int = 300) -> dict:
+            classifier_steps: int = 300, signature: dict[str, tuple[bool, str]] | None = None) -> dict:
     """The convergence criteria of one generator on the scored test masks.
 
     Args:
         scored: `scoring.Scored` holding the generator's images and the judge's rows.
         model: the generator's key; train_seed, seed: which of its image sets (default: the first).
         train: (N, S, S) real training slices in [-1, 1] (memorisation reference).
-        measurable: `measurable_classes(scored, ...)`: the Dice ratio and HU distance use measurable classes only.
+        measurable: `measurable_classes(scored, ...)`: the judge's Dice ratio uses measurable classes only.
         generator: CPU torch.Generator for the classifier two-sample test.
         classifier_steps: its training steps.
+        signature: chapter 1's HU-signature check. The HU distance needs no judge: it covers every class present
+            in the test masks except background and classes whose HU signature the run's size erases, so a model
+            is not called converged on anatomy alone while its lesions are wrong.
     Returns:
         {"table": DataFrame (criterion, value, threshold, met), "converged": bool, "memorisation": dict}.
     """
@@ -76,7 +79,9 @@ def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tupl
     ok = [c for c, (m, _) in measurable.items() if m and c != "background"]
     ratio = I.dice_ratios(_dice_means(scored.rows, model, train_seed), _dice_means(scored.rows, "real", None),
                           {c: measurable[c] for c in ok})
-    present = [c for c in ok if (scored.labels == L.class_id(c)).any()]
+    lost = {c for c, (good, _) in (signature or {}).items() if not good}
+    present = [L.BY_ID[int(i)].name for i in np.unique(scored.labels) if int(i) != L.BACKGROUND
+               and int(i) in L.BY_ID and L.BY_ID[int(i)].name not in lost]
     w1 = hu_wasserstein(gen_hu, real_hu, scored.labels, present)
     air = air_check(gen_hu, real_hu, scored.labels, I.AIR_TOLERANCE_HU)
     clf = classifier_two_sample(scored.real, gen, scored.patient, scored.patient, generator=generator,
@@ -171,7 +176,7 @@ def check(scored, models, *, train: np.ndarray, signature: dict[str, tuple[bool,
     """
     measurable = measurable_classes(scored, signature)
     results = {m: measure(scored, m, train=train, measurable=measurable, classifier_steps=classifier_steps,
-                          generator=torch.Generator().manual_seed(seed)) for m in models}
+                          generator=torch.Generator().manual_seed(seed), signature=signature) for m in models}
     if run_dir is not None:
         write_criteria(run_dir, results, measurable, **meta)
     return measurable, results

@@ -79,3 +79,12 @@ def test_tables_say_not_measurable_and_region_and_hu_rows_follow_the_schema():
     assert list(region.columns) == list(SCHEMA) and len(region) == 4 * len(s.index)
     w1 = quality.hu_w1_rows(s).set_index("class")
     assert set(w1.index) == {"body", "lung"} and (w1["slice"] == -1).all() and (w1["value"] < 20).all()
+
+
+def test_hu_distance_needs_no_judge_but_skips_classes_whose_signature_is_lost():
+    s = _scored(lambda r, rng: r + rng.normal(0.3, 0.2, r.shape))
+    res = criteria.measure(s, "m", train=s.real, measurable={}, generator=torch.Generator().manual_seed(0),
+                           classifier_steps=10, signature={"lung": (False, "at 16 px: lost")})
+    rows = set(res["table"]["criterion"])
+    assert "HU Wasserstein-1, body (HU)" in rows and "HU Wasserstein-1, lung (HU)" not in rows
+    assert not any(r.startswith("judge Dice ratio") for r in rows) and not res["converged"]

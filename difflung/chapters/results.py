@@ -60,7 +60,8 @@ def table_claims(claims: pd.DataFrame) -> pd.DataFrame:
         "n": [f"{int(n)} {u.split()[-1]}" if n else "" for n, u in zip(claims["n"], claims["unit"])],
         "p (Holm)": [sig(p) if np.isfinite(p) else "" for p in claims["p (Holm)"]],
         "verdict": claims["verdict"],
-        "same order as reported": claims["same order as reported"].map({True: "yes", False: "no"}).fillna(""),
+        "same order as reported": claims["same order as reported"].map({True: "yes", False: "no"}).fillna("")
+        .where(~claims["verdict"].str.startswith("not measurable"), ""),
     })
     return out.set_index("claim")
 
