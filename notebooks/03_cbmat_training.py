@@ -64,6 +64,14 @@ result = ch.train_main(runs_root, steps=steps, batch_size=batch_size, preset=pre
 ch.write_cost(result, run_dir)
 table(ch.table_training(result))
 
+# %% [markdown]
+# Where this run's training differs from the parent's published recipe (AdamW at 1e-4 with 500 warm-up steps,
+# epsilon prediction, no EMA, batch 16, fp32); `benchmarks/bench_convergence.py` measures each change as time to
+# quality:
+
+# %% tags=["hide-input"]
+table(ch.table_recipe(result))
+
 # %% tags=["remove-input"]
 glue("train_device", result.device, display=False)
 

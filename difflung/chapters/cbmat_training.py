@@ -67,6 +67,18 @@ def _final_loss(result: TrainResult) -> float:
     return float(loss.tail(max(len(loss) // 10, 1)).mean())
 
 
+def table_recipe(result: TrainResult) -> pd.DataFrame:
+    """The main run's training settings against the parent's published recipe (`difflung.diffusion.recipes`),
+    where they differ: what difflung changes, each lever measured by `benchmarks/bench_convergence.py`."""
+    from ..diffusion.recipes import recipe
+
+    tc, parent = load_generator(result.model_dir).config["train_config"], recipe("parent")
+    rows = [{"setting": k, "parent (Segmentation-Guided Diffusion)": str(v), "this run": str(tc.get(k))}
+            for k, v in parent.items() if tc.get(k) != v]
+    return pd.DataFrame(rows, columns=["setting", "parent (Segmentation-Guided Diffusion)", "this run"]
+                        ).set_index("setting")
+
+
 def table_training(result: TrainResult) -> pd.DataFrame:
     """Device, steps, wall time, throughput, peak memory, parameters and final loss of the main run."""
     g = load_generator(result.model_dir)
