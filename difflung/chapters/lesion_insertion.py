@@ -23,7 +23,7 @@ from .. import labels as L
 from ..diffusion.train import TrainConfig
 from ..insert import InsertConfig, insert_lesions, synthesize_mask_file
 from ..patches import build_patch_dataset, lesion_focused, pathology_volumes, real_volumes, train_patch_model
-from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, table
+from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table
 from ..realdata import fetch_pyradiomics
 from ..scope import Scope, smoke_caveat
 
@@ -88,8 +88,10 @@ JUDGE_NAMES = {"judge_dice_after": "Dice after", "judge_dice_before": "Dice befo
 
 
 def table_checks(checks: pd.DataFrame):
-    """`difflung.insert_checks.check_table` for the page, readable column names."""
-    return table(checks.rename(columns=CHECK_NAMES))
+    """`difflung.insert_checks.check_table` for the page: one row per check, one column per class (narrow enough
+    for the page), readable names."""
+    cells = checks.rename(columns=CHECK_NAMES).apply(lambda col: col.map(sig))  # counts stay whole numbers
+    return table(cells.T.rename_axis("check"))
 
 
 def table_judge(judged: pd.DataFrame):
