@@ -25,9 +25,6 @@ from .quality import air_check, classifier_two_sample, hu_wasserstein
 from .segmentation import SegConfig, Segmenter, fit_segmenter
 
 # the judge: no intensity augmentation (it must keep HU levels); geometric augmentation only
-JUDGE_CONFIG = {"shift_prob": 0.0, "noise_prob": 0.0}
-
-
 def fit_judge(out_dir, ds: Dataset, *, steps: int = 600, seed: int = 0, config: SegConfig | None = None,
               device="cpu", progress: bool = False) -> Segmenter:
     """Train (or reuse, by run key) the judge segmenter on the real training slices of `ds`.
@@ -37,9 +34,12 @@ def fit_judge(out_dir, ds: Dataset, *, steps: int = 600, seed: int = 0, config: 
         ds: the dataset artifact.
         steps: optimisation steps (when `config` is None).
         seed: the judge's seed.
-        config: a SegConfig (default: SegConfig(steps=steps) without intensity shift or noise augmentation).
+        config: a SegConfig (default: the book's judge rule, `scoring.judge_config(steps)`, so the benchmark judges
+            with the judge the chapters use).
     """
-    config = config or SegConfig(steps=steps, **JUDGE_CONFIG)
+    from .scoring import judge_config
+
+    config = config or judge_config(steps)
     tr = ds.split("train")
     return fit_segmenter(out_dir, tr.images, tr.labels, ds.classes, config, seed,
                          dataset_sha256=ds.manifest["splits"]["train"]["sha256"], device=device, progress=progress)

@@ -18,7 +18,7 @@ Rules (the same for every chapter, so two chapters report the same number for th
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,24 +67,14 @@ def judge(dataset, folder, *, steps: int, batch_size: int = 16, seed: int = 0, d
     Returns:
         the `Segmenter`.
     """
-    import json
-
     from .provenance import resolve_device
-    from .segmentation import Segmenter, train_segmenter
+    from .segmentation import fit_segmenter
 
-    cfg, dev, folder = judge_config(steps, batch_size), resolve_device(device), Path(folder)
-    key = json.loads(json.dumps({"dataset_sha256": dataset.manifest["splits"]["train"]["sha256"], "seed": seed,
-                                 "config": asdict(cfg)}))  # as stored in JSON (tuples become lists)
-    if (folder / "segmenter.json").is_file():
-        seg = Segmenter.load(folder, device=dev)
-        if seg.info.get("reuse_key") == key:
-            return seg
     train = dataset.split("train")
-    seg = train_segmenter(train.images, train.labels, dataset.classes, cfg, torch.Generator().manual_seed(seed),
-                          device=dev, progress=progress)
-    seg.info["reuse_key"] = key
-    seg.save(folder)
-    return seg
+    # the training shell's reuse rule (config, classes, seed, the training split's sha256)
+    return fit_segmenter(folder, train.images, train.labels, dataset.classes, judge_config(steps, batch_size), seed,
+                         dataset_sha256=dataset.manifest["splits"]["train"]["sha256"], device=resolve_device(device),
+                         progress=progress)
 
 
 def judge_dice(rows: pd.DataFrame) -> pd.DataFrame:
