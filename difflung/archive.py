@@ -131,7 +131,14 @@ def load_reference(root: Path | str = REPO_ROOT / "reference", profile: str | No
 
 
 def code_changed_since(revision, paths=("difflung",), root: Path = REPO_ROOT) -> bool | None:
-    """Whether `paths` changed in commits after `revision` (None when git or the revision is unavailable)."""
+    """Whether `paths` changed in commits after `revision` (None when git or the revision is unavailable).
+
+    `revision` may be a list: a run resumed at a later commit keeps the chapters it did not need to re-run, so
+    its chapters carry several revisions; the code counts as changed when it changed after any of them.
+    """
+    if isinstance(revision, (list, tuple)):
+        found = [code_changed_since(r, paths, root) for r in revision]
+        return None if not found or None in found else any(found)
     if not isinstance(revision, str) or revision in ("", "unknown"):
         return None
     rev = revision.removesuffix("+dirty")

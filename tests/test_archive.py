@@ -65,3 +65,6 @@ def test_code_changed_since_reads_git_history():
     assert archive.code_changed_since("unknown") is None
     assert archive.code_changed_since("HEAD") is False  # nothing after HEAD itself
     assert archive.code_changed_since("HEAD~40") is True  # difflung/ changed in the last 40 commits
+    assert archive.code_changed_since(["HEAD", "HEAD"]) is False  # a resumed run: one revision per chapter
+    assert archive.code_changed_since(["HEAD", "HEAD~40"]) is True  # changed after the older of its revisions
+    assert archive.code_changed_since(["HEAD", "unknown"]) is None
