@@ -36,13 +36,15 @@ class ArchiveError(ValueError):
 
 
 def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
-                out_dir: Path | str = REPO_ROOT / "reference") -> Path:
+                out_dir: Path | str = REPO_ROOT / "reference", note: str | None = None) -> Path:
     """Copy the numbers of `runs_dir/<profile>` into `out_dir/<profile>` (replacing an older archive atomically).
 
     Args:
         profile: the run's profile name (its folder under `runs_dir`).
         runs_dir: parent folder of runs.
         out_dir: parent folder of archives (committed: `reference/`).
+        note: what a reader must know about how the run was made (e.g. that it resumed an earlier invocation
+            and reused its trained models, so its wall time is not the from-scratch cost); shown with the label.
 
     Returns:
         The archive folder. Raises ArchiveError, writing nothing, when the run is unfinished or too large.
@@ -71,7 +73,7 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
             "git_revision": revisions[0] if len(revisions) == 1 else revisions,
             "finished": max(prov["notebooks"][s].get("started", "") for s in chapters),
             "total_wall_s": prov.get("total_wall_s"), "chapters": chapters,
-            "files": [str(p.relative_to(run)) for p in files], "bytes": total}
+            "files": [str(p.relative_to(run)) for p in files], "bytes": total, **({"note": note} if note else {})}
     dest = Path(out_dir) / profile
     with atomic_dir(dest) as tmp:
         for p in files:
@@ -154,11 +156,12 @@ def configure_parser(p) -> None:
     p.add_argument("--profile", required=True, help="the finished run to archive (runs/<profile>/)")
     p.add_argument("--runs-dir", default=str(REPO_ROOT / "runs"), help="parent folder of runs (default runs/)")
     p.add_argument("--out", default=str(REPO_ROOT / "reference"), help="parent folder of archives (reference/)")
+    p.add_argument("--note", help="how the run was made, shown beside its label (e.g. that it was resumed)")
 
 
 def run_cli(args) -> int:
     try:
-        dest = archive_run(args.profile, runs_dir=args.runs_dir, out_dir=args.out)
+        dest = archive_run(args.profile, runs_dir=args.runs_dir, out_dir=args.out, note=args.note)
     except ArchiveError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

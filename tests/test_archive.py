@@ -38,6 +38,9 @@ def test_archive_copies_numbers_only_and_loads_with_provenance(tmp_path):
     assert ref.json("01_a", "cost.json") == {"wall_s": 12.5}
     assert ref.code_changed is None  # revision "unknown": cannot tell
     assert "laptop run of 2026-12-02" in ref.label
+    assert "note" not in ref.meta
+    archive.archive_run("laptop", runs_dir=runs, out_dir=tmp_path / "reference", note="resumed")
+    assert archive.load_reference(tmp_path / "reference").meta["note"] == "resumed"
 
 
 def test_unfinished_or_oversized_runs_are_refused_and_nothing_written(tmp_path, monkeypatch):
@@ -68,3 +71,15 @@ def test_code_changed_since_reads_git_history():
     assert archive.code_changed_since(["HEAD", "HEAD"]) is False  # a resumed run: one revision per chapter
     assert archive.code_changed_since(["HEAD", "HEAD~40"]) is True  # changed after the older of its revisions
     assert archive.code_changed_since(["HEAD", "unknown"]) is None
+
+
+def test_results_page_names_the_reference_run_and_its_note(tmp_path):
+    from difflung.chapters.results import reference_markdown
+
+    archive.archive_run("laptop", runs_dir=_run(tmp_path), out_dir=tmp_path / "reference",
+                        note="resumed from an earlier invocation; its trained models were reused")
+    text = reference_markdown(archive.load_reference(tmp_path / "reference"))
+    assert "laptop run of 2026-12-02" in text and "2 chapters, 2 min of wall time" in text
+    assert text.endswith("its trained models were reused.")
+    assert "unknown" in text  # revision "unknown": whether the code changed since cannot be told
+    assert "No reference run" in reference_markdown(None)

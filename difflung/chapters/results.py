@@ -211,7 +211,8 @@ def reference_markdown(ref) -> str:
              }.get(ref.code_changed, "")
     wall = ref.meta.get("total_wall_s")
     return (f"Archived reference run: **{ref.label}** ({len(ref.meta.get('chapters', []))} chapters"
-            + (f", {wall / 60:.0f} min of wall time" if wall else "") + f").{stale}")
+            + (f", {wall / 60:.0f} min of wall time" if wall else "") + f").{stale}"
+            + (f" {ref.meta['note'].rstrip('.')}." if ref.meta.get("note") else ""))
 
 
 def provenance_table(runs_root) -> pd.DataFrame:
