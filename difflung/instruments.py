@@ -57,7 +57,7 @@ def judge_validity(real_dice_by_class: Mapping[str, float]) -> dict[str, tuple[b
         if d is None or not np.isfinite(d):
             out[cls] = (False, f"{cls} absent from the test truth")
         elif d < floor:
-            out[cls] = (False, f"judge Dice on real {cls} {d:.2f} < floor {floor:g}")
+            out[cls] = (False, f"judge Dice on real {cls} {d:.3g} < floor {floor:g}")
         else:
             out[cls] = (True, "")
     return out

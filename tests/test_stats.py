@@ -194,7 +194,9 @@ def test_judge_validity_floors():
 def test_judge_failure_makes_the_claim_not_measurable():
     ok, reason = I.judge_validity({"emphysema": 0.0})["emphysema"]
     v = verdict(_c(instrument_ok=ok, reason=reason))
-    assert v.text == "not measurable: judge Dice on real emphysema 0.00 < floor 0.3"
+    assert v.text == "not measurable: judge Dice on real emphysema 0 < floor 0.3"
+    # a value just under the floor reads as under it (two decimals printed 0.298 as "0.30 < floor 0.3")
+    assert I.judge_validity({"emphysema": 0.298})["emphysema"][1] == "judge Dice on real emphysema 0.298 < floor 0.3"
 
 
 def test_hu_signature_emphysema_and_ranges():
