@@ -92,12 +92,13 @@ class Reference:
     provenance: dict
     metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
     code_changed: bool | None = None  # chapters' code changed after the archived revision (None: unknown)
+    changed_files: list[str] = field(default_factory=list)  # which files of it
 
     @property
     def label(self) -> str:
         rev = self.meta.get("git_revision")
-        rev = rev if isinstance(rev, str) else ",".join(rev)
-        return f"{self.meta['profile']} run of {self.meta.get('finished', '?')[:10]}, git {rev[:12]}"
+        rev = rev[:12] if isinstance(rev, str) else " and ".join(r[:12] for r in rev)  # a resumed run: several
+        return f"{self.meta['profile']} run of {self.meta.get('finished', '?')[:10]}, git {rev}"
 
     def json(self, stem: str, name: str) -> dict:
         p = self.path / stem / name
@@ -129,6 +130,7 @@ def load_reference(root: Path | str = REPO_ROOT / "reference", profile: str | No
         if p.is_file():
             ref.metrics[stem] = read_metrics(p)
     ref.code_changed = code_changed_since(ref.meta.get("git_revision"))
+    ref.changed_files = changed_files_since(ref.meta.get("git_revision")) or []
     return ref
 
 
@@ -138,18 +140,28 @@ def code_changed_since(revision, paths=("difflung",), root: Path = REPO_ROOT) ->
     `revision` may be a list: a run resumed at a later commit keeps the chapters it did not need to re-run, so
     its chapters carry several revisions; the code counts as changed when it changed after any of them.
     """
-    if isinstance(revision, (list, tuple)):
-        found = [code_changed_since(r, paths, root) for r in revision]
-        return None if not found or None in found else any(found)
-    if not isinstance(revision, str) or revision in ("", "unknown"):
+    files = changed_files_since(revision, paths, root)
+    if files is None:
         return None
-    rev = revision.removesuffix("+dirty")
-    try:
-        out = subprocess.run(["git", "log", "--format=%H", f"{rev}..HEAD", "--", *paths], cwd=root,
-                             capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    revs = revision if isinstance(revision, (list, tuple)) else [revision]
+    return bool(files) or any(r.endswith("+dirty") for r in revs)
+
+
+def changed_files_since(revision, paths=("difflung",), root: Path = REPO_ROOT) -> list[str] | None:
+    """The files under `paths` changed in commits after `revision` (or after any of a list of revisions), sorted;
+    None when git or a revision is unavailable."""
+    revs = revision if isinstance(revision, (list, tuple)) else [revision]
+    if not revs or any(not isinstance(r, str) or r in ("", "unknown") for r in revs):
         return None
-    return bool(out) or revision.endswith("+dirty")
+    files = set()
+    for rev in revs:
+        try:
+            out = subprocess.run(["git", "log", "--format=", "--name-only", f"{rev.removesuffix('+dirty')}..HEAD",
+                                  "--", *paths], cwd=root, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        files |= {line.strip() for line in out.splitlines() if line.strip()}
+    return sorted(files)
 
 
 def configure_parser(p) -> None:

@@ -71,6 +71,12 @@ def test_code_changed_since_reads_git_history():
     assert archive.code_changed_since(["HEAD", "HEAD"]) is False  # a resumed run: one revision per chapter
     assert archive.code_changed_since(["HEAD", "HEAD~40"]) is True  # changed after the older of its revisions
     assert archive.code_changed_since(["HEAD", "unknown"]) is None
+    files = archive.changed_files_since("HEAD~40")
+    assert files and all(f.startswith("difflung/") for f in files) and files == sorted(set(files))
+    assert archive.changed_files_since("HEAD") == [] and archive.changed_files_since("unknown") is None
+    ref = archive.Reference(None, {"profile": "laptop", "finished": "2026-12-02T10:00:00Z",
+                                   "git_revision": ["f7a03061dfa5777ec", "a0a1486abcdef0123"]}, {})
+    assert ref.label == "laptop run of 2026-12-02, git f7a03061dfa5 and a0a1486abcde"
 
 
 def test_results_page_names_the_reference_run_and_its_note(tmp_path):
@@ -83,3 +89,7 @@ def test_results_page_names_the_reference_run_and_its_note(tmp_path):
     assert text.endswith("its trained models were reused.")
     assert "unknown" in text  # revision "unknown": whether the code changed since cannot be told
     assert "No reference run" in reference_markdown(None)
+    ref = archive.load_reference(tmp_path / "reference")
+    ref.code_changed, ref.changed_files = True, ["difflung/a.py", "difflung/b.py"]
+    assert "has changed since" in reference_markdown(ref) and "Changed since: `difflung/a.py`, `difflung/b.py`." \
+        in reference_markdown(ref)

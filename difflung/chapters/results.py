@@ -209,6 +209,10 @@ def reference_markdown(ref) -> str:
     stale = {True: " **The chapters' code has changed since this run was made: its numbers may not be what the "
                    "current code would give.**", None: " Whether the code changed since is unknown (no git history)."
              }.get(ref.code_changed, "")
+    if ref.code_changed and ref.changed_files:
+        shown = ", ".join(f"`{f}`" for f in ref.changed_files[:8])
+        stale += f" Changed since: {shown}" + (f" and {len(ref.changed_files) - 8} more" if len(ref.changed_files) > 8
+                                                else "") + "."
     wall = ref.meta.get("total_wall_s")
     return (f"Archived reference run: **{ref.label}** ({len(ref.meta.get('chapters', []))} chapters"
             + (f", {wall / 60:.0f} min of wall time" if wall else "") + f").{stale}"
