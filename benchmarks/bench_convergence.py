@@ -54,7 +54,7 @@ def parse_arm(text: str) -> tuple[str, str, dict]:
 
 
 def dataset(args):
-    from difflung.chapters.data_preparation import build_phantom
+    from difflung.cohort import build_phantom
     from difflung.dataset import Dataset
 
     root = Path(args.out) / f"data_{args.n_patients}p_{args.size}px"
