@@ -63,10 +63,11 @@ def _spec(key: str) -> Spec:
     return REGISTRY[key]
 
 
-def diffusion_config(key: str, **fields):
-    """The `TrainConfig` of a registered diffusion generator: `fields` (budget, preset, seed, ...) plus the
-    settings that define `key`, which `fields` may not contradict."""
-    from .diffusion import TrainConfig
+def diffusion_config(key: str, *, recipe: str = "difflung", **fields):
+    """The `TrainConfig` of a registered diffusion generator: the training `recipe` (`difflung.diffusion.recipes`;
+    every diffusion model of a comparison shares one), then `fields` (budget, preset, seed, ...), then the settings
+    that define `key`, which `fields` may not contradict."""
+    from .diffusion.recipes import recipe_config
 
     spec = _spec(key)
     if spec.kind != DIFFUSION:
@@ -74,7 +75,7 @@ def diffusion_config(key: str, **fields):
     clash = {k: v for k, v in fields.items() if k in spec.settings and spec.settings[k] != v}
     if clash:
         raise ValueError(f"{key!r} is defined by {spec.settings}; got {clash}")
-    return TrainConfig(**{**fields, **spec.settings})
+    return recipe_config(recipe, **{**fields, **spec.settings})
 
 
 def gan_config(key: str, size: str, **fields):

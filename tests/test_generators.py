@@ -85,6 +85,14 @@ def test_registry_and_errors(folders, tmp_path):
     assert (diffusion_config("segguided", **TINY).mask_mode, diffusion_config("segguided", **TINY).strategy) == \
         ("single", "uniform")
     assert gan_config("spade", "S").model == "spade-S"
+    # one recipe for every diffusion model: difflung's by default (min-SNR, v-prediction), the parent's on request
+    for key in ("difflung", "segguided", "uniform"):
+        cfg = diffusion_config(key, **TINY)
+        assert (cfg.snr_gamma, cfg.prediction_type) == (5.0, "v_prediction")
+    parent = diffusion_config("segguided", recipe="parent", **TINY)
+    assert (parent.snr_gamma, parent.prediction_type, parent.ema_decay) == (None, "epsilon", None)
+    with pytest.raises(ValueError, match="recipe 'fast'"):
+        diffusion_config("difflung", recipe="fast", **TINY)
     with pytest.raises(ValueError, match="defined by"):
         diffusion_config("difflung", strategy="uniform", **TINY)
     with pytest.raises(ValueError, match="unknown generator 'vae'"):

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .. import insert_checks as C
 from .. import labels as L
-from ..diffusion.train import TrainConfig
+from ..diffusion.recipes import recipe_config
 from ..insert import InsertConfig, insert_lesions, synthesize_mask_file
 from ..patches import build_patch_dataset, lesion_focused, pathology_volumes, real_volumes, train_patch_model
 from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table
@@ -55,7 +55,8 @@ def train_model(run_dir, *, per_class: int, slices_per_patient: int, fraction: f
     real = real_volumes([scans()[f"{TRAIN_SCAN}_image"]])
     ds = build_patch_dataset(Path(run_dir) / "patches", phantom, real, size=patch_size, rng=rng,
                              per_slice=per_slice, seed=seed)
-    cfg = TrainConfig(preset=preset, steps=train_steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed)
+    cfg = recipe_config("difflung", preset=preset, steps=train_steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                        seed=seed)  # the book's one diffusion recipe, as chapters 2-4
     cfg = lesion_focused(cfg, lesion_weight, LESIONS) if lesion_weight else cfg
     result = train_patch_model(ds, cfg, Path(run_dir) / "model", device, progress=False)
     return result, phantom, time.perf_counter() - t0

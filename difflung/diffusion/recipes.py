@@ -15,7 +15,10 @@ convergence criteria of `difflung.instruments` are met).
   misses the criteria at every checkpoint), min-SNR-5 weighting (arm `nosnr=difflung:snr_gamma=None`: without
   it the EMA weights met the criteria later) and the EMA (each evaluation scores EMA and raw weights; the raw
   weights met them later). Learning rate, warm-up and batch are not yet compared beyond one alternative
-  (`lr3e-3=difflung:lr=0.003`).
+  (`lr3e-3=difflung:lr=0.003`). Warm-up None is `TrainConfig`'s rule, 10 % of the steps and at most 500, so
+  the recipe fits any budget (a fixed 100 steps failed budgets under 100 steps).
+- Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
+  "difflung" by default), so chapter 2's strategies, Diff-Lung and Seg-Guided differ only in what is compared.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from .train import TrainConfig
 RECIPES: dict[str, dict] = {
     "parent": {"lr": 1e-4, "warmup": 500, "prediction_type": "epsilon", "snr_gamma": None, "ema_decay": None,
                "batch_size": 16, "mixed_precision": "no", "weight_decay": 1e-2, "grad_clip": 1.0},
-    "difflung": {"lr": 1e-3, "warmup": 100, "prediction_type": "v_prediction", "snr_gamma": 5.0,
+    "difflung": {"lr": 1e-3, "warmup": None, "prediction_type": "v_prediction", "snr_gamma": 5.0,
                  "ema_decay": 0.999, "batch_size": 8, "mixed_precision": "auto", "weight_decay": 1e-2,
                  "grad_clip": 1.0},
 }
