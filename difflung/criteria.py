@@ -127,7 +127,7 @@ def validity(classes: list[str], measurable: dict[str, tuple[bool, str]], conver
     for c in classes:
         if c != "all" and not measurable.get(c, (False, f"{c}: not scored in this run"))[0]:
             return {"measurable": False, "reason": measurable.get(c, (False, f"{c}: not scored"))[1]}
-    bad = [m for m in models if not converged.get(m, False)]
+    bad = list(dict.fromkeys(m for m in models if not converged.get(m, False)))  # a model named twice, once
     if bad:
         return {"converged": False, "reason": f"{', '.join(bad)} did not meet the convergence criteria"}
     return {}

@@ -88,3 +88,8 @@ def test_hu_distance_needs_no_judge_but_skips_classes_whose_signature_is_lost():
     rows = set(res["table"]["criterion"])
     assert "HU Wasserstein-1, body (HU)" in rows and "HU Wasserstein-1, lung (HU)" not in rows
     assert not any(r.startswith("judge Dice ratio") for r in rows) and not res["converged"]
+
+
+def test_validity_names_a_model_once():
+    v = criteria.validity(["all"], {}, {"difflung": False}, ["difflung", "difflung"])
+    assert v == {"converged": False, "reason": "difflung did not meet the convergence criteria"}
