@@ -40,6 +40,7 @@ from . import stats
 from .dataset import Dataset, Slices
 from .evaluation import compare_to_reference, dice_per_class
 from .generators import load_generator
+from .parallel import run_jobs
 from .provenance import atomic_path, provenance, resolve_device, sha256_file, write_json_atomic
 from .segmentation import SegConfig, train_segmenter
 
@@ -331,36 +332,48 @@ def per_seed_dice(dice: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"dice": g.mean(), "n_slices": g.count()}).reset_index()
 
 
+def _fit_and_predict(images, labels, classes, config: SegConfig, seed: int, device: str, test_images,
+                     save_dir=None) -> tuple[np.ndarray, dict]:
+    """One arm, one training seed: train, predict the test slices, optionally save the segmenter.
+    A module-level function, so `parallel.run_jobs` can run it in a worker process."""
+    seg = train_segmenter(images, labels, classes, config, torch.Generator().manual_seed(int(seed)), device=device,
+                          progress=False)
+    t0 = time.perf_counter()
+    pred = seg.predict(test_images)
+    timing = {"train_s": seg.info["wall_s"], "train_images_per_s": seg.info["images_per_s"],
+              "predict_s": round(time.perf_counter() - t0, 3), "n_train": len(images)}
+    if save_dir is not None:
+        seg.save(save_dir)
+    return pred, timing
+
+
 def train_and_evaluate(arms: dict[str, Arm], test: Slices, classes, config: SegConfig, seeds, run_dir, *,
                        tag: str = "phantom", rare: list[int] = (), device: str = "auto", n_examples: int = 4,
-                       save_models: bool = True, progress: bool = False) -> Results:
+                       save_models: bool = True, workers: int = 1) -> Results:
     """Train every arm with every seed (same config, steps and seeds), predict the test slices, score Dice.
 
     Seed s gives every arm the same generator, hence the same initial weights and augmentation stream.
     The first seed's segmenter of each arm is saved under `<run_dir>/<tag>/segmenters/<arm>`; per-slice Dice
-    goes to `<run_dir>/<tag>/dice_per_slice.csv`.
+    goes to `<run_dir>/<tag>/dice_per_slice.csv`. `workers` > 1 trains that many at once, one thread each
+    (`difflung.parallel`).
     """
     out = Path(run_dir) / tag
     dev = resolve_device(device)
     ex = example_slices(test, list(rare), n_examples)
+    jobs = [(name, int(s)) for name in arms for s in seeds]
+    done = run_jobs(_fit_and_predict, [
+        (arms[name].images, arms[name].labels, classes, config, s, dev, test.images,
+         out / "segmenters" / name.lstrip("+") if save_models and s == int(seeds[0]) else None)
+        for name, s in jobs], workers=workers, device=dev)
     frames, timings, examples = [], [], {}
-    for name, arm in arms.items():
-        for s in seeds:
-            seg = train_segmenter(arm.images, arm.labels, classes, config, torch.Generator().manual_seed(int(s)),
-                                  device=dev, progress=progress)
-            t0 = time.perf_counter()
-            pred = seg.predict(test.images)
-            timings.append({"dataset": tag, "arm": name, "seed": int(s), "train_s": seg.info["wall_s"],
-                            "train_images_per_s": seg.info["images_per_s"],
-                            "predict_s": round(time.perf_counter() - t0, 3), "n_train": len(arm.images)})
-            d = dice_per_class(pred, test.labels, classes)
-            d.insert(0, "seed", int(s))
-            d.insert(0, "arm", name)
-            frames.append(d)
-            if s == seeds[0]:
-                examples[name] = pred[ex]
-                if save_models:
-                    seg.save(out / "segmenters" / name.lstrip("+"))
+    for (name, s), (pred, timing) in zip(jobs, done):
+        timings.append({"dataset": tag, "arm": name, "seed": s, **timing})
+        d = dice_per_class(pred, test.labels, classes)
+        d.insert(0, "seed", s)
+        d.insert(0, "arm", name)
+        frames.append(d)
+        if s == int(seeds[0]):
+            examples[name] = pred[ex]
     dice = pd.concat(frames, ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "dice_per_slice.csv") as tmp:
@@ -585,7 +598,8 @@ def insert_lesions(models: dict, train: Slices, ms, run_dir, *, seed: int, tag: 
 def run_experiment(dataset, run_dir, *, tag: str, models: dict, config: SegConfig, seeds, seed: int,
                    mix_ratio: float, boost: float | dict, sampler: str, sampler_steps: int | None,
                    rare_classes=None, device: str = "auto", eval_splits=("test",),
-                   n_examples: int = 4, progress: bool = False) -> tuple[Results, Synthesis, pd.DataFrame]:
+                   n_examples: int = 4, workers: int = 1,
+                   progress: bool = False) -> tuple[Results, Synthesis, pd.DataFrame]:
     """Synthesise masks and images, build the arms, train and score them on one dataset.
 
     Args:
@@ -602,6 +616,7 @@ def run_experiment(dataset, run_dir, *, tag: str, models: dict, config: SegConfi
         sampler, sampler_steps: diffusion sampler and its steps (None: the sampler's default).
         rare_classes: classes to boost; None: emphysema/GGO/fibrosis, or the dataset's lesion classes.
         eval_splits: held-out splits to score on (no step of the experiment uses them otherwise).
+        workers: segmenters trained at once, one thread each (`difflung.parallel.run_jobs`).
     Returns:
         (results, synthesis, class-balance table). If masks cannot be synthesised (too few lesion pixels in the
         training split) and no model needs them, `oversample` repeats rare-class slices uniformly and
@@ -635,6 +650,6 @@ def run_experiment(dataset, run_dir, *, tag: str, models: dict, config: SegConfi
     parts = [ds.split(s) for s in eval_splits]
     test = Slices(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("images", "labels", "patient", "z")))
     res = train_and_evaluate(arms, test, ds.classes, config, list(seeds), run_dir, tag=tag, rare=rare,
-                             device=device, n_examples=n_examples, progress=progress)
+                             device=device, n_examples=n_examples, workers=workers)
     res.notes = notes
     return res, Synthesis(masks, report, sets), balance

@@ -39,6 +39,7 @@ seed = 0
 run_dir = "runs/smoke/02_mask_ablation_study"
 runs_root = "runs/smoke"
 device = "auto"
+workers = 2  # models trained at once on a CPU, one thread each
 judge_steps = 300
 preset = "small"
 steps = 200
@@ -86,7 +87,7 @@ ch.figure_schedules(runs_root, run_dir, steps=steps, strategies=strategies, seed
 # %% tags=["hide-input"]
 table(ch.train_strategies(runs_root, run_dir, steps=steps, batch_size=batch_size, preset=preset, lr=lr,
                           strategies=strategies,
-                          warmup=warmup, seed=seed, device=device))
+                          warmup=warmup, seed=seed, device=device, workers=workers))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Training loss per strategy (running mean). Made by `difflung.chapters.ablation_study.figure_losses`.", "name": "ch2-losses"}}
 ch.figure_losses(run_dir, strategies=strategies, seed=seed)

@@ -29,6 +29,7 @@ seed = 0
 run_dir = "runs/smoke/04_baseline_comparison"
 runs_root = "runs/smoke"
 device = "auto"
+workers = 2  # models trained at once on a CPU, one thread each
 judge_steps = 300
 min_seeds = 1
 gan_size = "S"
@@ -68,7 +69,7 @@ for name in ("JUDGE_FLOOR_ANATOMY", "JUDGE_FLOOR_RARE", "DICE_RATIO_MIN", "HU_W1
 
 # %% tags=["hide-input"]
 cmp = ch.open_comparison(runs_root, run_dir, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, gan_size=gan_size,
-                         device=device)
+                         device=device, workers=workers)
 models = ch.diffusion_models(cmp, preset=preset, train_steps=train_steps, batch_size=batch_size)
 gans = ch.gan_baselines(cmp)
 table(ch.table_models(models, gans))

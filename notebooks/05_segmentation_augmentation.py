@@ -32,6 +32,7 @@ seed = 0
 run_dir = "runs/smoke/05_segmentation_augmentation"
 runs_root = "runs/smoke"
 device = "auto"
+workers = 2  # segmenters trained at once on a CPU, one thread each
 n_seeds = 2
 min_seeds = 2
 mix_ratio = 0.5
@@ -84,7 +85,7 @@ table(ch.table_inputs(inputs))
 
 # %% tags=["hide-input"]
 experiment = dict(config=config, seeds=seeds, seed=seed, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
-                  sampler_steps=sampler_steps, device=device)
+                  sampler_steps=sampler_steps, device=device, workers=workers)
 res, syn, balance = augment.run_experiment(inputs.dataset, run_dir, tag="phantom", models=inputs.models, **experiment)
 if len(syn.report):
     display(synthesis_display(syn.report))

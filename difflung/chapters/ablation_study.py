@@ -31,6 +31,7 @@ from ..dataset import Dataset
 from ..diffusion import STRATEGIES, AblationSchedule, ablation_frequencies, to_hu, train_diffusion
 from ..generators import diffusion_config, display_name, load_generator
 from ..metrics import write_metrics
+from ..parallel import run_jobs
 from ..plots import interval, legend_handles, plt, save_figure, sig, slice_grid
 from ..provenance import resolve_device
 from ..scope import Scope, smoke_caveat
@@ -86,7 +87,7 @@ def figure_schedules(runs_root, run_dir, *, steps: int, strategies=STRATEGIES, s
 
 def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset: str = "small", lr: float = 1e-4,
                      warmup: int | None = None, seed: int = 0, strategies=STRATEGIES, device: str = "auto",
-                     progress: bool = False) -> pd.DataFrame:
+                     workers: int = 1, progress: bool = False) -> pd.DataFrame:
     """Train (or reuse) one model per strategy with the same data, budget and seed.
 
     Args:
@@ -96,17 +97,21 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
         seed: training seed (weights, data order, ablation and noise draws), the same for every strategy.
         strategies: which strategies to train (registry keys of `difflung.generators`).
         device: "auto", "cpu" or "cuda".
+        workers: models trained at once on a CPU, one thread each (`difflung.parallel.run_jobs`).
 
     Returns:
         One row per strategy: steps, batch, wall time, images/s, final loss, device, reused.
     """
     ds = open_dataset(runs_root)
+    cfgs = {s: diffusion_config(s, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                                seed=seed, checkpoint_every=max(steps // 2, 1)) for s in strategies}
+    # a model of an earlier, different configuration in this chapter's folder is replaced
+    done = run_jobs(train_diffusion, [dict(data=ds.root, config=cfgs[s], out_dir=runs.model_dir(run_dir, s),
+                                           device=resolve_device(device), progress=progress and workers == 1,
+                                           overwrite=True) for s in strategies],
+                    workers=workers, device=resolve_device(device))
     rows = []
-    for s in strategies:
-        cfg = diffusion_config(s, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
-                               checkpoint_every=max(steps // 2, 1))
-        # a model of an earlier, different configuration in this chapter's folder is replaced
-        r = train_diffusion(ds, cfg, runs.model_dir(run_dir, s), device=device, progress=progress, overwrite=True)
+    for s, r in zip(strategies, done):
         loss = pd.read_csv(r.loss_csv)["loss"]
         rows.append({"strategy": s, "steps": r.steps, "batch": batch_size, "wall time (s)": r.wall_s,
                      "images / s": r.images_per_s, "final loss (mean of last 10 % of steps)":

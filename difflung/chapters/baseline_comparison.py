@@ -37,6 +37,7 @@ from ..diffusion import train_diffusion
 from ..evaluation import DATA_RANGE
 from ..generators import diffusion_config, display_name, gan_config, load_generator
 from ..metrics import read_metrics, write_metrics
+from ..parallel import run_jobs
 from ..plots import cost_scatter, interval, plt, save_figure, summary_cell, window_name, zoom_grid
 from ..provenance import device_description, provenance, resolve_device, write_json_atomic
 from ..scope import Scope, smoke_caveat
@@ -57,6 +58,7 @@ class Setup:
     seeds: list[int]
     gan_size: str
     device: str
+    workers: int = 1  # models trained at once on a CPU (`difflung.parallel.run_jobs`)
     models: dict = field(default_factory=dict)  # key -> {seed: folder}
     budget: dict = field(default_factory=dict)  # steps, batch_size shared by all models
     notes: dict = field(default_factory=dict)  # key -> how the model was obtained
@@ -71,7 +73,7 @@ class Setup:
 
 
 def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seeds: int = 1, gan_size: str = "S",
-                    device: str = "auto") -> Setup:
+                    device: str = "auto", workers: int = 1) -> Setup:
     """Open the phantom dataset of chapter 1 and fix the seeds, GAN size and device of the chapter.
 
     Args:
@@ -80,6 +82,7 @@ def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seed
         min_seeds: the fewest training seeds the profile accepts.
         gan_size: registry size of Pix2Pix and SPADE (`difflung.baselines.registry.BASELINES`: T, S, B, L).
         device: "auto", "cpu" or "cuda".
+        workers: models trained at once on a CPU, one thread each (`difflung.parallel.run_jobs`).
     """
     if n_seeds < min_seeds:
         raise ValueError(f"n_seeds={n_seeds}: this profile needs at least {min_seeds} training seeds")
@@ -87,7 +90,8 @@ def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seed
     ds = Dataset(runs.phantom_dataset_dir(runs_root))
     gan_config("pix2pix", gan_size)  # a clear error for an unknown size, before any training
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Setup(ds, runs_root, run_dir, list(range(seed, seed + n_seeds)), gan_size, resolve_device(device))
+    return Setup(ds, runs_root, run_dir, list(range(seed, seed + n_seeds)), gan_size, resolve_device(device),
+                 int(workers))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,19 +127,20 @@ def diffusion_models(cmp: Setup, *, preset: str = "small", train_steps: int = 30
                              "trained here (no chapter 3 model for this dataset and seed)")
     cmp.notes["segguided"] = "trained here: Diff-Lung's network and budget, single k/255 mask channel, uniform p=0.5"
     cmp.budget = {"steps": base["steps"], "batch_size": base["batch_size"]}
+    jobs = [(key, s, diffusion_config(key, **{**base, "seed": s}),
+             reused if (key == "difflung" and s == cmp.seed and reused) else cmp.model_dir(key, s))
+            for key in ("difflung", "segguided") for s in cmp.seeds]
+    done = run_jobs(train_diffusion, [dict(data=cmp.dataset.root, config=cfg, out_dir=folder, device=cmp.device,
+                                           progress=progress and cmp.workers == 1) for _, _, cfg, folder in jobs],
+                    workers=cmp.workers, device=cmp.device)  # a finished model is reused, not retrained
     rows = []
-    for key in ("difflung", "segguided"):
-        cmp.models[key] = {}
-        for s in cmp.seeds:
-            cfg = diffusion_config(key, **{**base, "seed": s})
-            folder = reused if (key == "difflung" and s == cmp.seed and reused) else cmp.model_dir(key, s)
-            r = train_diffusion(cmp.dataset, cfg, folder, device=cmp.device, progress=progress)  # reused if done
-            cmp.models[key][s] = folder
-            rows.append({"model": display_name(key), "seed": s, "source": "chapter 3" if folder == reused else
-                         "this chapter", "setup": f"{cfg.preset}, {cfg.mask_mode} mask, {cfg.strategy} ablation",
-                         "steps": cfg.steps, "batch": cfg.batch_size, "images seen": cfg.steps * cfg.batch_size,
-                         "params (M)": load_generator(folder, key=key, dataset=cmp.dataset).params / 1e6,
-                         "train s": r.wall_s})
+    for (key, s, cfg, folder), r in zip(jobs, done):
+        cmp.models.setdefault(key, {})[s] = folder
+        rows.append({"model": display_name(key), "seed": s, "source": "chapter 3" if folder == reused else
+                     "this chapter", "setup": f"{cfg.preset}, {cfg.mask_mode} mask, {cfg.strategy} ablation",
+                     "steps": cfg.steps, "batch": cfg.batch_size, "images seen": cfg.steps * cfg.batch_size,
+                     "params (M)": load_generator(folder, key=key, dataset=cmp.dataset).params / 1e6,
+                     "train s": r.wall_s})
     return pd.DataFrame(rows)
 
 
@@ -149,18 +154,19 @@ def gan_baselines(cmp: Setup, *, steps: int | None = None, batch_size: int | Non
     batch_size = batch_size or cmp.budget.get("batch_size")
     if not steps or not batch_size:
         raise ValueError("no training budget: run diffusion_models(cmp) first or pass steps and batch_size")
+    jobs = [(key, s, gan_config(key, cmp.gan_size, steps=steps, batch_size=batch_size, seed=s, device=cmp.device,
+                                checkpoint_every=max(1, steps // 2), log_every=max(1, steps // 50)))
+            for key in ("pix2pix", "spade") for s in cmp.seeds]
+    folders = run_jobs(train_gan, [dict(dataset=cmp.dataset, config=cfg, out_dir=cmp.model_dir(key, s),
+                                        progress=progress and cmp.workers == 1) for key, s, cfg in jobs],
+                       workers=cmp.workers, device=cmp.device)
     rows = []
-    for key in ("pix2pix", "spade"):
-        cmp.models[key] = {}
-        for s in cmp.seeds:
-            cfg = gan_config(key, cmp.gan_size, steps=steps, batch_size=batch_size, seed=s, device=cmp.device,
-                             checkpoint_every=max(1, steps // 2), log_every=max(1, steps // 50))
-            folder = train_gan(cmp.dataset, cfg, cmp.model_dir(key, s), progress=progress)
-            meta = json.loads((folder / "config.json").read_text())
-            cmp.models[key][s] = cmp.model_dir(key, s)
-            rows.append({"model": display_name(key), "seed": s, "source": "this chapter", "setup": cfg.model,
-                         "steps": steps, "batch": batch_size, "images seen": meta["images_seen"],
-                         "params (M)": meta["params_generator"] / 1e6, "train s": meta["train_seconds_last_session"]})
+    for (key, s, cfg), folder in zip(jobs, folders):
+        meta = json.loads((folder / "config.json").read_text())
+        cmp.models.setdefault(key, {})[s] = cmp.model_dir(key, s)
+        rows.append({"model": display_name(key), "seed": s, "source": "this chapter", "setup": cfg.model,
+                     "steps": steps, "batch": batch_size, "images seen": meta["images_seen"],
+                     "params (M)": meta["params_generator"] / 1e6, "train s": meta["train_seconds_last_session"]})
         cmp.notes[key] = f"trained here ({cfg.model}), same steps x batch as the diffusion models"
     return pd.DataFrame(rows)
 

@@ -29,6 +29,8 @@ PRESETS: dict[str, tuple[tuple[int, ...], int, int, bool, bool]] = {
     # smoke profile: ~0.1 s per training step (batch 8, 32x32) on one CPU core; attention only in the mid
     # block, since diffusers attention at 16x16 doubles the step time on CPU at this size
     "small": ((16, 32, 64), 1, 8, False, True),
+    # small at twice the width: the capacity lever of benchmarks/bench_convergence.py at 64x64
+    "medium": ((32, 64, 128), 1, 8, False, True),
     "base": ((64, 128, 256, 256), 2, 32, True, True),  # standard profile, 128x128
     # Segmentation-Guided Diffusion's UNet: 113.7 M parameters, ~496 GFLOP per 256x256 forward.
     "paper": ((128, 128, 256, 256, 512, 512), 2, 32, True, True),
