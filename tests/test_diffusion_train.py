@@ -173,12 +173,34 @@ def test_two_processes_train_the_same_model_as_one(ds, tmp_path):
 def test_new_recipe_fields_at_their_defaults_keep_the_run_key():
     from dataclasses import fields
 
-    new = {"prediction_type", "snr_gamma", "lesion_weight", "lesion_classes"}
+    new = {"prediction_type", "snr_gamma", "lesion_weight", "lesion_classes", "beta_schedule"}
     old = {f.name for f in fields(TrainConfig)} - new - {"checkpoint_every", "keep_checkpoints", "log_every"}
     assert set(TrainConfig(prediction_type="epsilon").result_key()) == old
     assert TrainConfig().result_key()["prediction_type"] == "v_prediction"  # the default since the benchmark
     assert TrainConfig(snr_gamma=5.0).result_key()["snr_gamma"] == 5.0
     assert TrainConfig(lesion_classes=[4, 6]).result_key()["lesion_classes"] == [4, 6]
+    assert TrainConfig(beta_schedule="squaredcos_cap_v2").result_key()["beta_schedule"] == "squaredcos_cap_v2"
+
+
+def test_cosine_schedule_model_trains_samples_and_inpaints_with_its_betas(ds, tmp_path):
+    from difflung.diffusion.inpaint import make_repaint_scheduler
+    from difflung.diffusion.sample import make_scheduler, sample
+
+    lin = train_diffusion(ds, TrainConfig(steps=2, **TINY), tmp_path / "lin", device="cpu", progress=False)
+    cos = train_diffusion(ds, TrainConfig(steps=2, beta_schedule="squaredcos_cap_v2", **TINY), tmp_path / "cos",
+                          device="cpu", progress=False)
+    assert losses(cos.loss_csv) != losses(lin.loss_csv)  # same draws, other noise levels
+    unet, meta = load_model(cos.model_dir, ds)
+    assert meta["noise_schedule"]["beta_schedule"] == "squaredcos_cap_v2"
+    labels = ds.split("test").labels[:2]
+    for sampler in ("ddim", "dpm", "ddpm"):
+        sched = make_scheduler(sampler, meta["noise_schedule"])
+        assert sched.config.beta_schedule == "squaredcos_cap_v2" and sched.alphas_cumprod[-1] < 1e-3
+        x = sample(unet, meta, labels, generator=torch.Generator().manual_seed(0), sampler=sampler, steps=3)
+        assert x.shape == labels.shape and np.isfinite(x).all() and np.abs(x).max() <= 1
+    assert make_repaint_scheduler(meta["noise_schedule"]).config.beta_schedule == "squaredcos_cap_v2"
+    with pytest.raises(ValueError, match="beta_schedule='cosine'"):
+        train_diffusion(ds, TrainConfig(steps=2, beta_schedule="cosine", **TINY), tmp_path / "x", device="cpu")
 
 
 def test_v_prediction_model_trains_and_samples_with_every_sampler(ds, tmp_path):

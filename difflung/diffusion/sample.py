@@ -35,8 +35,10 @@ def make_scheduler(sampler: str, noise_schedule: dict):
     if sampler == "ddim":
         return DDIMScheduler(**ns, clip_sample=noise_schedule.get("clip_sample", True))
     if sampler == "dpm":
-        # thresholding with sample_max_value 1 clips the predicted x0 to [-1, 1], as DDIM's clip_sample
-        return DPMSolverMultistepScheduler(**ns, algorithm_type="dpmsolver++", solver_order=2,
+        # thresholding with sample_max_value 1 clips the predicted x0 to [-1, 1], as DDIM's clip_sample; under the
+        # cosine schedule the first steps are clipped at lambda -5.1 (diffusers' advice: its log-SNR diverges at T)
+        clip = {"lambda_min_clipped": -5.1} if ns["beta_schedule"] == "squaredcos_cap_v2" else {}
+        return DPMSolverMultistepScheduler(**ns, algorithm_type="dpmsolver++", solver_order=2, **clip,
                                            thresholding=noise_schedule.get("clip_sample", True), sample_max_value=1.0)
     if sampler == "ddpm":
         return DDPMScheduler(**ns, clip_sample=noise_schedule.get("clip_sample", True))

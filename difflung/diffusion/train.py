@@ -42,7 +42,9 @@ NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0
 # fields that change how a run is executed or stored, not what it computes
 _EXECUTION_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every")
 # fields added after models were saved: in the run key only when they differ from these defaults
-_OPTIONAL_FIELDS = {"prediction_type": "epsilon", "snr_gamma": None, "lesion_weight": 0.0, "lesion_classes": ()}
+_OPTIONAL_FIELDS = {"prediction_type": "epsilon", "snr_gamma": None, "lesion_weight": 0.0, "lesion_classes": (),
+                    "beta_schedule": "linear"}
+BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")  # diffusers' names; every sampler of difflung supports both
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 FOLDER = FolderSpec(FORMAT, META_FILE, WEIGHTS_FILE, "a finished difflung diffusion model", ("config.json",))
 
@@ -80,8 +82,12 @@ class TrainConfig:
         lesion_weight, lesion_classes: lesion-focused loss: pixels whose (unablated) label is one of
             `lesion_classes` weigh 1 + lesion_weight, every other pixel 1, and each image's loss is the
             weighted mean (so lesion_weight 0 is the plain loss).
-        The last four enter the run key only when they differ from the values models had before they existed
-        (epsilon, no min-SNR, no lesion weight), so older keys stay valid and a v model never reuses an eps one.
+        beta_schedule: the DDPM noise schedule, "linear" (Ho et al., the parent's) or "squaredcos_cap_v2" (the
+            cosine schedule of Nichol & Dhariwal 2021, which spends fewer of the 1,000 timesteps on images that
+            are already pure noise at small sizes). Stored in the model's noise schedule, like prediction_type.
+        The last five enter the run key only when they differ from the values models had before they existed
+        (epsilon, no min-SNR, no lesion weight, linear betas), so older keys stay valid and a v model never reuses
+        an eps one.
     """
 
     preset: str = "small"
@@ -106,6 +112,7 @@ class TrainConfig:
     snr_gamma: float | None = None
     lesion_weight: float = 0.0
     lesion_classes: tuple[int, ...] = ()
+    beta_schedule: str = "linear"
 
     def __post_init__(self):
         self.lesion_classes = tuple(int(c) for c in self.lesion_classes)  # lists from JSON or the CLI
@@ -139,7 +146,7 @@ def _stored_key(meta: dict) -> dict:
 
 def noise_schedule(cfg: TrainConfig) -> dict:
     """The DDPM noise schedule of a config (stored as the model's meta["noise_schedule"])."""
-    return {**NOISE_SCHEDULE, "prediction_type": cfg.prediction_type}
+    return {**NOISE_SCHEDULE, "prediction_type": cfg.prediction_type, "beta_schedule": cfg.beta_schedule}
 
 
 def min_snr_weights(noise_sched, t: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
@@ -225,6 +232,8 @@ def _check(cfg: TrainConfig) -> int:
             raise ValueError(f"TrainConfig.{name}={getattr(cfg, name)}: must be >= 1")
     if cfg.prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"TrainConfig.prediction_type={cfg.prediction_type!r}: expected one of {PREDICTION_TYPES}")
+    if cfg.beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"TrainConfig.beta_schedule={cfg.beta_schedule!r}: expected one of {BETA_SCHEDULES}")
     if cfg.snr_gamma is not None and not cfg.snr_gamma > 0:
         raise ValueError(f"TrainConfig.snr_gamma={cfg.snr_gamma}: must be > 0 (or None: no min-SNR weighting)")
     if not cfg.lesion_weight >= 0 or (cfg.lesion_weight > 0 and not cfg.lesion_classes):
