@@ -26,6 +26,7 @@ size (`class_measurability`), or when a synthetic arm's generator did not meet i
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from .evaluation import compare_to_reference, dice_per_class
 from .generators import load_generator
 from .parallel import run_jobs
 from .provenance import atomic_path, provenance, resolve_device, sha256_file, write_json_atomic
-from .segmentation import SegConfig, train_segmenter
+from .segmentation import SegConfig, fit_segmenter, train_segmenter
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,18 +334,25 @@ def per_seed_dice(dice: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fit_and_predict(images, labels, classes, config: SegConfig, seed: int, device: str, test_images,
-                     save_dir=None) -> tuple[np.ndarray, dict]:
-    """One arm, one training seed: train, predict the test slices, optionally save the segmenter.
-    A module-level function, so `parallel.run_jobs` can run it in a worker process."""
-    seg = train_segmenter(images, labels, classes, config, torch.Generator().manual_seed(int(seed)), device=device,
-                          progress=False)
+                     folder=None, data_sha256: str = "") -> tuple[np.ndarray, dict]:
+    """One arm, one training seed: train (or reuse the segmenter `folder` holds for the same run key), predict
+    the test slices. A module-level function, so `parallel.run_jobs` can run it in a worker process."""
+    if folder is None:
+        seg = train_segmenter(images, labels, classes, config, torch.Generator().manual_seed(int(seed)),
+                              device=device, progress=False)
+    else:
+        seg = fit_segmenter(folder, images, labels, classes, config, int(seed), dataset_sha256=data_sha256,
+                            device=device, progress=False)
     t0 = time.perf_counter()
     pred = seg.predict(test_images)
-    timing = {"train_s": seg.info["wall_s"], "train_images_per_s": seg.info["images_per_s"],
-              "predict_s": round(time.perf_counter() - t0, 3), "n_train": len(images)}
-    if save_dir is not None:
-        seg.save(save_dir)
-    return pred, timing
+    return pred, {"train_s": seg.info["wall_s"], "train_images_per_s": seg.info["images_per_s"],
+                  "predict_s": round(time.perf_counter() - t0, 3), "n_train": len(images)}
+
+
+def _data_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+    return h.hexdigest()
 
 
 def train_and_evaluate(arms: dict[str, Arm], test: Slices, classes, config: SegConfig, seeds, run_dir, *,
@@ -353,18 +361,21 @@ def train_and_evaluate(arms: dict[str, Arm], test: Slices, classes, config: SegC
     """Train every arm with every seed (same config, steps and seeds), predict the test slices, score Dice.
 
     Seed s gives every arm the same generator, hence the same initial weights and augmentation stream.
-    The first seed's segmenter of each arm is saved under `<run_dir>/<tag>/segmenters/<arm>`; per-slice Dice
-    goes to `<run_dir>/<tag>/dice_per_slice.csv`. `workers` > 1 trains that many at once, one thread each
-    (`difflung.parallel`).
+    With `save_models` each segmenter is kept under `<run_dir>/<tag>/segmenters/<arm>` (the first seed) or
+    `<arm>-seed<k>`, and reused while its run key (config, classes, seed, the arm's training data) is unchanged,
+    so an interrupted chapter resumes; per-slice Dice goes to `<run_dir>/<tag>/dice_per_slice.csv`. `workers` > 1
+    trains that many at once, one thread each (`difflung.parallel`).
     """
     out = Path(run_dir) / tag
     dev = resolve_device(device)
     ex = example_slices(test, list(rare), n_examples)
     jobs = [(name, int(s)) for name in arms for s in seeds]
+    sha = {name: _data_sha256(a.images, a.labels) for name, a in arms.items()} if save_models else {}
+    folder = lambda name, s: (out / "segmenters" / (name.lstrip("+") + ("" if s == int(seeds[0]) else f"-seed{s}"))
+                              if save_models else None)
     done = run_jobs(_fit_and_predict, [
-        (arms[name].images, arms[name].labels, classes, config, s, dev, test.images,
-         out / "segmenters" / name.lstrip("+") if save_models and s == int(seeds[0]) else None)
-        for name, s in jobs], workers=workers, device=dev)
+        (arms[name].images, arms[name].labels, classes, config, s, dev, test.images, folder(name, s),
+         sha.get(name, "")) for name, s in jobs], workers=workers, device=dev)
     frames, timings, examples = [], [], {}
     for (name, s), (pred, timing) in zip(jobs, done):
         timings.append({"dataset": tag, "arm": name, "seed": s, **timing})

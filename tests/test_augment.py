@@ -186,9 +186,12 @@ def test_chapter_experiment_end_to_end(tmp_path):
     assert all(s.images.shape == (n, 32, 32) and np.array_equal(s.labels, syn.masks) for s in syn.sets.values())
     ch5.write_chapter_metrics(run_dir, [res], config=cfg, seed=0, synthetic=syn.sets)
     first = (run_dir / "metrics.csv").read_bytes()
-    res2, _, _ = A.run_experiment(inputs.dataset, run_dir, **kw)
-    ch5.write_chapter_metrics(run_dir, [res2], config=cfg, seed=0, synthetic=syn.sets)
-    assert (run_dir / "metrics.csv").read_bytes() == first  # same seeds on CPU: byte-identical metrics
+    again = tmp_path / "ch5-again"  # a fresh folder: nothing reused
+    res2, _, _ = A.run_experiment(inputs.dataset, again, **kw)
+    ch5.write_chapter_metrics(again, [res2], config=cfg, seed=0, synthetic=syn.sets)
+    assert (again / "metrics.csv").read_bytes() == first  # same seeds on CPU: byte-identical metrics
+    res3, _, _ = A.run_experiment(inputs.dataset, run_dir, **kw)  # every segmenter reused from its folder
+    assert res3.dice.equals(res.dice) and (run_dir / "phantom/segmenters/ref-seed1/segmenter.json").is_file()
     for f in ("phantom/synthetic_difflung.npz", "phantom/dice_per_slice.csv", "phantom/segmenters/ref/segmenter.json",
               "timings.json"):
         assert (run_dir / f).is_file(), f

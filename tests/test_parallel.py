@@ -16,22 +16,28 @@ def _data(n=8, size=16):
     return images, labels
 
 
-def test_workers_match_single_thread_runs_here_in_order(tmp_path):
+def test_workers_match_single_thread_runs_here_in_order(tmp_path, monkeypatch):
     images, labels = _data()
     cfg = SegConfig(channels=(4, 8), strides=(2,), num_res_units=0, steps=3, batch_size=4)
-    jobs = [(images, labels, [0, 1], cfg, s, "cpu", images[:3], tmp_path / f"seg{s}" if s == 0 else None)
-            for s in (0, 1, 2)]
-    pooled = run_jobs(A._fit_and_predict, jobs, workers=2)
+    job = lambda s, folder=None: (images, labels, [0, 1], cfg, s, "cpu", images[:3], folder, "sha")
+    pooled = run_jobs(A._fit_and_predict, [job(0, tmp_path / "seg0"), job(1), job(2)], workers=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        here = run_jobs(A._fit_and_predict, jobs, workers=1)
+        here = run_jobs(A._fit_and_predict, [job(s) for s in (0, 1, 2)], workers=1)
     finally:
         torch.set_num_threads(threads)
     assert [p.shape for p, _ in pooled] == [(3, 16, 16)] * 3
     for (p, t), (q, u) in zip(pooled, here):
         assert np.array_equal(p, q) and t["n_train"] == u["n_train"] == 8
-    assert (tmp_path / "seg0" / "segmenter.json").is_file() and not (tmp_path / "seg1").exists()
+    assert (tmp_path / "seg0" / "segmenter.json").is_file()
+    import difflung.segmentation as S
+
+    monkeypatch.setattr(S, "train_segmenter", lambda *a, **k: pytest.fail("retrained a kept segmenter"))
+    reused, _ = A._fit_and_predict(*job(0, tmp_path / "seg0"))  # the kept segmenter, not a new training
+    assert np.array_equal(reused, pooled[0][0])
+    with pytest.raises(pytest.fail.Exception):  # another training set: not reused
+        A._fit_and_predict(*job(0, tmp_path / "seg0")[:-1], "another sha")
 
 
 def _fail(x):
