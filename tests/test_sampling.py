@@ -37,7 +37,7 @@ def test_ddim_golden_value(unet):
     assert float(out.sum()) == pytest.approx(6.6874743, abs=1e-3)
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddim", 4), ("dpm", 4), ("ddpm", 10)])
+@pytest.mark.parametrize("sampler, steps", [("ddim", 4), ("dpm", 4), ("dpm-sde", 4), ("ddpm", 10)])
 def test_each_sampler_is_deterministic_and_in_range(unet, sampler, steps):
     rng = torch.get_rng_state()
     a = sample(unet, META, masks(3), generator=gen(1), sampler=sampler, steps=steps)
@@ -73,6 +73,7 @@ def test_flops_count_one_forward_per_step(unet):
     assert sampling_gflops(unet, META, "ddim", 50) == pytest.approx(50 * f / 1e9)
     assert sampling_gflops(unet, META, "dpm") == pytest.approx(20 * f / 1e9)
     assert sampling_gflops(unet, META, "ddpm") == pytest.approx(1000 * f / 1e9)
+    assert sampling_gflops(unet, META, "dpm-sde") == pytest.approx(20 * f / 1e9)
     assert forward_flops(unet, 32) == pytest.approx(4 * f, rel=0.01)  # convolutions scale with pixels
 
 
@@ -85,6 +86,8 @@ def test_bad_input_is_refused(unet):
         sample(unet, META, np.zeros((1, 32, 32), np.uint8), generator=gen())
     with pytest.raises(ValueError, match="at most 25"):
         sample(unet, META, masks(), generator=gen(), sampler="dpm", steps=50)
+    with pytest.raises(ValueError, match="at most 25"):
+        sample(unet, META, masks(), generator=gen(), sampler="dpm-sde", steps=50)
     with pytest.raises(ValueError, match="sampler"):
         sample(unet, META, masks(), generator=gen(), sampler="euler")
     with pytest.raises(TypeError, match="generator"):
@@ -100,7 +103,7 @@ def test_cuda_bf16_sampling_is_close_to_cpu(unet):
     assert np.abs(a - b).mean() < 0.05  # same initial noise (drawn on the CPU), bf16 rounding only
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddim", 3), ("ddpm", 5)])
+@pytest.mark.parametrize("sampler, steps", [("ddim", 3), ("dpm-sde", 3), ("ddpm", 5)])
 def test_one_generator_per_mask(unet, sampler, steps):
     """Image i depends only on mask i and generator i: the same as sampling it alone."""
     both = sample(unet, META, masks(2), generator=[gen(4), gen(5)], sampler=sampler, steps=steps, batch_size=2)
@@ -108,3 +111,10 @@ def test_one_generator_per_mask(unet, sampler, steps):
     np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
     with pytest.raises(ValueError, match="2 generators for 3 masks"):
         sample(unet, META, masks(3), generator=[gen(0), gen(1)], steps=2)
+
+
+def test_stochastic_dpm_draws_noise_at_every_step(unet):
+    """Same initial noise: the SDE solver's per-step noise takes it away from the ODE solver's result."""
+    ode = sample(unet, META, masks(2), generator=gen(7), sampler="dpm", steps=4)
+    sde = sample(unet, META, masks(2), generator=gen(7), sampler="dpm-sde", steps=4)
+    assert np.abs(ode - sde).mean() > 1e-3

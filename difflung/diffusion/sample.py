@@ -1,4 +1,5 @@
-"""Sampling CT slices from label masks with a trained model: DDIM, DPM-Solver++ or ancestral DDPM.
+"""Sampling CT slices from label masks with a trained model: DDIM, DPM-Solver++ (deterministic, or its stochastic
+SDE form), or ancestral DDPM.
 
     unet, meta = load_model("runs/smoke/03_cbmat_training/model")
     x = sample(unet, meta, masks, generator=torch.Generator().manual_seed(0))   # (N, S, S) in [-1, 1]
@@ -22,8 +23,12 @@ from ..progress import show_progress
 from ..dataset import unwindow
 from .model import UNSPECIFIED, channel_index, check_size, encode_mask
 
-DEFAULT_STEPS = {"ddim": 50, "dpm": 20, "ddpm": 1000}
+DEFAULT_STEPS = {"ddim": 50, "dpm": 20, "dpm-sde": 20, "ddpm": 1000}
 MAX_DPM_STEPS = 25  # DPM-Solver++ (2nd order multistep) is meant for few steps
+# Samplers that draw fresh noise at every step (they take the generator in `step`). The stochastic DPM-Solver++
+# renders fine structure (vessels) that the deterministic ODE solvers blur into haze on an under-trained model:
+# benchmarks/bench_convergence.py --sampler dpm-sde measures it.
+STOCHASTIC = ("dpm-sde", "ddpm")
 
 
 def make_scheduler(sampler: str, noise_schedule: dict):
@@ -34,11 +39,12 @@ def make_scheduler(sampler: str, noise_schedule: dict):
                                          "prediction_type")}
     if sampler == "ddim":
         return DDIMScheduler(**ns, clip_sample=noise_schedule.get("clip_sample", True))
-    if sampler == "dpm":
+    if sampler in ("dpm", "dpm-sde"):
         # thresholding with sample_max_value 1 clips the predicted x0 to [-1, 1], as DDIM's clip_sample; under the
         # cosine schedule the first steps are clipped at lambda -5.1 (diffusers' advice: its log-SNR diverges at T)
         clip = {"lambda_min_clipped": -5.1} if ns["beta_schedule"] == "squaredcos_cap_v2" else {}
-        return DPMSolverMultistepScheduler(**ns, algorithm_type="dpmsolver++", solver_order=2, **clip,
+        algorithm = "dpmsolver++" if sampler == "dpm" else "sde-dpmsolver++"
+        return DPMSolverMultistepScheduler(**ns, algorithm_type=algorithm, solver_order=2, **clip,
                                            thresholding=noise_schedule.get("clip_sample", True), sample_max_value=1.0)
     if sampler == "ddpm":
         return DDPMScheduler(**ns, clip_sample=noise_schedule.get("clip_sample", True))
@@ -51,7 +57,7 @@ def _steps(sampler: str, steps: int | None) -> int:
     steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
     if not 1 <= steps <= 1000:
         raise ValueError(f"steps={steps}: must lie in 1..1000")
-    if sampler == "dpm" and steps > MAX_DPM_STEPS:
+    if sampler.startswith("dpm") and steps > MAX_DPM_STEPS:
         raise ValueError(f"DPM-Solver++ with {steps} steps: use at most {MAX_DPM_STEPS} (its point is few steps; "
                          f"use sampler='ddim' for more)")
     return steps
@@ -76,7 +82,8 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator | list, sampl
         labels: (N, H, W) project-id masks (numpy or torch integers); UNSPECIFIED (255) where not given.
         generator: CPU torch.Generator for the initial noise (and DDPM's per-step noise), or a list of N of them,
             one per mask.
-        sampler: "ddim" (eta = 0), "dpm" (DPM-Solver++ 2M) or "ddpm" (ancestral, the reference).
+        sampler: "ddim" (eta = 0), "dpm" (DPM-Solver++ 2M), "dpm-sde" (its stochastic form, SDE-DPM-Solver++ 2M:
+            fresh noise from `generator` at every step) or "ddpm" (ancestral, the reference).
         steps: solver steps; None: 50 for DDIM, 20 for DPM-Solver++ (at most 25), 1000 for DDPM.
         batch_size: masks per UNet batch.
         device: where to run (default: the UNet's device).
@@ -121,7 +128,7 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator | list, sampl
                 # (b, 1, S, S): epsilon or v, as the scheduler's prediction_type (the model's) says
                 out_t = unet(torch.cat([x, cond], dim=1), t).sample.float()
             step_gen = generator if gens is None else gens[lo:hi]  # diffusers draws per image from a list
-            kw = {"eta": 0.0} if sampler == "ddim" else {"generator": step_gen} if sampler == "ddpm" else {}
+            kw = {"eta": 0.0} if sampler == "ddim" else {"generator": step_gen} if sampler in STOCHASTIC else {}
             x = sched.step(out_t, t, x, **kw).prev_sample
         out[lo:hi] = x.clamp(-1, 1)[:, 0].float().cpu().numpy()
     return out
