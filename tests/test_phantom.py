@@ -111,16 +111,17 @@ def _sha256(*arrays) -> str:
     return h.hexdigest()
 
 
-# Golden sha256 of (hu, labels) recorded before `difflung/phantom.py` became a package: any refactor of the
-# phantom must leave its output byte-identical for the same seed. Cases: a 3-patient 64x64 cohort with raised
-# knobs (every label class, all three emphysema lesion types, honeycombing), a 48x48 patient with fixed slice
-# spacing, no vessels, no noise and a wider blur, and one 32x32 slice through a freshly drawn patient. A change of
-# numpy or of the CPU's BLAS (float32 matmuls in the smooth fields) may legitimately move these: then check the
-# other tests, and re-record on the untouched generator, never after editing it.
+# Golden sha256 of (hu, labels): any refactor of the phantom must leave its output byte-identical for the same
+# seed. Cases: a 3-patient 64x64 cohort with raised knobs (every label class, all three emphysema lesion types,
+# honeycombing), a 48x48 patient with fixed slice spacing, no vessels, no noise and a wider blur, and one 32x32
+# slice through a freshly drawn patient. Re-recorded when the smooth fields moved to float64 matmuls (the float32
+# ones followed the CPU's BLAS kernel: AVX-512 and AVX2 gave different bits); the same values were checked under
+# OpenBLAS's Haswell, SkylakeX, Zen and Sandybridge kernels (OPENBLAS_CORETYPE). A change of numpy may still move
+# them: then check the other tests, and re-record on the untouched generator, never after editing it.
 GOLDEN = {
-    "cohort64": "119a0c09e968237a6c5b914f04d1851a472ef09beccf49deffe59435d03dee1d",
-    "patient48": "e745000a98ca60bbfb2f30a6cc0a7fb1a9d181b2f2306531114765879a25edbd",
-    "slice32": "41c7ab36028522af82c8c7fc259279990d857f1ca57280af727b387378a88eea",
+    "cohort64": "8fb448dc3fc9d047fedc8c5233be9fb471545843c399fff67b455cee4ef178fb",
+    "patient48": "cdbacaacf31902b2877dd4d12c409f3ce01a8f5ed7a8e934b09fad89546cf668",
+    "slice32": "3a3caaeab42a64ab4c9cc10788dfdbc84949df1bc6a447492a624b655c10e2b1",
 }
 
 

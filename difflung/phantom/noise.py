@@ -15,6 +15,14 @@ from .canvas import grid
 from .config import PatientParams
 
 
+def _expand(U: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """U @ A @ U.T in float64, returned as float32. BLAS picks its float32 kernel by CPU (AVX2 and AVX-512 round
+    differently in the last bit); in float64 those differences vanish in the cast, so a seed gives the same
+    phantom on every x86 CPU."""
+    U = U.astype(np.float64)
+    return (U @ A.astype(np.float64) @ U.T).astype(np.float32)
+
+
 @lru_cache(maxsize=32)
 def upsampler(size: int, fov: float, n: int, width: float = 1.0) -> np.ndarray:
     """(size, n) matrix mapping n Gaussian-basis coefficients over the FOV to pixels; rows have unit norm, so iid
@@ -65,7 +73,7 @@ def smooth_field(patient: PatientParams, z: float, size: int, fov: float, channe
     A = F[list(channels), i] * (1 - f) + F[list(channels), i + 1] * f
     A /= math.sqrt((1 - f) ** 2 + f ** 2)
     U = upsampler(size, fov, F.shape[2])
-    return np.matmul(np.matmul(U, A), U.T)
+    return _expand(U, A)
 
 
 @lru_cache(maxsize=16)
@@ -79,7 +87,7 @@ def fine_texture(rng, S, fov):
     n = _fine_sizes(S, fov)
     U = upsampler(S, fov, n + 3, 0.7)
     W = rng.standard_normal((n + 3, n + 3)).astype(np.float32)
-    return U @ W @ U.T
+    return _expand(U, W)
 
 
 @lru_cache(maxsize=16)
@@ -91,4 +99,4 @@ def medium_noise(rng, S, fov):
     """Unit-variance random field with a ~6 mm correlation length (lesion borders, mottling)."""
     n = _n_medium(S, fov)
     U = upsampler(S, fov, n, 0.8)
-    return U @ rng.standard_normal((n, n)).astype(np.float32) @ U.T
+    return _expand(U, rng.standard_normal((n, n)).astype(np.float32))
