@@ -10,7 +10,8 @@ Every arm trains the same model (`--preset`, one-hot masks, CBMAT ablation) on t
 `--eval-every` steps (`train_diffusion(stop_after=...)` checkpoints; the next call resumes bit-exactly, with
 the cosine schedule over `--horizon` steps), and the newest checkpoint's weights are scored on the test masks:
 the criteria of `difflung.instruments` (judge Dice ratio per judged class, per-class HU Wasserstein-1, share
-of slices with air within 30 HU, real-vs-generated classifier accuracy) with `--sampler` (DPM-Solver++ 20),
+of slices with air within 30 HU, real-vs-generated classifier accuracy) with `--sampler` (DPM-Solver++ 20;
+repeat it, e.g. `--sampler dpm --sampler dpm-sde`, to score more samplers, the first deciding time to quality),
 plus the air share with DDIM-50. With an EMA both the EMA and the raw weights are scored (the EMA lever for
 free). Time is the training process's CPU time (user + system, all threads), evaluation excluded; an arm
 stops when its EMA (or raw) weights meet every criterion, or at `--cap-min` CPU minutes.
@@ -65,7 +66,8 @@ def dataset(args):
 
 
 def evaluate(model_dir, ds, judge, args) -> list[dict]:
-    """Score the newest checkpoint: criteria with args.sampler, air share with DDIM-50; EMA and raw weights."""
+    """Score the newest checkpoint: criteria with each of args.samplers (the first decides time to quality), air
+    share with DDIM-50; EMA and raw weights."""
     from difflung.convergence import checkpoint_model, measure_criteria
     from difflung.diffusion.sample import sample
     from difflung.instruments import converged
@@ -75,15 +77,18 @@ def evaluate(model_dir, ds, judge, args) -> list[dict]:
         unet, meta = checkpoint_model(model_dir, ds, ema=ema)
         if rows and meta["weights"] == rows[-1]["weights"]:
             break  # no EMA (raw scored already), or a finished model (EMA weights only)
-        gen = lambda m, g, s=args.sampler, n=args.sampler_steps: sample(unet, meta, m, generator=g, sampler=s, steps=n)
-        table, info = measure_criteria(gen, ds, judge, seed=args.seed)
         ddim = lambda m, g: sample(unet, meta, m, generator=g, sampler="ddim", steps=50)
         _, info50 = measure_criteria(ddim, ds, judge, seed=args.seed, classifier_steps=1)
-        gen_bg = info["air"]["generated_air"]
-        rows.append({"step": meta["step"], "weights": meta["weights"], "converged": converged(table),
-                     "criteria": {r.criterion: [r.value, bool(r.met)] for r in table.itertuples()},
-                     "air_share_ddim50": float(info50["air"]["ok"].mean()),
-                     "air_mean_hu": float(np.nanmean(gen_bg)), "real_air_mean_hu": float(np.nanmean(info["air"]["real_air"]))})
+        for sampler in args.samplers:
+            gen = lambda m, g, s=sampler, n=args.sampler_steps: sample(unet, meta, m, generator=g, sampler=s, steps=n)
+            table, info = measure_criteria(gen, ds, judge, seed=args.seed)
+            gen_bg = info["air"]["generated_air"]
+            rows.append({"step": meta["step"], "weights": meta["weights"], "sampler": sampler,
+                         "converged": converged(table),
+                         "criteria": {r.criterion: [r.value, bool(r.met)] for r in table.itertuples()},
+                         "air_share_ddim50": float(info50["air"]["ok"].mean()),
+                         "air_mean_hu": float(np.nanmean(gen_bg)),
+                         "real_air_mean_hu": float(np.nanmean(info["air"]["real_air"]))})
     return rows
 
 
@@ -119,11 +124,12 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, args) -> list[dict]:
         train_diffusion(ds, cfg, out / "model", device="cpu", progress=False, stop_after=step)
         cpu, wall = cpu + cpu_seconds() - c0, wall + time.perf_counter() - w0
         evals = evaluate(out / "model", ds, judge, args)
-        stop = any(e["converged"] for e in evals) or cpu / 60 >= args.cap_min or step >= args.horizon
+        primary = [e for e in evals if e["sampler"] == args.samplers[0]]
+        stop = any(e["converged"] for e in primary) or cpu / 60 >= args.cap_min or step >= args.horizon
         for e in evals:
             e.update(arm=label, recipe=rec, overrides=over, config=cfg.result_key(), cpu_min=cpu / 60,
                      wall_min=wall / 60, final=False)
-            print(f"[{label}] step {e['step']:5d} {e['weights']:3s} cpu {e['cpu_min']:6.2f} min "
+            print(f"[{label}] step {e['step']:5d} {e['weights']:3s} {e['sampler']:7s} cpu {e['cpu_min']:6.2f} min "
                   f"{'CONVERGED ' if e['converged'] else ''}{short(e)}", flush=True)
         evals[-1]["final"] = stop
         rows += evals
@@ -140,19 +146,21 @@ def summary(arms: dict[str, list[dict]], cap: float) -> None:
     ttq = {}
     for label, rows in arms.items():
         for w in ("ema", "raw"):
-            sel = [r for r in rows if r["weights"] == w]
-            if not sel:
-                continue
-            hit = next((r for r in sel if r["converged"]), None)
-            if hit:
-                ttq[(label, w)] = hit["cpu_min"]
-                print(f"  {label:24s} {w}: {hit['cpu_min']:.1f} min (step {hit['step']})")
-            else:
-                last, done = sel[-1], rows[-1].get("final")
-                why = f"cap {cap:g}" if done else "unfinished: arm still running or stopped"
-                print(f"  {label:24s} {w}: not reached in {last['cpu_min']:.1f} min ({why}; step {last['step']}): "
-                      f"{short(last)}")
-    best = lambda a: min([v for (l, _), v in ttq.items() if l == a], default=math.nan)
+            for smp in dict.fromkeys(r.get("sampler", "dpm") for r in rows):
+                sel = [r for r in rows if r["weights"] == w and r.get("sampler", "dpm") == smp]
+                if not sel:
+                    continue
+                hit = next((r for r in sel if r["converged"]), None)
+                tag = f"{label:24s} {w} {smp:7s}"
+                if hit:
+                    ttq[(label, w, smp)] = hit["cpu_min"]
+                    print(f"  {tag}: {hit['cpu_min']:.1f} min (step {hit['step']})")
+                else:
+                    last, done = sel[-1], rows[-1].get("final")
+                    why = f"cap {cap:g}" if done else "unfinished: arm still running or stopped"
+                    print(f"  {tag}: not reached in {last['cpu_min']:.1f} min ({why}; step {last['step']}): "
+                          f"{short(last)}")
+    best = lambda a: min([v for (l, _, _), v in ttq.items() if l == a], default=math.nan)
     d, p = best("difflung"), best("parent")
     if "difflung" in arms and "parent" in arms:
         if math.isfinite(d) and math.isfinite(p):
@@ -176,7 +184,9 @@ def main(argv=None) -> None:
     ap.add_argument("--horizon", type=int, default=6000, help="steps of the LR schedule (and the step cap)")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--cap-min", type=float, default=60.0, help="training CPU minutes per arm")
-    ap.add_argument("--sampler", default="dpm")
+    ap.add_argument("--sampler", dest="samplers", action="append",
+                    help="sampler of the criteria (repeatable: each is scored, the first decides time to quality; "
+                         "default dpm)")
     ap.add_argument("--sampler-steps", type=int, default=20)
     ap.add_argument("--judge-steps", type=int, default=600)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -184,6 +194,7 @@ def main(argv=None) -> None:
     ap.add_argument("--fresh", action="store_true", help="retrain arms that already finished in --out")
     ap.add_argument("--report", action="store_true", help="only print the table of the arms found in --out")
     args = ap.parse_args(argv)
+    args.samplers = args.samplers or ["dpm"]
     if args.threads:
         torch.set_num_threads(args.threads)
     from difflung.convergence import fit_judge

@@ -28,3 +28,19 @@ def test_convergence_benchmark_builds_then_reuses_its_dataset(tmp_path):
     assert bench.dataset(args).manifest == ds.manifest  # the second call reads the cached artifact
     label, rec, over = bench.parse_arm("eps=difflung:prediction_type=epsilon,lr=0.003")
     assert (label, rec, over) == ("eps", "difflung", {"prediction_type": "epsilon", "lr": 0.003})
+
+
+def test_convergence_summary_reports_each_sampler_and_the_ratio(capsys):
+    bench = _load("bench_convergence")
+    crit = {"judge Dice ratio, ggo": [0.7, False]}
+    row = lambda step, w, smp, ok, cpu, final=False: {"step": step, "weights": w, "sampler": smp, "converged": ok,
+                                                      "criteria": crit, "air_share_ddim50": 1.0, "air_mean_hu": -980.0,
+                                                      "cpu_min": cpu, "final": final}
+    arms = {"difflung": [row(500, "ema", "dpm", False, 1.0), row(500, "ema", "dpm-sde", False, 1.0),
+                         row(1000, "ema", "dpm", False, 2.0), row(1000, "ema", "dpm-sde", True, 2.0, True)],
+            "parent": [row(1000, "raw", "dpm", False, 5.0), row(2000, "raw", "dpm", False, 10.0, True)]}
+    bench.summary(arms, cap=10)
+    out = capsys.readouterr().out
+    assert "difflung                 ema dpm-sde: 2.0 min (step 1000)" in out
+    assert "difflung                 ema dpm    : not reached in 2.0 min (cap 10; step 1000)" in out
+    assert "ratio parent / difflung: > 5.0x (parent not reached in 10.0 min)" in out
