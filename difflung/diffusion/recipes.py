@@ -21,6 +21,24 @@ convergence criteria of `difflung.instruments` are met).
   `d2000=difflung:warmup=50` over a 2,000-step horizon met every criterion but GGO's judge Dice ratio, which is
   the one that sets the budget there: 0.57 (EMA) and 0.63 (raw) at step 1,000, 0.68 (EMA) at step 2,000
   (20.5 single-thread CPU minutes); fibrosis 1.02, lung 0.99, HU W1 at most 27 HU, air 100 %, classifier 0.55.
+- Levers at 45 patients (2026-12-04, single-thread, 0.23 CPU s per `small` step; GGO's judge Dice ratio of the EMA
+  weights with DPM-Solver++ 20, the criterion that sets the budget; one sampling seed moves it by about 0.05):
+  - steps, linear betas, horizon 4,000 (arm `d4000`): 0.51, 0.59, 0.69, 0.73 at steps 1,000-4,000 (16 CPU min);
+    every other criterion met from step 2,000.
+  - horizon 8,000 (arm `d8000`): 0.56, 0.68, 0.83, 0.84 at steps 2,000-8,000 (34 CPU min): GGO's ratio is met from
+    step 6,000, but then the HU criterion fails for the lesions (W1 GGO 57, fibrosis 70 HU at step 8,000; 21 and
+    38 HU at step 4,000): on the test masks the generated GGO and fibrosis are 55-60 HU darker than real, while on
+    the training masks they match to 2 HU. The model memorises its 216 training slices (27 patients x 8; 8,000
+    steps of batch 8 are 296 epochs) and renders unseen lesions fainter. At this data size the two criteria pull
+    apart; more training slices, not more steps, is the next lever to measure.
+  - cosine betas (`beta_schedule=squaredcos_cap_v2`): 0.56 and 0.64 at steps 1,000 and 2,000, no better than linear;
+    linear stays.
+  - width (`preset=medium`, 2.9x the step cost): 0.57 and 0.62 at steps 500 and 1,000 (11 CPU min), below `small`
+    at the same CPU time.
+  - no ablation (`strategy=none`): 0.64 and 0.66 at steps 1,000 and 2,000 (raw weights 0.70 at 1,000): CBMAT
+    withholds the rare classes for most of a short budget, which delays the full-mask conditional.
+  - sampler `dpm-sde` (stochastic DPM-Solver++ 20, same models, two sampling seeds each): +0.04 at `d4000`'s step
+    4,000 (0.74 vs 0.70), +0.03 for `medium`, +0.01 for cosine, -0.01 without ablation: within the seed noise.
 - Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
   "difflung" by default), so chapter 2's strategies, Diff-Lung and Seg-Guided differ only in what is compared.
 """
