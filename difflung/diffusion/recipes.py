@@ -42,6 +42,11 @@ convergence criteria of `difflung.instruments` are met).
     over two sampling seeds (1e-3: 0.73 / 0.67), 17 CPU min; with `dpm-sde` 0.81 / 0.78, and the first seed met
     every criterion (lesion HU W1 at most 36 HU): the only arm that did. The recipe's lr is now 2e-3 (it was 1e-3);
     profiles set their own per model size.
+  - 24 slices per patient (`--slices 24`, 648 training slices; the judge then sees real emphysema, Dice 0.36, and
+    GGO at 0.55): arm `s24d6000` (lr 1e-3, horizon 6,000) GGO 0.74 at steps 3,000 and 6,000, emphysema 0.52 and
+    0.84; arm `s24lr2e-3` (horizon 4,000, 17 CPU min) GGO 0.75 (dpm) / 0.73 (dpm-sde), emphysema 0.83. Lesion HU
+    W1 at most 34 HU at every step: three times the slices remove the memorisation of 8 slices per patient, and
+    every criterion but GGO's ratio is met; GGO stays near 0.75.
   - sampler `dpm-sde` (stochastic DPM-Solver++ 20, same models, two sampling seeds each): +0.04 at `d4000`'s step
     4,000 (0.74 vs 0.70), +0.03 for `medium`, +0.01 for cosine, -0.01 without ablation: within the seed noise.
 - Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
