@@ -31,7 +31,7 @@ convergence criteria of `difflung.instruments` are met).
     38 HU at step 4,000): on the test masks the generated GGO and fibrosis are 55-60 HU darker than real, while on
     the training masks they match to 2 HU. The model memorises its 216 training slices (27 patients x 8; 8,000
     steps of batch 8 are 296 epochs) and renders unseen lesions fainter. At this data size the two criteria pull
-    apart; more training slices, not more steps, is the next lever to measure.
+    apart; more training slices per patient remove the drift (below).
   - cosine betas (`beta_schedule=squaredcos_cap_v2`): 0.56 and 0.64 at steps 1,000 and 2,000, no better than linear;
     linear stays.
   - width (`preset=medium`, 2.9x the step cost): 0.57 and 0.62 at steps 500 and 1,000 (11 CPU min), below `small`
@@ -48,7 +48,8 @@ convergence criteria of `difflung.instruments` are met).
     W1 at most 34 HU at every step: three times the slices remove the memorisation of 8 slices per patient, and
     every criterion but GGO's ratio is met; GGO stays near 0.75.
   - sampler `dpm-sde` (stochastic DPM-Solver++ 20, same models, two sampling seeds each): +0.04 at `d4000`'s step
-    4,000 (0.74 vs 0.70), +0.03 for `medium`, +0.01 for cosine, -0.01 without ablation: within the seed noise.
+    4,000 (0.74 vs 0.70), +0.03 for `medium`, +0.01 for cosine, -0.01 without ablation, +0.05 at lr 2e-3: within
+    the seed noise; the profiles keep `dpm`.
 - Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
   "difflung" by default), so chapter 2's strategies, Diff-Lung and Seg-Guided differ only in what is compared.
 """

@@ -25,9 +25,9 @@ from .model import UNSPECIFIED, channel_index, check_size, encode_mask
 
 DEFAULT_STEPS = {"ddim": 50, "dpm": 20, "dpm-sde": 20, "ddpm": 1000}
 MAX_DPM_STEPS = 25  # DPM-Solver++ (2nd order multistep) is meant for few steps
-# Samplers that draw fresh noise at every step (they take the generator in `step`). The stochastic DPM-Solver++
-# renders fine structure (vessels) that the deterministic ODE solvers blur into haze on an under-trained model:
-# benchmarks/bench_convergence.py --sampler dpm-sde measures it.
+# Samplers that draw fresh noise at every step (they take the generator in `step`). Whether the stochastic
+# DPM-Solver++ beats the deterministic one is measured by benchmarks/bench_convergence.py --sampler dpm-sde
+# (at 64 px: within the sampling-seed noise; difflung/diffusion/recipes.py has the numbers).
 STOCHASTIC = ("dpm-sde", "ddpm")
 
 
@@ -80,8 +80,8 @@ def sample(unet, meta: dict, labels, *, generator: torch.Generator | list, sampl
         meta: its difflung_config.json (classes, mask_mode, noise_schedule with the model's prediction_type
             ("epsilon" or "v_prediction"), sample_size).
         labels: (N, H, W) project-id masks (numpy or torch integers); UNSPECIFIED (255) where not given.
-        generator: CPU torch.Generator for the initial noise (and DDPM's per-step noise), or a list of N of them,
-            one per mask.
+        generator: CPU torch.Generator for the initial noise (and the per-step noise of the STOCHASTIC samplers),
+            or a list of N of them, one per mask.
         sampler: "ddim" (eta = 0), "dpm" (DPM-Solver++ 2M), "dpm-sde" (its stochastic form, SDE-DPM-Solver++ 2M:
             fresh noise from `generator` at every step) or "ddpm" (ancestral, the reference).
         steps: solver steps; None: 50 for DDIM, 20 for DPM-Solver++ (at most 25), 1000 for DDPM.
