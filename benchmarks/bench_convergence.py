@@ -12,7 +12,8 @@ the cosine schedule over `--horizon` steps), and the newest checkpoint's weights
 the criteria of `difflung.instruments` (judge Dice ratio per judged class, per-class HU Wasserstein-1, share
 of slices with air within 30 HU, real-vs-generated classifier accuracy) with `--sampler` (DPM-Solver++ 20;
 repeat it, e.g. `--sampler dpm --sampler dpm-sde`, to score more samplers, the first deciding time to quality),
-plus the air share with DDIM-50. With an EMA both the EMA and the raw weights are scored (the EMA lever for
+plus the air share with DDIM-50 and the judge's false positives of each judged rare class on real and generated
+slices (`fp/ggo=real/generated` pixels: a ratio lost to lesion-like texture where the mask has none). With an EMA both the EMA and the raw weights are scored (the EMA lever for
 free). Time is the training process's CPU time (user + system, all threads), evaluation excluded; an arm
 stops when its EMA (or raw) weights meet every criterion, or at `--cap-min` CPU minutes.
 
@@ -83,13 +84,31 @@ def evaluate(model_dir, ds, judge, args) -> list[dict]:
             gen = lambda m, g, s=sampler, n=args.sampler_steps: sample(unet, meta, m, generator=g, sampler=s, steps=n)
             table, info = measure_criteria(gen, ds, judge, seed=args.seed)
             gen_bg = info["air"]["generated_air"]
+            fp = judge_false_positives(judge, ds, info)
             rows.append({"step": meta["step"], "weights": meta["weights"], "sampler": sampler,
                          "converged": converged(table),
                          "criteria": {r.criterion: [r.value, bool(r.met)] for r in table.itertuples()},
                          "air_share_ddim50": float(info50["air"]["ok"].mean()),
                          "air_mean_hu": float(np.nanmean(gen_bg)),
-                         "real_air_mean_hu": float(np.nanmean(info["air"]["real_air"]))})
+                         "real_air_mean_hu": float(np.nanmean(info["air"]["real_air"])),
+                         "false_positives": fp})
     return rows
+
+
+def judge_false_positives(judge, ds, info) -> dict:
+    """For each judged rare class: the judge's false-positive pixels on the real and the generated test slices
+    (`quality.false_positive_sources`), {class: [real, generated]}: a Dice ratio lost to lesion-like texture
+    where the mask has no lesion shows as a generated count far above the real one."""
+    from difflung import labels as L
+    from difflung.quality import false_positive_sources
+
+    rare = [c for c in info["judged"] if c in L.BY_NAME and L.BY_NAME[c].pathology]
+    if not rare:
+        return {}
+    te = ds.split("test")
+    count = lambda images: false_positive_sources(judge.predict(images), te.labels, rare).groupby("class")["pixels"].sum()
+    real, gen = count(te.images), count(info["generated"])
+    return {c: [int(real.get(c, 0)), int(gen.get(c, 0))] for c in rare}
 
 
 def short(row: dict) -> str:
@@ -98,7 +117,8 @@ def short(row: dict) -> str:
         tag = (name.replace("judge Dice ratio, ", "dice/").replace("HU Wasserstein-1, ", "W1/").replace(" (HU)", "")
                .replace("slices with air within 30 HU", "air").replace("real-vs-generated classifier accuracy", "clf"))
         parts.append(f"{tag}={v:.3g}{'' if met else '*'}")
-    return " ".join(parts) + f" air_ddim50={row['air_share_ddim50']:.2f} air_mean={row['air_mean_hu']:.0f}HU"
+    fp = " ".join(f"fp/{c}={r}/{g}" for c, (r, g) in row.get("false_positives", {}).items())
+    return " ".join(parts) + f" air_ddim50={row['air_share_ddim50']:.2f} air_mean={row['air_mean_hu']:.0f}HU {fp}".rstrip()
 
 
 def run_arm(label: str, rec: str, over: dict, ds, judge, args) -> list[dict]:

@@ -219,6 +219,35 @@ def memorisation(generated, train, test, percentile: float = 5.0) -> dict:
             "generated_nn": gen_nn, "test_nn": test_nn}
 
 
+def false_positive_sources(pred, labels, classes: Sequence[str | int]) -> pd.DataFrame:
+    """Where a segmenter's false positives lie: for each class, its predicted pixels outside that class in the mask,
+    counted by the class the mask gives them.
+
+    Read for the judge on real and on generated slices of the same masks: a generated texture the judge mistakes
+    for a lesion shows up as extra false positives on the class whose texture is wrong (e.g. GGO called on
+    generated fibrosis), which no HU histogram shows.
+
+    Args:
+        pred, labels: (N, S, S) label maps of project ids (the segmenter's prediction, the mask).
+        classes: the predicted classes to count (names or ids).
+    Returns:
+        long rows: class (the predicted class), true_class (the mask's class), pixels, share (of that class's
+        false-positive pixels), most pixels first within a class; classes without a false positive have no rows.
+    """
+    pred, lab = np.asarray(pred), np.asarray(labels)
+    if pred.shape != lab.shape:
+        raise ValueError(f"pred {pred.shape} and labels {lab.shape} must have the same shape")
+    rows = []
+    for c in classes:
+        cid = L.class_id(c)
+        fp = (pred == cid) & (lab != cid)
+        total = int(fp.sum())
+        true, counts = np.unique(lab[fp], return_counts=True)
+        rows += [{"class": L.BY_ID[cid].name, "true_class": L.BY_ID[int(t)].name, "pixels": int(n),
+                  "share": n / total} for t, n in sorted(zip(true, counts), key=lambda tn: -tn[1])]
+    return pd.DataFrame(rows, columns=["class", "true_class", "pixels", "share"])
+
+
 def region_rows(scored, model: str) -> pd.DataFrame:
     """Region PSNR/SSIM (full frame, body, lung) of every sampling seed's images of `model` in a `scoring.Scored`.
 

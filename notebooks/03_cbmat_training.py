@@ -135,6 +135,18 @@ table(criteria.memorisation_table(results, {ch.MODEL: display_name(ch.MODEL)}), 
     "generated slices closer than 5 % of test slices"])
 
 # %% [markdown]
+# ## What the judge's mistakes say
+#
+# A judge Dice ratio under its threshold has two possible causes: lesions drawn wrongly where the mask has them,
+# or lesion-like texture where the mask has none. The table counts the judge's false positives of each
+# measurable rare class, by the class the mask gives those pixels, on the real test slices and on this model's
+# generations of the same masks (first sampling seed). Where the generated count is far above the real one, the
+# mask class of that row names the texture the model renders wrongly.
+
+# %% tags=["hide-input"]
+table(ch.table_judge_errors(runs_root, scored, measurable, judge_steps=judge_steps, seed=seed, device=device))
+
+# %% [markdown]
 # ## Image quality: full frame, body and lung
 #
 # PSNR and SSIM against the real slice of the same mask, over the whole frame, inside the body and inside the

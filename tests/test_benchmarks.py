@@ -44,3 +44,27 @@ def test_convergence_summary_reports_each_sampler_and_the_ratio(capsys):
     assert "difflung                 ema dpm-sde: 2.0 min (step 1000)" in out
     assert "difflung                 ema dpm    : not reached in 2.0 min (cap 10; step 1000)" in out
     assert "ratio parent / difflung: > 5.0x (parent not reached in 10.0 min)" in out
+
+
+def test_convergence_counts_the_judges_false_positives_on_real_and_generated():
+    import numpy as np
+
+    from difflung import labels as L
+
+    bench = _load("bench_convergence")
+    lung, ggo = L.BY_NAME["lung"].id, L.BY_NAME["ggo"].id
+    labels = np.full((2, 4, 4), lung, np.uint8)
+    real, gen = np.zeros((2, 4, 4)), np.ones((2, 4, 4))
+
+    class Judge:  # calls one lung pixel GGO on real slices, five on generated ones
+        def predict(self, images):
+            out = labels.copy()
+            out.reshape(-1)[: 5 if images.mean() > 0.5 else 1] = ggo
+            return out
+
+    ds = Namespace(split=lambda name: Namespace(images=real, labels=labels))
+    info = {"judged": ["lung", "ggo"], "generated": gen}
+    assert bench.judge_false_positives(Judge(), ds, info) == {"ggo": [1, 5]}
+    assert bench.judge_false_positives(Judge(), ds, {"judged": ["lung"], "generated": gen}) == {}
+    assert "fp/ggo=1/5" in bench.short({"criteria": {}, "air_share_ddim50": 1.0, "air_mean_hu": -980.0,
+                                        "false_positives": {"ggo": [1, 5]}})

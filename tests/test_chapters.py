@@ -90,6 +90,11 @@ def test_cbmat_chapter_sections(runs_root):
     assert back["converged"] == {"difflung": False} and back["measurable"]["fibrosis"][0] is False
     assert set(back["tables"]["difflung"].columns) == {"criterion", "value", "threshold", "met"}
     assert "did **not** meet" in criteria.sentence("Diff-Lung", results["difflung"])
+    assert list(ch.table_judge_errors(runs_root, scored, {"ggo": (False, "floor")}, judge_steps=3).columns) == ["note"]
+    every = {c: (True, "") for c in measurable}  # as if the judge met every floor: the table's path
+    errors = ch.table_judge_errors(runs_root, scored, every, judge_steps=3)
+    assert list(errors.columns) == ["real slices", "generated slices"] and errors.index.names == ["judge says", "mask says"]
+    assert set(errors.index.get_level_values(0)) <= {"emphysema", "fibrosis", "ggo"} and (errors.values >= 0).all()
     regions = ch.table_regions(scored)
     assert list(regions.index) == ["full frame", "body", "lung"] and list(regions.columns) == ["PSNR (dB)", "SSIM"]
     ch.figure_samples(scored, run, n=2)

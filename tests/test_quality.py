@@ -7,7 +7,7 @@ import torch
 
 from difflung import labels as L
 from difflung.evaluation import psnr_ssim
-from difflung.quality import (air_check, classifier_two_sample, hu_wasserstein, masked_psnr_ssim, memorisation,
+from difflung.quality import (air_check, false_positive_sources, classifier_two_sample, hu_wasserstein, masked_psnr_ssim, memorisation,
                               region_quality, split_patients)
 
 
@@ -95,3 +95,18 @@ def test_memorisation_flags_an_exact_copy():
     assert m["share_flagged"] < 0.5 and 0.5 < m["ratio"] < 2.0
     copies = memorisation(train[:10], train, test)
     assert copies["share_flagged"] == 1.0 and copies["ratio"] == 0.0
+
+
+def test_false_positive_sources_counts_by_mask_class():
+    lung, ggo, fib = (L.BY_NAME[n].id for n in ("lung", "ggo", "fibrosis"))
+    labels = np.full((2, 4, 4), lung, np.uint8)
+    labels[0, :2] = fib  # 8 fibrosis pixels
+    labels[1, 0, 0] = ggo
+    pred = labels.copy()
+    pred[0, 0, :3] = ggo  # 3 fibrosis pixels called GGO
+    pred[1, 3, 3] = ggo  # 1 lung pixel called GGO; the true GGO pixel is found (not a false positive)
+    t = false_positive_sources(pred, labels, ["ggo", "fibrosis"])
+    assert t[["class", "true_class", "pixels"]].values.tolist() == [["ggo", "fibrosis", 3], ["ggo", "lung", 1]]
+    assert t["share"].tolist() == [0.75, 0.25]
+    with pytest.raises(ValueError, match="same shape"):
+        false_positive_sources(pred[:1], labels, ["ggo"])

@@ -7,6 +7,7 @@ Each function is one section of `notebooks/03_cbmat_training.py`:
     ch.write_cost(result, run_dir); ch.table_training(result); ch.figure_loss(result, run_dir)
     scored = ch.evaluate(runs_root, run_dir, result, judge_steps=..., n_test=..., sampler=..., seeds=...)
     measurable, results = ch.check(runs_root, run_dir, scored, sampler=..., steps=..., seed=seed)
+    ch.table_judge_errors(runs_root, scored, measurable, judge_steps=..., seed=seed)
     ch.table_regions(scored); ch.figure_samples(scored, run_dir); ch.figure_hu(scored, run_dir)
     ch.scope(profile, scored, measurable, results)
 
@@ -34,7 +35,7 @@ from ..generators import diffusion_config, display_name, load_generator
 from ..metrics import write_metrics
 from ..plots import interval, plt, save_figure, sig, slice_grid
 from ..provenance import atomic_dir, provenance, resolve_device, write_json_atomic
-from ..quality import region_rows
+from ..quality import false_positive_sources, region_rows
 from ..scope import Scope, smoke_caveat
 
 MODEL = "difflung"
@@ -148,6 +149,24 @@ def check(runs_root, run_dir, scored: scoring.Scored, *, sampler: str, steps: in
     return criteria.check(scored, [MODEL], train=ds.split("train").images, signature=signature, seed=seed,
                           run_dir=run_dir, size=ds.size, test_patients=len(set(scored.patient)), sampler=sampler,
                           steps=steps)
+
+
+def table_judge_errors(runs_root, scored: scoring.Scored, measurable, *, judge_steps: int, seed: int = 0,
+                       device: str = "auto") -> pd.DataFrame:
+    """Where the judge's false positives of each measurable rare class lie, by the mask's class, on the real test
+    slices and on the main model's generations of the same masks (first sampling seed): the judge Dice ratio's
+    shortfall read as image content (`quality.false_positive_sources`). Columns: pixels on real and generated."""
+    ds, dev = Dataset(runs.phantom_dataset_dir(runs_root)), resolve_device(device)
+    seg = scoring.judge(ds, runs.judge_dir(runs_root), steps=judge_steps, seed=seed, device=dev)  # finished: reused
+    rare = [c for c, (ok, _) in measurable.items() if ok and L.BY_NAME[c].pathology]
+    if not rare:
+        return pd.DataFrame({"note": ["no rare class is measurable in this run"]})
+    frames = {name: false_positive_sources(seg.predict(images), scored.labels, rare).set_index(
+        ["class", "true_class"])["pixels"] for name, images in (("real slices", scored.real),
+                                                                 ("generated slices", scored.generated(MODEL)))}
+    t = pd.DataFrame(frames).fillna(0).astype(int)
+    t.index = t.index.set_names(["judge says", "mask says"])
+    return t
 
 
 def regions(scored: scoring.Scored, seed: int = 0) -> pd.DataFrame:
