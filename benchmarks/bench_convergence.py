@@ -13,7 +13,8 @@ the criteria of `difflung.instruments` (judge Dice ratio per judged class, per-c
 of slices with air within 30 HU, real-vs-generated classifier accuracy) with `--sampler` (DPM-Solver++ 20;
 repeat it, e.g. `--sampler dpm --sampler dpm-sde`, to score more samplers, the first deciding time to quality),
 plus the air share with DDIM-50 and the judge's false positives of each judged rare class on real and generated
-slices (`fp/ggo=real/generated` pixels: a ratio lost to lesion-like texture where the mask has none). With an EMA both the EMA and the raw weights are scored (the EMA lever for
+slices (`fp/ggo=real/generated` pixels: a ratio lost to lesion-like texture where the mask has none) and each
+class's fine texture, generated over real (`tex/lung=0.72`: rendered too smooth). With an EMA both the EMA and the raw weights are scored (the EMA lever for
 free). Time is the training process's CPU time (user + system, all threads), evaluation excluded; an arm
 stops when its EMA (or raw) weights meet every criterion, or at `--cap-min` CPU minutes.
 
@@ -85,13 +86,14 @@ def evaluate(model_dir, ds, judge, args) -> list[dict]:
             table, info = measure_criteria(gen, ds, judge, seed=args.seed)
             gen_bg = info["air"]["generated_air"]
             fp = judge_false_positives(judge, ds, info)
+            tex = texture_ratios(ds, info["generated"])
             rows.append({"step": meta["step"], "weights": meta["weights"], "sampler": sampler,
                          "converged": converged(table),
                          "criteria": {r.criterion: [r.value, bool(r.met)] for r in table.itertuples()},
                          "air_share_ddim50": float(info50["air"]["ok"].mean()),
                          "air_mean_hu": float(np.nanmean(gen_bg)),
                          "real_air_mean_hu": float(np.nanmean(info["air"]["real_air"])),
-                         "false_positives": fp})
+                         "false_positives": fp, "texture_ratio": tex})
     return rows
 
 
@@ -111,6 +113,19 @@ def judge_false_positives(judge, ds, info) -> dict:
     return {c: [int(real.get(c, 0)), int(gen.get(c, 0))] for c in rare}
 
 
+def texture_ratios(ds, generated) -> dict:
+    """Fine texture (`quality.texture`) of the generated test slices over the real ones, for lung and each rare
+    class present: below 1, the model renders the class too smooth."""
+    from difflung import labels as L
+    from difflung.dataset import unwindow
+    from difflung.quality import texture
+
+    te = ds.split("test")
+    names = [n for n in L.names(ds.classes) if n == "lung" or L.BY_NAME[n].pathology]
+    real, gen = texture(unwindow(te.images), te.labels, names), texture(unwindow(generated), te.labels, names)
+    return {n: gen[n] / real[n] for n in names if np.isfinite(gen[n] / real[n])}
+
+
 def short(row: dict) -> str:
     parts = []
     for name, (v, met) in row["criteria"].items():
@@ -118,6 +133,7 @@ def short(row: dict) -> str:
                .replace("slices with air within 30 HU", "air").replace("real-vs-generated classifier accuracy", "clf"))
         parts.append(f"{tag}={v:.3g}{'' if met else '*'}")
     fp = " ".join(f"fp/{c}={r}/{g}" for c, (r, g) in row.get("false_positives", {}).items())
+    fp += "".join(f" tex/{c}={v:.2f}" for c, v in row.get("texture_ratio", {}).items())
     return " ".join(parts) + f" air_ddim50={row['air_share_ddim50']:.2f} air_mean={row['air_mean_hu']:.0f}HU {fp}".rstrip()
 
 

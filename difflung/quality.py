@@ -98,6 +98,34 @@ def hu_wasserstein(generated_hu, real_hu, labels, classes: Sequence[str | int]) 
     return out
 
 
+def texture(hu, labels, classes: Sequence[str | int]) -> dict[str, float]:
+    """Fine texture per class: the standard deviation (HU) of each pixel's difference from its 3x3 mean, over the
+    pixels whose 3x3 neighbourhood lies inside the class (so edges between classes do not count).
+
+    A generator can match a class's HU histogram (`hu_wasserstein`) with too smooth an image: CT noise and fine
+    structure (reticulation, small vessels) then read as haze, which a segmenter may take for ground glass.
+    Compare generated with real slices of the same masks.
+
+    Args:
+        hu: (N, S, S) HU. labels: (N, S, S) label maps. classes: names or ids.
+    Returns:
+        class name -> high-pass standard deviation in HU; NaN where no pixel qualifies.
+    """
+    from scipy import ndimage
+
+    x = np.asarray(hu, dtype=np.float64)
+    lab = np.asarray(labels).reshape(x.shape)
+    if x.ndim == 2:
+        x, lab = x[None], lab[None]
+    high = x - ndimage.uniform_filter(x, size=(1, 3, 3), mode="nearest")
+    out = {}
+    for c in classes:
+        cid = L.class_id(c)
+        inner = ndimage.binary_erosion(lab == cid, structure=np.ones((1, 3, 3), bool))
+        out[L.BY_ID[cid].name] = float(high[inner].std()) if inner.any() else math.nan
+    return out
+
+
 def air_check(generated_hu, real_hu, labels, tolerance_hu: float = 30.0) -> pd.DataFrame:
     """Per slice: mean HU of the background (air) in the generated and in the real slice, and whether they agree
     within `tolerance_hu`. Rows (image, generated_air, real_air, ok); ok is False where there is no background."""

@@ -147,6 +147,15 @@ table(criteria.memorisation_table(results, {ch.MODEL: display_name(ch.MODEL)}), 
 table(ch.table_judge_errors(runs_root, scored, measurable, judge_steps=judge_steps, seed=seed, device=device))
 
 # %% [markdown]
+# A texture the model renders too smooth is one such cause: the HU histogram of a class can match (the criteria's
+# distance) while its fine structure, CT noise and reticulation, is missing, and smooth lung reads as haze. The
+# table gives each class's fine texture (the spread of each pixel around its 3x3 mean, inside the class) on real
+# and generated slices of the same masks (`difflung.quality.texture`).
+
+# %% tags=["hide-input"]
+table(ch.table_texture(scored))
+
+# %% [markdown]
 # ## Image quality: full frame, body and lung
 #
 # PSNR and SSIM against the real slice of the same mask, over the whole frame, inside the body and inside the

@@ -66,5 +66,19 @@ def test_convergence_counts_the_judges_false_positives_on_real_and_generated():
     info = {"judged": ["lung", "ggo"], "generated": gen}
     assert bench.judge_false_positives(Judge(), ds, info) == {"ggo": [1, 5]}
     assert bench.judge_false_positives(Judge(), ds, {"judged": ["lung"], "generated": gen}) == {}
-    assert "fp/ggo=1/5" in bench.short({"criteria": {}, "air_share_ddim50": 1.0, "air_mean_hu": -980.0,
-                                        "false_positives": {"ggo": [1, 5]}})
+    assert "fp/ggo=1/5 tex/lung=0.50" in bench.short({"criteria": {}, "air_share_ddim50": 1.0, "air_mean_hu": -980.0,
+                                        "false_positives": {"ggo": [1, 5]}, "texture_ratio": {"lung": 0.5}})
+
+
+def test_convergence_texture_ratio_of_generated_over_real():
+    import numpy as np
+
+    from difflung import labels as L
+
+    bench = _load("bench_convergence")
+    lung = L.BY_NAME["lung"].id
+    labels = np.full((1, 16, 16), lung, np.uint8)
+    real = np.random.default_rng(0).normal(-0.7, 0.05, (1, 16, 16))  # model window: [-1, 1]
+    gen = -0.7 + (real + 0.7) * 0.5  # the same texture at half the amplitude
+    ds = Namespace(classes=[0, lung], split=lambda name: Namespace(images=real, labels=labels))
+    assert bench.texture_ratios(ds, gen) == {"lung": pytest.approx(0.5)}

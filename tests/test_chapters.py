@@ -95,6 +95,10 @@ def test_cbmat_chapter_sections(runs_root):
     errors = ch.table_judge_errors(runs_root, scored, every, judge_steps=3)
     assert list(errors.columns) == ["real slices", "generated slices"] and errors.index.names == ["judge says", "mask says"]
     assert set(errors.index.get_level_values(0)) <= {"emphysema", "fibrosis", "ggo"} and (errors.values >= 0).all()
+    tex = ch.table_texture(scored)
+    assert list(tex.columns) == ["real (HU)", "generated (HU)", "generated / real"] and "lung" in tex.index
+    assert tex.loc["lung", "generated / real"] == pytest.approx(
+        tex.loc["lung", "generated (HU)"] / tex.loc["lung", "real (HU)"]) and (tex["real (HU)"] > 0).all()
     regions = ch.table_regions(scored)
     assert list(regions.index) == ["full frame", "body", "lung"] and list(regions.columns) == ["PSNR (dB)", "SSIM"]
     ch.figure_samples(scored, run, n=2)

@@ -7,7 +7,7 @@ import torch
 
 from difflung import labels as L
 from difflung.evaluation import psnr_ssim
-from difflung.quality import (air_check, false_positive_sources, classifier_two_sample, hu_wasserstein, masked_psnr_ssim, memorisation,
+from difflung.quality import (air_check, false_positive_sources, texture, classifier_two_sample, hu_wasserstein, masked_psnr_ssim, memorisation,
                               region_quality, split_patients)
 
 
@@ -110,3 +110,16 @@ def test_false_positive_sources_counts_by_mask_class():
     assert t["share"].tolist() == [0.75, 0.25]
     with pytest.raises(ValueError, match="same shape"):
         false_positive_sources(pred[:1], labels, ["ggo"])
+
+
+def test_texture_sees_noise_inside_a_class_and_ignores_its_edges():
+    rng = np.random.default_rng(0)
+    lung, body = L.BY_NAME["lung"].id, L.BY_NAME["body"].id
+    labels = np.full((1, 32, 32), body, np.uint8)
+    labels[0, 8:24, 8:24] = lung
+    flat = np.where(labels == lung, -850.0, 40.0)  # a sharp edge, no texture
+    t = texture(flat, labels, ["lung", "body", "ggo"])
+    assert t["lung"] == pytest.approx(0, abs=1e-9) and t["body"] == pytest.approx(0, abs=1e-9) and math.isnan(t["ggo"])
+    noisy = flat + rng.normal(0, 50, flat.shape)
+    got = texture(noisy, labels, ["lung"])["lung"]
+    assert got == pytest.approx(50 * math.sqrt(8 / 9), rel=0.1)  # white noise minus its 3x3 mean

@@ -7,7 +7,7 @@ Each function is one section of `notebooks/03_cbmat_training.py`:
     ch.write_cost(result, run_dir); ch.table_training(result); ch.figure_loss(result, run_dir)
     scored = ch.evaluate(runs_root, run_dir, result, judge_steps=..., n_test=..., sampler=..., seeds=...)
     measurable, results = ch.check(runs_root, run_dir, scored, sampler=..., steps=..., seed=seed)
-    ch.table_judge_errors(runs_root, scored, measurable, judge_steps=..., seed=seed)
+    ch.table_judge_errors(runs_root, scored, measurable, judge_steps=..., seed=seed); ch.table_texture(scored)
     ch.table_regions(scored); ch.figure_samples(scored, run_dir); ch.figure_hu(scored, run_dir)
     ch.scope(profile, scored, measurable, results)
 
@@ -35,7 +35,7 @@ from ..generators import diffusion_config, display_name, load_generator
 from ..metrics import write_metrics
 from ..plots import interval, plt, save_figure, sig, slice_grid
 from ..provenance import atomic_dir, provenance, resolve_device, write_json_atomic
-from ..quality import false_positive_sources, region_rows
+from ..quality import false_positive_sources, region_rows, texture
 from ..scope import Scope, smoke_caveat
 
 MODEL = "difflung"
@@ -166,6 +166,18 @@ def table_judge_errors(runs_root, scored: scoring.Scored, measurable, *, judge_s
                                                                  ("generated slices", scored.generated(MODEL)))}
     t = pd.DataFrame(frames).fillna(0).astype(int)
     t.index = t.index.set_names(["judge says", "mask says"])
+    return t
+
+
+def table_texture(scored: scoring.Scored) -> pd.DataFrame:
+    """Fine texture per class (`quality.texture`: high-pass HU standard deviation inside the class), real test
+    slices against the main model's generations of the same masks (first sampling seed), and their ratio."""
+    present = [L.BY_ID[int(i)].name for i in np.unique(scored.labels) if int(i) != L.BACKGROUND]
+    real, gen = texture(to_hu(scored.real), scored.labels, present), texture(to_hu(scored.generated(MODEL)),
+                                                                             scored.labels, present)
+    t = pd.DataFrame({"real (HU)": real, "generated (HU)": gen}).dropna()
+    t["generated / real"] = t["generated (HU)"] / t["real (HU)"]
+    t.index.name = "class"
     return t
 
 

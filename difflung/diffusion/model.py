@@ -31,6 +31,9 @@ PRESETS: dict[str, tuple[tuple[int, ...], int, int, bool, bool]] = {
     "small": ((16, 32, 64), 1, 8, False, True),
     # small at twice the width: the capacity lever of benchmarks/bench_convergence.py at 64x64
     "medium": ((32, 64, 128), 1, 8, False, True),
+    # small with twice the channels at full resolution only (1.5x the step cost): the lever for fine texture
+    # (CT noise, reticulation), which `small` renders too smooth at 64x64 (benchmarks/bench_convergence.py)
+    "fine": ((32, 32, 64), 1, 8, False, True),
     "base": ((64, 128, 256, 256), 2, 32, True, True),  # standard profile, 128x128
     # Segmentation-Guided Diffusion's UNet: 113.7 M parameters, ~496 GFLOP per 256x256 forward.
     "paper": ((128, 128, 256, 256, 512, 512), 2, 32, True, True),
