@@ -173,7 +173,7 @@ def test_two_processes_train_the_same_model_as_one(ds, tmp_path):
 def test_new_recipe_fields_at_their_defaults_keep_the_run_key():
     from dataclasses import fields
 
-    new = {"prediction_type", "snr_gamma", "lesion_weight", "lesion_classes", "beta_schedule"}
+    new = {"prediction_type", "snr_gamma", "lesion_weight", "lesion_classes", "beta_schedule", "low_t_share"}
     old = {f.name for f in fields(TrainConfig)} - new - {"checkpoint_every", "keep_checkpoints", "log_every"}
     assert set(TrainConfig(prediction_type="epsilon").result_key()) == old
     assert TrainConfig().result_key()["prediction_type"] == "v_prediction"  # the default since the benchmark
@@ -289,3 +289,17 @@ def test_trained_with_recognises_the_same_run(tmp_path):
     assert trained_with(tmp_path / "m", ds, cfg)
     assert trained_with(tmp_path / "m", ds, TrainConfig(preset="tiny", steps=2, batch_size=2, checkpoint_every=7))
     assert not trained_with(tmp_path / "m", ds, TrainConfig(preset="tiny", steps=3, batch_size=2))
+
+
+def test_draw_timesteps_low_share():
+    from difflung.diffusion.train import TrainConfig, _check, draw_timesteps
+
+    plain = draw_timesteps(4096, 1000, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, torch.randint(0, 1000, (4096,), generator=torch.Generator().manual_seed(0)))
+    t = draw_timesteps(4096, 1000, 0.5, torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() < 1000
+    assert (t < 100).float().mean().item() == pytest.approx(0.5 + 0.5 * 0.1, abs=0.03)  # half low + uniform's tenth
+    assert (plain < 100).float().mean().item() == pytest.approx(0.1, abs=0.02)
+    with pytest.raises(ValueError, match="low_t_share"):
+        _check(TrainConfig(low_t_share=1.0))
+    assert "low_t_share" not in TrainConfig().result_key() and TrainConfig(low_t_share=0.3).result_key()["low_t_share"] == 0.3

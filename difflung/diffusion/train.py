@@ -43,7 +43,7 @@ NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0
 _EXECUTION_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every")
 # fields added after models were saved: in the run key only when they differ from these defaults
 _OPTIONAL_FIELDS = {"prediction_type": "epsilon", "snr_gamma": None, "lesion_weight": 0.0, "lesion_classes": (),
-                    "beta_schedule": "linear"}
+                    "beta_schedule": "linear", "low_t_share": 0.0}
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")  # diffusers' names; every sampler of difflung supports both
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 FOLDER = FolderSpec(FORMAT, META_FILE, WEIGHTS_FILE, "a finished difflung diffusion model", ("config.json",))
@@ -85,7 +85,9 @@ class TrainConfig:
         beta_schedule: the DDPM noise schedule, "linear" (Ho et al., the parent's) or "squaredcos_cap_v2" (the
             cosine schedule of Nichol & Dhariwal 2021, which spends fewer of the 1,000 timesteps on images that
             are already pure noise at small sizes). Stored in the model's noise schedule, like prediction_type.
-        The last five enter the run key only when they differ from the values models had before they existed
+        low_t_share: share of each batch's timesteps drawn from the lowest tenth of the schedule (the least noisy
+            images, where CT noise and fine texture are resolved), the rest uniform (`draw_timesteps`); 0: uniform.
+        The last six enter the run key only when they differ from the values models had before they existed
         (epsilon, no min-SNR, no lesion weight, linear betas), so older keys stay valid and a v model never reuses
         an eps one.
     """
@@ -113,6 +115,7 @@ class TrainConfig:
     lesion_weight: float = 0.0
     lesion_classes: tuple[int, ...] = ()
     beta_schedule: str = "linear"
+    low_t_share: float = 0.0
 
     def __post_init__(self):
         self.lesion_classes = tuple(int(c) for c in self.lesion_classes)  # lists from JSON or the CLI
@@ -147,6 +150,17 @@ def _stored_key(meta: dict) -> dict:
 def noise_schedule(cfg: TrainConfig) -> dict:
     """The DDPM noise schedule of a config (stored as the model's meta["noise_schedule"])."""
     return {**NOISE_SCHEDULE, "prediction_type": cfg.prediction_type, "beta_schedule": cfg.beta_schedule}
+
+
+def draw_timesteps(n: int, num_train_timesteps: int, low_share: float, generator: torch.Generator) -> torch.Tensor:
+    """(n,) training timesteps: uniform over the schedule, except that each one is, with probability `low_share`,
+    drawn uniformly from its lowest tenth instead. With low_share 0 it draws exactly what `torch.randint` alone
+    draws (older runs resume bit-exactly)."""
+    t = torch.randint(0, num_train_timesteps, (n,), generator=generator)
+    if low_share > 0:
+        low = torch.randint(0, max(1, num_train_timesteps // 10), (n,), generator=generator)
+        t = torch.where(torch.rand(n, generator=generator) < low_share, low, t)
+    return t
 
 
 def min_snr_weights(noise_sched, t: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
@@ -238,6 +252,8 @@ def _check(cfg: TrainConfig) -> int:
         raise ValueError(f"TrainConfig.snr_gamma={cfg.snr_gamma}: must be > 0 (or None: no min-SNR weighting)")
     if not cfg.lesion_weight >= 0 or (cfg.lesion_weight > 0 and not cfg.lesion_classes):
         raise ValueError(f"TrainConfig.lesion_weight={cfg.lesion_weight}: must be >= 0, and > 0 needs lesion_classes")
+    if not 0 <= cfg.low_t_share < 1:
+        raise ValueError(f"TrainConfig.low_t_share={cfg.low_t_share}: must lie in [0, 1)")
     warmup = min(500, cfg.steps // 10) if cfg.warmup is None else cfg.warmup
     if warmup >= cfg.steps:
         raise ValueError(f"TrainConfig.warmup={warmup} must be smaller than steps={cfg.steps}")
@@ -379,7 +395,7 @@ class _Batches:
         idx = self.order.next(cfg.batch_size)  # (B,)
         lab = self.schedule.apply(self.labs[idx], step, self.gens["ablation"])  # (B, S, S), ablated -> UNSPECIFIED
         noise = torch.randn(self.images[idx].shape, generator=self.gens["noise"])  # (B, 1, S, S)
-        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(idx),), generator=self.gens["noise"])
+        t = draw_timesteps(len(idx), self.noise_sched.config.num_train_timesteps, cfg.low_t_share, self.gens["noise"])
         x0, noise, t = self.images[idx][part].to(dev), noise[part].to(dev), t[part].to(dev)
         cond = encode_mask(lab[part], self.classes, cfg.mask_mode).to(dev)  # (b, C, S, S)
         x_t = self.noise_sched.add_noise(x0, noise, t)  # q(x_t | x_0)
