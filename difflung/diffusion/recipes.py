@@ -50,6 +50,23 @@ convergence criteria of `difflung.instruments` are met).
   - sampler `dpm-sde` (stochastic DPM-Solver++ 20, same models, two sampling seeds each): +0.04 at `d4000`'s step
     4,000 (0.74 vs 0.70), +0.03 for `medium`, +0.01 for cosine, -0.01 without ablation, +0.05 at lr 2e-3: within
     the seed noise; the profiles keep `dpm`.
+- Where GGO's ratio is lost (2026-12-05, arm `s24lr2e-3` at step 4,000, 214 test slices of 9 patients, 97 with
+  GGO; `quality.false_positive_sources`, `quality.texture`): on the slices with GGO the judge's Dice is the same on
+  generated and real (0.678 and 0.684); the shortfall is false GGO where the mask has none, 2,648 pixels on
+  generated slices against 1,177 on real, mostly on healthy lung (1,600 against 653) and fibrosis (735 against
+  283). The generated lung is too smooth: fine texture (high-pass HU spread) 42 HU against 58 in lung, 76 against
+  117 in fibrosis, while the HU means match (-864 against -871); the judge reads the haze as ground glass and the
+  smooth reticulation as GGO. Volume Dice per test patient gives the same ratio (0.77), so the per-slice
+  convention is not the cause; the criterion measures a real texture deficit. What did not change it (GGO ratio
+  at 24 slices per patient, one sampling seed unless said):
+  - sampler, same model: DDIM-50 0.76, ancestral DDPM-100 0.77, `dpm-sde` 0.77 (volume Dice); lung texture
+    41-43 HU with every sampler, so the smoothness is in the model, not in the solver.
+  - no min-SNR weighting (arm `s24nosnr`, `snr_gamma=None`): 0.66 at step 2,000, 0.76 at 4,000 (emphysema 0.77).
+  - width (`medium`, arm `s24m3000`, 2.9x the step cost): 0.70 at step 1,500, 0.76 at 3,000 (36.5 CPU min);
+    lung texture 42 HU, fibrosis 71.
+  - twice the channels at full resolution only (preset `fine`, 1.5x the step cost, arm `s24fine3000`): 0.69 at
+    step 1,500, 0.79 / 0.74 / 0.75 at step 3,000 over three sampling seeds (19.2 CPU min; emphysema 0.90, every
+    other criterion met); lung texture 43 HU: within the seed noise of `small`.
 - Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
   "difflung" by default), so chapter 2's strategies, Diff-Lung and Seg-Guided differ only in what is compared.
 """
