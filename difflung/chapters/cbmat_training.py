@@ -160,7 +160,8 @@ def table_judge_errors(runs_root, scored: scoring.Scored, measurable, *, judge_s
     seg = scoring.judge(ds, runs.judge_dir(runs_root), steps=judge_steps, seed=seed, device=dev)  # finished: reused
     rare = [c for c, (ok, _) in measurable.items() if ok and L.BY_NAME[c].pathology]
     if not rare:
-        return pd.DataFrame({"note": ["no rare class is measurable in this run"]})
+        return pd.DataFrame({"note": ["no rare class is measurable in this run"]},
+                            index=pd.Index(["rare classes"], name="judge says"))
     frames = {name: false_positive_sources(seg.predict(images), scored.labels, rare).set_index(
         ["class", "true_class"])["pixels"] for name, images in (("real slices", scored.real),
                                                                  ("generated slices", scored.generated(MODEL)))}
