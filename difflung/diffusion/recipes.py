@@ -77,7 +77,9 @@ convergence criteria of `difflung.instruments` are met).
   every criterion at step 4,000 (16.3 CPU min; GGO 0.84, emphysema 0.90, lesion HU W1 at most 26 HU, classifier
   0.55) on sampling seed 0, and GGO 0.83 / 0.84 (emphysema 0.92 / 0.89) on seeds 1 and 2: the first arm above 0.8
   on every sampling seed. GGO's ratio rises with the share (0.75, 0.80, 0.84 as the mean over sampling seeds at
-  shares 0, 0.3, 0.5). One training seed so far: the recipe takes it once a second training seed confirms it. Not
+  shares 0, 0.3, 0.5). A second training seed did not confirm it: arm `s24lowt5s1` (the same with training seed 1,
+  two threads) missed at step 4,000 with GGO 0.78 and emphysema 0.76 (lung texture 0.77). So training seeds move
+  the ratio as much as the lever does; the recipe does not take it. Not
   the EMA: arm
   `s24ema995` (`ema_decay=0.995`) at step 2,000 had GGO 0.68 and lung texture 0.70 (stopped there).
 - Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
