@@ -12,10 +12,10 @@ the cosine schedule over `--horizon` steps), and the newest checkpoint's weights
 the criteria of `difflung.instruments` (judge Dice ratio per judged class, per-class HU Wasserstein-1, share
 of slices with air within 30 HU, real-vs-generated classifier accuracy) with `--sampler` (DPM-Solver++ 20;
 repeat it, e.g. `--sampler dpm --sampler dpm-sde`, to score more samplers, the first deciding time to quality),
-plus the air share with DDIM-50 and the judge's false positives of each judged rare class on real and generated
+plus the air share with DDIM-50, the judge's false positives of each judged rare class on real and generated
 slices (`fp/ggo=real/generated` pixels: a ratio lost to lesion-like texture where the mask has none) and each
-class's fine texture, generated over real (`tex/lung=0.72`: rendered too smooth). With an EMA both the EMA and the raw weights are scored (the EMA lever for
-free). Time is the training process's CPU time (user + system, all threads), evaluation excluded; an arm
+class's fine texture, generated over real (`tex/lung=0.72`: rendered too smooth). With an EMA both the EMA and
+the raw weights are scored (the EMA lever for free). Time is the training process's CPU time (user + system, all threads), evaluation excluded; an arm
 stops when its EMA (or raw) weights meet every criterion, or at `--cap-min` CPU minutes.
 
 Output: one line per evaluation, then the time-to-quality table and the ratio parent / difflung ("not reached
@@ -99,31 +99,30 @@ def evaluate(model_dir, ds, judge, args) -> list[dict]:
 
 def judge_false_positives(judge, ds, info) -> dict:
     """For each judged rare class: the judge's false-positive pixels on the real and the generated test slices
-    (`quality.false_positive_sources`), {class: [real, generated]}: a Dice ratio lost to lesion-like texture
-    where the mask has no lesion shows as a generated count far above the real one."""
+    (`quality.judge_errors`), {class: [real, generated]}: a Dice ratio lost to lesion-like texture where the mask
+    has no lesion shows as a generated count far above the real one."""
     from difflung import labels as L
-    from difflung.quality import false_positive_sources
+    from difflung.quality import judge_errors
 
     rare = [c for c in info["judged"] if c in L.BY_NAME and L.BY_NAME[c].pathology]
     if not rare:
         return {}
     te = ds.split("test")
-    count = lambda images: false_positive_sources(judge.predict(images), te.labels, rare).groupby("class")["pixels"].sum()
-    real, gen = count(te.images), count(info["generated"])
-    return {c: [int(real.get(c, 0)), int(gen.get(c, 0))] for c in rare}
+    per = (judge_errors(judge, te.images, info["generated"], te.labels, rare).groupby(level="class").sum()
+           .reindex(rare, fill_value=0))
+    return {c: [int(per.loc[c, "real"]), int(per.loc[c, "generated"])] for c in rare}
 
 
 def texture_ratios(ds, generated) -> dict:
-    """Fine texture (`quality.texture`) of the generated test slices over the real ones, for lung and each rare
-    class present: below 1, the model renders the class too smooth."""
+    """Fine texture (`quality.texture_ratio`) of the generated test slices over the real ones, for lung and each
+    rare class present: below 1, the model renders the class too smooth."""
     from difflung import labels as L
     from difflung.dataset import unwindow
-    from difflung.quality import texture
+    from difflung.quality import texture_ratio
 
     te = ds.split("test")
     names = [n for n in L.names(ds.classes) if n == "lung" or L.BY_NAME[n].pathology]
-    real, gen = texture(unwindow(te.images), te.labels, names), texture(unwindow(generated), te.labels, names)
-    return {n: gen[n] / real[n] for n in names if np.isfinite(gen[n] / real[n])}
+    return texture_ratio(unwindow(generated), unwindow(te.images), te.labels, names)["ratio"].to_dict()
 
 
 def short(row: dict) -> str:
@@ -132,9 +131,10 @@ def short(row: dict) -> str:
         tag = (name.replace("judge Dice ratio, ", "dice/").replace("HU Wasserstein-1, ", "W1/").replace(" (HU)", "")
                .replace("slices with air within 30 HU", "air").replace("real-vs-generated classifier accuracy", "clf"))
         parts.append(f"{tag}={v:.3g}{'' if met else '*'}")
-    fp = " ".join(f"fp/{c}={r}/{g}" for c, (r, g) in row.get("false_positives", {}).items())
-    fp += "".join(f" tex/{c}={v:.2f}" for c, v in row.get("texture_ratio", {}).items())
-    return " ".join(parts) + f" air_ddim50={row['air_share_ddim50']:.2f} air_mean={row['air_mean_hu']:.0f}HU {fp}".rstrip()
+    parts.append(f"air_ddim50={row['air_share_ddim50']:.2f} air_mean={row['air_mean_hu']:.0f}HU")
+    parts += [f"fp/{c}={r}/{g}" for c, (r, g) in row.get("false_positives", {}).items()]
+    parts += [f"tex/{c}={v:.2f}" for c, v in row.get("texture_ratio", {}).items()]
+    return " ".join(parts)
 
 
 def run_arm(label: str, rec: str, over: dict, ds, judge, args) -> list[dict]:

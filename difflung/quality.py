@@ -276,6 +276,29 @@ def false_positive_sources(pred, labels, classes: Sequence[str | int]) -> pd.Dat
     return pd.DataFrame(rows, columns=["class", "true_class", "pixels", "share"])
 
 
+def judge_errors(seg, real, generated, labels, classes: Sequence[str | int]) -> pd.DataFrame:
+    """`false_positive_sources` of a segmenter on real slices and on generated slices of the same masks.
+
+    Args:
+        seg: anything with `predict((N, S, S) images) -> (N, S, S) label maps` (the judge).
+        real, generated: (N, S, S) images in the model window. labels: (N, S, S) their shared masks.
+        classes: the predicted classes to count.
+    Returns:
+        pixels indexed by (class, true_class), columns "real" and "generated" (0 where one has none).
+    """
+    count = lambda images: false_positive_sources(seg.predict(images), labels, classes).set_index(
+        ["class", "true_class"])["pixels"]
+    return pd.DataFrame({"real": count(real), "generated": count(generated)}).fillna(0).astype(int)
+
+
+def texture_ratio(generated_hu, real_hu, labels, classes: Sequence[str | int]) -> pd.DataFrame:
+    """`texture` of generated and real slices of the same masks, per class present in both, and generated / real
+    (below 1: the class is rendered too smooth). Columns real, generated, ratio; index class."""
+    t = pd.DataFrame({"real": texture(real_hu, labels, classes), "generated": texture(generated_hu, labels, classes)})
+    t = t.dropna()
+    return t.assign(ratio=t["generated"] / t["real"]).rename_axis("class")
+
+
 def region_rows(scored, model: str) -> pd.DataFrame:
     """Region PSNR/SSIM (full frame, body, lung) of every sampling seed's images of `model` in a `scoring.Scored`.
 

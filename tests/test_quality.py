@@ -123,3 +123,22 @@ def test_texture_sees_noise_inside_a_class_and_ignores_its_edges():
     noisy = flat + rng.normal(0, 50, flat.shape)
     got = texture(noisy, labels, ["lung"])["lung"]
     assert got == pytest.approx(50 * math.sqrt(8 / 9), rel=0.1)  # white noise minus its 3x3 mean
+
+
+def test_judge_errors_and_texture_ratio_compare_real_with_generated():
+    from difflung.quality import judge_errors, texture_ratio
+
+    lung, ggo = L.BY_NAME["lung"].id, L.BY_NAME["ggo"].id
+    labels = np.full((1, 8, 8), lung, np.uint8)
+
+    class Seg:  # one false GGO pixel on real slices (value 0), three on generated ones (value 1)
+        def predict(self, images):
+            out = labels.copy()
+            out.reshape(-1)[: 3 if images.mean() > 0.5 else 1] = ggo
+            return out
+
+    t = judge_errors(Seg(), np.zeros((1, 8, 8)), np.ones((1, 8, 8)), labels, ["ggo"])
+    assert t.loc[("ggo", "lung")].tolist() == [1, 3] and list(t.columns) == ["real", "generated"]
+    noise = np.random.default_rng(0).normal(0, 40, (1, 8, 8))
+    r = texture_ratio(-800 + noise / 2, -800 + noise, labels, ["lung", "ggo"])
+    assert list(r.index) == ["lung"] and r.loc["lung", "ratio"] == pytest.approx(0.5)

@@ -35,7 +35,7 @@ from ..generators import diffusion_config, display_name, load_generator
 from ..metrics import write_metrics
 from ..plots import interval, plt, save_figure, sig, slice_grid
 from ..provenance import atomic_dir, provenance, resolve_device, write_json_atomic
-from ..quality import false_positive_sources, region_rows, texture
+from ..quality import judge_errors, region_rows, texture_ratio
 from ..scope import Scope, smoke_caveat
 
 MODEL = "difflung"
@@ -155,31 +155,24 @@ def table_judge_errors(runs_root, scored: scoring.Scored, measurable, *, judge_s
                        device: str = "auto") -> pd.DataFrame:
     """Where the judge's false positives of each measurable rare class lie, by the mask's class, on the real test
     slices and on the main model's generations of the same masks (first sampling seed): the judge Dice ratio's
-    shortfall read as image content (`quality.false_positive_sources`). Columns: pixels on real and generated."""
+    shortfall read as image content (`quality.judge_errors`). Columns: pixels on real and generated."""
     ds, dev = Dataset(runs.phantom_dataset_dir(runs_root)), resolve_device(device)
     seg = scoring.judge(ds, runs.judge_dir(runs_root), steps=judge_steps, seed=seed, device=dev)  # finished: reused
     rare = [c for c, (ok, _) in measurable.items() if ok and L.BY_NAME[c].pathology]
     if not rare:
         return pd.DataFrame({"note": ["no rare class is measurable in this run"]},
                             index=pd.Index(["rare classes"], name="judge says"))
-    frames = {name: false_positive_sources(seg.predict(images), scored.labels, rare).set_index(
-        ["class", "true_class"])["pixels"] for name, images in (("real slices", scored.real),
-                                                                 ("generated slices", scored.generated(MODEL)))}
-    t = pd.DataFrame(frames).fillna(0).astype(int)
+    t = judge_errors(seg, scored.real, scored.generated(MODEL), scored.labels, rare)
     t.index = t.index.set_names(["judge says", "mask says"])
-    return t
+    return t.rename(columns={"real": "real slices", "generated": "generated slices"})
 
 
 def table_texture(scored: scoring.Scored) -> pd.DataFrame:
-    """Fine texture per class (`quality.texture`: high-pass HU standard deviation inside the class), real test
-    slices against the main model's generations of the same masks (first sampling seed), and their ratio."""
+    """Fine texture per class (`quality.texture_ratio`: high-pass HU standard deviation inside the class), real
+    test slices against the main model's generations of the same masks (first sampling seed), and their ratio."""
     present = [L.BY_ID[int(i)].name for i in np.unique(scored.labels) if int(i) != L.BACKGROUND]
-    real, gen = texture(to_hu(scored.real), scored.labels, present), texture(to_hu(scored.generated(MODEL)),
-                                                                             scored.labels, present)
-    t = pd.DataFrame({"real (HU)": real, "generated (HU)": gen}).dropna()
-    t["generated / real"] = t["generated (HU)"] / t["real (HU)"]
-    t.index.name = "class"
-    return t
+    t = texture_ratio(to_hu(scored.generated(MODEL)), to_hu(scored.real), scored.labels, present)
+    return t.rename(columns={"real": "real (HU)", "generated": "generated (HU)", "ratio": "generated / real"})
 
 
 def regions(scored: scoring.Scored, seed: int = 0) -> pd.DataFrame:

@@ -79,9 +79,8 @@ convergence criteria of `difflung.instruments` are met).
   on every sampling seed. GGO's ratio rises with the share (0.75, 0.80, 0.84 as the mean over sampling seeds at
   shares 0, 0.3, 0.5). A second training seed did not confirm it: arm `s24lowt5s1` (the same with training seed 1,
   two threads) missed at step 4,000 with GGO 0.78 and emphysema 0.76 (lung texture 0.77). So training seeds move
-  the ratio as much as the lever does; the recipe does not take it. Not
-  the EMA: arm
-  `s24ema995` (`ema_decay=0.995`) at step 2,000 had GGO 0.68 and lung texture 0.70 (stopped there).
+  the ratio as much as the lever does; the recipe does not take it. Not the EMA: arm `s24ema995`
+  (`ema_decay=0.995`) at step 2,000 had GGO 0.68 and lung texture 0.70 (stopped there).
 - Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
   "difflung" by default), so chapter 2's strategies, Diff-Lung and Seg-Guided differ only in what is compared.
 """
