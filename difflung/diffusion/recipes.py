@@ -95,7 +95,7 @@ RECIPES: dict[str, dict] = {
                "batch_size": 16, "mixed_precision": "no", "weight_decay": 1e-2, "grad_clip": 1.0},
     "difflung": {"lr": 2e-3, "warmup": None, "prediction_type": "v_prediction", "snr_gamma": 5.0,
                  "ema_decay": 0.999, "batch_size": 8, "mixed_precision": "auto", "weight_decay": 1e-2,
-                 "grad_clip": 1.0},
+                 "grad_clip": 1.0, "low_t_share": 0.5},
 }
 
 
