@@ -21,6 +21,8 @@ def test_parent_recipe_is_the_published_one():
         (1e-4, 500, "epsilon", None, 16, "no")
     assert cfg.snr_gamma is None and cfg.preset == "tiny" and cfg.steps == 1000
     assert set(recipe_difference()) and all(a != b for a, b in recipe_difference().values())
+    # the parent draws timesteps uniformly; difflung draws half of each batch from the least noisy tenth
+    assert cfg.low_t_share == 0.0 and recipe_difference()["low_t_share"] == (0.0, 0.5)
     assert set(RECIPES) >= {"parent", "difflung"}
 
 
