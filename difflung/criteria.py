@@ -46,10 +46,12 @@ def measurable_classes(scored, signature: dict[str, tuple[bool, str]] | None = N
     return out
 
 
-def _dice_means(rows: pd.DataFrame, model: str, train_seed: int | None) -> dict[str, float]:
+def _dice_means(rows: pd.DataFrame, model: str, train_seed: int | None, seed: int | None = None) -> dict[str, float]:
     r = rows[(rows.model == model) & (rows.metric == "dice") & (rows.condition == "full")]
     if train_seed is not None:
         r = r[r.train_seed == train_seed]
+    if seed is not None:
+        r = r[r.seed == seed]
     return r.groupby("class", sort=False)["value"].mean().to_dict()
 
 
@@ -74,10 +76,12 @@ def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tupl
     from .diffusion.sample import to_hu
     from .quality import air_check, classifier_two_sample, hu_wasserstein, memorisation
 
+    _, train_seed, _, seed = scored.image_key(model, seed=seed, train_seed=train_seed)
     gen = scored.generated(model, seed=seed, train_seed=train_seed)  # (n, S, S)
     gen_hu, real_hu = to_hu(gen), to_hu(scored.real)
     ok = [c for c, (m, _) in measurable.items() if m and c != "background"]
-    ratio = I.dice_ratios(_dice_means(scored.rows, model, train_seed), _dice_means(scored.rows, "real", None),
+    # the judge's Dice of the same image set as every other criterion, not the mean over training seeds
+    ratio = I.dice_ratios(_dice_means(scored.rows, model, train_seed, seed), _dice_means(scored.rows, "real", None),
                           {c: measurable[c] for c in ok})
     lost = {c for c, (good, _) in (signature or {}).items() if not good}
     present = [L.BY_ID[int(i)].name for i in np.unique(scored.labels) if int(i) != L.BACKGROUND

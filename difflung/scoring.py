@@ -122,14 +122,19 @@ class Scored:
     labels: np.ndarray  # (n, S, S) their masks
     images: dict = field(default_factory=dict)  # (model, train_seed, condition, seed) -> (n, S, S) [-1, 1]
 
-    def generated(self, model: str, *, seed: int | None = None, condition: str = "full",
-                  train_seed: int | None = None) -> np.ndarray:
-        """The images of one model (first train seed and sampling seed unless given)."""
+    def image_key(self, model: str, *, seed: int | None = None, condition: str = "full",
+                  train_seed: int | None = None) -> tuple:
+        """(model, train_seed, condition, seed) of one image set (first train seed and sampling seed unless given)."""
         hits = [k for k in self.images if k[0] == model and k[2] == condition and (seed is None or k[3] == seed)
                 and (train_seed is None or k[1] == train_seed)]
         if not hits:
             raise KeyError(f"no generated images for model {model!r}, seed {seed}, condition {condition!r}")
-        return self.images[hits[0]]
+        return hits[0]
+
+    def generated(self, model: str, *, seed: int | None = None, condition: str = "full",
+                  train_seed: int | None = None) -> np.ndarray:
+        """The images of one model (first train seed and sampling seed unless given)."""
+        return self.images[self.image_key(model, seed=seed, condition=condition, train_seed=train_seed)]
 
 
 def _score(gen: np.ndarray, real: np.ndarray, labels: np.ndarray, seg, classes, with_quality: bool) -> pd.DataFrame:

@@ -93,3 +93,19 @@ def test_hu_distance_needs_no_judge_but_skips_classes_whose_signature_is_lost():
 def test_validity_names_a_model_once():
     v = criteria.validity(["all"], {}, {"difflung": False}, ["difflung", "difflung"])
     assert v == {"converged": False, "reason": "difflung did not meet the convergence criteria"}
+
+
+def test_judge_ratio_is_of_the_same_training_seed_as_the_images():
+    # a second training seed the judge reads at half the Dice: the criteria of the first seed (the default image
+    # set) must not average it in, and asking for the second seed gives its own ratio
+    one = _scored(lambda r, rng: r + rng.normal(0, 0.005, r.shape))
+    second = one.rows[one.rows.model == "m"].assign(train_seed=1, value=0.45)
+    two = Scored(pd.concat([one.rows, second], ignore_index=True), one.index, one.patient, one.real, one.labels,
+                 {**one.images, ("m", 1, "full", 0): one.images[("m", 0, "full", 0)]})
+    meas = criteria.measurable_classes(two)
+    ratio = {}
+    for ts in (None, 1):
+        res = criteria.measure(two, "m", train=two.real, measurable=meas, train_seed=ts, classifier_steps=30,
+                               generator=torch.Generator().manual_seed(0))
+        ratio[ts] = res["table"].set_index("criterion").loc["judge Dice ratio, lung", "value"]
+    assert ratio == {None: 1.0, 1: 0.5}
