@@ -70,3 +70,19 @@ def test_same_files_same_table(tmp_path):
     b = claims.judge_run(tmp_path)
     pd.testing.assert_frame_equal(a, b)
     assert (tmp_path / "06" / "claims.csv").read_text().splitlines()[0].startswith("claim,family,kind,key")
+
+
+def test_main_model_convergence_is_chapter_3s_record(tmp_path):
+    # chapter 4 scores the shared main model on fewer test slices; chapter 3's record (every slice) decides it
+    import pandas as pd
+
+    from difflung import claims, criteria
+
+    def record(met):
+        return {"converged": met, "table": pd.DataFrame([{"criterion": "c", "value": 1.0, "threshold": 1.0,
+                                                          "met": met}])}
+
+    criteria.write_criteria(tmp_path / "03_cbmat_training", {"difflung": record(True)}, {})
+    criteria.write_criteria(tmp_path / "04_baseline_comparison",
+                            {"difflung": record(False), "segguided": record(False)}, {})
+    assert claims._converged(tmp_path) == {"difflung": True, "segguided": False}
