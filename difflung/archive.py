@@ -72,7 +72,10 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
     meta = {"profile": profile, "archived": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "git_revision": revisions[0] if len(revisions) == 1 else revisions,
             "finished": max(prov["notebooks"][s].get("started", "") for s in chapters),
-            "total_wall_s": prov.get("total_wall_s"), "chapters": chapters,
+            # the chapters' own wall times: a run finished by later invocations (e.g. one chapter re-run) still
+            # reports what its chapters cost, not what its last invocation took
+            "total_wall_s": round(sum(prov["notebooks"][s].get("wall_s", 0.0) for s in chapters), 2),
+            "chapters": chapters,
             "files": [str(p.relative_to(run)) for p in files], "bytes": total, **({"note": note} if note else {})}
     dest = Path(out_dir) / profile
     with atomic_dir(dest) as tmp:

@@ -19,7 +19,8 @@ def _run(tmp_path, status="ok"):
         (d / "model").mkdir()
         (d / "model" / "config.json").write_text("{}")  # so do models, even their JSON
     prov = {"profile": "laptop", "chapters": CHAPTERS, "total_wall_s": 99.0,
-            "notebooks": {s: {"status": status, "git_revision": "unknown", "started": f"2026-12-0{i + 1}T00:00:00Z"}
+            "notebooks": {s: {"status": status, "git_revision": "unknown", "started": f"2026-12-0{i + 1}T00:00:00Z",
+                              "wall_s": 60.0 * (i + 1)}
                           for i, s in enumerate(CHAPTERS)}}
     (run / "provenance.json").write_text(json.dumps(prov))
     return tmp_path / "runs"
@@ -33,6 +34,7 @@ def test_archive_copies_numbers_only_and_loads_with_provenance(tmp_path):
                      "provenance.json"]
     ref = archive.load_reference(tmp_path / "reference")
     assert ref.meta["profile"] == "laptop" and ref.meta["finished"] == "2026-12-02T00:00:00Z"
+    assert ref.meta["total_wall_s"] == 180.0  # the chapters' wall times, not the last invocation's (99 s)
     assert ref.provenance["notebooks"]["02_b"]["status"] == "ok"
     assert ref.metrics["02_b"]["value"].tolist() == [21.0]
     assert ref.json("01_a", "cost.json") == {"wall_s": 12.5}
@@ -85,7 +87,7 @@ def test_results_page_names_the_reference_run_and_its_note(tmp_path):
     archive.archive_run("laptop", runs_dir=_run(tmp_path), out_dir=tmp_path / "reference",
                         note="resumed from an earlier invocation; its trained models were reused")
     text = reference_markdown(archive.load_reference(tmp_path / "reference"))
-    assert "laptop run of 2026-12-02" in text and "2 chapters, 2 min of wall time" in text
+    assert "laptop run of 2026-12-02" in text and "2 chapters, 3 min of wall time" in text  # 60 + 120 s
     assert text.endswith("its trained models were reused.")
     assert "unknown" in text  # revision "unknown": whether the code changed since cannot be told
     assert "No reference run" in reference_markdown(None)
