@@ -100,7 +100,8 @@ class Reference:
     @property
     def label(self) -> str:
         rev = self.meta.get("git_revision")
-        rev = rev[:12] if isinstance(rev, str) else " and ".join(r[:12] for r in rev)  # a resumed run: several
+        short = lambda r: r[:12] + ("+dirty" if r.endswith("+dirty") else "")  # noqa: E731
+        rev = short(rev) if isinstance(rev, str) else " and ".join(short(r) for r in rev)  # a resumed run: several
         return f"{self.meta['profile']} run of {self.meta.get('finished', '?')[:10]}, git {rev}"
 
     def json(self, stem: str, name: str) -> dict:

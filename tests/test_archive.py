@@ -79,6 +79,8 @@ def test_code_changed_since_reads_git_history():
     ref = archive.Reference(None, {"profile": "laptop", "finished": "2026-12-02T10:00:00Z",
                                    "git_revision": ["f7a03061dfa5777ec", "a0a1486abcdef0123"]}, {})
     assert ref.label == "laptop run of 2026-12-02, git f7a03061dfa5 and a0a1486abcde"
+    ref.meta["git_revision"] = ["f7a03061dfa5777ec", "f7a03061dfa5777ec+dirty"]  # uncommitted edits show
+    assert ref.label == "laptop run of 2026-12-02, git f7a03061dfa5 and f7a03061dfa5+dirty"
 
 
 def test_results_page_names_the_reference_run_and_its_note(tmp_path):
