@@ -15,8 +15,9 @@ repeat it, e.g. `--sampler dpm --sampler dpm-sde`, to score more samplers, the f
 plus the air share with DDIM-50, the judge's false positives of each judged rare class on real and generated
 slices (`fp/ggo=real/generated` pixels: a ratio lost to lesion-like texture where the mask has none) and each
 class's fine texture, generated over real (`tex/lung=0.72`: rendered too smooth). With an EMA both the EMA and
-the raw weights are scored (the EMA lever for free). Time is the training process's CPU time (user + system, all threads), evaluation excluded; an arm
-stops when its EMA (or raw) weights meet every criterion, or at `--cap-min` CPU minutes.
+the raw weights are scored (the EMA lever for free). Time is the training process's CPU time (user + system,
+all threads), evaluation excluded; an arm stops when its EMA (or raw) weights meet every criterion, or at
+`--cap-min` CPU minutes.
 
 Output: one line per evaluation, then the time-to-quality table and the ratio parent / difflung ("not reached
 in N min" with the values at the cap). Each arm's evaluations are kept in `<out>/<arm>/evals.jsonl`, so arms

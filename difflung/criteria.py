@@ -76,8 +76,9 @@ def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tupl
     from .diffusion.sample import to_hu
     from .quality import air_check, classifier_two_sample, hu_wasserstein, memorisation
 
-    _, train_seed, _, seed = scored.image_key(model, seed=seed, train_seed=train_seed)
-    gen = scored.generated(model, seed=seed, train_seed=train_seed)  # (n, S, S)
+    key = scored.image_key(model, seed=seed, train_seed=train_seed)  # (model, train_seed, condition, seed)
+    _, train_seed, _, seed = key
+    gen = scored.images[key]  # (n, S, S)
     gen_hu, real_hu = to_hu(gen), to_hu(scored.real)
     ok = [c for c, (m, _) in measurable.items() if m and c != "background"]
     # the judge's Dice of the same image set as every other criterion, not the mean over training seeds

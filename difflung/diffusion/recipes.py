@@ -83,8 +83,8 @@ convergence criteria of `difflung.instruments` are met).
   the ratio as much as the lever does. The recipe takes `low_t_share=0.5` (2026-12-05) because it has the best
   mean over the seeds measured (at 24 slices per patient no arm without it reached 0.8 on any sampling seed by
   step 4,000), not because it makes convergence certain: the laptop run checks every training seed it trains
-  against the criteria. Not the EMA: arm `s24ema995`
-  (`ema_decay=0.995`) at step 2,000 had GGO 0.68 and lung texture 0.70 (stopped there).
+  against the criteria. Not the EMA: arm `s24ema995` (`ema_decay=0.995`) at step 2,000 had GGO 0.68 and lung
+  texture 0.70 (stopped there).
 - Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
   "difflung" by default), so chapter 2's strategies, Diff-Lung and Seg-Guided differ only in what is compared.
 """
