@@ -70,9 +70,7 @@ for name in ("JUDGE_FLOOR_ANATOMY", "JUDGE_FLOOR_RARE", "DICE_RATIO_MIN", "HU_W1
 # %% tags=["hide-input"]
 cmp = ch.open_comparison(runs_root, run_dir, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, gan_size=gan_size,
                          device=device, workers=workers)
-models = ch.diffusion_models(cmp, preset=preset, train_steps=train_steps, batch_size=batch_size)
-gans = ch.gan_baselines(cmp)
-table(ch.table_models(models, gans))
+table(ch.table_models(ch.train_models(cmp, preset=preset, train_steps=train_steps, batch_size=batch_size)))
 
 # %% [markdown]
 # {numref}`ch4-gan-losses` shows how the two GANs trained.

@@ -124,14 +124,13 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     with pytest.raises(ValueError, match="at least 3"):
         bc.open_comparison(runs_root, run, seed=0, n_seeds=1, min_seeds=3, gan_size="T")
     cmp = bc.open_comparison(runs_root, run, seed=0, n_seeds=1, gan_size="T", device="cpu")
-    models = bc.diffusion_models(cmp)
-    assert models.set_index("model").loc["Diff-Lung (CBMAT)", "source"] == "chapter 3"
+    models = bc.train_models(cmp)
+    assert models.groupby("model")["source"].first()["Diff-Lung (CBMAT)"] == "chapter 3"
     assert cmp.budget == {"steps": 3, "batch_size": 2}  # chapter 3's budget, given to every model
     seg_meta = json.loads((run / "models" / "segguided" / "difflung_config.json").read_text())
     assert (seg_meta["mask_mode"], seg_meta["train_config"]["strategy"]) == ("single", "uniform")
-    gans = bc.gan_baselines(cmp)
-    assert gans["images seen"].tolist() == [6, 6]
-    assert len(bc.table_models(models, gans)) == 4
+    assert models["images seen"].tolist() == [6, 6, 6, 6]  # same steps x batch for every generator
+    assert len(bc.table_models(models)) == 4
     bc.figure_gan_losses(cmp)
     ev = {k: v for k, v in EVAL.items() if k != "device"}
     scored = bc.evaluate(cmp, judge_steps=3, timing_batch=2, timing_repeats=1, classifier_steps=2, **ev)
@@ -179,7 +178,7 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     box = bc.scope("smoke", run)
     assert any("convergence criteria" in c for c in box.cannot) and "What this run" in box.html()
     before = (run / "models" / "spade" / "generator" / "model.safetensors").stat().st_mtime_ns
-    bc.gan_baselines(cmp)  # a second pass reuses every model
+    bc.train_models(cmp)  # a second pass reuses every model
     assert (run / "models" / "spade" / "generator" / "model.safetensors").stat().st_mtime_ns == before
 
 

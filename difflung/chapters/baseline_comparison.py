@@ -3,7 +3,7 @@
 Each function is one section of `notebooks/04_baseline_comparison.py`:
 
     cmp = ch.open_comparison(runs_root, run_dir, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, gan_size=gan_size)
-    ch.table_models(ch.diffusion_models(cmp, ...), ch.gan_baselines(cmp)); ch.figure_gan_losses(cmp)
+    ch.table_models(ch.train_models(cmp, ...)); ch.figure_gan_losses(cmp)
     scored = ch.evaluate(cmp, judge_steps=..., n_test=..., sampler=..., sampler_steps=..., seeds=..., ...)
     s = ch.summary(run_dir, seed); ch.table_instruments(run_dir, s); ch.table_criteria(run_dir)
     ch.table_quality(s); ch.table_comparisons(ch.comparisons(runs_root, seed)); ch.table_faithfulness(run_dir, s)
@@ -111,69 +111,72 @@ def _main_model(cmp: Setup):
     return (ch3, TrainConfig(**tc)) if fits else (None, None)
 
 
-def diffusion_models(cmp: Setup, *, preset: str = "small", train_steps: int = 300, batch_size: int = 8,
-                     progress: bool = False) -> pd.DataFrame:
-    """Find or train Diff-Lung (CBMAT) and Seg-Guided for every seed; fix the training budget of the chapter.
+def _train_one(kind: str, kwargs: dict):
+    """One training job of `train_models` (module level: worker processes import it by name)."""
+    return train_diffusion(**kwargs) if kind == "diffusion" else train_gan(**kwargs)
 
-    Diff-Lung's configuration is chapter 3's when its model fits this dataset (then `preset`, `train_steps` and
-    `batch_size` are unused); Seg-Guided uses the same configuration with its registry settings. Returns one row
-    per model and seed: where it comes from, steps, batch, images seen, parameters, training seconds.
+
+def train_models(cmp: Setup, *, preset: str = "small", train_steps: int = 300, batch_size: int = 8,
+                 progress: bool = False) -> pd.DataFrame:
+    """Find or train every generator and training seed of the chapter; fix its training budget.
+
+    Diff-Lung's configuration is chapter 3's when its model fits this dataset and seed (then `preset`,
+    `train_steps` and `batch_size` are unused); Seg-Guided uses the same configuration with its registry settings;
+    Pix2Pix and SPADE get the same steps x batch (one GAN step updates the discriminator and the generator once
+    each, as in the originals). All jobs share one pool of `cmp.workers`, longest first (diffusion, then SPADE,
+    then Pix2Pix), so no worker idles while another trains (in the laptop run, separate diffusion and GAN pools of
+    two workers left one idle for a whole diffusion training: 17 of chapter 4's 78 minutes). A finished model is reused, not retrained. Returns one
+    row per model and seed: where it comes from, steps, batch, images seen, parameters, training seconds.
     """
     reused, base = _main_model(cmp)
     base = asdict(base) if base else dict(preset=preset, steps=train_steps, batch_size=batch_size, seed=cmp.seed)
     for k in ("mask_mode", "strategy"):
         base.pop(k, None)
+    steps, batch = base["steps"], base["batch_size"]
+    cmp.budget = {"steps": steps, "batch_size": batch}
     cmp.notes["difflung"] = ("chapter 3's model for the main seed" if reused else
                              "trained here (no chapter 3 model for this dataset and seed)")
     cmp.notes["segguided"] = "trained here: Diff-Lung's network and budget, single k/255 mask channel, uniform p=0.5"
-    cmp.budget = {"steps": base["steps"], "batch_size": base["batch_size"]}
-    jobs = [(key, s, diffusion_config(key, **{**base, "seed": s}),
-             reused if (key == "difflung" and s == cmp.seed and reused) else cmp.model_dir(key, s))
-            for key in ("difflung", "segguided") for s in cmp.seeds]
-    done = run_jobs(train_diffusion, [dict(data=cmp.dataset.root, config=cfg, out_dir=folder, device=cmp.device,
-                                           progress=progress and cmp.workers == 1) for _, _, cfg, folder in jobs],
-                    workers=cmp.workers, device=cmp.device)  # a finished model is reused, not retrained
+    solo = progress and cmp.workers == 1
+    jobs = []  # (key, seed, config, folder, kind, kwargs), in the order of the table
+    for key in ("difflung", "segguided"):
+        for s in cmp.seeds:
+            cfg = diffusion_config(key, **{**base, "seed": s})
+            folder = reused if (key == "difflung" and s == cmp.seed and reused) else cmp.model_dir(key, s)
+            jobs.append((key, s, cfg, folder, "diffusion", dict(data=cmp.dataset.root, config=cfg, out_dir=folder,
+                                                                device=cmp.device, progress=solo)))
+    for key in ("pix2pix", "spade"):
+        for s in cmp.seeds:
+            cfg = gan_config(key, cmp.gan_size, steps=steps, batch_size=batch, seed=s, device=cmp.device,
+                             checkpoint_every=max(1, steps // 2), log_every=max(1, steps // 50))
+            cmp.notes[key] = f"trained here ({cfg.model}), same steps x batch as the diffusion models"
+            jobs.append((key, s, cfg, cmp.model_dir(key, s), "gan",
+                         dict(dataset=cmp.dataset, config=cfg, out_dir=cmp.model_dir(key, s), progress=solo)))
+    rank = {"difflung": 0, "segguided": 0, "spade": 1, "pix2pix": 2}  # measured cost per step, largest first
+    longest_first = sorted(range(len(jobs)), key=lambda i: rank[jobs[i][0]])
+    done = run_jobs(_train_one, [(jobs[i][4], jobs[i][5]) for i in longest_first], workers=cmp.workers,
+                    device=cmp.device)
+    results = dict(zip(longest_first, done))
     rows = []
-    for (key, s, cfg, folder), r in zip(jobs, done):
+    for i, (key, s, cfg, folder, kind, _) in enumerate(jobs):
         cmp.models.setdefault(key, {})[s] = folder
-        rows.append({"model": display_name(key), "seed": s, "source": "chapter 3" if folder == reused else
-                     "this chapter", "setup": f"{cfg.preset}, {cfg.mask_mode} mask, {cfg.strategy} ablation",
-                     "steps": cfg.steps, "batch": cfg.batch_size, "images seen": cfg.steps * cfg.batch_size,
-                     "params (M)": load_generator(folder, key=key, dataset=cmp.dataset).params / 1e6,
-                     "train s": r.wall_s})
+        if kind == "diffusion":
+            rows.append({"model": display_name(key), "seed": s, "source": "chapter 3" if folder == reused else
+                         "this chapter", "setup": f"{cfg.preset}, {cfg.mask_mode} mask, {cfg.strategy} ablation",
+                         "steps": cfg.steps, "batch": cfg.batch_size, "images seen": cfg.steps * cfg.batch_size,
+                         "params (M)": load_generator(folder, key=key, dataset=cmp.dataset).params / 1e6,
+                         "train s": results[i].wall_s})
+        else:
+            meta = json.loads((results[i] / "config.json").read_text())
+            rows.append({"model": display_name(key), "seed": s, "source": "this chapter", "setup": cfg.model,
+                         "steps": steps, "batch": batch, "images seen": meta["images_seen"],
+                         "params (M)": meta["params_generator"] / 1e6, "train s": meta["train_seconds_last_session"]})
     return pd.DataFrame(rows)
 
 
-def gan_baselines(cmp: Setup, *, steps: int | None = None, batch_size: int | None = None,
-                  progress: bool = False) -> pd.DataFrame:
-    """Train (or reuse) Pix2Pix and SPADE for every seed with the diffusion models' budget (steps x batch).
-
-    One GAN step updates the discriminator and the generator once each, as in the originals.
-    """
-    steps = steps or cmp.budget.get("steps")
-    batch_size = batch_size or cmp.budget.get("batch_size")
-    if not steps or not batch_size:
-        raise ValueError("no training budget: run diffusion_models(cmp) first or pass steps and batch_size")
-    jobs = [(key, s, gan_config(key, cmp.gan_size, steps=steps, batch_size=batch_size, seed=s, device=cmp.device,
-                                checkpoint_every=max(1, steps // 2), log_every=max(1, steps // 50)))
-            for key in ("pix2pix", "spade") for s in cmp.seeds]
-    folders = run_jobs(train_gan, [dict(dataset=cmp.dataset, config=cfg, out_dir=cmp.model_dir(key, s),
-                                        progress=progress and cmp.workers == 1) for key, s, cfg in jobs],
-                       workers=cmp.workers, device=cmp.device)
-    rows = []
-    for (key, s, cfg), folder in zip(jobs, folders):
-        meta = json.loads((folder / "config.json").read_text())
-        cmp.models.setdefault(key, {})[s] = cmp.model_dir(key, s)
-        rows.append({"model": display_name(key), "seed": s, "source": "this chapter", "setup": cfg.model,
-                     "steps": steps, "batch": batch_size, "images seen": meta["images_seen"],
-                     "params (M)": meta["params_generator"] / 1e6, "train s": meta["train_seconds_last_session"]})
-        cmp.notes[key] = f"trained here ({cfg.model}), same steps x batch as the diffusion models"
-    return pd.DataFrame(rows)
-
-
-def table_models(*frames: pd.DataFrame) -> pd.DataFrame:
-    """The models of the chapter, one row per model and training seed (frames of the two training sections)."""
-    return pd.concat(frames, ignore_index=True).set_index(["model", "seed"])
+def table_models(models: pd.DataFrame) -> pd.DataFrame:
+    """The models of the chapter, one row per model and training seed (`train_models`)."""
+    return models.set_index(["model", "seed"])
 
 
 def figure_gan_losses(cmp: Setup):
@@ -208,7 +211,7 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
     """
     missing = [k for k in MODELS if k not in cmp.models]
     if missing:
-        raise ValueError(f"models {missing} are not trained yet: run diffusion_models(cmp) and gan_baselines(cmp)")
+        raise ValueError(f"models {missing} are not trained yet: run train_models(cmp)")
     ds = cmp.dataset
     signature = I.read_signature(runs.chapter_dir(cmp.runs_root, runs.DATA_PREPARATION))  # before any work
     seg = scoring.judge(ds, runs.judge_dir(cmp.runs_root), steps=judge_steps, seed=cmp.seed, device=cmp.device)
