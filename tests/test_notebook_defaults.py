@@ -86,3 +86,14 @@ def test_comparison_catches_a_mismatch_on_a_fake_notebook(tmp_path):
     nb.write_text('# %% tags=["parameters"]\nsteps = 2 * 5\n')
     with pytest.raises(ValueError, match="malformed|literal"):
         parameter_defaults(nb)
+
+
+def _cells(path) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source.strip()) for c in jupytext.read(path).cells]
+
+
+@pytest.mark.parametrize("stem", _stems())
+def test_paired_ipynb_has_the_py_sources_cells(stem):
+    """The pipeline executes the .ipynb; an edit of the .py source without `jupytext --sync` would run old code."""
+    py, ipynb = (REPO / "notebooks" / f"{stem}{s}" for s in (".py", ".ipynb"))
+    assert _cells(py) == _cells(ipynb), f"{ipynb.relative_to(REPO)} is out of date: jupytext --sync {py.name}"
