@@ -19,9 +19,10 @@ the raw weights are scored (the EMA lever for free). Time is the training proces
 all threads), evaluation excluded; an arm stops when its EMA (or raw) weights meet every criterion, or at
 `--cap-min` CPU minutes.
 
-Output: one line per evaluation, then the time-to-quality table and the ratio parent / difflung ("not reached
-in N min" with the values at the cap). Each arm's evaluations are kept in `<out>/<arm>/evals.jsonl`, so arms
-may run in separate processes into one `--out` and `--report` prints the table of all of them.
+Output: one line per evaluation, then the time-to-quality table and the ratio of each arm of the parent's recipe
+to the `difflung` arm ("not reached in N min" with the values at the cap). Each arm's evaluations are kept in
+`<out>/<arm>/evals.jsonl`, so arms may run in separate processes into one `--out` and `--report` prints the table
+of all of them.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def dataset(args):
     root = Path(args.out) / f"data_{args.n_patients}p_{args.size}px"
     if (root / "dataset" / "manifest.json").is_file():
         return Dataset(root / "dataset")
-    return build_phantom(root, n_patients=args.n_patients, slices_per_patient=args.slices, phantom_size=args.phantom_size,
-                         size=args.size, seed=args.seed)[0]
+    return build_phantom(root, n_patients=args.n_patients, slices_per_patient=args.slices,
+                         phantom_size=args.phantom_size, size=args.size, seed=args.seed)[0]
 
 
 def evaluate(model_dir, ds, judge, args) -> list[dict]:
@@ -178,7 +179,7 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, args) -> list[dict]:
 
 
 def summary(arms: dict[str, list[dict]], cap: float) -> None:
-    """Time to quality per arm and weights, and the ratio parent / difflung."""
+    """Time to quality per arm and weights, and the ratio of each parent-recipe arm to the `difflung` arm."""
     print("\ntime to quality (training CPU minutes until every criterion is met)")
     ttq = {}
     for label, rows in arms.items():
@@ -198,15 +199,18 @@ def summary(arms: dict[str, list[dict]], cap: float) -> None:
                     print(f"  {tag}: not reached in {last['cpu_min']:.1f} min ({why}; step {last['step']}): "
                           f"{short(last)}")
     best = lambda a: min([v for (l, _, _), v in ttq.items() if l == a], default=math.nan)
-    d, p = best("difflung"), best("parent")
-    if "difflung" in arms and "parent" in arms:
+    d = best("difflung")
+    # every arm of the parent's recipe (one horizon per arm: a longer cap needs its own arm) against `difflung`
+    parents = [a for a, rows in arms.items() if rows and rows[0].get("recipe") == "parent"]
+    for a in parents if "difflung" in arms else []:
+        p = best(a)
         if math.isfinite(d) and math.isfinite(p):
-            print(f"ratio parent / difflung: {p / d:.1f}x")
+            print(f"ratio {a} / difflung: {p / d:.1f}x")
         elif math.isfinite(d):
-            cap_p = max(r["cpu_min"] for r in arms["parent"])
-            print(f"ratio parent / difflung: > {cap_p / d:.1f}x (parent not reached in {cap_p:.1f} min)")
+            cap_p = max(r["cpu_min"] for r in arms[a])
+            print(f"ratio {a} / difflung: > {cap_p / d:.1f}x ({a} not reached in {cap_p:.1f} min)")
         else:
-            print("ratio parent / difflung: not measurable (difflung not reached)")
+            print(f"ratio {a} / difflung: not measurable (difflung not reached)")
 
 
 def main(argv=None) -> None:

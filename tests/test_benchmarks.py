@@ -30,20 +30,24 @@ def test_convergence_benchmark_builds_then_reuses_its_dataset(tmp_path):
     assert (label, rec, over) == ("eps", "difflung", {"prediction_type": "epsilon", "lr": 0.003})
 
 
-def test_convergence_summary_reports_each_sampler_and_the_ratio(capsys):
+def test_convergence_summary_reports_each_sampler_and_a_ratio_per_parent_arm(capsys):
     bench = _load("bench_convergence")
     crit = {"judge Dice ratio, ggo": [0.7, False]}
-    row = lambda step, w, smp, ok, cpu, final=False: {"step": step, "weights": w, "sampler": smp, "converged": ok,
-                                                      "criteria": crit, "air_share_ddim50": 1.0, "air_mean_hu": -980.0,
-                                                      "cpu_min": cpu, "final": final}
-    arms = {"difflung": [row(500, "ema", "dpm", False, 1.0), row(500, "ema", "dpm-sde", False, 1.0),
-                         row(1000, "ema", "dpm", False, 2.0), row(1000, "ema", "dpm-sde", True, 2.0, True)],
-            "parent": [row(1000, "raw", "dpm", False, 5.0), row(2000, "raw", "dpm", False, 10.0, True)]}
+    row = lambda rec, step, w, smp, ok, cpu, final=False: {
+        "recipe": rec, "step": step, "weights": w, "sampler": smp, "converged": ok, "criteria": crit,
+        "air_share_ddim50": 1.0, "air_mean_hu": -980.0, "cpu_min": cpu, "final": final}
+    d, p = lambda *a, **k: row("difflung", *a, **k), lambda *a, **k: row("parent", *a, **k)
+    arms = {"difflung": [d(500, "ema", "dpm", False, 1.0), d(500, "ema", "dpm-sde", False, 1.0),
+                         d(1000, "ema", "dpm", False, 2.0), d(1000, "ema", "dpm-sde", True, 2.0, True)],
+            "parent": [p(1000, "raw", "dpm", False, 5.0), p(2000, "raw", "dpm", False, 10.0, True)],
+            "parent-long": [p(4000, "raw", "dpm", False, 20.0), p(8000, "raw", "dpm", True, 40.0, True)],
+            "lr": [d(1000, "ema", "dpm", True, 3.0, True)]}  # a difflung lever: no ratio of its own
     bench.summary(arms, cap=10)
     out = capsys.readouterr().out
     assert "difflung                 ema dpm-sde: 2.0 min (step 1000)" in out
     assert "difflung                 ema dpm    : not reached in 2.0 min (cap 10; step 1000)" in out
     assert "ratio parent / difflung: > 5.0x (parent not reached in 10.0 min)" in out
+    assert "ratio parent-long / difflung: 20.0x" in out and "ratio lr" not in out
 
 
 def test_convergence_counts_the_judges_false_positives_on_real_and_generated():
