@@ -64,7 +64,13 @@ def dataset(args):
 
     root = Path(args.out) / f"data_{args.n_patients}p_{args.size}px"
     if (root / "dataset" / "manifest.json").is_file():
-        return Dataset(root / "dataset")
+        ds = Dataset(root / "dataset")
+        ph = ds.manifest["params"]["phantom_config"]
+        if (ph["slices_per_patient"], ph["size"]) != (args.slices, args.phantom_size):
+            raise ValueError(f"{root}: cached dataset has {ph['slices_per_patient']} slices per patient at phantom "
+                             f"size {ph['size']}, not --slices {args.slices} --phantom-size {args.phantom_size}; "
+                             f"use another --out")
+        return ds
     return build_phantom(root, n_patients=args.n_patients, slices_per_patient=args.slices,
                          phantom_size=args.phantom_size, size=args.size, seed=args.seed)[0]
 

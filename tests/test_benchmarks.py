@@ -26,6 +26,8 @@ def test_convergence_benchmark_builds_then_reuses_its_dataset(tmp_path):
     ds = bench.dataset(args)
     assert ds.size == 32 and (tmp_path / "data_3p_32px" / "dataset" / "manifest.json").is_file()
     assert bench.dataset(args).manifest == ds.manifest  # the second call reads the cached artifact
+    with pytest.raises(ValueError, match="2 slices per patient"):  # never another data set under the same name
+        bench.dataset(Namespace(**{**vars(args), "slices": 24}))
     label, rec, over = bench.parse_arm("eps=difflung:prediction_type=epsilon,lr=0.003")
     assert (label, rec, over) == ("eps", "difflung", {"prediction_type": "epsilon", "lr": 0.003})
 
