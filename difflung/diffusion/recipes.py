@@ -87,7 +87,10 @@ convergence criteria of `difflung.instruments` are met).
   texture 0.70 (stopped there).
 - A shorter budget with the lever does not converge (2026-12-05, horizon 2,500, 11.2 CPU min, arms `difflung`
   and `h2500s1`): training seed 0 missed on GGO alone (0.788; emphysema 0.87, fibrosis HU W1 27 HU, air 100 %),
-  seed 1 on GGO 0.74, emphysema 0.71 and air 94 %. 4,000 steps stays the laptop budget.
+  seed 1 on GGO 0.74, emphysema 0.71 and air 94 %. 4,000 steps stays the laptop budget. Seed 0 at 4,000 met every
+  criterion again (arm `difflung`, 17.7 CPU min, GGO 0.837). A longer budget does not rescue seed 1: a 6,000-step
+  horizon (arm `h6000s1`, 26.5 CPU min) still missed on GGO alone (0.796; emphysema 0.83, lesion HU W1 at most
+  26 HU, classifier 0.58), so the training seed, not the budget, decides GGO's last few hundredths here.
 - Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
   "difflung" by default), so chapter 2's strategies, Diff-Lung and Seg-Guided differ only in what is compared.
 """
