@@ -125,8 +125,9 @@ def train_models(cmp: Setup, *, preset: str = "small", train_steps: int = 300, b
     Pix2Pix and SPADE get the same steps x batch (one GAN step updates the discriminator and the generator once
     each, as in the originals). All jobs share one pool of `cmp.workers`, longest first (diffusion, then SPADE,
     then Pix2Pix), so no worker idles while another trains (in the laptop run, separate diffusion and GAN pools of
-    two workers left one idle for a whole diffusion training: 17 of chapter 4's 78 minutes). A finished model is reused, not retrained. Returns one
-    row per model and seed: where it comes from, steps, batch, images seen, parameters, training seconds.
+    two workers left one idle for a whole diffusion training: 17 of chapter 4's 78 minutes). A finished model is
+    reused, not retrained. Returns one row per model and seed: where it comes from, steps, batch, images seen,
+    parameters, training seconds.
     """
     reused, base = _main_model(cmp)
     base = asdict(base) if base else dict(preset=preset, steps=train_steps, batch_size=batch_size, seed=cmp.seed)

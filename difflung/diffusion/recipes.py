@@ -85,7 +85,7 @@ convergence criteria of `difflung.instruments` are met).
   step 4,000), not because it makes convergence certain: the laptop run checks every training seed it trains
   against the criteria. Not the EMA: arm `s24ema995` (`ema_decay=0.995`) at step 2,000 had GGO 0.68 and lung
   texture 0.70 (stopped there).
-- A shorter budget with the lever does not converge (2026-12-05, horizon 2,500, 11.2 CPU min, arms `difflung`
+- A shorter budget with the lever does not converge (2026-12-05, horizon 2,500, 11.2 CPU min, arms `h2500`
   and `h2500s1`): training seed 0 missed on GGO alone (0.788; emphysema 0.87, fibrosis HU W1 27 HU, air 100 %),
   seed 1 on GGO 0.74, emphysema 0.71 and air 94 %. 4,000 steps stays the laptop budget. Seed 0 at 4,000 met every
   criterion again (arm `difflung`, 17.7 CPU min, GGO 0.837). A longer budget does not rescue seed 1: a 6,000-step
