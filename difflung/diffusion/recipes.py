@@ -91,6 +91,14 @@ convergence criteria of `difflung.instruments` are met).
   criterion again (arm `difflung`, 17.7 CPU min, GGO 0.837). A longer budget does not rescue seed 1: a 6,000-step
   horizon (arm `h6000s1`, 26.5 CPU min) still missed on GGO alone (0.796; emphysema 0.83, lesion HU W1 at most
   26 HU, classifier 0.58), so the training seed, not the budget, decides GGO's last few hundredths here.
+- Time to quality against the parent (2026-12-05, 45 patients, 24 slices, one thread, DPM-Solver++ 20, 216 test
+  slices): arm `difflung` met every criterion at step 4,000 after 17.7 CPU min. Arm `parent` (the parent's recipe,
+  batch 16, horizon 11,000, 0.52 CPU s per step) met no image criterion at step 5,500 (47.6 CPU min): air within
+  30 HU on 0 % of slices (generated air -544 HU: the grey air of epsilon prediction under a deterministic
+  solver), the judge's lung Dice ratio 0.08, lesion HU W1 over 230 HU; an earlier arm over a 6,400-step horizon
+  looked the same at step 4,800 (40.5 CPU min). So the parent is at least 2.7x slower to quality here; the
+  11,000-step evaluation (about 95 CPU min) is the one that can show 5x. The parent's own sampler (1,000 ancestral
+  steps) is not what the book samples with, so this is the time to quality of the book's pipeline.
 - Every diffusion model of the chapters is built from a recipe (`generators.diffusion_config(key, recipe=...)`,
   "difflung" by default), so chapter 2's strategies, Diff-Lung and Seg-Guided differ only in what is compared.
 """
