@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from difflung.baselines import build_models, model_config, one_hot, rng_scope  # noqa: E402
-from difflung.evaluation import count_params, gflops_per_call, time_per_image  # noqa: E402
+from difflung.baselines import build_models, model_config, one_hot, rng_scope
+from difflung.judging.metrics import count_params, gflops_per_call, time_per_image  # noqa: E402
 from difflung.labels import PHANTOM_IDS  # noqa: E402
-from difflung.provenance import device_description, provenance, write_json_atomic  # noqa: E402
+from difflung.core.provenance import device_description, provenance, write_json_atomic  # noqa: E402
 
 # poster, for orientation only (its device and image size are not stated)
 REPORTED = {"pix2pix": (15, 0.18), "spade": (25, 0.37)}

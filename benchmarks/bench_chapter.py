@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(chapter: str = "01_data_preparation", target_s: float = 60.0) -> None:
-    from difflung.pipeline import toc_chapters
+    from difflung.run.pipeline import toc_chapters
 
     stems = toc_chapters(ROOT)
     upstream = stems[: stems.index(chapter)]

@@ -9,7 +9,7 @@ Every arm trains the same model (`--preset`, one-hot masks, CBMAT ablation) on t
 (`difflung.diffusion.recipes`), optionally with some fields replaced (a lever). Training stops every
 `--eval-every` steps (`train_diffusion(stop_after=...)` checkpoints; the next call resumes bit-exactly, with
 the cosine schedule over `--horizon` steps), and the newest checkpoint's weights are scored on the test masks:
-the criteria of `difflung.instruments` (judge Dice ratio per judged class, per-class HU Wasserstein-1, share
+the criteria of `difflung.judging.instruments` (judge Dice ratio per judged class, per-class HU Wasserstein-1, share
 of slices with air within 30 HU, real-vs-generated classifier accuracy) with `--sampler` (DPM-Solver++ 20;
 repeat it, e.g. `--sampler dpm --sampler dpm-sde`, to score more samplers, the first deciding time to quality),
 plus the air share with DDIM-50, the judge's false positives of each judged rare class on real and generated
@@ -59,8 +59,8 @@ def parse_arm(text: str) -> tuple[str, str, dict]:
 
 
 def dataset(args):
-    from difflung.cohort import build_phantom
-    from difflung.dataset import Dataset
+    from difflung.data.phantom_dataset import build_phantom
+    from difflung.data.dataset import Dataset
 
     root = Path(args.out) / f"data_{args.n_patients}p_{args.size}px"
     if (root / "dataset" / "manifest.json").is_file():
@@ -78,9 +78,9 @@ def dataset(args):
 def evaluate(model_dir, ds, judge, args) -> list[dict]:
     """Score the newest checkpoint: criteria with each of args.samplers (the first decides time to quality), air
     share with DDIM-50; EMA and raw weights."""
-    from difflung.convergence import checkpoint_model, measure_criteria
+    from difflung.judging.convergence import checkpoint_model, measure_criteria
     from difflung.diffusion.sample import sample
-    from difflung.instruments import converged
+    from difflung.judging.instruments import converged
 
     rows = []
     for ema in (True, False):
@@ -110,7 +110,7 @@ def judge_false_positives(judge, ds, info) -> dict:
     (`quality.judge_errors`), {class: [real, generated]}: a Dice ratio lost to lesion-like texture where the mask
     has no lesion shows as a generated count far above the real one."""
     from difflung import labels as L
-    from difflung.quality import judge_errors
+    from difflung.judging.realism import judge_errors
 
     rare = [c for c in info["judged"] if c in L.BY_NAME and L.BY_NAME[c].pathology]
     if not rare:
@@ -125,8 +125,8 @@ def texture_ratios(ds, generated) -> dict:
     """Fine texture (`quality.texture_ratio`) of the generated test slices over the real ones, for lung and each
     rare class present: below 1, the model renders the class too smooth."""
     from difflung import labels as L
-    from difflung.dataset import unwindow
-    from difflung.quality import texture_ratio
+    from difflung.data.dataset import unwindow
+    from difflung.judging.realism import texture_ratio
 
     te = ds.split("test")
     names = [n for n in L.names(ds.classes) if n == "lung" or L.BY_NAME[n].pathology]
@@ -244,7 +244,7 @@ def main(argv=None) -> None:
     args.samplers = args.samplers or ["dpm"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    from difflung.convergence import fit_judge
+    from difflung.judging.convergence import fit_judge
     specs = [parse_arm(a) for a in (args.arm or ["difflung", "parent"])]
     if args.report:
         found = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
@@ -254,7 +254,7 @@ def main(argv=None) -> None:
     ds = dataset(args)
     judge = fit_judge(Path(args.out) / f"judge_{args.n_patients}p_{args.size}px", ds, steps=args.judge_steps,
                       seed=args.seed)
-    from difflung.evaluation import dice_per_class
+    from difflung.judging.metrics import dice_per_class
     te = ds.split("test")
     real = dice_per_class(judge.predict(te.images), te.labels, ds.classes).groupby("class")["dice"].mean()
     print("judge Dice on real test slices: " + ", ".join(f"{c} {v:.2f}" for c, v in real.items()), flush=True)

@@ -98,9 +98,9 @@ def model_for(preset: str, mask_mode: str, size: int, device: str):
 
 def sampler_quality(model_dir: Path, n_test: int, device: str, seed: int = 0):
     """PSNR/SSIM of DDIM-50, DPM-Solver++-20 (and 10) on a trained model's test slices, paired by mask."""
-    from difflung.dataset import Dataset
+    from difflung.data.dataset import Dataset
     from difflung.diffusion import load_model, sample
-    from difflung.evaluation import mean_ci, paired_test, psnr_ssim
+    from difflung.judging.metrics import mean_ci, paired_test, psnr_ssim
 
     unet, meta = load_model(model_dir, device=device)
     ds = Dataset(meta["dataset"]["path"])
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         return 0
 
     from difflung.diffusion import build_unet, sampling_gflops
-    from difflung.provenance import device_description, provenance, write_json_atomic
+    from difflung.core.provenance import device_description, provenance, write_json_atomic
 
     if a.threads:
         torch.set_num_threads(a.threads)

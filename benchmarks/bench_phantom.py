@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from difflung import phantom as P  # noqa: E402
+from difflung import phantom as P
 
 TARGET = 50.0  # slices/s at 256x256 on one core
 

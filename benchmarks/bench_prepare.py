@@ -13,11 +13,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import resource  # noqa: E402
 import time  # noqa: E402
 
-from difflung.anatomy import AnatomyConfig  # noqa: E402
-from difflung.classmap import load_classmap  # noqa: E402
-from difflung.ctio import read_volume  # noqa: E402
-from difflung.prepare import Case, prepare_volume  # noqa: E402
-from difflung.realdata import fetch_pyradiomics  # noqa: E402
+from difflung.data.ct_anatomy import AnatomyConfig  # noqa: E402
+from difflung.data.classmap import load_classmap  # noqa: E402
+from difflung.data.ctio import read_volume  # noqa: E402
+from difflung.data.prepare import Case, prepare_volume  # noqa: E402
+from difflung.data.realdata import fetch_pyradiomics  # noqa: E402
 
 
 def cpu() -> float:

@@ -5,7 +5,7 @@ optimisation steps after a short warm-up run. Reference, measured in the same ru
 augmentation, fp32. Compared: with the standard MONAI augmentation (the library default; per-sample on the CPU),
 and on CUDA with bf16 autocast.
 
-Synthetic set: masks from `difflung.masksynth` (masks/s), then images from a mask-conditioned diffusion UNet
+Synthetic set: masks from `difflung.data.masksynth` (masks/s), then images from a mask-conditioned diffusion UNet
 (`--model DIR`, or an untrained preset: speed does not depend on the weights). Reference: DDIM with 50 steps
 (the parent's default); compared: DDIM-20 and DPM-Solver++-20. The ratio is images/s over the reference's.
 
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from difflung.provenance import device_description, provenance, write_json_atomic  # noqa: E402
+from difflung.core.provenance import device_description, provenance, write_json_atomic  # noqa: E402
 from difflung.segmentation import SegConfig, train_segmenter  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     from difflung.diffusion.model import build_unet
     from difflung.diffusion.sample import sample
     from difflung.diffusion.train import NOISE_SCHEDULE, load_model
-    from difflung.masksynth import synthesize_masks
+    from difflung.data.masksynth import synthesize_masks
 
     rare = {"emphysema": 0.15, "ggo": 0.15, "fibrosis": 0.15}
     t0 = time.perf_counter()
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     for r in seg_rows:
         print(f"  {r['config']:58s}{r['images_per_s']:9.1f}  {r['ratio_vs_reference']:6.2f}x")
     print(f"\nsynthetic set ({what}, {args.n_synthetic} images per batch)")
-    print(f"  mask synthesis (difflung.masksynth){'':23s}{mask_rate:9.1f}  masks/s")
+    print(f"  mask synthesis (difflung.data.masksynth){'':23s}{mask_rate:9.1f}  masks/s")
     for r in gen_rows:
         ref_tag = "  (reference)" if r is gen_rows[0] else ""
         print(f"  {r['sampler']:58s}{r['images_per_s']:9.2f}  {r['ratio_vs_reference']:6.2f}x{ref_tag}")

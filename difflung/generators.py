@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .diffusion.ablation import STRATEGIES
-from .diffusion.model import UNSPECIFIED
+from difflung.diffusion.ablation import STRATEGIES
+from difflung.diffusion.model import UNSPECIFIED
 
 DIFFUSION, GAN = "diffusion", "gan"
 
@@ -67,7 +67,7 @@ def diffusion_config(key: str, *, recipe: str = "difflung", **fields):
     """The `TrainConfig` of a registered diffusion generator: the training `recipe` (`difflung.diffusion.recipes`;
     every diffusion model of a comparison shares one), then `fields` (budget, preset, seed, ...), then the settings
     that define `key`, which `fields` may not contradict."""
-    from .diffusion.recipes import recipe_config
+    from difflung.diffusion.recipes import recipe_config
 
     spec = _spec(key)
     if spec.kind != DIFFUSION:
@@ -80,7 +80,7 @@ def diffusion_config(key: str, *, recipe: str = "difflung", **fields):
 
 def gan_config(key: str, size: str, **fields):
     """The `GanTrainConfig` of a registered GAN at registry size `size` (T, S, B or L, a profile value)."""
-    from .baselines import GanTrainConfig, baseline_name
+    from difflung.baselines import GanTrainConfig, baseline_name
 
     spec = _spec(key)
     if spec.kind != GAN:
@@ -90,7 +90,7 @@ def gan_config(key: str, size: str, **fields):
 
 def folder_kind(path) -> str:
     """DIFFUSION or GAN, read from the config file a finished model folder holds."""
-    from .diffusion.train import META_FILE
+    from difflung.diffusion.train import META_FILE
 
     path = Path(path)
     if (path / META_FILE).is_file():
@@ -161,11 +161,11 @@ class Generator:
             (N, S, S) float32 in [-1, 1], the model window HU [-1000, 400].
         """
         if self.kind == DIFFUSION:
-            from .diffusion import sample
+            from difflung.diffusion import sample
 
             return sample(self.module, self.config, masks, generator=generator, sampler=self.sampler,
                           steps=self.sampler_steps, batch_size=batch_size, device=self.device, progress=progress)
-        from .baselines import generate
+        from difflung.baselines import generate
 
         masks = np.asarray(masks)
         if (masks == UNSPECIFIED).any():
@@ -183,12 +183,12 @@ class Generator:
         """GFLOPs to generate one image: a diffusion model's UNet forward times the solver steps (default: its
         own sampling settings); a GAN's single forward."""
         if self.kind == DIFFUSION:
-            from .diffusion import sampling_gflops
+            from difflung.diffusion import sampling_gflops
 
             return sampling_gflops(self.module, self.config, sampler or self.sampler,
                                    self.sampler_steps if sampler_steps is None else sampler_steps)
-        from .baselines import one_hot
-        from .evaluation import gflops_per_call
+        from difflung.baselines import one_hot
+        from difflung.judging.metrics import gflops_per_call
 
         mask = one_hot(np.zeros((1, self.size, self.size), np.uint8), self.classes, self.device)
         return gflops_per_call(self.module, mask)
@@ -211,18 +211,18 @@ def load_generator(path, *, key: str | None = None, device: str = "cpu", sampler
         path: a diffusion model folder or a GAN training (or `generator/`) folder.
         key: its registry key; None: read from the folder (GAN kind; a diffusion model's mask mode and strategy:
             "difflung", "segguided", else the strategy name).
-        device: where to run it ("cpu", "cuda"; resolve "auto" with `difflung.provenance.resolve_device`).
+        device: where to run it ("cpu", "cuda"; resolve "auto" with `difflung.core.provenance.resolve_device`).
         sampler, sampler_steps: a diffusion model's sampling settings (`difflung.diffusion.sample`).
         dataset: optional `Dataset`; its classes and image size must match the model's.
     """
     path = Path(path)
     if folder_kind(path) == DIFFUSION:
-        from .diffusion import load_model
+        from difflung.diffusion import load_model
 
         module, config = load_model(path, dataset, device=device)
         g = Generator(key or _diffusion_key(config), DIFFUSION, path, config, module, sampler, sampler_steps, device)
     else:
-        from .baselines import load_generator as load_gan
+        from difflung.baselines import load_generator as load_gan
 
         module = load_gan(path, device)
         config = module.difflung_config

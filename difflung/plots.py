@@ -7,8 +7,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import labels as L
-from .provenance import atomic_path, provenance, write_json_atomic
+from difflung import labels as L
+from difflung.core.provenance import atomic_path, provenance, write_json_atomic
 
 
 def lung_window(hu: np.ndarray) -> np.ndarray:
@@ -155,7 +155,7 @@ def zoom_grid(columns, labels, picks, *, min_side: int, row_text=None):
     """
     from matplotlib.patches import Rectangle
 
-    from .dataset import unwindow
+    from difflung.data.dataset import unwindow
 
     fig, axes = plt.subplots(2 * len(picks), len(columns), figsize=(1.7 * len(columns) + 1, 3.4 * len(picks)),
                              squeeze=False, layout="constrained")

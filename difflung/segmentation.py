@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .progress import show_progress
-from . import labels as L
-from .provenance import provenance
-from .training import (BatchOrder, FolderSpec, LossLog, RunFolder, load_state_dict, open_folder, rng_scope, run_key,
+from difflung.core.progress import show_progress
+from difflung import labels as L
+from difflung.core.provenance import provenance
+from difflung.core.training import (BatchOrder, FolderSpec, LossLog, RunFolder, load_state_dict, open_folder, rng_scope, run_key,
                        save_model_folder, state_dict_writer)
 
 FORMAT = "difflung-segmenter/1"

@@ -39,10 +39,11 @@ n_synthetic_masks = 24
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from difflung import cohort, labels, masksynth, realct
+from difflung.data import phantom_dataset as cohort, masksynth, realct
+from difflung import labels
 from difflung.chapters import data_preparation as ch
 from difflung.plots import table, window_name
-from difflung.realdata import CREDIT
+from difflung.data.realdata import CREDIT
 
 glue("size", size, display=False)
 glue("phantom_size", phantom_size, display=False)
@@ -64,7 +65,7 @@ labels.legend_table()
 # two lungs with a tapering vessel tree, trachea and main bronchi) and pathology (emphysema with upper-zone
 # predominance, ground-glass opacity, subpleural and basal fibrosis with honeycombing) from an explicit
 # `numpy.random.Generator`, adds correlated CT noise and partial-volume blur, and stacks slices from apex to base.
-# `difflung.cohort.build_phantom` draws the slices at {glue:text}`phantom_size` pixels per side,
+# `difflung.data.phantom_dataset.build_phantom` draws the slices at {glue:text}`phantom_size` pixels per side,
 # resizes them to the profile's {glue:text}`size`, windows them for the model, keeps slices with lung, splits by
 # patient and writes the dataset artifact.
 
@@ -110,7 +111,7 @@ for k, v in checks.items():
 #
 # Training happens at {glue:text}`size` pixels per side, not at the phantom's {glue:text}`phantom_size`. Resizing
 # averages neighbouring pixels, and a small dark emphysema bulla averaged with the lung around it is no longer
-# darker than $-950$ HU. The check below (`difflung.instruments.hu_signature`) asks, per class, whether the
+# darker than $-950$ HU. The check below (`difflung.judging.instruments.hu_signature`) asks, per class, whether the
 # intensity signature that defines it survives: for emphysema a sizeable share of its pixels below $-950$ HU (and
 # more than healthy lung), for the other pathologies a mean inside the literature range. It runs on the training
 # split, in HU, once at the phantom's resolution and once after the resize.
@@ -127,7 +128,7 @@ glue("sig_verb", Markdown("loses" if len(lost) == 1 else "lose"), display=False)
 # %% [markdown]
 # At {glue:text}`size` pixels, {glue:md}`sig_lost` {glue:md}`sig_verb` the signature. The result is saved as
 # `hu_signature.json` in this chapter's run folder; later chapters read it
-# (`difflung.instruments.read_signature`) and report such a class as *not measurable at this size*, since no
+# (`difflung.judging.instruments.read_signature`) and report such a class as *not measurable at this size*, since no
 # model trained on these images can be asked to reproduce a texture the images no longer hold.
 #
 # ## Class frequencies
@@ -164,7 +165,7 @@ ch.table_frequencies(freq, "f_in_lung")
 # A phantom that only ever meets itself proves little. The pyradiomics source archive ships two real chest CT
 # volumes with one lesion label each (`lung1`: a nodule; `lung2`: a tumour, and an unlabelled hazy opacity in the
 # left lung). `python -m difflung fetch-data` downloads the archive from PyPI into a local cache, checks its sha256
-# and extracts them; nothing of it is in this repository. `difflung.anatomy` segments body, lungs and airway
+# and extracts them; nothing of it is in this repository. `difflung.data.ct_anatomy` segments body, lungs and airway
 # classically; the lesion labels map onto project classes through a class map (here every lesion is a `nodule`).
 # Neither volume has labelled emphysema, fibrosis or ground-glass opacity.
 
@@ -233,7 +234,7 @@ if real_ct:
 # ## Mask synthesis for rare classes
 #
 # Diff-Lung makes new masks for rare classes by rotating, copying and dilating lesions, only inside healthy lung.
-# `difflung.masksynth.synthesize_masks` does this on the training masks, up to a target share of the lung field
+# `difflung.data.masksynth.synthesize_masks` does this on the training masks, up to a target share of the lung field
 # per class and never beyond it: a lesion that would carry a class past its target is not pasted, and only
 # training slices already at or below every target serve as a base, so a new mask may end below its target but
 # never above it. Anatomy (body, airway, lung outline) is never changed. These masks feed the ablation study and

@@ -56,11 +56,11 @@ strategies = ["none", "uniform", "cbmat", "cbmat-constant", "cbmat-inverse"]
 from IPython.display import Markdown
 from myst_nb import glue
 
-from difflung.progress import quiet_notebook_tqdm
+from difflung.core.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 
-from difflung import criteria, stats
+from difflung.judging import criteria, stats
 from difflung.chapters import ablation_study as ch
 from difflung.generators import display_name
 from difflung.plots import table, window_name
@@ -112,7 +112,7 @@ table(criteria.measurable_table(scored, measurable))
 # %% [markdown]
 # ### Did each strategy converge?
 #
-# The convergence criteria of chapter 3 (`difflung.criteria`), measured for every strategy on the same test
+# The convergence criteria of chapter 3 (`difflung.judging.criteria`), measured for every strategy on the same test
 # masks. A strategy that misses any of them makes every comparison involving it *not measurable*.
 
 # %% tags=["hide-input"]
@@ -153,10 +153,10 @@ glue("n_claims", len(claims), display=False)
 glue("min_patients", stats.min_units(len(claims)), display=False)
 
 # %% [markdown]
-# Each row compares CBMAT with another strategy on the same slices and seeds (`difflung.stats.compare_slices`):
+# Each row compares CBMAT with another strategy on the same slices and seeds (`difflung.judging.stats.compare_slices`):
 # the estimate is the mean difference, its interval a patient-level bootstrap, its p-value a sign-flip test over
 # patients. The p-values are corrected with Holm's method over the {glue:text}`n_claims` comparisons of this
-# chapter, then every row goes through the book's one verdict rule (`difflung.stats.verdict`): *reproduced* needs
+# chapter, then every row goes through the book's one verdict rule (`difflung.judging.stats.verdict`): *reproduced* needs
 # an adjusted p below {glue:text}`alpha` and an interval on the claimed side of zero. With this many comparisons
 # that takes at least {glue:text}`min_patients` test patients; a comparison involving a class or a strategy the
 # run cannot measure reads *not measurable*, with the reason.

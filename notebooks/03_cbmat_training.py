@@ -44,11 +44,11 @@ sample_seeds = [0, 1]
 from IPython.display import Markdown
 from myst_nb import glue
 
-from difflung.progress import quiet_notebook_tqdm
+from difflung.core.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 
-from difflung import criteria, instruments, stats
+from difflung.judging import criteria, instruments, stats
 from difflung.chapters import cbmat_training as ch
 from difflung.generators import display_name
 from difflung.plots import table, window_name
@@ -85,7 +85,7 @@ ch.figure_loss(result, run_dir, seed=seed)
 # ## Generation for held-out masks
 #
 # One generation per test mask and sampling seed, scored by the same rules as chapters 2 and 4 (test subset,
-# seeding: `difflung.scoring`), so chapter 4 reports the same PSNR for this model. Mask faithfulness is read by
+# seeding: `difflung.judging.scoring`), so chapter 4 reports the same PSNR for this model. Mask faithfulness is read by
 # the run's judge, a segmentation network trained on real training slices only.
 
 # %% tags=["hide-input"]
@@ -111,7 +111,7 @@ glue("rare_floor", instruments.JUDGE_FLOOR_RARE, display=False)
 # ## Has the model converged?
 #
 # The criteria are checked on the {glue:text}`n_test_slices` test masks of {glue:text}`n_test_patients` test
-# patients (`difflung.criteria.measure`, thresholds in `difflung.instruments`): the judge's Dice on generated
+# patients (`difflung.judging.criteria.measure`, thresholds in `difflung.judging.instruments`): the judge's Dice on generated
 # slices at least a fixed share of its Dice on the real slices, for each measurable class; per-class HU distance
 # (Wasserstein-1) between generated and real pixels below a limit; almost every generated slice with its air
 # near the real slice's; and a small classifier trained on some test patients that cannot tell real from
@@ -150,7 +150,7 @@ table(ch.table_judge_errors(runs_root, scored, measurable, judge_steps=judge_ste
 # A texture the model renders too smooth is one such cause: the HU histogram of a class can match (the criteria's
 # distance) while its fine structure, CT noise and reticulation, is missing, and smooth lung reads as haze. The
 # table gives each class's fine texture (the spread of each pixel around its 3x3 mean, inside the class) on real
-# and generated slices of the same masks (`difflung.quality.texture`).
+# and generated slices of the same masks (`difflung.judging.realism.texture`).
 
 # %% tags=["hide-input"]
 table(ch.table_texture(scored))

@@ -48,11 +48,11 @@ sample_seeds = [0, 1]
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from difflung.progress import quiet_notebook_tqdm
+from difflung.core.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()  # before difflung's GAN trainer imports tqdm.auto
-from difflung import instruments, stats  # noqa: E402
-from difflung.chapters import baseline_comparison as ch  # noqa: E402
+from difflung.judging import instruments, stats
+from difflung.chapters import baseline_comparison as ch
 from difflung.plots import pct, table  # noqa: E402
 
 glue("confidence", Markdown(pct(stats.CONFIDENCE, 2)), display=False)
@@ -133,7 +133,7 @@ table(ch.table_quality(summary))
 
 # %% [markdown]
 # The poster's image-quality claims, measured here as paired differences on the same slices and noise
-# (`difflung.stats.compare_slices`). A claim involving a generator that misses its convergence criteria is not
+# (`difflung.judging.stats.compare_slices`). A claim involving a generator that misses its convergence criteria is not
 # measurable. The verdicts themselves are given once, in the results chapter, after Holm's correction across all
 # of the run's claims.
 

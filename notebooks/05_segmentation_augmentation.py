@@ -50,11 +50,12 @@ seg_steps = 200
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from difflung import augment, stats
+from difflung.augment import experiment as augment
+from difflung.judging import stats
 from difflung.chapters import segmentation_augmentation as ch
-from difflung.masksynth import report_table as synthesis_display
+from difflung.data.masksynth import report_table as synthesis_display
 from difflung.plots import table
-from difflung.progress import quiet_notebook_tqdm
+from difflung.core.progress import quiet_notebook_tqdm
 from difflung.segmentation import SegConfig
 
 quiet_notebook_tqdm()
@@ -78,7 +79,7 @@ table(ch.table_inputs(inputs))
 # %% [markdown]
 # ## Synthetic sets and the control's class balance
 #
-# `difflung.augment.run_experiment` synthesises the masks, paints them with each diffusion model, builds the arms,
+# `difflung.augment.experiment.run_experiment` synthesises the masks, paints them with each diffusion model, builds the arms,
 # and trains and scores each arm once per training seed ({glue:text}`n_seeds` seeds, {glue:text}`seg_steps` steps
 # each). The mask synthesis, then each training set's rare-class share, which shows that `oversample` adds as many
 # rare-class pixels as the synthetic arms:
@@ -121,9 +122,9 @@ ch.figure_dice(run_dir, runs_root=runs_root, seed=seed)
 #
 # Each comparison "arm a > arm b" pairs the arms' Dice by training seed: the mean paired difference, an interval
 # from {glue:text}`min_interval_seeds` seeds, and a two-sided Wilcoxon signed-rank test over seeds
-# (`difflung.stats.compare_seeds`). With $n$ seeds that test cannot give $p$ below $2/2^n$. The chapter compares
+# (`difflung.judging.stats.compare_seeds`). With $n$ seeds that test cannot give $p$ below $2/2^n$. The chapter compares
 # every arm with `ref`, and each synthetic arm with the `oversample` control; the $p$-values are adjusted by Holm's
-# method across the whole table, and the verdict follows the book's one rule (`difflung.stats.verdict`):
+# method across the whole table, and the verdict follows the book's one rule (`difflung.judging.stats.verdict`):
 # *reproduced* needs a Holm-adjusted $p$ below {glue:text}`alpha` and an interval wholly above 0, *not reproduced*
 # an interval wholly below 0, anything else is *inconclusive*; a comparison whose class is not measurable or whose
 # generator did not meet its convergence criteria (chapters 3 and 4) is *not measurable*.
@@ -136,7 +137,7 @@ table(ch.table_comparisons(run_dir, runs_root=runs_root, seed=seed), hide_index=
 #
 # The poster's own segmentation claims (Diff-Lung's Dice against `ref` and against Seg-Guided Diffusion) are judged
 # once for the whole run, with Holm's correction across all of the poster's claims, by
-# `difflung.claims.judge_run`; the results chapter shows the same rows. They are therefore left out of the table
+# `difflung.judging.claims.judge_run`; the results chapter shows the same rows. They are therefore left out of the table
 # above.
 
 # %% tags=["hide-input"]
@@ -170,7 +171,7 @@ if real is not None:
 # %% [markdown]
 # ## Export for nnU-Net
 #
-# `python -m difflung export-nnunet` (here `difflung.nnunet.export_nnunet`) writes real + synthetic training data in
+# `python -m difflung export-nnunet` (here `difflung.data.nnunet.export_nnunet`) writes real + synthetic training data in
 # nnU-Net v2's raw layout, so the augmented set can train nnU-Net.
 
 # %% tags=["hide-input"]

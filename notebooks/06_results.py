@@ -22,7 +22,7 @@
 # real CT volumes at the profile's size) and budget differ from the poster's (undisclosed data, 256x256, days of
 # GPU training), so absolute values are not expected to match; the verdicts test the poster's *comparisons*.
 #
-# **The verdict rule** (one function, `difflung.stats.verdict`, used by every chapter): a claim "a beats b" is
+# **The verdict rule** (one function, `difflung.judging.stats.verdict`, used by every chapter): a claim "a beats b" is
 # tested on paired differences a - b with the right unit (test patients for image quality: each slice's score
 # averaged over sampling seeds, then a patient-level bootstrap interval and sign-flip test; training seeds for
 # segmentation: an interval only from at least 5 seeds, and a Wilcoxon signed-rank test). The p-values of all
@@ -31,7 +31,7 @@
 #   this image size or is absent from the test truth, or a generator involved did not meet its convergence
 #   criteria (chapter 3) -- the reason is given;
 # - **reproduced** when the adjusted p is below 0.05 and the interval lies on the claimed side of 0 (of $-$margin
-#   for the one non-inferiority claim, whose margin `difflung.reported` declares with its reason);
+#   for the one non-inferiority claim, whose margin `difflung.judging.reported` declares with its reason);
 # - **not reproduced** when the interval lies entirely on the other side;
 # - **inconclusive** otherwise.
 # The last column says whether our effect is within an order of magnitude of the poster's (same sign, 0.1x-10x).

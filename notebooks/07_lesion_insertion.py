@@ -19,7 +19,7 @@
 # The chapters so far generate whole slices from masks. What users of augmentation ask for most is different:
 # take a real chest CT, choose where emphysema, fibrosis or ground-glass opacity (GGO) should appear, and get back
 # the same scan with a lesion there and every other voxel untouched. This chapter does that with
-# `python -m difflung insert`'s library (`difflung.insert`) on the real pyradiomics CT: a lesion-focused patch
+# `python -m difflung insert`'s library (`difflung.insertion.insert`) on the real pyradiomics CT: a lesion-focused patch
 # model, trained on phantom and real `lung1` patches, paints lesions into `lung2`, a scan it never saw in training.
 # Every check below is computed from the files the insertion wrote.
 
@@ -51,11 +51,11 @@ patch_judge_steps = 0
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from difflung import insert_checks
+from difflung.insertion import checks as insert_checks
 from difflung.chapters import lesion_insertion as ch
-from difflung.patches import PATCH_SPACING_MM
+from difflung.insertion.patches import PATCH_SPACING_MM
 from difflung.plots import table, window_name
-from difflung.progress import quiet_notebook_tqdm
+from difflung.core.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 glue("patch_size", patch_size, display=False)
@@ -71,9 +71,9 @@ glue("lung_window", Markdown(window_name()), display=False)
 #
 # A whole-slice model at the profile's image size cannot paint texture into a 512 x 512 scan of sub-millimetre
 # pixels. The insertion model works on patches of {glue:text}`patch_size` pixels at {glue:text}`patch_mm` mm,
-# whatever the scan's own pixel size (`difflung.patches`): windows of the scan are resampled onto that grid, painted
+# whatever the scan's own pixel size (`difflung.insertion.patches`): windows of the scan are resampled onto that grid, painted
 # and resampled back only where the lesion goes. It is trained with the ordinary training shell
-# (`difflung.patches.train_patch_model`) on patches of {glue:text}`n_phantom` phantom patients, drawn so that
+# (`difflung.insertion.patches.train_patch_model`) on patches of {glue:text}`n_phantom` phantom patients, drawn so that
 # each lesion class is present (they teach the pathology), and of the real `lung1` scan (healthy lung, vessels and
 # airway: the background), with the loss weighted towards lesion pixels (LeFusion's lesion-focused loss), for
 # {glue:text}`train_steps` steps. Train on `lung1`, insert into `lung2`: no in-sample leakage.
@@ -88,7 +88,7 @@ result, phantom, train_seconds = ch.train_model(
 # ## Placing and painting lesions
 #
 # For each class, lesion shapes of the phantom, drawn at `lung2`'s pixel size, are pasted into its healthy lung
-# (the `--synthesize` placement of `difflung.insert`, on the lung field `difflung.anatomy` extracts) until they
+# (the `--synthesize` placement of `difflung.insertion.insert`, on the lung field `difflung.data.ct_anatomy` extracts) until they
 # add up to {glue:text}`target_ml` ml. The edit region is the lesions dilated in-plane by {glue:text}`margin_mm`
 # mm within the lung; RePaint (`difflung.diffusion.inpaint`) regenerates only that region, with the real scan
 # forward-diffused as the known part at every step, and the final paste copies every other voxel from the input.
@@ -112,7 +112,7 @@ ch.figure_insertions(ins, run_dir, seed=seed)
 # %% [markdown]
 # ## Checks
 #
-# Computed from the written files (`difflung.insert_checks`), per inserted class:
+# Computed from the written files (`difflung.insertion.checks`), per inserted class:
 #
 # - **outside differences**: voxels outside the edit region (recomputed from the written lesion labels and the
 #   scan's own anatomy) whose value differs from the input's, bit for bit; it must be 0;
@@ -140,7 +140,7 @@ glue("n_classes", len(checks), display=False)
 # ### Does a segmenter find the inserted lesions?
 #
 # The run's judge segments whole slices at the profile's image size, where a lesion of a few ml covers a handful
-# of pixels. The judge for this chapter is trained the same way (`difflung.scoring.judge`) on the patch dataset
+# of pixels. The judge for this chapter is trained the same way (`difflung.judging.scoring.judge`) on the patch dataset
 # and reads windows of the patch grid centred on each inserted lesion, of the edited scan (*after*) and of the
 # input at the same places (*before*: the Dice it reaches without any insertion). Its own Dice on phantom test
 # patches says whether it reads a class reliably enough to judge it (the project's judge floor).

@@ -96,7 +96,7 @@ def write_toy_case(folder, name="toy", *, suffix=".nrrd", layout="flat", lesion=
                    spacing=(5.0, 5.0, 5.0), label_value=1):
     """Write a toy chest as an image/label pair: layout "flat" (<name>_image/<name>_label) or "folder"
     (<name>/image, <name>/label). Returns (image path, label path, truth)."""
-    from difflung.ctio import write_volume
+    from difflung.data.ctio import write_volume
 
     hu, truth, lab = toy_chest(shape=shape, spacing=spacing, lesion=lesion)
     folder = Path(folder)

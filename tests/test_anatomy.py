@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from _ct_fixtures import toy_chest
-from difflung import anatomy as A
+from difflung.data import ct_anatomy as A
 from difflung import labels as L
 
 SP = (5.0, 5.0, 5.0)

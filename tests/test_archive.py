@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from difflung import archive
-from difflung.metrics import write_metrics
+from difflung.run import archive
+from difflung.core.metrics_csv import write_metrics
 
 CHAPTERS = ["01_a", "02_b"]
 

@@ -1,13 +1,13 @@
-"""difflung.augment (arms, oversampling control, training and scoring over seeds) and chapter 5's tables."""
+"""difflung.augment.experiment (arms, oversampling control, training and scoring over seeds) and chapter 5's tables."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from difflung import augment as A
+from difflung.augment import experiment as A
 from difflung import labels as L
 from difflung.chapters import segmentation_augmentation as ch5
-from difflung.dataset import Slices
-from difflung.metrics import read_metrics
+from difflung.data.dataset import Slices
+from difflung.core.metrics_csv import read_metrics
 from difflung.segmentation import SegConfig
 
 TINY = dict(channels=(8, 16), strides=(2,), num_res_units=1, batch_size=8, lr=1e-2)
@@ -60,7 +60,7 @@ def _fake_results(n_seeds=6):
 
 def _upstream(root, *, difflung_converged=True, emphysema_signature=True, segguided_record=False):
     """Chapter 1's HU signature and chapters 3/4's convergence records, as those chapters write them."""
-    from difflung import criteria, instruments
+    from difflung.judging import criteria, instruments
 
     sig = pd.DataFrame([{"class": "emphysema", "size": 32, "measurable": emphysema_signature,
                          "reason": "" if emphysema_signature else "at 32 px: HU signature lost"},
@@ -88,7 +88,7 @@ def test_metrics_rows_and_results_table(tmp_path):
     ch5.write_chapter_metrics(run_dir, [_fake_results()], config=SegConfig(steps=1, **TINY), seed=0)
     assert path.read_bytes() == first  # deterministic: timings live in timings.json, not metrics.csv
     m = read_metrics(run_dir)
-    per_seed = m[(m.metric == "dice") & (m.seed >= 0)]  # the rows difflung.claims reads
+    per_seed = m[(m.metric == "dice") & (m.seed >= 0)]  # the rows difflung.judging.claims reads
     assert set(per_seed.model) == {"ref", "oversample", "+segguided", "+difflung"} and per_seed.seed.nunique() == 6
     assert (per_seed.dataset == "phantom").all()
     e = m[(m.seed == -1) & (m.model == "+difflung") & (m["class"] == "emphysema")].set_index("metric").value
@@ -153,8 +153,8 @@ def test_non_converged_generator_and_lost_signature_are_not_measurable(tmp_path)
 
 
 def test_poster_claims_come_from_the_one_judge(tmp_path, monkeypatch):
-    """table_poster_claims shows difflung.claims.judge_run's segmentation rows, unchanged."""
-    from difflung import claims
+    """table_poster_claims shows difflung.judging.claims.judge_run's segmentation rows, unchanged."""
+    from difflung.judging import claims
 
     judged = pd.DataFrame({"key": ["a", "b"], "kind": ["image quality", "segmentation"], "verdict": ["x", "y"]})
     monkeypatch.setattr(claims, "judge_run", lambda runs_root: judged if runs_root == tmp_path else None)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from _ct_fixtures import toy_chest, write_dicom_series, write_toy_case
-from difflung import realdata
-from difflung.ctio import write_volume
-from difflung.dataset import DatasetError
-from difflung.prepare import prepare
+from difflung.data import realdata
+from difflung.data.ctio import write_volume
+from difflung.data.dataset import DatasetError
+from difflung.data.prepare import prepare
 
 REPO = Path(__file__).resolve().parent.parent
 SP = (5.0, 5.0, 5.0)

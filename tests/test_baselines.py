@@ -9,7 +9,7 @@ import torch
 from difflung.baselines import (GanTrainConfig, baseline_name, build_models, generate, load_generator,
                                 model_config, one_hot, rng_scope, train_gan)
 from difflung.baselines import pix2pix, spade
-from difflung.dataset import Slices, write_dataset
+from difflung.data.dataset import Slices, write_dataset
 
 CLASSES = [0, 1, 2, 4]
 

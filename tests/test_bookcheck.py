@@ -1,5 +1,5 @@
 """The built-site checker finds missing pages, missing images, tracebacks and figure-less chapters."""
-from difflung.bookcheck import check_site
+from difflung.run.bookcheck import check_site
 
 GOOD = ('<html><body><table></table><img src="../_images/a.png"><img src="data:image/png;base64,xx">'
         '<div class="admonition"><p>What this run can and cannot show</p></div></body></html>')

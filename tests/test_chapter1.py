@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from difflung import cohort
-from difflung import instruments as I
+from difflung.data import phantom_dataset as cohort
+from difflung.judging import instruments as I
 from difflung import labels as L
 from difflung.chapters import data_preparation as ch
-from difflung.dataset import Volume, volumes_to_slices, write_dataset
+from difflung.data.dataset import Volume, volumes_to_slices, write_dataset
 from difflung.diffusion.ablation import ablation_frequencies
 from difflung.plots import hu_colorbar, pct, plt, sig, table, window_name
 

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from difflung import criteria, instruments, runs
+from difflung.judging import criteria, instruments
+from difflung.core import runs
 from difflung.diffusion.toy import toy_dataset
-from difflung.metrics import read_metrics
+from difflung.core.metrics_csv import read_metrics
 from difflung.plots import sig
 
 EVAL = dict(n_test=3, sampler="dpm", sampler_steps=2, seeds=(0, 1), device="cpu")
@@ -141,7 +142,7 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     assert set(df["model"]) == {*bc.MODELS, "real"}  # keys, never display names
     per_model = df[df["model"] != "real"].groupby("model")["metric"].apply(set)
     assert all(m == {*bc.QUALITY, "dice", "hu_w1", "gflops_per_image", "params"} for m in per_model)
-    # the full-frame rows difflung.claims reads: per (train_seed, sampling seed, slice, patient), class "all"
+    # the full-frame rows difflung.judging.claims reads: per (train_seed, sampling seed, slice, patient), class "all"
     psnr = df[(df["model"] == "difflung") & (df["metric"] == "psnr")]
     assert set(psnr["class"]) == {"all"} and set(psnr["condition"]) == {"full"} and set(psnr["seed"]) == {0, 1}
     assert (psnr["slice"] >= 0).all() and psnr["patient"].str.startswith("toy").all()
@@ -247,7 +248,7 @@ def test_notebook_runs_clean_on_a_toy_runs_folder(runs_root, stem, tmp_path):
 
     import papermill
 
-    from difflung.scope import TITLE
+    from difflung.chapters.scope import TITLE
 
     repo = Path(__file__).resolve().parents[1]
     params = dict(runs_root=str(runs_root), run_dir=str(runs.chapter_dir(runs_root, stem)), device="cpu",

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflung.checkpoint import latest_checkpoint, load_training_state, save_training_state
+from difflung.core.checkpoint import latest_checkpoint, load_training_state, save_training_state
 
 
 def _train(steps, model, opt, sched, g, n, start=0):

@@ -2,10 +2,11 @@
 import numpy as np
 import pandas as pd
 
-from difflung import claims, runs
-from difflung.criteria import write_criteria
-from difflung.metrics import write_metrics
-from difflung.reported import ALL_CLAIMS
+from difflung.judging import claims
+from difflung.core import runs
+from difflung.judging.criteria import write_criteria
+from difflung.core.metrics_csv import write_metrics
+from difflung.judging.reported import ALL_CLAIMS
 
 GENS = {"difflung": 1.0, "segguided": 0.0, "spade": -0.5, "pix2pix": -1.0}  # PSNR offsets
 
@@ -76,7 +77,7 @@ def test_main_model_convergence_is_chapter_3s_record(tmp_path):
     # chapter 4 scores the shared main model on fewer test slices; chapter 3's record (every slice) decides it
     import pandas as pd
 
-    from difflung import claims, criteria
+    from difflung.judging import claims, criteria
 
     def record(met):
         return {"converged": met, "table": pd.DataFrame([{"criterion": "c", "value": 1.0, "threshold": 1.0,

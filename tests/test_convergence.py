@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflung.convergence import checkpoint_model, criteria_classes, fit_judge, measure_criteria
+from difflung.judging.convergence import checkpoint_model, criteria_classes, fit_judge, measure_criteria
 from difflung.diffusion import TrainConfig, train_diffusion
 from difflung.diffusion.recipes import RECIPES, recipe_config, recipe_difference
 from difflung.diffusion.toy import toy_dataset

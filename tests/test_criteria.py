@@ -3,10 +3,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from difflung import criteria
+from difflung.judging import criteria
 from difflung import labels as L
-from difflung.dataset import window
-from difflung.scoring import SCHEMA, Scored
+from difflung.data.dataset import window
+from difflung.judging.scoring import SCHEMA, Scored
 
 
 def _scored(gen_fn, judge_dice=0.9):
@@ -64,7 +64,7 @@ def test_judge_below_floor_makes_class_not_measurable_and_round_trip(tmp_path):
 
 
 def test_tables_say_not_measurable_and_region_and_hu_rows_follow_the_schema():
-    from difflung import quality, stats
+    from difflung.judging import realism as quality, stats
 
     s = _scored(lambda r, rng: r + rng.normal(0, 0.005, r.shape))
     meas = {"body": (True, ""), "lung": (False, "judge Dice on real lung 0.50 < floor 0.7")}

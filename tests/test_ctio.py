@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from difflung import ctio
+from difflung.data import ctio
 from _ct_fixtures import write_dicom_series
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from difflung import labels as L
-from difflung.dataset import (Dataset, DatasetError, Volume, resize_slice, split_patients, unwindow, volumes_to_slices,
+from difflung.data.dataset import (Dataset, DatasetError, Volume, resize_slice, split_patients, unwindow, volumes_to_slices,
                               window, write_dataset)
-from difflung.metrics import read_metrics, write_metrics
+from difflung.core.metrics_csv import read_metrics, write_metrics
 
 
 def _volume(pid, rng, z=4, s=48):

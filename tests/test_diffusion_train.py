@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from difflung.dataset import write_dataset
+from difflung.data.dataset import write_dataset
 from difflung.diffusion.train import ModelLoadError, TrainConfig, load_model, train_diffusion
 from difflung.diffusion.toy import toy_dataset
 

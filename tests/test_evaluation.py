@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from difflung import evaluation as E
+from difflung.judging import metrics as E
 from difflung import labels as L
 
 
@@ -101,7 +101,7 @@ def _seed_scores(n_seeds):
 
 def test_compare_to_reference_pairs_units():
     """Seed s of every model is paired with seed s of ref; the statistics are stats.compare_seeds'."""
-    from difflung import stats
+    from difflung.judging import stats
 
     t = E.compare_to_reference(_seed_scores(6), "ref", generator=np.random.default_rng(0)).set_index("model")
     assert list(t.index) == ["better", "worse"] and (t.vs == "ref").all()
@@ -116,7 +116,7 @@ def test_compare_to_reference_pairs_units():
 
 
 def test_compare_to_reference_no_interval_below_five_seeds_and_validity():
-    from difflung import stats
+    from difflung.judging import stats
 
     t = E.compare_to_reference(_seed_scores(4), "ref", generator=np.random.default_rng(0),
                                pairs=[("emphysema", "better", "worse"), ("emphysema", "worse", "ref")],

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflung import scoring
+from difflung.judging import scoring
 from difflung.baselines import train_gan
 from difflung.diffusion import train_diffusion
 from difflung.diffusion.toy import toy_dataset

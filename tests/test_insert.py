@@ -10,10 +10,10 @@ from scipy import ndimage as ndi
 from _ct_fixtures import toy_chest, write_dicom_series
 from difflung import labels as L
 from difflung.cli import main
-from difflung.ctio import read_volume, write_volume
-from difflung.dataset import DatasetError
-from difflung.insert import InsertConfig, InsertError, insert_lesions, lesions_path
-from difflung.patches import save_untrained_model
+from difflung.data.ctio import read_volume, write_volume
+from difflung.data.dataset import DatasetError
+from difflung.insertion.insert import InsertConfig, InsertError, insert_lesions, lesions_path
+from difflung.insertion.patches import save_untrained_model
 
 SPACING = (5.0, 4.0, 4.0)  # (z, y, x) mm: a toy chest of 8 x 80 x 80 voxels
 MODEL_MM = 3.0  # the tiny model's patch spacing: windows are resampled 4 mm -> 3 mm -> 4 mm
@@ -181,7 +181,7 @@ def test_cli_prints_the_summary_and_refuses_a_whole_slice_model(tmp_path, model,
 @pytest.mark.slow
 def test_done_when_lung2_emphysema_50ml(tmp_path, capsys):
     """The issue's acceptance run on the pyradiomics lung2 scan (cheap sampler settings; cost is per window)."""
-    from difflung.realdata import cached_paths
+    from difflung.data.realdata import cached_paths
 
     ct = cached_paths()["lung2_image"]
     if not ct.is_file():

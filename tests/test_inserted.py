@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from difflung import labels as L
-from difflung.inserted import insert_into_slices, insertion_arm, new_lesions, slice_edit_region
-from difflung.patches import save_untrained_model
+from difflung.insertion.whole_slice import insert_into_slices, insertion_arm, new_lesions, slice_edit_region
+from difflung.insertion.patches import save_untrained_model
 
 CLASSES = [L.BACKGROUND, L.BODY, L.LUNG, L.EMPHYSEMA, L.GGO]
 S = 16

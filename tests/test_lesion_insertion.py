@@ -7,11 +7,11 @@ from scipy.stats import wasserstein_distance
 
 from _ct_fixtures import toy_chest
 from difflung import labels as L
-from difflung import insert_checks as C
+from difflung.insertion import checks as C
 from difflung.chapters import lesion_insertion as ch
-from difflung.ctio import read_label, read_volume, write_volume
-from difflung.insert import InsertConfig, insert_lesions, synthesize_mask_file
-from difflung.patches import pathology_volumes, save_untrained_model
+from difflung.data.ctio import read_label, read_volume, write_volume
+from difflung.insertion.insert import InsertConfig, insert_lesions, synthesize_mask_file
+from difflung.insertion.patches import pathology_volumes, save_untrained_model
 
 SPACING = (5.0, 4.0, 4.0)
 MODEL_MM = 3.0
@@ -88,7 +88,7 @@ def test_chapter_tables_metrics_figure_and_scope(case, tmp_path):
 
 
 def test_the_patch_judge_reads_windows_around_each_inserted_lesion(case, tmp_path):
-    from difflung.patches import build_patch_dataset
+    from difflung.insertion.patches import build_patch_dataset
 
     _, ct, _, s = case
     ins = C.read_insertion(ct, s)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from difflung import labels as L
-from difflung.masksynth import lesion_bank, shares, synthesize_masks
+from difflung.data.masksynth import lesion_bank, shares, synthesize_masks
 
 
 def toy_masks(n=6, s=32, seed=0):

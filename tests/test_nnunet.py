@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from difflung import cli, nnunet
+from difflung import cli
+from difflung.data import nnunet
 from difflung import labels as L
-from difflung.dataset import Slices, unwindow, write_dataset
+from difflung.data.dataset import Slices, unwindow, write_dataset
 
 
 def _slices(n=6, s=16, seed=0, classes=(0, 1, 2, 4, 6)):

@@ -9,8 +9,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from difflung import pipeline
-from difflung.profiles import load_profile
+from difflung.run import pipeline
+from difflung.run.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = "smoke"

@@ -1,10 +1,10 @@
-"""difflung.parallel: jobs in single-thread worker processes give what single-thread runs here give, in order."""
+"""difflung.core.parallel: jobs in single-thread worker processes give what single-thread runs here give, in order."""
 import numpy as np
 import pytest
 import torch
 
-from difflung import augment as A
-from difflung.parallel import run_jobs
+from difflung.augment import experiment as A
+from difflung.core.parallel import run_jobs
 from difflung.segmentation import SegConfig
 
 

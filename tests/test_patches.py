@@ -6,8 +6,8 @@ import pytest
 
 from _ct_fixtures import toy_chest
 from difflung import labels as L
-from difflung.dataset import Dataset, DatasetError, Volume
-from difflung.patches import (SPACING_KEY, build_patch_dataset, cut_patches, dataset_spacing, grid_coords,
+from difflung.data.dataset import Dataset, DatasetError, Volume
+from difflung.insertion.patches import (SPACING_KEY, build_patch_dataset, cut_patches, dataset_spacing, grid_coords,
                               lesion_focused, phantom_volumes, sample_plane, to_grid_index, train_patch_model)
 
 
@@ -61,7 +61,7 @@ def test_patch_dataset_trains_unchanged_and_the_model_records_its_spacing(tmp_pa
 
 
 def test_whole_slice_dataset_and_missing_lesion_loss_are_refused(tmp_path):
-    from difflung.dataset import Slices, write_dataset
+    from difflung.data.dataset import Slices, write_dataset
     from difflung.diffusion.train import TrainConfig
 
     sl = Slices(np.zeros((2, 8, 8), np.float32), np.full((2, 8, 8), L.LUNG, np.uint8), np.array(["a", "a"]),

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from difflung import labels as L
 from difflung import phantom as P
-from difflung.dataset import Volume
+from difflung.data.dataset import Volume
 
 SIZE = 64
 SLICES = 8
@@ -328,7 +328,7 @@ def test_default_cohort_frequencies():
 
 
 def test_volumes_feed_the_dataset_preprocessing():
-    from difflung.dataset import volumes_to_slices
+    from difflung.data.dataset import volumes_to_slices
 
     vols = P.phantom_cohort(2, np.random.default_rng(0), P.PhantomConfig(size=SIZE, slices_per_patient=4))
     sl, summary = volumes_to_slices(vols, size=32)

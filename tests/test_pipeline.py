@@ -8,8 +8,8 @@ import nbformat
 import pytest
 import yaml
 
-from difflung import pipeline
-from difflung.profiles import ProfileError, apply_overrides, load_profile
+from difflung.run import pipeline
+from difflung.run.profiles import ProfileError, apply_overrides, load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 

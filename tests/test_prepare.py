@@ -12,10 +12,10 @@ import pytest
 
 from _ct_fixtures import toy_chest, write_dicom_series, write_toy_case
 from difflung import labels as L
-from difflung import realdata
-from difflung.classmap import ClassMap, load_classmap
-from difflung.dataset import Dataset, DatasetError
-from difflung.prepare import find_cases, prepare
+from difflung.data import realdata
+from difflung.data.classmap import ClassMap, load_classmap
+from difflung.data.dataset import Dataset, DatasetError
+from difflung.data.prepare import find_cases, prepare
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,12 +139,12 @@ def test_prepare_real_pyradiomics_ct(tmp_path):
 
 def test_real_ct_functions_on_toy_cases(tmp_path):
     """Chapter 1's real-CT sections run on any cases: tables, metrics rows, a figure with provenance."""
-    from difflung.anatomy import AnatomyConfig
-    from difflung.masksynth import report_table
-    from difflung import realct as R
+    from difflung.data.ct_anatomy import AnatomyConfig
+    from difflung.data.masksynth import report_table
+    from difflung.data import realct as R
     from difflung.chapters import data_preparation as ch
-    from difflung.metrics import to_frame
-    from difflung.prepare import Case, prepare_volume
+    from difflung.core.metrics_csv import to_frame
+    from difflung.data.prepare import Case, prepare_volume
 
     cases = []
     for name in ("r1", "r2"):
@@ -173,7 +173,7 @@ def test_real_ct_functions_on_toy_cases(tmp_path):
 
 def test_dicom_series_with_a_label_volume_in_patient_space(tmp_path):
     """A DICOM series and a NRRD label written in the same patient space line up (same origin after LPI)."""
-    from difflung.ctio import write_volume
+    from difflung.data.ctio import write_volume
 
     hu, truth, lab = toy_chest()
     write_dicom_series(tmp_path / "dcm", hu, spacing=(5.0, 5.0, 5.0), origin=(-100.0, -100.0, 50.0),

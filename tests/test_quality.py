@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from difflung import labels as L
-from difflung.evaluation import psnr_ssim
-from difflung.quality import (air_check, false_positive_sources, texture, classifier_two_sample, hu_wasserstein, masked_psnr_ssim, memorisation,
+from difflung.judging.metrics import psnr_ssim
+from difflung.judging.realism import (air_check, false_positive_sources, texture, classifier_two_sample, hu_wasserstein, masked_psnr_ssim, memorisation,
                               region_quality, split_patients)
 
 
@@ -126,7 +126,7 @@ def test_texture_sees_noise_inside_a_class_and_ignores_its_edges():
 
 
 def test_judge_errors_and_texture_ratio_compare_real_with_generated():
-    from difflung.quality import judge_errors, texture_ratio
+    from difflung.judging.realism import judge_errors, texture_ratio
 
     lung, ggo = L.BY_NAME["lung"].id, L.BY_NAME["ggo"].id
     labels = np.full((1, 8, 8), lung, np.uint8)

@@ -1,5 +1,5 @@
 """The chapter scope box renders its facts, escapes text and switches to a warning when something cannot be shown."""
-from difflung.scope import TITLE, Scope, smoke_caveat
+from difflung.chapters.scope import TITLE, Scope, smoke_caveat
 
 
 def test_scope_box_html():

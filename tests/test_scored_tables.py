@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from difflung import criteria, scoring, stats
+from difflung.judging import criteria, scoring, stats
 from difflung.plots import interval
 
 

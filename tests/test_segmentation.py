@@ -6,7 +6,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from difflung import labels as L
-from difflung.evaluation import dice_per_class
+from difflung.judging.metrics import dice_per_class
 from difflung.segmentation import SegConfig, Segmenter, train_segmenter
 
 CLASSES = [L.BACKGROUND, L.LUNG, L.EMPHYSEMA]

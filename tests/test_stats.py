@@ -5,10 +5,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from difflung import instruments as I
+from difflung.judging import instruments as I
 from difflung import labels as L
-from difflung import reported
-from difflung.stats import (Comparison, cluster_bootstrap, compare_seeds, compare_slices, holm, judge_claims,
+from difflung.judging import reported
+from difflung.judging.stats import (Comparison, cluster_bootstrap, compare_seeds, compare_slices, holm, judge_claims,
                             same_order_of_magnitude, seed_interval, sign_flip_test, unit_means, verdict, wilcoxon_seeds)
 
 
@@ -282,7 +282,7 @@ def test_compare_seeds_no_interval_below_five_seeds():
 
 
 def test_min_units_for_a_reproducible_claim():
-    from difflung.stats import min_units
+    from difflung.judging.stats import min_units
     assert min_units(1) == 6  # 2/2^5 = 0.0625 >= 0.05, 2/2^6 = 0.031
     assert min_units(12) == 9  # 12 * 2/2^8 = 0.094, 12 * 2/2^9 = 0.047
     assert min_units(12, two_sided=False) == 8

@@ -27,7 +27,7 @@ def test_train_command_names_a_missing_dataset(tmp_path, capsys):
 def test_train_command_parses_the_recipe_levers():
     import argparse
 
-    from difflung.train_cli import configure_parser
+    from difflung.cli.train import configure_parser
 
     p = argparse.ArgumentParser()
     configure_parser(p)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflung.training import (BatchOrder, FolderSpec, LossLog, ModelLoadError, RunFolder, open_folder,
+from difflung.core.training import (BatchOrder, FolderSpec, LossLog, ModelLoadError, RunFolder, open_folder,
                                read_log_rows, result_fields, rng_scope, run_key, save_model_folder, seed_streams,
                                state_dict_writer)
 

@@ -1,7 +1,7 @@
 """Sphinx extension: a banner on every page saying which profile rendered the book and what that run can test.
 
 `python -m difflung run` writes `_generated/run.json` (the profile and the banner text chosen by
-`difflung.pipeline.banner_text`); this extension shows that text as the theme's announcement, so the intro, the
+`difflung.run.pipeline.banner_text`); this extension shows that text as the theme's announcement, so the intro, the
 chapters and the static pages all carry it. No file, no banner.
 """
 import json

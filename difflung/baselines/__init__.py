@@ -5,8 +5,8 @@
     G = load_generator(gen_dir)
     images = generate(G, labels, G.difflung_config["model"]["classes"], batch_size=16, device="cpu")
 """
-from .gan_train import GanTrainConfig, generate, load_generator, one_hot, read_loss_log, rng_scope, train_gan
-from .registry import BASELINES, baseline_name, build_models, model_config
+from difflung.baselines.gan_train import GanTrainConfig, generate, load_generator, one_hot, read_loss_log, rng_scope, train_gan
+from difflung.baselines.registry import BASELINES, baseline_name, build_models, model_config
 
 __all__ = ["BASELINES", "GanTrainConfig", "baseline_name", "build_models", "generate",
            "load_generator", "model_config", "one_hot", "read_loss_log", "rng_scope", "train_gan"]

@@ -6,7 +6,7 @@ Training folder layout (`train_gan(dataset, config, out_dir)`):
     generator/model.safetensors   final generator weights
     generator/config.json         model config, training config, classes, provenance (written last)
 
-The training shell is `difflung.training`: data order is its `BatchOrder` with per-epoch generators seeded by
+The training shell is `difflung.core.training`: data order is its `BatchOrder` with per-epoch generators seeded by
 (seed, epoch); everything that uses torch's global RNG (weight init, spectral-norm vectors, dropout) runs inside
 `rng_scope`, which forks the global RNG and seeds it from an explicit, checkpointed torch.Generator; the run
 key, checkpoints, loss log and save format are the shell's. Same seed on CPU -> identical weights, and a run
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..progress import show_progress
-from ..provenance import provenance
-from ..training import (BatchOrder, FolderSpec, RunFolder, load_state_dict, open_folder, rng_scope, run_key,
+from difflung.core.progress import show_progress
+from difflung.core.provenance import provenance
+from difflung.core.training import (BatchOrder, FolderSpec, RunFolder, load_state_dict, open_folder, rng_scope, run_key,
                         state_dict_writer)
-from . import pix2pix, spade
-from .registry import build_generator, build_models, model_config
+from difflung.baselines import pix2pix, spade
+from difflung.baselines.registry import build_generator, build_models, model_config
 
 FORMAT = "difflung-gan/1"
 FOLDER = FolderSpec(FORMAT, "config.json", "model.safetensors", "a trained baseline generator")
@@ -119,7 +119,7 @@ def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, 
     """Train a baseline on `dataset.split("train")`; return the generator folder (`out_dir/generator`).
 
     Args:
-        dataset: a `difflung.dataset.Dataset` (its `classes` define the one-hot channels).
+        dataset: a `difflung.data.dataset.Dataset` (its `classes` define the one-hot channels).
         config: `GanTrainConfig`.
         out_dir: training folder (layout in the module docstring). If it already holds a finished generator
             with the same configuration, that is returned without training.

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch.nn as nn
 
-from . import pix2pix, spade
+from difflung.baselines import pix2pix, spade
 
 
 @dataclass(frozen=True)

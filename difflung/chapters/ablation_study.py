@@ -13,9 +13,9 @@ Each function is one section of `notebooks/02_mask_ablation_study.py`:
     ch.figure_samples(scored, run_dir); ch.scope(profile, scored, measurable, results, n_comparisons)
 
 Models go to `<run_dir>/models/<strategy>/` (reused when finished with the same config and data); generation and
-scoring follow `difflung.scoring`. The unit of every interval is the test patient (`difflung.stats`); classes the
+scoring follow `difflung.judging.scoring`. The unit of every interval is the test patient (`difflung.judging.stats`); classes the
 judge cannot read, or whose HU signature is lost at this size, and strategies that miss their convergence criteria
-(`difflung.criteria`, written to `criteria.json`) make their comparisons "not measurable".
+(`difflung.judging.criteria`, written to `criteria.json`) make their comparisons "not measurable".
 """
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import criteria, runs, scoring, stats
-from .. import instruments as I
-from .. import labels as L
-from ..dataset import Dataset
-from ..diffusion import STRATEGIES, AblationSchedule, ablation_frequencies, to_hu, train_diffusion
-from ..generators import diffusion_config, display_name, load_generator
-from ..metrics import write_metrics
-from ..parallel import run_jobs
-from ..plots import interval, legend_handles, plt, save_figure, sig, slice_grid
-from ..provenance import resolve_device
-from ..scope import Scope, smoke_caveat
+from difflung.judging import criteria, scoring, stats
+from difflung.core import runs
+from difflung.judging import instruments as I
+from difflung import labels as L
+from difflung.data.dataset import Dataset
+from difflung.diffusion import STRATEGIES, AblationSchedule, ablation_frequencies, to_hu, train_diffusion
+from difflung.generators import diffusion_config, display_name, load_generator
+from difflung.core.metrics_csv import write_metrics
+from difflung.core.parallel import run_jobs
+from difflung.plots import interval, legend_handles, plt, save_figure, sig, slice_grid
+from difflung.core.provenance import resolve_device
+from difflung.chapters.scope import Scope, smoke_caveat
 
 
 def open_dataset(runs_root) -> Dataset:
@@ -97,7 +98,7 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
         seed: training seed (weights, data order, ablation and noise draws), the same for every strategy.
         strategies: which strategies to train (registry keys of `difflung.generators`).
         device: "auto", "cpu" or "cuda".
-        workers: models trained at once on a CPU, one thread each (`difflung.parallel.run_jobs`).
+        workers: models trained at once on a CPU, one thread each (`difflung.core.parallel.run_jobs`).
 
     Returns:
         One row per strategy: steps, batch, wall time, images/s, final loss, device, reused.
@@ -141,7 +142,7 @@ def figure_losses(run_dir, *, strategies=STRATEGIES, seed: int = 0, smooth: int 
 def evaluate(runs_root, run_dir, *, judge_steps: int, n_test: int, sampler: str, sampler_steps: int, seeds=(0,),
              partial: bool = True, strategies=STRATEGIES, seed: int = 0, batch_size: int = 32,
              device: str = "auto", progress: bool = False) -> scoring.Scored:
-    """Generate and score the test masks with every strategy's model (`difflung.scoring.generate_and_score`).
+    """Generate and score the test masks with every strategy's model (`difflung.judging.scoring.generate_and_score`).
 
     With `partial`, each non-background class is also withheld from the masks in turn (first seed only). Writes
     `<run_dir>/per_image.csv` and `metrics.csv`: per (model, condition, metric, class) the mean over test slices
@@ -149,7 +150,7 @@ def evaluate(runs_root, run_dir, *, judge_steps: int, n_test: int, sampler: str,
 
     Args:
         runs_root, run_dir: as in `train_strategies` (run that section first).
-        judge_steps: training steps of the run's judge segmenter (`difflung.scoring.judge`, trained once).
+        judge_steps: training steps of the run's judge segmenter (`difflung.judging.scoring.judge`, trained once).
         n_test: test slices scored; sampler, sampler_steps: the diffusion sampler; seeds: sampling seeds.
         seed: the judge's training seed and the bootstrap's.
     """
@@ -170,7 +171,7 @@ def evaluate(runs_root, run_dir, *, judge_steps: int, n_test: int, sampler: str,
 
 def check(runs_root, run_dir, scored: scoring.Scored, *, sampler: str, steps: int, seed: int = 0):
     """Measurable classes (judge floors, chapter 1's HU signature) and each strategy's convergence criteria
-    (`difflung.criteria.check`), written to `<run_dir>/criteria.json`. Returns (measurable, results)."""
+    (`difflung.judging.criteria.check`), written to `<run_dir>/criteria.json`. Returns (measurable, results)."""
     ds = open_dataset(runs_root)
     signature = I.read_signature(runs.chapter_dir(runs_root, runs.DATA_PREPARATION))
     return criteria.check(scored, _order(scored.rows["model"], real=False), train=ds.split("train").images,

@@ -12,10 +12,10 @@ Each function is one section of `notebooks/04_baseline_comparison.py`:
 
 Diff-Lung of the main seed is chapter 3's model when it fits this dataset and seed; Seg-Guided (uniform p = 0.5,
 one k/255 mask channel) gets its network and budget, Pix2Pix and SPADE the same steps x batch. Scores follow
-`difflung.scoring` (same slices and noise as chapter 3). Unit of every interval: the test patient
+`difflung.judging.scoring` (same slices and noise as chapter 3). Unit of every interval: the test patient
 (`stats.slice_intervals`). Classes are judged only where `criteria.measurable_classes` allows; comparisons count
 only when both generators meet their convergence criteria (`criteria.json`). `metrics.csv` rows: full-frame
-psnr/ssim (what `difflung.claims` reads), psnr_body/ssim_body/psnr_lung/ssim_lung, dice, hu_w1 per class, and
+psnr/ssim (what `difflung.judging.claims` reads), psnr_body/ssim_body/psnr_lung/ssim_lung, dice, hu_w1 per class, and
 cost rows (slice -1); model window HU [-1000, 400] as [-1, 1] (data range 2.0).
 """
 from __future__ import annotations
@@ -28,19 +28,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import criteria, quality, reported, runs, scoring, stats
-from .. import instruments as I
-from .. import labels as L
-from ..baselines import read_loss_log, train_gan
-from ..dataset import Dataset
-from ..diffusion import train_diffusion
-from ..evaluation import DATA_RANGE
-from ..generators import diffusion_config, display_name, gan_config, load_generator
-from ..metrics import read_metrics, write_metrics
-from ..parallel import run_jobs
-from ..plots import cost_scatter, interval, plt, save_figure, summary_cell, window_name, zoom_grid
-from ..provenance import device_description, provenance, resolve_device, write_json_atomic
-from ..scope import Scope, smoke_caveat
+from difflung.judging import criteria, realism as quality, reported, scoring, stats
+from difflung.core import runs
+from difflung.judging import instruments as I
+from difflung import labels as L
+from difflung.baselines import read_loss_log, train_gan
+from difflung.data.dataset import Dataset
+from difflung.diffusion import train_diffusion
+from difflung.judging.metrics import DATA_RANGE
+from difflung.generators import diffusion_config, display_name, gan_config, load_generator
+from difflung.core.metrics_csv import read_metrics, write_metrics
+from difflung.core.parallel import run_jobs
+from difflung.plots import cost_scatter, interval, plt, save_figure, summary_cell, window_name, zoom_grid
+from difflung.core.provenance import device_description, provenance, resolve_device, write_json_atomic
+from difflung.chapters.scope import Scope, smoke_caveat
 
 MODELS = ("pix2pix", "spade", "segguided", "difflung")
 QUALITY = {"psnr": "PSNR (dB)", "ssim": "SSIM", "psnr_body": "PSNR body (dB)", "ssim_body": "SSIM body",
@@ -58,7 +59,7 @@ class Setup:
     seeds: list[int]
     gan_size: str
     device: str
-    workers: int = 1  # models trained at once on a CPU (`difflung.parallel.run_jobs`)
+    workers: int = 1  # models trained at once on a CPU (`difflung.core.parallel.run_jobs`)
     models: dict = field(default_factory=dict)  # key -> {seed: folder}
     budget: dict = field(default_factory=dict)  # steps, batch_size shared by all models
     notes: dict = field(default_factory=dict)  # key -> how the model was obtained
@@ -82,7 +83,7 @@ def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seed
         min_seeds: the fewest training seeds the profile accepts.
         gan_size: registry size of Pix2Pix and SPADE (`difflung.baselines.registry.BASELINES`: T, S, B, L).
         device: "auto", "cpu" or "cuda".
-        workers: models trained at once on a CPU, one thread each (`difflung.parallel.run_jobs`).
+        workers: models trained at once on a CPU, one thread each (`difflung.core.parallel.run_jobs`).
     """
     if n_seeds < min_seeds:
         raise ValueError(f"n_seeds={n_seeds}: this profile needs at least {min_seeds} training seeds")
@@ -99,7 +100,7 @@ def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seed
 
 def _main_model(cmp: Setup):
     """Chapter 3's Diff-Lung folder and TrainConfig when it fits this dataset and seed, else (None, None)."""
-    from ..diffusion import TrainConfig
+    from difflung.diffusion import TrainConfig
 
     ch3 = runs.main_model_dir(cmp.runs_root)
     if not (ch3 / "difflung_config.json").is_file():
@@ -200,12 +201,12 @@ def figure_gan_losses(cmp: Setup):
 def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler_steps: int, seeds=(0,),
              timing_batch: int = 8, timing_repeats: int = 2, batch_size: int = 16,
              classifier_steps: int = 300) -> scoring.Scored:
-    """Generate and score the test masks with every model and training seed (`difflung.scoring`), measure each
+    """Generate and score the test masks with every model and training seed (`difflung.judging.scoring`), measure each
     generator's convergence criteria (main training seed, first sampling seed) and write metrics.csv,
     metrics.json and criteria.json.
 
     Args:
-        judge_steps: training steps of the run's judge segmenter (`difflung.scoring.judge`, trained once).
+        judge_steps: training steps of the run's judge segmenter (`difflung.judging.scoring.judge`, trained once).
         n_test: test slices scored; sampler, sampler_steps: the diffusion models' solver; seeds: sampling seeds.
         timing_batch, timing_repeats: the s/image measurement (`scoring.cost`).
         batch_size: batch for generation. classifier_steps: the real-vs-generated classifier's training steps.
@@ -219,7 +220,7 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
     gens = [load_generator(folder, key=k, dataset=ds, device=cmp.device, sampler=sampler, sampler_steps=sampler_steps)
             for k in MODELS for folder in cmp.models[k].values()]
     scored = scoring.generate_and_score(gens, ds, seg, n_test=n_test, seeds=list(seeds), batch_size=batch_size)
-    # region rows psnr_body, ssim_lung, ... beside the full-frame psnr/ssim rows that `difflung.claims` reads
+    # region rows psnr_body, ssim_lung, ... beside the full-frame psnr/ssim rows that `difflung.judging.claims` reads
     rows, timings = [scored.rows, quality.region_metric_rows(scored), quality.hu_w1_rows(scored)], {}
     for g in gens:
         if g.train_seed == cmp.seed:
@@ -316,11 +317,11 @@ def table_cost(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def comparisons(runs_root, seed: int = 0) -> pd.DataFrame:
-    """The poster's image-quality claims as `difflung.claims.comparisons` measures them from this chapter's files
+    """The poster's image-quality claims as `difflung.judging.claims.comparisons` measures them from this chapter's files
     (`stats.compare_slices`, unit test patient; validity from the generators' convergence criteria), so the numbers
     equal the results chapter's, through `stats.judge_claims`. Only "not measurable" is final here: the verdicts
     are given once, in the results chapter, after Holm's correction across all the run's claims."""
-    from .. import claims
+    from difflung.judging import claims
 
     comps = [c for c, k in zip(claims.comparisons(runs_root, seed), reported.CLAIMS) if k.kind == "image quality"]
     t = stats.judge_claims(comps)

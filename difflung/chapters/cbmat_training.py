@@ -11,10 +11,10 @@ Each function is one section of `notebooks/03_cbmat_training.py`:
     ch.table_regions(scored); ch.figure_samples(scored, run_dir); ch.figure_hu(scored, run_dir)
     ch.scope(profile, scored, measurable, results)
 
-The model is saved to `<runs_root>/03_cbmat_training/model/` (`difflung.runs.main_model_dir`; chapters 4 and 5
+The model is saved to `<runs_root>/03_cbmat_training/model/` (`difflung.core.runs.main_model_dir`; chapters 4 and 5
 reuse it) and reused when finished with the same configuration and data. Generation and scoring follow
-`difflung.scoring`, so chapter 4 reports the same PSNR for this model on the same test slices and seeds. Intervals
-are patient-level (`difflung.stats.slice_intervals`); the criteria are `difflung.criteria`'s, written to
+`difflung.judging.scoring`, so chapter 4 reports the same PSNR for this model on the same test slices and seeds. Intervals
+are patient-level (`difflung.judging.stats.slice_intervals`); the criteria are `difflung.judging.criteria`'s, written to
 `criteria.json` for later chapters.
 """
 from __future__ import annotations
@@ -25,18 +25,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import criteria, runs, scoring, stats
-from .. import instruments as I
-from .. import labels as L
-from ..dataset import Dataset
-from ..diffusion import TrainResult, to_hu, train_diffusion
-from ..diffusion.train import trained_with
-from ..generators import diffusion_config, display_name, load_generator
-from ..metrics import write_metrics
-from ..plots import interval, plt, save_figure, sig, slice_grid
-from ..provenance import atomic_dir, provenance, resolve_device, write_json_atomic
-from ..quality import judge_errors, region_rows, texture_ratio
-from ..scope import Scope, smoke_caveat
+from difflung.judging import criteria, scoring, stats
+from difflung.core import runs
+from difflung.judging import instruments as I
+from difflung import labels as L
+from difflung.data.dataset import Dataset
+from difflung.diffusion import TrainResult, to_hu, train_diffusion
+from difflung.diffusion.train import trained_with
+from difflung.generators import diffusion_config, display_name, load_generator
+from difflung.core.metrics_csv import write_metrics
+from difflung.plots import interval, plt, save_figure, sig, slice_grid
+from difflung.core.provenance import atomic_dir, provenance, resolve_device, write_json_atomic
+from difflung.judging.realism import judge_errors, region_rows, texture_ratio
+from difflung.chapters.scope import Scope, smoke_caveat
 
 MODEL = "difflung"
 
@@ -71,7 +72,7 @@ def _final_loss(result: TrainResult) -> float:
 def table_recipe(result: TrainResult) -> pd.DataFrame:
     """The main run's training settings against the parent's published recipe (`difflung.diffusion.recipes`),
     where they differ: what difflung changes, each lever measured by `benchmarks/bench_convergence.py`."""
-    from ..diffusion.recipes import recipe
+    from difflung.diffusion.recipes import recipe
 
     tc, parent = load_generator(result.model_dir).config["train_config"], recipe("parent")
     rows = [{"setting": k, "parent (Segmentation-Guided Diffusion)": str(v), "this run": str(tc.get(k))}
@@ -123,7 +124,7 @@ def evaluate(runs_root, run_dir, result: TrainResult, *, judge_steps: int, n_tes
              sampler_steps: int, seeds=(0,), seed: int = 0, batch_size: int = 32, device: str = "auto",
              progress: bool = False) -> scoring.Scored:
     """Generate the test subset's masks with the main model for every sampling seed and score them (PSNR, SSIM,
-    the judge's Dice; `difflung.scoring`). Writes `per_image.csv` and `metrics.csv` (steps, final loss, and
+    the judge's Dice; `difflung.judging.scoring`). Writes `per_image.csv` and `metrics.csv` (steps, final loss, and
     full/body/lung PSNR and SSIM with patient-level intervals, seed -1)."""
     ds, dev = Dataset(runs.phantom_dataset_dir(runs_root)), resolve_device(device)
     seg = scoring.judge(ds, runs.judge_dir(runs_root), steps=judge_steps, seed=seed, device=dev, progress=progress)
@@ -143,7 +144,7 @@ def evaluate(runs_root, run_dir, result: TrainResult, *, judge_steps: int, n_tes
 
 def check(runs_root, run_dir, scored: scoring.Scored, *, sampler: str, steps: int, seed: int = 0):
     """Measurable classes (judge floors, chapter 1's HU signature) and the main model's convergence criteria
-    (`difflung.criteria.check`), written to `<run_dir>/criteria.json`. Returns (measurable, results)."""
+    (`difflung.judging.criteria.check`), written to `<run_dir>/criteria.json`. Returns (measurable, results)."""
     ds = Dataset(runs.phantom_dataset_dir(runs_root))
     signature = I.read_signature(runs.chapter_dir(runs_root, runs.DATA_PREPARATION))
     return criteria.check(scored, [MODEL], train=ds.split("train").images, signature=signature, seed=seed,

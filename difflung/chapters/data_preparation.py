@@ -1,7 +1,7 @@
 """Chapter 1, data preparation: the figures and tables of `notebooks/01_data_preparation.py`.
 
-The numbers come from `difflung.cohort` (the phantom cohort, its HU checks, signature and frequencies) and
-`difflung.realct` (the real pyradiomics CT); each function here draws one section's figure or table, saves a
+The numbers come from `difflung.data.phantom_dataset` (the phantom cohort, its HU checks, signature and frequencies) and
+`difflung.data.realct` (the real pyradiomics CT); each function here draws one section's figure or table, saves a
 figure under the run folder with provenance (`difflung.plots.save_figure`) and returns what the page shows.
 """
 from __future__ import annotations
@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import instruments as I
-from .. import labels as L
-from ..cohort import hu_samples, frequency_pivot, not_measurable
-from ..dataset import Dataset, SPLITS, Volume
-from ..plots import hu_colorbar, legend_handles, pct, plt, save_figure, show_ct, sig, table, window_name
-from ..realct import RealCase, crop_body, lung_levels
-from ..scope import Scope, smoke_caveat
+from difflung.judging import instruments as I
+from difflung import labels as L
+from difflung.data.phantom_dataset import hu_samples, frequency_pivot, not_measurable
+from difflung.data.dataset import Dataset, SPLITS, Volume
+from difflung.plots import hu_colorbar, legend_handles, pct, plt, save_figure, show_ct, sig, table, window_name
+from difflung.data.realct import RealCase, crop_body, lung_levels
+from difflung.chapters.scope import Scope, smoke_caveat
 
 
 def table_splits(ds: Dataset) -> pd.DataFrame:
@@ -45,7 +45,7 @@ def figure_levels(volumes: list[Volume], run_dir, *, seed: int, patient: int = 0
 
 
 def figure_hu_histograms(volumes: list[Volume], run_dir, *, seed: int):
-    """Per-class HU histograms of a seeded sample of the cohort's pixels (`difflung.cohort.hu_samples`), with
+    """Per-class HU histograms of a seeded sample of the cohort's pixels (`difflung.data.phantom_dataset.hu_samples`), with
     each class's literature HU range (`labels.LabelClass.hu_range`) shaded."""
     import seaborn as sns
 
@@ -79,14 +79,14 @@ CHECK_NAMES = {"healthy_lung_mean_hu": ("healthy lung, mean", "HU"),
 
 
 def table_hu_checks(checks: dict[str, float]) -> pd.DataFrame:
-    """`difflung.cohort.hu_checks` as a two-column table (what, value) with units in words."""
+    """`difflung.data.phantom_dataset.hu_checks` as a two-column table (what, value) with units in words."""
     rows = [{"check": CHECK_NAMES[k][0], "value": pct(v) if CHECK_NAMES[k][1] == "share" else f"{sig(v)} HU"}
             for k, v in checks.items()]
     return pd.DataFrame(rows).set_index("check")
 
 
 def table_signature(signature: pd.DataFrame, full_size: int) -> pd.DataFrame:
-    """`difflung.cohort.hu_signature` for the page: one row per class, readable columns, kept/lost in words."""
+    """`difflung.data.phantom_dataset.hu_signature` for the page: one row per class, readable columns, kept/lost in words."""
     size = int(signature["size"].iloc[0])
     thr = f"% < {I.EMPHYSEMA_THRESHOLD_HU:g} HU"
     out = pd.DataFrame({"class": signature["class"], "check": signature["check"]})
@@ -118,13 +118,13 @@ def figure_frequencies(freq: pd.DataFrame, run_dir, *, seed: int):
 
 
 def table_frequencies(freq: pd.DataFrame, column: str):
-    """One frequency column of `difflung.cohort.frequency_table` as a class x split table of percentages."""
+    """One frequency column of `difflung.data.phantom_dataset.frequency_table` as a class x split table of percentages."""
     pv = frequency_pivot(freq, column)
     return table(pv, percent=pv.columns)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# real chest CT (`difflung.realct`)
+# real chest CT (`difflung.data.realct`)
 
 def figure_real_vs_phantom(cases: list[RealCase], phantom: list[Volume], run_dir, *, seed: int,
                            phantom_patient: int = 0):
@@ -168,7 +168,7 @@ def figure_anatomy_overlays(cases: list[RealCase], run_dir, *, seed: int):
 
 
 def figure_real_vs_phantom_hu(samples: pd.DataFrame, run_dir, *, seed: int):
-    """Density histograms of healthy-lung HU (`difflung.realct.hu_lung_samples`), real CT against phantom, with
+    """Density histograms of healthy-lung HU (`difflung.data.realct.hu_lung_samples`), real CT against phantom, with
     the literature band of normal lung (`labels.LabelClass.hu_range` of lung)."""
     import seaborn as sns
 
@@ -186,7 +186,7 @@ def figure_real_vs_phantom_hu(samples: pd.DataFrame, run_dir, *, seed: int):
 
 
 def table_prepared(summary: dict) -> pd.DataFrame:
-    """Per patient of `difflung.realct.prepare_example`'s summary: slices kept, spacing, lung ml, voxels per class."""
+    """Per patient of `difflung.data.realct.prepare_example`'s summary: slices kept, spacing, lung ml, voxels per class."""
     return pd.DataFrame([{
         "patient": r["patient"], "slices kept": r["slices_kept"], "of": r["slices_total"],
         "spacing mm (z, y, x)": ", ".join(f"{s:.3g}" for s in r["spacing_mm"]),
@@ -197,7 +197,7 @@ def table_prepared(summary: dict) -> pd.DataFrame:
 def figure_mask_synthesis(labels: np.ndarray, run_dir, *, boost: dict, seed: int, n_masks: int | None = None,
                           n_show: int = 4, sources: np.ndarray | None = None, **kwargs):
     """Synthesise masks with boosted rare classes; show before/after pairs; return (fig, report, MaskSynthesis)."""
-    from ..masksynth import synthesize_masks
+    from difflung.data.masksynth import synthesize_masks
 
     syn = synthesize_masks(labels, boost, np.random.default_rng(seed), n_masks=n_masks, sources=sources, **kwargs)
     n_show = min(n_show, len(syn.labels))

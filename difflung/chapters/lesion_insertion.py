@@ -1,5 +1,5 @@
 """Chapter 7, lesion insertion into real CT: a patch model trained on phantom and real lung1 patches inserts
-emphysema, fibrosis and GGO into the real lung2 scan; the checks (`difflung.insert_checks`) are computed from
+emphysema, fibrosis and GGO into the real lung2 scan; the checks (`difflung.insertion.checks`) are computed from
 the files written.
 
     result, phantom, s = ch.train_model(run_dir, per_class=..., train_steps=..., seed=seed)   # patches, training
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import insert_checks as C
-from .. import labels as L
-from ..diffusion.recipes import recipe_config
-from ..insert import InsertConfig, insert_lesions, synthesize_mask_file
-from ..patches import build_patch_dataset, lesion_focused, pathology_volumes, real_volumes, train_patch_model
-from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table
-from ..realdata import fetch_pyradiomics
-from ..scope import Scope, smoke_caveat
+from difflung.insertion import checks as C
+from difflung import labels as L
+from difflung.diffusion.recipes import recipe_config
+from difflung.insertion.insert import InsertConfig, insert_lesions, synthesize_mask_file
+from difflung.insertion.patches import build_patch_dataset, lesion_focused, pathology_volumes, real_volumes, train_patch_model
+from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table
+from difflung.data.realdata import fetch_pyradiomics
+from difflung.chapters.scope import Scope, smoke_caveat
 
 MODEL = "insert-patch"  # the model key in metrics.csv
 JUDGE_NOT_MEASURED = ("Not measured in this profile (patch_judge_steps = 0). The run's judge segments whole slices at "
@@ -66,7 +66,7 @@ def insert_all(run_dir, model_dir, *, classes, target_ml: float, insert_steps: i
                jump_n_sample: int, margin_mm: float, seed: int, device: str = "auto") -> tuple[dict, C.Insertion]:
     """`target_ml` of each class placed in lung2's healthy lung (the `--synthesize` placement) and inserted in one
     pass (`insert_lesions` with the mask). Returns the insertion summary and the insertion read back from the
-    files it wrote (`difflung.insert_checks.read_insertion`: input, edited CT, lesion labels, edit region)."""
+    files it wrote (`difflung.insertion.checks.read_insertion`: input, edited CT, lesion labels, edit region)."""
     cfg = InsertConfig(steps=insert_steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
                        margin_mm=margin_mm, seed=seed)
     ct, out = scans()[f"{TARGET_SCAN}_image"], Path(run_dir) / "inserted"
@@ -89,14 +89,14 @@ JUDGE_NAMES = {"judge_dice_after": "Dice after", "judge_dice_before": "Dice befo
 
 
 def table_checks(checks: pd.DataFrame):
-    """`difflung.insert_checks.check_table` for the page: one row per check, one column per class (narrow enough
+    """`difflung.insertion.checks.check_table` for the page: one row per check, one column per class (narrow enough
     for the page), readable names."""
     cells = checks.rename(columns=CHECK_NAMES).apply(lambda col: col.map(sig))  # counts stay whole numbers
     return table(cells.T.rename_axis("check"))
 
 
 def table_judge(judged: pd.DataFrame):
-    """`difflung.insert_checks.judge_table` for the page (when it is None, show `JUDGE_NOT_MEASURED` instead)."""
+    """`difflung.insertion.checks.judge_table` for the page (when it is None, show `JUDGE_NOT_MEASURED` instead)."""
     return table(judged.rename(columns=JUDGE_NAMES))
 
 

@@ -1,8 +1,8 @@
 """Chapter 6, results: the poster's claims judged on this run, beside the archived reference run.
 
-Nothing here trains or re-measures. The claims table is `difflung.claims.judge_run` (the one function chapter 5
+Nothing here trains or re-measures. The claims table is `difflung.judging.claims.judge_run` (the one function chapter 5
 also shows), the summary tables read the chapters' `metrics.csv`, timings come from their JSON records, and the
-reference run is the newest archive under `reference/` (`difflung.archive`). The prose of the page is generated
+reference run is the newest archive under `reference/` (`difflung.run.archive`). The prose of the page is generated
 from the verdicts (`summary_markdown`), so it follows the run.
 """
 from __future__ import annotations
@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import claims as C
-from .. import runs
-from ..archive import load_reference
-from ..generators import display_name
-from ..metrics import read_metrics
-from ..plots import plt, save_figure, sig
-from ..reported import IMAGE_QUALITY, LABEL, SEGMENTATION_DICE, cost_ratio_frame
-from ..scope import Scope, smoke_caveat
-from ..stats import cluster_bootstrap, min_units, seed_interval, unit_means
+from difflung.judging import claims as C
+from difflung.core import runs
+from difflung.run.archive import load_reference
+from difflung.generators import display_name
+from difflung.core.metrics_csv import read_metrics
+from difflung.plots import plt, save_figure, sig
+from difflung.judging.reported import IMAGE_QUALITY, LABEL, SEGMENTATION_DICE, cost_ratio_frame
+from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.judging.stats import cluster_bootstrap, min_units, seed_interval, unit_means
 
 QUALITY_MODELS = ("pix2pix", "spade", "segguided", "difflung")
 ARMS = ("ref", "oversample", "+segguided", "+difflung")
@@ -47,7 +47,7 @@ def _ci(est, lo=np.nan, hi=np.nan) -> str:
 # claims
 
 def judge(runs_root, run_dir, seed: int = 0) -> pd.DataFrame:
-    """The run's claims table (`difflung.claims`), written to `<run_dir>/claims.csv` for the archive."""
+    """The run's claims table (`difflung.judging.claims`), written to `<run_dir>/claims.csv` for the archive."""
     return C.write_claims(runs_root, run_dir, seed)[0]
 
 
@@ -194,7 +194,7 @@ def table_cost_ratios(runs_root) -> pd.DataFrame:
 # the reference run and this run's provenance
 
 def reference(root=None):
-    """The newest archived reference run (`difflung.archive.Reference`) and its claims table (None: none)."""
+    """The newest archived reference run (`difflung.run.archive.Reference`) and its claims table (None: none)."""
     ref = load_reference(root) if root else load_reference()
     if ref is None:
         return None, None

@@ -1,7 +1,7 @@
 """Chapter 5, segmentation augmentation: does synthetic data lift rare-class Dice?
 
 The experiment -- arms, mask synthesis, painting, the oversampling control, training and scoring over seeds --
-lives in `difflung.augment`, with its statistics (summaries, validity, the chapter's comparisons). This module
+lives in `difflung.augment.experiment`, with its statistics (summaries, validity, the chapter's comparisons). This module
 chooses the generators each synthetic arm uses and makes the chapter's tables and figures from `metrics.csv`.
 
 Each function is one section of `notebooks/05_segmentation_augmentation.py`:
@@ -16,7 +16,7 @@ Each function is one section of `notebooks/05_segmentation_augmentation.py`:
     scope(profile, run_dir, runs_root=...)
 
 Numbers go to `<run_dir>/metrics.csv` (column `dataset`; per-seed Dice rows, metric `dice`, seed = training
-seed, read by `difflung.claims`); timings to `timings.json`. Statistics: `difflung.augment` (unit: training seed;
+seed, read by `difflung.judging.claims`); timings to `timings.json`. Statistics: `difflung.augment.experiment` (unit: training seed;
 an interval only from `stats.MIN_SEEDS` seeds; Holm across the chapter's table; `stats.verdict`). The poster's
 claims are judged once for the run (`table_poster_claims`) and left out of the chapter's table.
 """
@@ -29,22 +29,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import augment as A
-from .. import labels as L
-from .. import stats
-from ..augment import ARM_NAMES, ARMS, SYNTHETIC_ARMS, Results, SyntheticSet
-from ..dataset import Dataset
-from ..metrics import read_metrics, write_metrics
-from ..plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, window_name
-from ..provenance import write_json_atomic
-from ..reported import ALL_CLAIMS, LABEL, SEGMENTATION_DICE
-from ..runs import phantom_dataset_dir, real_dataset_dir
-from ..scope import Scope, smoke_caveat
-from ..segmentation import SegConfig
+from difflung.augment import experiment as A
+from difflung import labels as L
+from difflung.judging import stats
+from difflung.augment.experiment import ARM_NAMES, ARMS, SYNTHETIC_ARMS, Results, SyntheticSet
+from difflung.data.dataset import Dataset
+from difflung.core.metrics_csv import read_metrics, write_metrics
+from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, window_name
+from difflung.core.provenance import write_json_atomic
+from difflung.judging.reported import ALL_CLAIMS, LABEL, SEGMENTATION_DICE
+from difflung.core.runs import phantom_dataset_dir, real_dataset_dir
+from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.segmentation import SegConfig
 
 TABLE_CLASSES = ("lung", "emphysema", "fibrosis", "ggo")  # the poster's "healthy" is healthy lung parenchyma
 POSTER = SEGMENTATION_DICE  # the poster's rows (healthy = lung), shown as reported, never as ours
-POSTER_TRIPLES = {(c.cls, c.a, c.b) for c in ALL_CLAIMS if c.kind == "segmentation"}  # judged by difflung.claims
+POSTER_TRIPLES = {(c.cls, c.a, c.b) for c in ALL_CLAIMS if c.kind == "segmentation"}  # judged by difflung.judging.claims
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
     """Find the upstream artifacts of a run; explicit paths override the run layout.
 
     Defaults: chapter 1's phantom dataset (and its real-CT dataset, optional) and, for each synthetic arm of
-    `difflung.augment.ARMS`, the generator folder its producing chapter writes (Diff-Lung CBMAT from chapter 3,
+    `difflung.augment.experiment.ARMS`, the generator folder its producing chapter writes (Diff-Lung CBMAT from chapter 3,
     Seg-Guided Diffusion from chapter 4). A missing model is an error naming that chapter; `models={}` runs
     without synthetic arms.
     """
@@ -189,12 +189,12 @@ def table_comparisons(run_dir, dataset: str = "phantom", classes=None, *, runs_r
 def table_poster_claims(runs_root) -> pd.DataFrame:
     """The poster's segmentation claims as judged for the whole run -- the single call site in this chapter.
 
-    `difflung.claims.judge_run(runs_root)` judges every claim of `difflung.reported.CLAIMS` once (Holm across the
+    `difflung.judging.claims.judge_run(runs_root)` judges every claim of `difflung.judging.reported.CLAIMS` once (Holm across the
     run's claims, `stats.verdict`) from this chapter's per-seed Dice rows and the criteria of chapters 1, 3 and 4;
     the results chapter shows the same rows, so chapters 5 and 6 cannot disagree. Imported lazily: the other
     sections of this chapter do not depend on it.
     """
-    from .. import claims  # THE judge of the poster's claims (difflung/claims.py)
+    from difflung.judging import claims
 
     t = claims.judge_run(runs_root)
     return t[t["kind"] == "segmentation"].drop(columns="kind").reset_index(drop=True)
@@ -263,7 +263,7 @@ def figure_dice(run_dir, dataset: str = "phantom", classes=None, *, runs_root, w
 
 def figure_examples(res: Results, run_dir, *, seed: int = 0):
     """The same test slices: image, truth, and each arm's prediction (first seed), lung window with overlays."""
-    from ..dataset import unwindow
+    from difflung.data.dataset import unwindow
 
     k, arms = len(res.example_idx), list(res.examples)
     fig, axes = plt.subplots(k, 2 + len(arms), figsize=(2.1 * (2 + len(arms)) + 0.8, 2.2 * k), squeeze=False,
@@ -303,7 +303,7 @@ def scope(profile: str, run_dir, *, runs_root, dataset: str = "phantom") -> Scop
 def export_nnunet_example(dataset, synthetic: SyntheticSet, run_dir, *, dataset_id: int = 501,
                           name: str = "DiffLung") -> tuple[Path, pd.DataFrame]:
     """Write the +difflung training set (real train + synthetic) as an nnU-Net v2 raw dataset in the run folder."""
-    from ..nnunet import export_nnunet
+    from difflung.data.nnunet import export_nnunet
 
     ds = Dataset(dataset)
     folder = export_nnunet(Path(run_dir) / "nnUNet_raw", dataset_id, name, ds.split("train"),

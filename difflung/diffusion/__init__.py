@@ -2,10 +2,10 @@
 
     from difflung.diffusion import TrainConfig, train_diffusion, load_model, sample, to_hu
 """
-from .ablation import STRATEGIES, AblationSchedule, ablation_frequencies
-from .model import MASK_MODES, PRESETS, UNSPECIFIED, build_unet, channel_map, encode_mask
-from .sample import DEFAULT_STEPS, remove_classes, sample, sampling_gflops, to_hu
-from .train import ModelLoadError, TrainConfig, TrainResult, load_model, train_diffusion
+from difflung.diffusion.ablation import STRATEGIES, AblationSchedule, ablation_frequencies
+from difflung.diffusion.model import MASK_MODES, PRESETS, UNSPECIFIED, build_unet, channel_map, encode_mask
+from difflung.diffusion.sample import DEFAULT_STEPS, remove_classes, sample, sampling_gflops, to_hu
+from difflung.diffusion.train import ModelLoadError, TrainConfig, TrainResult, load_model, train_diffusion
 
 __all__ = [
     "STRATEGIES", "AblationSchedule", "ablation_frequencies", "MASK_MODES", "PRESETS", "UNSPECIFIED",

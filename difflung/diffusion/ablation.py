@@ -24,14 +24,14 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .. import labels as L
-from .model import UNSPECIFIED, channel_index
+from difflung import labels as L
+from difflung.diffusion.model import UNSPECIFIED, channel_index
 
 STRATEGIES = ("none", "uniform", "cbmat", "cbmat-constant", "cbmat-inverse")
 
 
 def ablation_frequencies(dataset, split: str = "train") -> dict[str, float]:
-    """f_i of every class of `dataset` (a `difflung.dataset.Dataset`): its share of the non-background pixels
+    """f_i of every class of `dataset` (a `difflung.data.dataset.Dataset`): its share of the non-background pixels
     of `split`. Background gets 0 (it is never ablated)."""
     freq_all = dataset.frequencies(split, within="all")  # class name -> fraction of all pixels
     names = L.names(dataset.classes)

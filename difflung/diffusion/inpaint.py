@@ -22,8 +22,8 @@ import contextlib
 import numpy as np
 import torch
 
-from ..progress import show_progress
-from .model import channel_index, check_size, encode_mask
+from difflung.core.progress import show_progress
+from difflung.diffusion.model import channel_index, check_size, encode_mask
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the model may predict; RePaint's step takes epsilon

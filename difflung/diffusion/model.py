@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .. import labels as L
+from difflung import labels as L
 
 UNSPECIFIED = 255  # label value of a pixel whose class is withheld from the condition
 MASK_MODES = ("onehot", "single")

@@ -6,7 +6,7 @@ A recipe fixes how a model learns (optimiser, learning rate and warm-up, predict
 batch, precision); the model size, mask encoding, ablation strategy and step budget stay the caller's. All
 diffusion models in one comparison share one recipe, so two generators differ only in what the comparison
 is about. `benchmarks/bench_convergence.py` measures each recipe's time to quality (CPU minutes until the
-convergence criteria of `difflung.instruments` are met).
+convergence criteria of `difflung.judging.instruments` are met).
 
 - "parent": the published recipe of Segmentation-Guided Diffusion (the parent): AdamW at 1e-4, cosine
   schedule with 500 warm-up steps, epsilon prediction, linear betas, no EMA, batch 16, fp32.
@@ -106,7 +106,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .train import TrainConfig
+from difflung.diffusion.train import TrainConfig
 
 RECIPES: dict[str, dict] = {
     "parent": {"lr": 1e-4, "warmup": 500, "prediction_type": "epsilon", "snr_gamma": None, "ema_decay": None,

@@ -10,7 +10,7 @@ masks, `remove_classes`). The initial noise of all N images is drawn up front fr
 and DPM-Solver++ results do not depend on the batch size or the device beyond float rounding; DDPM also draws
 noise at every step, in batch order. With a list of generators (one per mask, as in diffusers pipelines) image i
 draws all its noise from generator i, so it does not depend on the other masks of the call: the common random
-numbers of `difflung.scoring`.
+numbers of `difflung.judging.scoring`.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import contextlib
 import numpy as np
 import torch
 
-from ..progress import show_progress
-from ..dataset import unwindow
-from .model import UNSPECIFIED, channel_index, check_size, encode_mask
+from difflung.core.progress import show_progress
+from difflung.data.dataset import unwindow
+from difflung.diffusion.model import UNSPECIFIED, channel_index, check_size, encode_mask
 
 DEFAULT_STEPS = {"ddim": 50, "dpm": 20, "dpm-sde": 20, "ddpm": 1000}
 MAX_DPM_STEPS = 25  # DPM-Solver++ (2nd order multistep) is meant for few steps

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import labels as L
-from ..dataset import Dataset, Volume, volumes_to_slices, write_dataset
+from difflung import labels as L
+from difflung.data.dataset import Dataset, Volume, volumes_to_slices, write_dataset
 
 _HU = {L.BACKGROUND: -1000.0, L.BODY: 40.0, L.LUNG: -870.0, L.EMPHYSEMA: -975.0, L.GGO: -520.0, L.FIBROSIS: -250.0}
 _LUT = np.zeros(256, np.float32)  # label id -> HU

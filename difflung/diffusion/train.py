@@ -8,7 +8,7 @@ takes its share, so the run does not depend on the number of processes beyond fl
 run killed at step k and resumed from its checkpoint ends with the same weights as an uninterrupted one.
 
 The RNG scope, batch order, run key, loss log, checkpoints and save/load convention are the training shell's
-(`difflung.training`). The output folder is the model: `save_pretrained` files (safetensors;
+(`difflung.core.training`). The output folder is the model: `save_pretrained` files (safetensors;
 `UNet2DModel.from_pretrained(dir)` loads it), `difflung_config.json` (classes, frequencies, ablation, config,
 seed, dataset, run key, provenance, timings, written last: its presence means finished), `loss.csv`, and
 `checkpoints/` while training.
@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..progress import show_progress
-from .. import labels as L
-from ..dataset import Dataset
-from ..provenance import device_description, provenance
-from ..training import (BatchOrder, FolderSpec, ModelLoadError, RunFolder, open_folder, rng_scope, run_key,
+from difflung.core.progress import show_progress
+from difflung import labels as L
+from difflung.data.dataset import Dataset
+from difflung.core.provenance import device_description, provenance
+from difflung.core.training import (BatchOrder, FolderSpec, ModelLoadError, RunFolder, open_folder, rng_scope, run_key,
                         seed_streams)
-from .ablation import AblationSchedule, ablation_frequencies
-from .model import UNSPECIFIED, build_unet, channel_map, encode_mask
+from difflung.diffusion.ablation import AblationSchedule, ablation_frequencies
+from difflung.diffusion.model import UNSPECIFIED, build_unet, channel_map, encode_mask
 
 FORMAT = "difflung-diffusion/1"
 META_FILE = "difflung_config.json"
@@ -285,7 +285,7 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     """Train the mask-guided DDPM on a dataset artifact and save it to `out_dir`.
 
     Args:
-        data: a `difflung.dataset.Dataset` or the path of one.
+        data: a `difflung.data.dataset.Dataset` or the path of one.
         config: the `TrainConfig`.
         out_dir: the model folder (created); an unfinished run in it resumes from its latest checkpoint.
         device: "auto" (CUDA when available), "cpu" or "cuda".

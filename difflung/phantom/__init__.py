@@ -38,10 +38,10 @@ Modules, in the order a slice is made:
     render     `render_slice`, `slice_positions`: one slice painted, blurred and noised
     cohort     `phantom_slice`, `phantom_patient`, `phantom_cohort`
 """
-from .cohort import phantom_cohort, phantom_patient, phantom_slice
-from .config import HU, HU_BANDS, PatientParams, PhantomConfig
-from .patient import sample_patient
-from .render import render_slice, slice_positions
+from difflung.phantom.cohort import phantom_cohort, phantom_patient, phantom_slice
+from difflung.phantom.config import HU, HU_BANDS, PatientParams, PhantomConfig
+from difflung.phantom.patient import sample_patient
+from difflung.phantom.render import render_slice, slice_positions
 
 __all__ = [
     "PhantomConfig", "PatientParams", "HU_BANDS", "HU", "phantom_slice", "sample_patient", "render_slice",

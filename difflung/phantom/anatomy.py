@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import geom_at, lung_points_sdf
+from difflung.phantom.geometry import geom_at, lung_points_sdf
 
 
 def _grow_tree(rng, an, side, p, d, r, r_min, length_range, max_segments=6000, margin_k=1.2):

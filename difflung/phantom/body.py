@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 
-from .. import labels as L
-from .canvas import capsule_points
-from .config import HU
-from .sdf import ellipse_cov, ellipse_sdf, smoothstep
+from difflung import labels as L
+from difflung.phantom.canvas import capsule_points
+from difflung.phantom.config import HU
+from difflung.phantom.sdf import ellipse_cov, ellipse_sdf, smoothstep
 
 
 def paint_body(cv, an, g, X, Y, z, zmm):

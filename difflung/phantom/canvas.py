@@ -6,8 +6,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .config import HU
-from .sdf import ellipse_sdf, rot_ellipse_sdf
+from difflung.phantom.config import HU
+from difflung.phantom.sdf import ellipse_sdf, rot_ellipse_sdf
 
 
 @lru_cache(maxsize=16)

@@ -5,10 +5,10 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ..dataset import Volume
-from .config import PatientParams, PhantomConfig, child_rng
-from .patient import sample_patient
-from .render import render_at_key, render_slice, slice_positions
+from difflung.data.dataset import Volume
+from difflung.phantom.config import PatientParams, PhantomConfig, child_rng
+from difflung.phantom.patient import sample_patient
+from difflung.phantom.render import render_at_key, render_slice, slice_positions
 
 
 def phantom_slice(z: float, rng: np.random.Generator, config: PhantomConfig = PhantomConfig(),

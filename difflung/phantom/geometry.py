@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sdf import disc_sdf, ellipse_sdf, rot_ellipse_sdf, smax, smoothstep
+from difflung.phantom.sdf import disc_sdf, ellipse_sdf, rot_ellipse_sdf, smax, smoothstep
 
 
 def geom_at(an: dict, z):

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import labels as L
-from .canvas import Canvas, splat_discs
-from .config import HU, PatientParams, child_rng
-from .noise import blur_taps, medium_noise, sep_blur, smooth_field
-from .sdf import smoothstep
+from difflung import labels as L
+from difflung.phantom.canvas import Canvas, splat_discs
+from difflung.phantom.config import HU, PatientParams, child_rng
+from difflung.phantom.noise import blur_taps, medium_noise, sep_blur, smooth_field
+from difflung.phantom.sdf import smoothstep
 
 
 @dataclass(eq=False)

@@ -11,8 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .canvas import grid
-from .config import PatientParams
+from difflung.phantom.canvas import grid
+from difflung.phantom.config import PatientParams
 
 
 def _expand(U: np.ndarray, A: np.ndarray) -> np.ndarray:

@@ -18,10 +18,10 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .anatomy import lung_volume_ml, sample_airways, sample_anatomy, sample_trees
-from .config import N_STREAMS, PatientParams, PhantomConfig, child_rng
-from .geometry import geom_at, lung_sdf
-from .sdf import ellipse_sdf
+from difflung.phantom.anatomy import lung_volume_ml, sample_airways, sample_anatomy, sample_trees
+from difflung.phantom.config import N_STREAMS, PatientParams, PhantomConfig, child_rng
+from difflung.phantom.geometry import geom_at, lung_sdf
+from difflung.phantom.sdf import ellipse_sdf
 
 # Effective labelled volume (mm^3) of one lesion, from which lesion counts are drawn: calibrated on 600-patient
 # cohorts (64x64, 8 slices; fractions do not depend on the size) so that the cohort mean matches the knob.

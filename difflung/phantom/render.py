@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import labels as L
-from .body import paint_body
-from .canvas import Canvas, grid, splat_discs, tube_coverage
-from .config import HU, HU_MAX, HU_MIN, PatientParams, PhantomConfig, child_rng
-from .geometry import geom_at, lung_sdf_image
-from .lesions import LesionCanvas, paint_emphysema, paint_fibrosis, paint_ggo
-from .noise import blur_taps, fine_texture, sep_blur, smooth_field
+from difflung import labels as L
+from difflung.phantom.body import paint_body
+from difflung.phantom.canvas import Canvas, grid, splat_discs, tube_coverage
+from difflung.phantom.config import HU, HU_MAX, HU_MIN, PatientParams, PhantomConfig, child_rng
+from difflung.phantom.geometry import geom_at, lung_sdf_image
+from difflung.phantom.lesions import LesionCanvas, paint_emphysema, paint_fibrosis, paint_ggo
+from difflung.phantom.noise import blur_taps, fine_texture, sep_blur, smooth_field
 
 
 def slice_positions(patient: PatientParams, config: PhantomConfig = PhantomConfig()) -> tuple[np.ndarray, float]:

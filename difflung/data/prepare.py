@@ -1,0 +1,267 @@
+"""`python -m difflung prepare INPUT --out DIR`: CT volumes -> the dataset artifact (same as the phantom's).
+
+INPUT is one of
+    a volume file            case.nii.gz | .nii | .nrrd | .mha | .mhd    (+ --labels LABELFILE)
+    a DICOM series folder    holding the files of exactly one series      (+ --labels LABELFILE)
+    a folder of cases, either
+        flat files           <case>_image.<ext> with <case>_label.<ext> (also _labels, _seg, _mask), or plain
+                             volume files without labels (anatomy only); once any volume in the folder has a
+                             label file, every image must have one
+        one folder per case  <case>/image.<ext> (or <case>/ct.<ext>, or DICOM files) with optional
+                             <case>/label.<ext> (or labels/seg/mask); the folder name is the patient id
+Labels are the dataset's own values, mapped to project classes by `--classes` (a YAML class map, see
+`difflung.data.classmap`, or one class name for every non-zero value). Body, lungs and airway come from
+`difflung.data.ct_anatomy`. All cases are read and checked before anything is written; the artifact is written
+atomically. The JSON summary goes to stdout, errors to stderr as one line naming the file.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from difflung.core.progress import show_progress
+from difflung import labels as L
+from difflung.data.ct_anatomy import AnatomyConfig, place_lesions, segment
+from difflung.data.classmap import ClassMap, load_classmap
+from difflung.data.ctio import CTReadError, read_label, read_volume, stem, volume_suffix
+from difflung.data.dataset import Dataset, DatasetError, Volume, volumes_to_slices, write_dataset
+
+IMAGE_TAGS = ("_image", "_img", "_ct")
+LABEL_TAGS = ("_label", "_labels", "_seg", "_mask")
+CASE_IMAGE_NAMES = ("image", "img", "ct")
+CASE_LABEL_NAMES = ("label", "labels", "seg", "mask")
+
+
+@dataclass
+class Case:
+    image: Path  # volume file or DICOM folder
+    label: Path | None
+    patient: str | None  # None: from the file (DICOM PatientID or stem)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# finding cases
+
+def _is_dicom_folder(folder: Path) -> bool:
+    """True when the folder itself holds files that start with the DICOM magic (not only subfolders)."""
+    for f in folder.iterdir():
+        if f.is_file() and volume_suffix(f) is None:
+            try:
+                with open(f, "rb") as fh:
+                    head = fh.read(132)
+            except OSError:
+                continue
+            if head[128:132] == b"DICM":
+                return True
+    return False
+
+
+def _strip(name: str, tags) -> tuple[str, str | None]:
+    for t in tags:
+        if name.lower().endswith(t):
+            return name[: -len(t)], t
+    return name, None
+
+
+def find_cases(input_path, labels=None) -> list[Case]:
+    """Resolve INPUT (+ optional label file) into cases; raise DatasetError naming the path when none fit."""
+    p = Path(input_path)
+    if not p.exists():
+        raise CTReadError(f"{p}: no such file or folder")
+    if p.is_file():
+        if volume_suffix(p) is None:
+            raise CTReadError(f"{p}: unsupported file type {''.join(p.suffixes) or '(no extension)'}; expected "
+                              ".nii, .nii.gz, .nrrd, .mha, .mhd, a DICOM series folder or a folder of cases")
+        base, tag = _strip(stem(p), IMAGE_TAGS)
+        return [Case(p, Path(labels) if labels else None, base if tag else None)]
+    if _is_dicom_folder(p):
+        return [Case(p, Path(labels) if labels else None, None)]
+    if labels:
+        raise DatasetError(f"{p}: --labels applies to a single volume or DICOM series; in a folder of cases put "
+                           "each label file beside its image (<case>_label.<ext> or <case>/label.<ext>)")
+    cases = _flat_cases(p) + _folder_cases(p)
+    if not cases:
+        raise DatasetError(f"{p}: no CT found here (empty folder, or no .nii/.nii.gz/.nrrd/.mha/.mhd volumes, "
+                           "DICOM series or case folders)")
+    names = {}
+    for c in cases:
+        key = c.patient or stem(c.image)
+        if key in names:
+            raise DatasetError(f"{c.image}: patient id {key!r} is used twice (also {names[key]})")
+        names[key] = c.image
+    return cases
+
+
+def _flat_cases(folder: Path) -> list[Case]:
+    files = sorted(f for f in folder.iterdir() if f.is_file() and volume_suffix(f))
+    label_files = {}
+    for f in files:
+        base, tag = _strip(stem(f), LABEL_TAGS)
+        if tag:
+            label_files[base] = f
+    images = [f for f in files if _strip(stem(f), LABEL_TAGS)[1] is None]
+    cases, used = [], set()
+    for f in images:
+        base, tag = _strip(stem(f), IMAGE_TAGS)
+        key = base if base in label_files else stem(f)
+        lab = label_files.get(key)
+        if lab is None and label_files:
+            raise DatasetError(f"{f}: no label file for this image (expected {base}_label{volume_suffix(f)}, or "
+                               "_labels/_seg/_mask, beside it); other images in this folder have one")
+        used.add(key)
+        cases.append(Case(f, lab, base if tag else None))
+    for base in sorted(set(label_files) - used):
+        raise DatasetError(f"{label_files[base]}: label file without an image (expected {base}_image"
+                           f"{volume_suffix(label_files[base])} beside it)")
+    return cases
+
+
+def _folder_cases(folder: Path) -> list[Case]:
+    cases = []
+    for d in sorted(x for x in folder.iterdir() if x.is_dir() and not x.name.startswith(".")):
+        vols = sorted(f for f in d.iterdir() if f.is_file() and volume_suffix(f))
+        img = next((f for f in vols if stem(f).lower() in CASE_IMAGE_NAMES), None)
+        lab = next((f for f in vols if stem(f).lower() in CASE_LABEL_NAMES), None)
+        if img is None and _is_dicom_folder(d):
+            img = d
+        if img is None:
+            if vols or any(d.iterdir()):
+                raise DatasetError(f"{d}: case folder without an image (expected image.<ext>, ct.<ext> or DICOM "
+                                   f"files; found {', '.join(f.name for f in list(d.iterdir())[:5])})")
+            continue
+        cases.append(Case(img, lab, d.name))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one case
+
+def prepare_volume(case: Case, classmap: ClassMap | None, cfg: AnatomyConfig) -> tuple[Volume, dict]:
+    """Read, segment and label one case; returns the project Volume and its summary row (full resolution)."""
+    vol = read_volume(case.image, patient=case.patient)
+    anat = segment(vol.hu, vol.spacing, cfg, name=str(case.image))
+    lesions, placed = None, {}
+    if case.label is not None:
+        raw = read_label(case.label, vol)
+        if classmap is None:
+            values = [int(v) for v in np.unique(raw) if v]
+            raise DatasetError(f"{case.label}: label values {values} need a class map; pass --classes MAP.yml "
+                               "(see examples/classmaps/) or --classes CLASSNAME for one lesion class")
+        lesions, placed = place_lesions(anat, classmap.apply(raw, case.label), cfg, name=str(case.label))
+    lab = anat.labels(lesions)
+    counts = np.bincount(lab.ravel(), minlength=L.NUM_IDS)
+    vml = vol.voxel_ml
+    lung_slices = np.flatnonzero(np.isin(lab, L.LUNG_IDS).any(axis=(1, 2)))
+    vols = anat.volumes_ml()
+    row = {
+        "patient": vol.patient, "image": str(case.image), "labels": str(case.label) if case.label else None,
+        "shape_zyx": list(vol.hu.shape), "spacing_mm": [round(s, 6) for s in vol.spacing],
+        "lung_volume_ml": round(float(sum(counts[i] for i in L.LUNG_IDS)) * vml, 1),
+        "lung_right_ml": round(vols["lung_right"], 1), "lung_left_ml": round(vols["lung_left"], 1),
+        "airway_ml": round(vols["airway"], 1),
+        "lung_slices": [int(lung_slices[0]), int(lung_slices[-1])] if lung_slices.size else None,
+        "voxel_counts": {L.BY_ID[i].name: int(counts[i]) for i in range(L.NUM_IDS) if counts[i]},
+        "warnings": list(anat.info.get("warnings", [])),
+    }
+    if placed.get("dropped_voxels"):
+        row["warnings"].append(f"lesion voxels dropped (far from lung / outside body): {placed['dropped_voxels']}")
+    return Volume(patient=vol.patient, hu=vol.hu, labels=lab, spacing=vol.spacing, source=str(case.image)), row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command
+
+def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: int = 0, *,
+            min_lung_fraction: float = 0.01, fractions=(0.6, 0.2, 0.2), anatomy: AnatomyConfig | None = None,
+            progress: bool = False) -> tuple[Dataset, dict]:
+    """Prepare CT volumes into a dataset artifact at `out_dir`.
+
+    Args:
+        inputs: a volume file, a DICOM series folder, a folder of cases (module docstring), or a list of those.
+        out_dir: artifact folder (replaced atomically if it exists).
+        labels: label file for a single-volume input.
+        classes: class map: YAML path, dict, ClassMap, or a project class name for all non-zero values.
+        size: slice size S of the artifact (S x S).
+        seed: patient split seed.
+        min_lung_fraction: keep slices whose lung field covers at least this fraction.
+        fractions: train/val/test patient fractions.
+        anatomy: AnatomyConfig for the classical segmentation.
+    Returns (Dataset, summary dict). Nothing is written unless every case reads, segments and maps cleanly.
+    """
+    t0 = time.perf_counter()
+    cfg = anatomy or AnatomyConfig()
+    if int(size) < 8:
+        raise DatasetError(f"--size {size}: slices must be at least 8 pixels")
+    inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    if labels is not None and len(inputs) != 1:
+        raise DatasetError("--labels applies to a single input volume")
+    cases = [c for i in inputs for c in find_cases(i, labels)]
+    classmap = load_classmap(classes) if classes is not None else None
+    for c in cases:  # cheap checks first: a missing label file fails before minutes of work
+        if c.label is not None and not c.label.exists():
+            raise CTReadError(f"{c.label}: label file not found (for image {c.image})")
+    rows = []
+
+    def volumes():
+        it = cases
+        if progress and len(cases) > 1:
+            from tqdm import tqdm
+            it = tqdm(cases, desc="prepare", unit="case", file=sys.stderr, disable=not show_progress())
+        for c in it:
+            vol, row = prepare_volume(c, classmap, cfg)
+            rows.append(row)
+            yield vol
+
+    slices, per_patient = volumes_to_slices(volumes(), int(size), min_lung_fraction=min_lung_fraction)
+    seen = {}
+    for row in rows:  # ids must be unique across inputs: the split is by patient
+        if row["patient"] in seen:
+            raise DatasetError(f"{row['image']}: patient id {row['patient']!r} is used twice (also {seen[row['patient']]})")
+        seen[row["patient"]] = row["image"]
+    for row, s in zip(rows, per_patient):
+        row["slices_total"], row["slices_kept"] = s["slices_total"], s["slices_kept"]
+        if s["slices_kept"] == 0:
+            raise DatasetError(f"{row['image']}: no slice with at least {min_lung_fraction:.0%} lung field")
+    params = {"inputs": [str(i) for i in inputs], "labels": str(labels) if labels else None, "size": int(size),
+              "classes": classmap.as_dict() if classmap else None, "anatomy": asdict(cfg),
+              "min_lung_fraction": min_lung_fraction, "fractions": list(fractions)}
+    ds = write_dataset(out_dir, slices, source="prepare", params=params, seed=seed, fractions=fractions,
+                       patients=rows)
+    summary = {"out": str(out_dir), "size": int(size), "seed": seed, "classes": L.names(ds.classes),
+               "slices": {s: ds.manifest["splits"][s]["n_slices"] for s in ("train", "val", "test")},
+               "splits": {s: ds.manifest["splits"][s]["patients"] for s in ("train", "val", "test")},
+               "patients": rows, "seconds": round(time.perf_counter() - t0, 2)}
+    return ds, summary
+
+
+def configure_parser(p):
+    import argparse
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__[__doc__.index("INPUT is one of"):]
+    p.add_argument("input", nargs="+", type=Path,
+                   help="volume file, DICOM series folder, or folder of cases (see `difflung.data.prepare`)")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    p.add_argument("--labels", type=Path, default=None, help="label file of a single input volume")
+    p.add_argument("--classes", default=None,
+                   help="class map YAML (label value -> project class), or one class name, e.g. nodule")
+    p.add_argument("--size", type=int, default=128, help="slice size S (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="patient split seed (default 0)")
+    p.add_argument("--min-lung-fraction", type=float, default=0.01,
+                   help="keep slices with at least this lung-field fraction (default 0.01)")
+
+
+def run_cli(args) -> int:
+    try:
+        _, summary = prepare(args.input, args.out, labels=args.labels, classes=args.classes, size=args.size,
+                             seed=args.seed, min_lung_fraction=args.min_lung_fraction, progress=True)
+    except (DatasetError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,10 @@
+"""Everything that judges, in one place: image metrics (`metrics`: PSNR/SSIM, per-class Dice, cost),
+realism instruments (`realism`: HU Wasserstein, texture, air, the real-vs-generated classifier,
+memorisation), the instruments' floors and HU signatures (`instruments`), the judge segmenter and
+`generate_and_score` (`scoring`), the convergence criteria (`criteria`), statistics and verdicts (`stats`),
+the poster's reported numbers (`reported`) and its claims judged against our runs (`claims`).
+
+May import: `difflung.core`, `difflung.data`, `difflung.labels`, `difflung.diffusion` (pixel <-> HU, class
+removal), `difflung.segmentation`. Never `difflung.plots` or a chapter: tables and sentences about criteria
+belong to the chapters.
+"""

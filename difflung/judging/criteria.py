@@ -1,0 +1,247 @@
+"""Which classes a run can measure, and whether a generator has converged: one place for every chapter.
+
+Two questions come before any verdict (`difflung.judging.stats.verdict`):
+- *Measurable classes.* A class can be judged only when the judge segmenter meets its floor on the real test
+  slices (`instruments.judge_validity`) and the class keeps its HU signature at the run's image size (chapter 1's
+  `hu_signature.json`, `instruments.read_signature`). `measurable_classes` merges the two, with the reason.
+- *Convergence.* A generator's comparisons count only when it meets the convergence criteria on the test masks
+  (`instruments.convergence`): judge Dice on generated slices at least 0.8 of that on real slices for each
+  measurable class, per-class HU Wasserstein-1 at most 50 HU, at least 95 % of slices with their air within 30 HU
+  of the real slice's, and a real-vs-generated classifier no better than 0.8 on held-out patients. `measure`
+  computes them from a `scoring.Scored` (the same images every other number comes from), with the memorisation
+  check beside them (reported, not a criterion).
+
+Each chapter writes what it measured with `write_criteria`; later chapters read it with `read_criteria`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from difflung.judging import instruments as I
+from difflung import labels as L
+from difflung.core.provenance import write_json_atomic
+
+CRITERIA_FILE = "criteria.json"
+
+
+def measurable_classes(scored, signature: dict[str, tuple[bool, str]] | None = None) -> dict[str, tuple[bool, str]]:
+    """class -> (measurable, reason) from the judge's Dice on real test slices and chapter 1's HU signature.
+
+    Args:
+        scored: `scoring.Scored` with the judge's rows (model "real").
+        signature: `instruments.read_signature(<chapter 1 run folder>)`; None skips that check.
+    """
+    real = scored.rows[(scored.rows.model == "real") & (scored.rows.metric == "dice")]
+    dice = real.groupby("class", sort=False)["value"].mean().dropna().to_dict()
+    out = I.judge_validity(dice)
+    for c, (ok, reason) in (signature or {}).items():
+        if c in out and out[c][0] and not ok:
+            out[c] = (False, reason)
+    return out
+
+
+def _dice_means(rows: pd.DataFrame, model: str, train_seed: int | None, seed: int | None = None) -> dict[str, float]:
+    r = rows[(rows.model == model) & (rows.metric == "dice") & (rows.condition == "full")]
+    if train_seed is not None:
+        r = r[r.train_seed == train_seed]
+    if seed is not None:
+        r = r[r.seed == seed]
+    return r.groupby("class", sort=False)["value"].mean().to_dict()
+
+
+def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tuple[bool, str]],
+            generator: torch.Generator, train_seed: int | None = None, seed: int | None = None,
+            classifier_steps: int = 300, signature: dict[str, tuple[bool, str]] | None = None) -> dict:
+    """The convergence criteria of one generator on the scored test masks.
+
+    Args:
+        scored: `scoring.Scored` holding the generator's images and the judge's rows.
+        model: the generator's key; train_seed, seed: which of its image sets (default: the first).
+        train: (N, S, S) real training slices in [-1, 1] (memorisation reference).
+        measurable: `measurable_classes(scored, ...)`: the judge's Dice ratio uses measurable classes only.
+        generator: CPU torch.Generator for the classifier two-sample test.
+        classifier_steps: its training steps.
+        signature: chapter 1's HU-signature check. The HU distance needs no judge: it covers every class present
+            in the test masks except background and classes whose HU signature the run's size erases, so a model
+            is not called converged on anatomy alone while its lesions are wrong.
+    Returns:
+        {"table": DataFrame (criterion, value, threshold, met), "converged": bool, "memorisation": dict}.
+    """
+    from difflung.diffusion.sample import to_hu
+    from difflung.judging.realism import air_check, classifier_two_sample, hu_wasserstein, memorisation
+
+    key = scored.image_key(model, seed=seed, train_seed=train_seed)  # (model, train_seed, condition, seed)
+    _, train_seed, _, seed = key
+    gen = scored.images[key]  # (n, S, S)
+    gen_hu, real_hu = to_hu(gen), to_hu(scored.real)
+    ok = [c for c, (m, _) in measurable.items() if m and c != "background"]
+    # the judge's Dice of the same image set as every other criterion, not the mean over training seeds
+    ratio = I.dice_ratios(_dice_means(scored.rows, model, train_seed, seed), _dice_means(scored.rows, "real", None),
+                          {c: measurable[c] for c in ok})
+    lost = {c for c, (good, _) in (signature or {}).items() if not good}
+    present = [L.BY_ID[int(i)].name for i in np.unique(scored.labels) if int(i) != L.BACKGROUND
+               and int(i) in L.BY_ID and L.BY_ID[int(i)].name not in lost]
+    w1 = hu_wasserstein(gen_hu, real_hu, scored.labels, present)
+    air = air_check(gen_hu, real_hu, scored.labels, I.AIR_TOLERANCE_HU)
+    clf = classifier_two_sample(scored.real, gen, scored.patient, scored.patient, generator=generator,
+                                steps=classifier_steps)
+    table = I.convergence(dice_ratio=ratio, hu_w1=w1, air_share=float(air["ok"].mean()) if len(air) else math.nan,
+                          classifier_accuracy=float(clf["accuracy"]))
+    mem = memorisation(gen, train, scored.real)
+    return {"table": table, "converged": I.converged(table),
+            "memorisation": {k: mem[k] for k in ("ratio", "share_flagged", "threshold")}}
+
+
+def write_criteria(run_dir, results: dict[str, dict], measurable: dict[str, tuple[bool, str]], **meta) -> Path:
+    """`<run_dir>/criteria.json`: per generator key its criteria table and verdict, and the measurable classes."""
+    doc = {"measurable": {c: {"measurable": bool(m), "reason": r} for c, (m, r) in measurable.items()},
+           "generators": {k: {"converged": bool(v["converged"]), "memorisation": v.get("memorisation", {}),
+                              "criteria": v["table"].to_dict(orient="records")} for k, v in results.items()},
+           **meta}
+    return write_json_atomic(Path(run_dir) / CRITERIA_FILE, doc)
+
+
+def read_criteria(run_dir) -> dict:
+    """Read `criteria.json` back: {"measurable": {cls: (ok, reason)}, "converged": {key: bool}, "tables": {key: df}}.
+
+    Raises FileNotFoundError naming the file when the chapter that writes it has not run.
+    """
+    path = Path(run_dir) / CRITERIA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no convergence criteria here; run the chapter that writes them first")
+    doc = json.loads(path.read_text())
+    return {"measurable": {c: (r["measurable"], r["reason"]) for c, r in doc.get("measurable", {}).items()},
+            "converged": {k: v["converged"] for k, v in doc.get("generators", {}).items()},
+            "tables": {k: pd.DataFrame(v["criteria"]) for k, v in doc.get("generators", {}).items()},
+            "memorisation": {k: v.get("memorisation", {}) for k, v in doc.get("generators", {}).items()}}
+
+
+def validity(classes: list[str], measurable: dict[str, tuple[bool, str]], converged: dict[str, bool],
+             models: list[str]) -> dict:
+    """`stats.Comparison` validity flags for a comparison of `models` on `classes` ("all" for image quality).
+
+    A comparison is not measurable when a class is not measurable (its reason) or a generator involved did not
+    meet its convergence criteria (generators without a record count as not converged).
+    """
+    for c in classes:
+        if c != "all" and not measurable.get(c, (False, f"{c}: not scored in this run"))[0]:
+            return {"measurable": False, "reason": measurable.get(c, (False, f"{c}: not scored"))[1]}
+    bad = list(dict.fromkeys(m for m in models if not converged.get(m, False)))  # a model named twice, once
+    if bad:
+        return {"converged": False, "reason": f"{', '.join(bad)} did not meet the convergence criteria"}
+    return {}
+
+
+def judge_frame(summary: pd.DataFrame, measurable: dict[str, tuple[bool, str]]) -> pd.DataFrame:
+    """Per class: the judge's Dice on the real test slices (rows of model "real" in a `stats.slice_intervals`
+    summary) as "mean [lo, hi]", its floor, and whether the class is judged ("yes" or "not measurable: reason")."""
+    from difflung.plots import summary_cell
+
+    return pd.DataFrame([{"class": c, "judge Dice, real test slices": summary_cell(summary, "real", "dice", c),
+                          "floor": I.judge_floor(c), "judged": "yes" if ok else f"not measurable: {why}"}
+                         for c, (ok, why) in measurable.items()]).set_index("class")
+
+
+def dice_frame(summary: pd.DataFrame, measurable: dict[str, tuple[bool, str]], keys, name=str) -> pd.DataFrame:
+    """Mask faithfulness: the judge's Dice per class (rows, in label order) and model (columns `name(key)`) as
+    "mean [lo, hi]" from a `stats.slice_intervals` summary. A class the judge cannot judge reads "not measurable"
+    in every model's cell, its reason in the first column "judged"."""
+    from difflung.plots import summary_cell
+
+    rows = []
+    for c in [n for n in L.names(range(L.NUM_IDS)) if n in measurable]:
+        ok, why = measurable[c]
+        rows.append({"class": c, "judged": "yes" if ok else f"not measurable: {why}",
+                     **{name(k): summary_cell(summary, k, "dice", c) if ok else "not measurable" for k in keys}})
+    return pd.DataFrame(rows, columns=["class", "judged", *map(name, keys)]).set_index("class")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what the chapters show
+
+def check(scored, models, *, train: np.ndarray, signature: dict[str, tuple[bool, str]] | None, seed: int = 0,
+          classifier_steps: int = 300, run_dir=None, **meta) -> tuple[dict[str, tuple[bool, str]], dict[str, dict]]:
+    """Measurable classes of a scored run and the convergence criteria (`measure`) of each of `models`.
+
+    Args:
+        scored: `scoring.Scored` with the judge's rows and every model's images.
+        models: generator keys to measure (their first training and sampling seed).
+        train: (N, S, S) real training slices (memorisation reference).
+        signature: chapter 1's `instruments.read_signature(...)`.
+        seed: seeds each model's classifier two-sample test (the same for every model).
+        run_dir: when given, the results go to `<run_dir>/criteria.json` (`write_criteria`, with `meta`).
+    Returns:
+        (measurable, {model: `measure` result}).
+    """
+    measurable = measurable_classes(scored, signature)
+    results = {m: measure(scored, m, train=train, measurable=measurable, classifier_steps=classifier_steps,
+                          generator=torch.Generator().manual_seed(seed), signature=signature) for m in models}
+    if run_dir is not None:
+        write_criteria(run_dir, results, measurable, **meta)
+    return measurable, results
+
+
+def measurable_table(scored, measurable: dict[str, tuple[bool, str]]) -> pd.DataFrame:
+    """Per class scored: the judge's mean Dice on the real test slices, its floor, and measurable or why not."""
+    real = scored.rows[(scored.rows.model == "real") & (scored.rows.metric == "dice")]
+    dice = real.groupby("class", sort=False)["value"].mean()
+    return pd.DataFrame({"judge Dice (real test slices)": dice,
+                         "floor": [I.judge_floor(c) for c in dice.index],
+                         "measurable": [("yes" if measurable[c][0] else f"not measurable: {measurable[c][1]}")
+                                        if c in measurable else "not measurable: absent from the test truth"
+                                        for c in dice.index]}).rename_axis("class")
+
+
+def wide_table(results: dict[str, dict], names: dict[str, str] | None = None) -> pd.DataFrame:
+    """Criteria of several generators side by side: one row per criterion, its threshold, and per generator
+    "value (met)" or "value (missed)" at 3 significant figures; a last row says whether each converged."""
+    from difflung.plots import sig
+
+    names = names or {}
+    cols = {}
+    for m, r in results.items():
+        t = r["table"].set_index("criterion")
+        cols[names.get(m, m)] = [f"{sig(v)} ({'met' if ok else 'missed'})" for v, ok in zip(t["value"], t["met"])]
+        cols[names.get(m, m)].append("yes" if r["converged"] else "no")
+    first = next(iter(results.values()))["table"]
+    index = [*first["criterion"], "converged"]
+    return pd.DataFrame({"threshold": [*first["threshold"], "all met"], **cols},
+                        index=pd.Index(index, name="criterion"))
+
+
+def memorisation_table(results: dict[str, dict], names: dict[str, str] | None = None) -> pd.DataFrame:
+    """The memorisation check per generator (reported, not a criterion)."""
+    names = names or {}
+    return pd.DataFrame({names.get(m, m): {
+        "median NN distance to training, generated / test": r["memorisation"]["ratio"],
+        "generated slices closer than 5 % of test slices": r["memorisation"]["share_flagged"],
+    } for m, r in results.items()}).T.rename_axis("model")
+
+
+def sentence(name: str, result: dict) -> str:
+    """Whether a generator met its convergence criteria, in one sentence for the page."""
+    t = result["table"]
+    if result["converged"]:
+        return f"{name} met all {len(t)} convergence criteria."
+    missed = t.loc[~t["met"], "criterion"].tolist()
+    return (f"{name} did **not** meet its convergence criteria ({len(missed)} of {len(t)} missed: "
+            f"{'; '.join(missed)}), so every comparison involving it is *not measurable*.")
+
+
+def cannot_show(measurable: dict[str, tuple[bool, str]], results: dict[str, dict],
+                names: dict[str, str] | None = None) -> list[str]:
+    """"Cannot show" lines for a `scope.Scope`: classes not measurable and generators that did not converge."""
+    names = names or {}
+    out = [f"Faithfulness of {c}: not measurable: {why}." for c, (ok, why) in measurable.items() if not ok]
+    for m, r in results.items():
+        if not r["converged"]:
+            k = int((~r["table"]["met"]).sum())
+            out.append(f"Any comparison involving {names.get(m, m)}: not measurable: it missed {k} of "
+                       f"{len(r['table'])} convergence criteria.")
+    return out

@@ -1,0 +1,186 @@
+"""`python -m difflung archive`: keep a finished run's numbers as a reference run in `reference/<profile>/`.
+
+A run's models, datasets and figures are build products and are never committed; its *numbers* are small and are
+what a reader of a cheaply built book (CI builds the `smoke` profile) needs in order to see a result that can test
+the paper. The archive holds, for each chapter of the run, the top-level CSV and JSON files of its folder
+(`metrics.csv`, cost and timing JSON, the claims table), the run's `provenance.json`, and `archive.json`
+(profile, date, the run's git revision). Nothing else is copied, and the whole archive must stay under
+`MAX_BYTES`.
+
+`load_reference()` reads the newest archive back for the Results chapter and says whether the chapters' code has
+changed since the archived run was made.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from difflung.core.metrics_csv import read_metrics
+from difflung.core.provenance import REPO_ROOT, atomic_dir, write_json_atomic
+
+MAX_BYTES = 2 * 2**20  # the whole archive
+MAX_FILE_BYTES = 512 * 2**10  # one file: larger ones are per-pixel dumps, not summary numbers
+SUFFIXES = (".csv", ".json")
+ARCHIVE_FILE = "archive.json"
+
+
+class ArchiveError(ValueError):
+    pass
+
+
+def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
+                out_dir: Path | str = REPO_ROOT / "reference", note: str | None = None) -> Path:
+    """Copy the numbers of `runs_dir/<profile>` into `out_dir/<profile>` (replacing an older archive atomically).
+
+    Args:
+        profile: the run's profile name (its folder under `runs_dir`).
+        runs_dir: parent folder of runs.
+        out_dir: parent folder of archives (committed: `reference/`).
+        note: what a reader must know about how the run was made (e.g. that it resumed an earlier invocation
+            and reused its trained models, so its wall time is not the from-scratch cost); shown with the label.
+
+    Returns:
+        The archive folder. Raises ArchiveError, writing nothing, when the run is unfinished or too large.
+    """
+    run = Path(runs_dir) / profile
+    prov_path = run / "provenance.json"
+    if not prov_path.is_file():
+        raise ArchiveError(f"{prov_path}: missing; run `python -m difflung run --profile {profile}` first")
+    prov = json.loads(prov_path.read_text())
+    chapters = prov.get("chapters") or []
+    failed = [s for s in chapters if prov.get("notebooks", {}).get(s, {}).get("status") != "ok"]
+    if not chapters or failed:
+        raise ArchiveError(f"{prov_path}: the run is not finished (not ok: {', '.join(failed) or 'no chapters'})")
+    files = [prov_path]
+    for stem in chapters:
+        for p in sorted((run / stem).glob("*")):
+            figure_sidecar = p.suffix == ".json" and p.with_suffix(".png").exists()
+            if p.is_file() and p.suffix in SUFFIXES and not figure_sidecar and p.stat().st_size <= MAX_FILE_BYTES:
+                files.append(p)
+    total = sum(p.stat().st_size for p in files)
+    if total > MAX_BYTES:
+        raise ArchiveError(f"{run}: its numbers take {total / 2**20:.2f} MB, above the archive's "
+                           f"{MAX_BYTES / 2**20:.0f} MB limit")
+    revisions = sorted({str(prov["notebooks"][s].get("git_revision", "unknown")) for s in chapters})
+    meta = {"profile": profile, "archived": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "git_revision": revisions[0] if len(revisions) == 1 else revisions,
+            "finished": max(prov["notebooks"][s].get("started", "") for s in chapters),
+            # the chapters' own wall times: a run finished by later invocations (e.g. one chapter re-run) still
+            # reports what its chapters cost, not what its last invocation took
+            "total_wall_s": round(sum(prov["notebooks"][s].get("wall_s", 0.0) for s in chapters), 2),
+            "chapters": chapters,
+            "files": [str(p.relative_to(run)) for p in files], "bytes": total, **({"note": note} if note else {})}
+    dest = Path(out_dir) / profile
+    with atomic_dir(dest) as tmp:
+        for p in files:
+            target = tmp / p.relative_to(run)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, target)
+        write_json_atomic(tmp / ARCHIVE_FILE, meta)
+    return dest
+
+
+@dataclass
+class Reference:
+    """An archived run: its metadata, provenance and each chapter's metrics table."""
+    path: Path
+    meta: dict
+    provenance: dict
+    metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
+    code_changed: bool | None = None  # chapters' code changed after the archived revision (None: unknown)
+    changed_files: list[str] = field(default_factory=list)  # which files of it
+
+    @property
+    def label(self) -> str:
+        rev = self.meta.get("git_revision")
+        short = lambda r: r[:12] + ("+dirty" if r.endswith("+dirty") else "")  # noqa: E731
+        rev = short(rev) if isinstance(rev, str) else " and ".join(short(r) for r in rev)  # a resumed run: several
+        return f"{self.meta['profile']} run of {self.meta.get('finished', '?')[:10]}, git {rev}"
+
+    def json(self, stem: str, name: str) -> dict:
+        p = self.path / stem / name
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def load_reference(root: Path | str = REPO_ROOT / "reference", profile: str | None = None) -> Reference | None:
+    """The newest archived run under `root` (or the one of `profile`); None when there is none.
+
+    Raises ArchiveError naming the file when an archive lacks its provenance or metadata.
+    """
+    root = Path(root)
+    folders = [root / profile] if profile else sorted(p for p in root.glob("*") if p.is_dir())
+    refs = []
+    for folder in folders:
+        meta_path, prov_path = folder / ARCHIVE_FILE, folder / "provenance.json"
+        if not folder.is_dir():
+            continue
+        for p in (meta_path, prov_path):
+            if not p.is_file():
+                raise ArchiveError(f"{p}: missing; an archive must carry its metadata and provenance "
+                                   f"(re-create it with `python -m difflung archive --profile {folder.name}`)")
+        refs.append(Reference(folder, json.loads(meta_path.read_text()), json.loads(prov_path.read_text())))
+    if not refs:
+        return None
+    ref = max(refs, key=lambda r: r.meta.get("finished", ""))
+    for stem in ref.meta.get("chapters", []):
+        p = ref.path / stem / "metrics.csv"
+        if p.is_file():
+            ref.metrics[stem] = read_metrics(p)
+    ref.code_changed = code_changed_since(ref.meta.get("git_revision"))
+    ref.changed_files = changed_files_since(ref.meta.get("git_revision")) or []
+    return ref
+
+
+def code_changed_since(revision, paths=("difflung",), root: Path = REPO_ROOT) -> bool | None:
+    """Whether `paths` changed in commits after `revision` (None when git or the revision is unavailable).
+
+    `revision` may be a list: a run resumed at a later commit keeps the chapters it did not need to re-run, so
+    its chapters carry several revisions; the code counts as changed when it changed after any of them.
+    """
+    files = changed_files_since(revision, paths, root)
+    if files is None:
+        return None
+    revs = revision if isinstance(revision, (list, tuple)) else [revision]
+    return bool(files) or any(r.endswith("+dirty") for r in revs)
+
+
+def changed_files_since(revision, paths=("difflung",), root: Path = REPO_ROOT) -> list[str] | None:
+    """The files under `paths` changed in commits after `revision` (or after any of a list of revisions), sorted;
+    None when git or a revision is unavailable."""
+    revs = revision if isinstance(revision, (list, tuple)) else [revision]
+    if not revs or any(not isinstance(r, str) or r in ("", "unknown") for r in revs):
+        return None
+    files = set()
+    for rev in revs:
+        try:
+            out = subprocess.run(["git", "log", "--format=", "--name-only", f"{rev.removesuffix('+dirty')}..HEAD",
+                                  "--", *paths], cwd=root, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        files |= {line.strip() for line in out.splitlines() if line.strip()}
+    return sorted(files)
+
+
+def configure_parser(p) -> None:
+    p.add_argument("--profile", required=True, help="the finished run to archive (runs/<profile>/)")
+    p.add_argument("--runs-dir", default=str(REPO_ROOT / "runs"), help="parent folder of runs (default runs/)")
+    p.add_argument("--out", default=str(REPO_ROOT / "reference"), help="parent folder of archives (reference/)")
+    p.add_argument("--note", help="how the run was made, shown beside its label (e.g. that it was resumed)")
+
+
+def run_cli(args) -> int:
+    try:
+        dest = archive_run(args.profile, runs_dir=args.runs_dir, out_dir=args.out, note=args.note)
+    except ArchiveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    meta = json.loads((dest / ARCHIVE_FILE).read_text())
+    print(f"archive: {len(meta['files'])} files, {meta['bytes'] / 1024:.0f} kB into {dest}")
+    return 0

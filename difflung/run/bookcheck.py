@@ -1,0 +1,99 @@
+"""Checks of the built site: every chapter page exists, shows its figures and a table, references only images
+that exist, and carries no Python traceback. `python -m difflung check-book` runs them after a build."""
+from __future__ import annotations
+
+import re
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from difflung.core.provenance import REPO_ROOT
+
+REPR = re.compile(r"&lt;[\w.]+ (?:object )?at 0x[0-9a-f]+&gt;|<[\w.]+ (?:object )?at 0x[0-9a-f]+>")  # a raw Python repr
+STDERR = re.compile(r'class="[^"]*\boutput stderr\b')  # a cell's stderr stream (warnings, progress debris)
+SCOPE_BOX = "What this run can and cannot show"  # the box every chapter ends with (difflung.chapters.scope)
+TRACEBACK_MARKERS = ("Traceback (most recent call last)", "---------------------------------------------------------------------------\n")
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.tables = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img" and a.get("src"):
+            self.images.append(a["src"])
+        elif tag == "table":
+            self.tables += 1
+
+
+def check_site(html_dir, chapters: list[str], runs_dir=None, scope_box: bool = True) -> list[str]:
+    """Return a list of problems (empty when the site is sound).
+
+    Args:
+        html_dir: the built site (`book/_build/html`).
+        chapters: notebook stems whose pages must exist (`chapters/<stem>.html`).
+        runs_dir: `runs/<profile>`; when given, a chapter page must show at least as many images as the
+            chapter saved PNG figures in its run folder.
+        scope_box: every chapter page must carry the box "What this run can and cannot show".
+    """
+    html_dir = Path(html_dir)
+    problems = []
+    if not (html_dir / "index.html").is_file():
+        return [f"{html_dir}/index.html missing: the book was not built"]
+    for page in sorted(html_dir.rglob("*.html")):
+        text = page.read_text(errors="replace")
+        rel = page.relative_to(html_dir)
+        if any(m in text for m in TRACEBACK_MARKERS) or re.search(r"\b\w+Error</span>: ", text):
+            problems.append(f"{rel}: contains Python traceback text")
+        if m := REPR.search(text):
+            problems.append(f"{rel}: shows a raw Python repr ({m.group(0)[:60]})")
+        if STDERR.search(text):
+            problems.append(f"{rel}: shows a cell's stderr output (warnings or progress bars)")
+        parser = _Page()
+        parser.feed(text)
+        for src in parser.images:
+            u = urlparse(src)
+            if u.scheme in ("data",) or src.startswith("data:"):
+                continue
+            if u.scheme or u.netloc:
+                problems.append(f"{rel}: image from outside the site: {src}")
+                continue
+            if not (page.parent / unquote(u.path)).resolve().is_file():
+                problems.append(f"{rel}: image {src} does not exist")
+    for stem in chapters:
+        page = html_dir / "chapters" / f"{stem}.html"
+        if not page.is_file():
+            problems.append(f"chapters/{stem}.html missing")
+            continue
+        parser = _Page()
+        text = page.read_text(errors="replace")
+        parser.feed(text)
+        if scope_box and SCOPE_BOX not in text:
+            problems.append(f"chapters/{stem}.html: no '{SCOPE_BOX}' box")
+        if parser.tables == 0:
+            problems.append(f"chapters/{stem}.html: no table")
+        n_figs = len(list((Path(runs_dir) / stem).glob("*.png"))) if runs_dir else 1
+        if len(parser.images) < max(n_figs, 1):
+            problems.append(f"chapters/{stem}.html: {len(parser.images)} images, expected at least {max(n_figs, 1)} "
+                            f"(figures saved by the chapter)")
+    return problems
+
+
+def configure_parser(p) -> None:
+    p.add_argument("--html", default=str(REPO_ROOT / "book/_build/html"))
+    p.add_argument("--profile", default="smoke", help="run whose figures the pages must show")
+
+
+def run_cli(args) -> int:
+    from difflung.run.pipeline import toc_chapters
+
+    problems = check_site(args.html, toc_chapters(), REPO_ROOT / "runs" / args.profile)
+    for p in problems:
+        print(f"check-book: {p}", file=sys.stderr)
+    n = len(list(Path(args.html).rglob("*.html")))
+    print(f"check-book: {n} pages, {len(problems)} problems")
+    return 1 if problems else 0
