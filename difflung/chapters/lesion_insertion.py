@@ -1,4 +1,4 @@
-"""Chapter 7, lesion insertion into real CT: a patch model trained on phantom and real lung1 patches inserts
+"""Chapter 6, lesion insertion into real CT: a patch model trained on phantom and real lung1 patches inserts
 emphysema, fibrosis and GGO into the real lung2 scan; the checks (`difflung.insertion.checks`) are computed from
 the files written.
 

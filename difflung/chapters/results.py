@@ -1,4 +1,4 @@
-"""Chapter 6, results: the poster's claims judged on this run, beside the archived reference run.
+"""Chapter 7, results: the poster's claims judged on this run, beside the archived reference run.
 
 Nothing here trains or re-measures. The claims table is `difflung.judging.claims.judge_run` (the one function chapter 5
 also shows), the summary tables read the chapters' `metrics.csv`, timings come from their JSON records, and the

@@ -5,7 +5,7 @@
         01_data_preparation/real_dataset/     real-CT dataset of chapter 1's worked `prepare` example
         02_mask_ablation_study/models/<key>/  one diffusion model per ablation strategy
         03_cbmat_training/model/              the profile's main Diff-Lung model (chapters 4 and 5 reuse it)
-        07_lesion_insertion/model/            the patch model that inserts lesions into real CT (chapter 7)
+        06_lesion_insertion/model/            the patch model that inserts lesions into real CT (chapter 6)
         04_baseline_comparison/models/<key>[-seed<k>]/
         judge/                                the judge (faithfulness) segmenter shared by every chapter
         <stem>/metrics.csv, <stem>/metrics.json, <stem>/per_image.csv
@@ -22,8 +22,8 @@ MASK_ABLATION = "02_mask_ablation_study"
 CBMAT_TRAINING = "03_cbmat_training"
 BASELINE_COMPARISON = "04_baseline_comparison"
 SEGMENTATION_AUGMENTATION = "05_segmentation_augmentation"
-LESION_INSERTION = "07_lesion_insertion"  # placed before the results chapter in _toc.yml
-RESULTS = "06_results"
+LESION_INSERTION = "06_lesion_insertion"  # placed before the results chapter in _toc.yml
+RESULTS = "07_results"
 PHANTOM_DATASET, REAL_DATASET = "dataset", "real_dataset"  # folders in chapter 1's run folder
 CHAPTERS = (DATA_PREPARATION, MASK_ABLATION, CBMAT_TRAINING, BASELINE_COMPARISON, SEGMENTATION_AUGMENTATION,
             LESION_INSERTION, RESULTS)

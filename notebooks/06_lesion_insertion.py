@@ -26,7 +26,7 @@
 # %% tags=["parameters", "remove-input"]
 profile = "smoke"
 seed = 0
-run_dir = "runs/smoke/07_lesion_insertion"
+run_dir = "runs/smoke/06_lesion_insertion"
 device = "auto"
 per_class = 2
 slices_per_patient = 6

@@ -39,7 +39,7 @@
 # %% tags=["parameters", "remove-input"]
 profile = "smoke"
 seed = 0
-run_dir = "runs/smoke/06_results"
+run_dir = "runs/smoke/07_results"
 runs_root = "runs/smoke"
 
 # %% tags=["remove-input"]
