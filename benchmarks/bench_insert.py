@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_insert.py --threads 1         # CPU, `small` preset, ~2 CPU minutes
     .venv/bin/python benchmarks/bench_insert.py --preset base --lesions 32 --device cuda
 
-What is timed: `difflung.insertion.insert.paint` (windows resampled to the 1.0 mm patch grid, RePaint, resampled back)
+What is timed: `difflung.insertion.painting.paint` (windows resampled to the 1.0 mm patch grid, RePaint, resampled back)
 on a synthetic scan of lung texture at 0.7 mm pixels and 5 mm slices with one 8 mm-radius lesion per slice, so
 that each lesion is one window and all windows of a setting run as one batched `inpaint` call. Anatomy and
 reading are not included (they do not depend on the sampler). Models are untrained: cost does not depend on the
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from difflung import labels as L
 from difflung.diffusion.inpaint import network_calls  # noqa: E402
-from difflung.insertion.insert import InsertConfig, edit_region, load_insert_model, paint  # noqa: E402
-from difflung.insertion.patches import save_untrained_model  # noqa: E402
+from difflung.diffusion.patch_model import save_untrained_model  # noqa: E402
+from difflung.insertion import InsertConfig, edit_region, load_insert_model, paint  # noqa: E402
 from difflung.core.provenance import device_description, provenance, resolve_device, write_json_atomic  # noqa: E402
 
 CLASSES = [L.BACKGROUND, L.BODY, L.LUNG, L.AIRWAY, L.EMPHYSEMA, L.GGO, L.FIBROSIS]

@@ -1,9 +1,9 @@
-"""difflung.augment.experiment (arms, oversampling control, training and scoring over seeds) and chapter 5's tables."""
+"""difflung.augment (arms, oversampling control, training and scoring over seeds) and chapter 5's tables."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from difflung.augment import experiment as A
+from difflung import augment as A
 from difflung import labels as L
 from difflung.chapters import segmentation_augmentation as ch5
 from difflung.data.dataset import Slices
@@ -149,7 +149,12 @@ def test_non_converged_generator_and_lost_signature_are_not_measurable(tmp_path)
     box = ch5.scope("standard", run_dir, runs_root=root)
     assert any("DiffLung-UNet" in c and "convergence criteria" in c for c in box.cannot)
     assert any(c.startswith("Dice of emphysema: not measurable") for c in box.cannot)
-    assert ch5.figure_dice(run_dir, runs_root=root) is not None
+    fig = ch5.figure_dice(run_dir, runs_root=root)
+    assert (run_dir / "dice_phantom.png").is_file() and len(fig.axes) == 2  # ours, and the poster's panel
+    assert fig.axes[0].get_title().startswith("ours (phantom): 6 training seeds") and "95 % interval" in (
+        fig.axes[0].get_title())
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert "emphysema\n(not measurable)" in labels and "healthy" in labels  # the lost signature on a grey band
 
 
 def test_poster_claims_come_from_the_one_judge(tmp_path, monkeypatch):
@@ -217,12 +222,10 @@ def test_a_new_arm_is_one_registry_entry(monkeypatch, tmp_path):
     its comparisons and its convergence check, with no other change."""
     from difflung.diffusion.toy import toy_dataset
 
-    arms = dict(A.ARMS)
-    arms["+insert"] = A.ArmSpec("+insert", "Insert-UNet", "synthetic", "07_insert/model", "chapter 7 (07_insert)",
-                                "07_insert", "insert")
-    monkeypatch.setattr(A, "ARMS", arms)
-    monkeypatch.setattr(ch5, "ARMS", arms)
-    monkeypatch.setattr(ch5, "SYNTHETIC_ARMS", tuple(k for k, a in arms.items() if a.extra == "synthetic"))
+    spec = A.ArmSpec("+insert", "Insert-UNet", "synthetic", "07_insert/model", "chapter 7 (07_insert)", "07_insert",
+                     "insert")
+    monkeypatch.setitem(A.ARMS, "+insert", spec)  # the one registry every module of difflung.augment reads
+    monkeypatch.setattr(ch5, "SYNTHETIC_ARMS", tuple(k for k, a in A.ARMS.items() if a.extra == "synthetic"))
     assert A.comparison_triples(["emphysema"], ["ref", "oversample", "+insert"]) == [
         ("emphysema", "oversample", "ref"), ("emphysema", "+insert", "ref"), ("emphysema", "+insert", "oversample")]
     assert A.arm_convergence(tmp_path, ["+insert"])["+insert"][1].startswith("insert has no convergence record")

@@ -12,8 +12,8 @@ from difflung import labels as L
 from difflung.cli import main
 from difflung.data.ctio import read_volume, write_volume
 from difflung.data.dataset import DatasetError
-from difflung.insertion.insert import InsertConfig, InsertError, insert_lesions, lesions_path
-from difflung.insertion.patches import save_untrained_model
+from difflung.diffusion.patch_model import save_untrained_model
+from difflung.insertion import InsertConfig, InsertError, insert_lesions, lesions_path
 
 SPACING = (5.0, 4.0, 4.0)  # (z, y, x) mm: a toy chest of 8 x 80 x 80 voxels
 MODEL_MM = 3.0  # the tiny model's patch spacing: windows are resampled 4 mm -> 3 mm -> 4 mm

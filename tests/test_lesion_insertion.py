@@ -10,8 +10,8 @@ from difflung import labels as L
 from difflung.insertion import checks as C
 from difflung.chapters import lesion_insertion as ch
 from difflung.data.ctio import read_label, read_volume, write_volume
-from difflung.insertion.insert import InsertConfig, insert_lesions, synthesize_mask_file
-from difflung.insertion.patches import pathology_volumes, save_untrained_model
+from difflung.diffusion.patch_model import save_untrained_model
+from difflung.insertion import InsertConfig, insert_lesions, pathology_volumes, synthesize_mask_file
 
 SPACING = (5.0, 4.0, 4.0)
 MODEL_MM = 3.0
@@ -88,7 +88,7 @@ def test_chapter_tables_metrics_figure_and_scope(case, tmp_path):
 
 
 def test_the_patch_judge_reads_windows_around_each_inserted_lesion(case, tmp_path):
-    from difflung.insertion.patches import build_patch_dataset
+    from difflung.insertion import build_patch_dataset
 
     _, ct, _, s = case
     ins = C.read_insertion(ct, s)

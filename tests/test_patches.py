@@ -7,8 +7,9 @@ import pytest
 from _ct_fixtures import toy_chest
 from difflung import labels as L
 from difflung.data.dataset import Dataset, DatasetError, Volume
-from difflung.insertion.patches import (SPACING_KEY, build_patch_dataset, cut_patches, dataset_spacing, grid_coords,
-                              lesion_focused, phantom_volumes, sample_plane, to_grid_index, train_patch_model)
+from difflung.diffusion.patch_model import SPACING_KEY, dataset_spacing, lesion_focused, train_patch_model
+from difflung.insertion.patches import (build_patch_dataset, cut_patches, grid_coords, phantom_volumes, sample_plane,
+                                        to_grid_index)
 
 
 def test_sample_plane_is_physical_and_grid_index_inverts_it():

@@ -1,6 +1,32 @@
 """Segmentation augmentation (chapter 5): the arms (reference, oversampling, synthetic sets from each
 generator, lesion insertion), their training data, and the segmenters trained on them across seeds.
 
+    arms          the registry (`ARMS`: one `ArmSpec` per arm) and each arm's training set (`build_arms`)
+    oversample    the oversampling control, matched to the synthetic masks' rare-class balance
+    synthetic     masks synthesised for the synthetic arms, painted by each generator or inserted into base slices
+    experiment    training a segmenter per arm and seed, scoring it, the chapter's metrics rows (`run_experiment`)
+    comparisons   statistics over training seeds: summaries, validity, the chapter's comparisons and verdicts
+
+    from difflung.augment import ARMS, run_experiment, judge_arms
+
 May import: every library package below the chapters (`core`, `data`, `diffusion`, `baselines`,
 `segmentation`, `generators`, `judging`, `insertion`).
 """
+from difflung.augment.arms import (ARM_NAMES, ARMS, RARE_DEFAULT, SYNTHETIC_ARMS, Arm, ArmSpec, arm_label, arm_order,
+                                   build_arms, class_balance_table, n_extra, rare_ids)
+from difflung.augment.comparisons import (arm_convergence, class_measurability, comparison_triples, judge_arms,
+                                          seed_scores, summarize_arms, validity)
+from difflung.augment.experiment import (Results, example_slices, metric_rows, per_seed_dice, run_experiment,
+                                         timing_record, train_and_evaluate, training_seeds)
+from difflung.augment.oversample import balance_weights, oversample_indices
+from difflung.augment.synthetic import (Synthesis, SyntheticSet, describe_generator, inserted_sets, paint_masks,
+                                        synthesize_masks)
+
+__all__ = [
+    "ARM_NAMES", "ARMS", "RARE_DEFAULT", "SYNTHETIC_ARMS", "Arm", "ArmSpec", "arm_label", "arm_order", "build_arms",
+    "class_balance_table", "n_extra", "rare_ids", "arm_convergence", "class_measurability", "comparison_triples",
+    "judge_arms", "seed_scores", "summarize_arms", "validity", "Results", "example_slices", "metric_rows",
+    "per_seed_dice", "run_experiment", "timing_record", "train_and_evaluate", "training_seeds", "balance_weights",
+    "oversample_indices", "Synthesis", "SyntheticSet", "describe_generator", "inserted_sets", "paint_masks",
+    "synthesize_masks",
+]

@@ -21,8 +21,9 @@ import pandas as pd
 from difflung.insertion import checks as C
 from difflung import labels as L
 from difflung.diffusion.recipes import recipe_config
-from difflung.insertion.insert import InsertConfig, insert_lesions, synthesize_mask_file
-from difflung.insertion.patches import build_patch_dataset, lesion_focused, pathology_volumes, real_volumes, train_patch_model
+from difflung.insertion import InsertConfig, insert_lesions, synthesize_mask_file
+from difflung.insertion import build_patch_dataset, pathology_volumes, real_volumes
+from difflung.diffusion.patch_model import lesion_focused, train_patch_model
 from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table
 from difflung.data.realdata import fetch_pyradiomics
 from difflung.chapters.scope import Scope, smoke_caveat

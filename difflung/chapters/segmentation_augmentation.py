@@ -1,7 +1,7 @@
 """Chapter 5, segmentation augmentation: does synthetic data lift rare-class Dice?
 
 The experiment -- arms, mask synthesis, painting, the oversampling control, training and scoring over seeds --
-lives in `difflung.augment.experiment`, with its statistics (summaries, validity, the chapter's comparisons). This module
+lives in `difflung.augment`, with its statistics (summaries, validity, the chapter's comparisons). This module
 chooses the generators each synthetic arm uses and makes the chapter's tables and figures from `metrics.csv`.
 
 Each function is one section of `notebooks/05_segmentation_augmentation.py`:
@@ -16,7 +16,7 @@ Each function is one section of `notebooks/05_segmentation_augmentation.py`:
     scope(profile, run_dir, runs_root=...)
 
 Numbers go to `<run_dir>/metrics.csv` (column `dataset`; per-seed Dice rows, metric `dice`, seed = training
-seed, read by `difflung.judging.claims`); timings to `timings.json`. Statistics: `difflung.augment.experiment` (unit: training seed;
+seed, read by `difflung.judging.claims`); timings to `timings.json`. Statistics: `difflung.augment.comparisons` (unit: training seed;
 an interval only from `stats.MIN_SEEDS` seeds; Holm across the chapter's table; `stats.verdict`). The poster's
 claims are judged once for the run (`table_poster_claims`) and left out of the chapter's table.
 """
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from difflung.augment import experiment as A
+from difflung import augment as A
 from difflung import labels as L
 from difflung.judging import stats
-from difflung.augment.experiment import ARM_NAMES, ARMS, SYNTHETIC_ARMS, Results, SyntheticSet
+from difflung.augment import ARM_NAMES, ARMS, SYNTHETIC_ARMS, Results, SyntheticSet
 from difflung.data.dataset import Dataset
 from difflung.core.metrics_csv import read_metrics, write_metrics
 from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, window_name
@@ -63,7 +63,7 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
     """Find the upstream artifacts of a run; explicit paths override the run layout.
 
     Defaults: chapter 1's phantom dataset (and its real-CT dataset, optional) and, for each synthetic arm of
-    `difflung.augment.experiment.ARMS`, the generator folder its producing chapter writes (Diff-Lung CBMAT from chapter 3,
+    `difflung.augment.ARMS`, the generator folder its producing chapter writes (Diff-Lung CBMAT from chapter 3,
     Seg-Guided Diffusion from chapter 4). A missing model is an error naming that chapter; `models={}` runs
     without synthetic arms.
     """
@@ -289,11 +289,36 @@ def figure_examples(res: Results, run_dir, *, seed: int = 0):
 # ---------------------------------------------------------------------------------------------------------------
 # the scope box and the nnU-Net export
 
+def scope_lines(metrics: pd.DataFrame, runs_root, dataset: str, classes, exclude=()) -> tuple[list, list]:
+    """(can, cannot) sentences for the chapter's scope box: per-seed values, the interval floor, whether any
+    comparison can reach "reproduced" at this number of seeds (`stats.min_units` with Holm across the measurable
+    comparisons), classes not measurable and generators not converged, each with its reason."""
+    measurable, converged = A.validity(metrics, runs_root, dataset)
+    n = int(A.seed_scores(metrics).seed.nunique())
+    arms = sorted(set(metrics.loc[metrics.metric == "dice", "model"]), key=A.arm_order)
+    k = max(1, sum(measurable[c][0] and converged[a][0] and converged[b][0]
+                   for c, a, b in A.comparison_triples(classes, arms, exclude)))
+    ok = [c for c in classes if measurable[c][0]]
+    can = [f"Per-seed Dice of every arm on {', '.join(ok)}, on held-out test patients."] if ok else []
+    cannot = []
+    if n < stats.MIN_SEEDS:
+        cannot.append(f"An interval for any Dice or difference: {n} training seeds, fewer than the "
+                      f"{stats.MIN_SEEDS} an interval needs; the page shows the per-seed values only.")
+    if n < stats.min_units(k):
+        cannot.append(f"A comparison that reaches \"reproduced\": with {n} training seeds the signed-rank test's "
+                      f"smallest p is 2/2^{n}, and Holm across {k} measurable comparison(s) needs at least "
+                      f"{stats.min_units(k)} seeds; no claim can reach \"reproduced\" at this number of seeds.")
+    cannot += [f"Dice of {c}: not measurable ({measurable[c][1]})." for c in classes if not measurable[c][0]]
+    cannot += [f"Whether {A.arm_label(a)}'s synthetic slices help: not measurable ({why})."
+               for a, (good, why) in converged.items() if not good]
+    return can, cannot
+
+
 def scope(profile: str, run_dir, *, runs_root, dataset: str = "phantom") -> Scope:
     """The chapter's "What this run can and cannot show" box, from its own metrics and validity checks."""
     m = _metrics(run_dir, dataset)
     tot = m[m.model == "all"].set_index("metric")["value"]
-    can, cannot = A.scope_lines(m, runs_root, dataset, _classes(m, None), exclude=POSTER_TRIPLES)
+    can, cannot = scope_lines(m, runs_root, dataset, _classes(m, None), exclude=POSTER_TRIPLES)
     return Scope(profile, can=can, cannot=cannot + smoke_caveat(profile), facts={
         "image size": f"{tot['image_size']:.0f} px",
         "training seeds per arm": str(A.seed_scores(m).seed.nunique()),

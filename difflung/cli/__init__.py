@@ -15,7 +15,7 @@ COMMANDS = {
     "fetch-data": ("difflung.data.realdata", "fetch the real chest CT (pyradiomics 3.0.1 lung1/lung2) into a local cache"),
     "prepare": ("difflung.data.prepare", "turn CT volumes (NIfTI/NRRD/MHA/DICOM) into a difflung dataset artifact"),
     "train": ("difflung.cli.train", "train a mask-guided diffusion model (use under `accelerate launch` for GPUs)"),
-    "insert": ("difflung.insertion.insert", "insert lesions into a real CT, every voxel outside the edit region kept exact"),
+    "insert": ("difflung.cli.insert", "insert lesions into a real CT, every voxel outside the edit region kept exact"),
     "export-nnunet": ("difflung.data.nnunet", "write real + synthetic training data in nnU-Net v2 raw layout"),
     "check-book": ("difflung.run.bookcheck", "check the built book: pages, figures, tables, no tracebacks"),
     "archive": ("difflung.run.archive", "keep a finished run's numbers (CSV, JSON, provenance) in reference/<profile>/"),

@@ -10,7 +10,7 @@
     write_outputs(run_dir, checks, cost, summary, model="insert-patch", seed=0)  # metrics.csv + cost.json
 
 The edit region is recomputed from the written lesion labels and the CT's own anatomy exactly as insertion
-defines it (`difflung.insertion.insert.edit_region`), so the first check does not trust the insertion's own count.
+defines it (`difflung.insertion.region.edit_region`), so the first check does not trust the insertion's own count.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def read_insertion(ct, summary: dict, lung: np.ndarray | None = None) -> Inserti
     """
     from difflung.data.ct_anatomy import segment
     from difflung.data.ctio import read_label, read_volume
-    from difflung.insertion.insert import edit_region
+    from difflung.insertion.region import edit_region
 
     vol, out = read_volume(ct), read_volume(summary["output"])
     if out.hu.shape != vol.hu.shape:
@@ -189,7 +189,7 @@ def judge_table(run_dir, ins: Insertion, *, steps: int, seed: int, device: str =
     Dice on phantom test patches against its floor (`judge_valid`). None when `steps` is 0 (not measured)."""
     from difflung.data.dataset import Dataset
     from difflung.judging.instruments import judge_floor
-    from difflung.insertion.patches import dataset_spacing
+    from difflung.diffusion.patch_model import dataset_spacing
     from difflung.judging.scoring import judge
 
     if not steps:

@@ -1,0 +1,137 @@
+"""The arms of the augmentation experiment and each arm's training set.
+
+An experiment compares *arms*, each the same MONAI UNet (`difflung.segmentation`) trained for the same number
+of steps with the same seeds on a different training set, scored on the held-out test slices:
+
+    ref          real training slices only
+    oversample   real + `n_extra` real slices with rare classes, drawn so that the extra set has the rare-class
+                 balance of the synthetic masks (`difflung.augment.oversample`): the control for "more rare-class
+                 pixels" without new images
+    +segguided   real + `n_extra` synthetic pairs: synthesised masks, images by Segmentation-Guided Diffusion
+    +difflung    real + the same `n_extra` synthesised masks, images by Diff-Lung (CBMAT)
+    +insert      real + the same masks' new lesions inserted into their own real base slices, background kept exact
+
+`ARMS` is the registry: a new arm is one `ArmSpec` entry. `n_extra = round(mix_ratio * n_real)`; batches draw
+uniformly from real + extra, so on average a fraction mix_ratio / (1 + mix_ratio) of each batch is extra. The
+synthetic arms paint the same masks (`difflung.augment.synthetic`), so they differ only in the generator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from difflung import labels as L
+from difflung.augment.oversample import oversample_indices
+from difflung.augment.synthetic import SyntheticSet
+from difflung.core import runs
+from difflung.data.dataset import Slices
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    key: str  # the key stored in metrics.csv
+    label: str  # display name in tables and figures
+    # what is added to the real slices: "none", "oversample", "synthetic" (whole slices painted from the synthesised
+    # masks) or "insert" (the masks' new lesions inserted into their own real base slices, background kept exact)
+    extra: str
+    model: str | None = None  # synthetic arms: the generator's folder inside a run (runs/<profile>/...)
+    producer: str | None = None  # the chapter that writes `model`, named in the error when it is missing
+    criteria: str | None = None  # synthetic arms: the chapter folder whose criteria.json judges the generator
+    generator: str | None = None  # the generator's key in that criteria.json
+
+
+ARMS = {a.key: a for a in (
+    ArmSpec("ref", "ref-UNet", "none"),
+    ArmSpec("oversample", "oversample-UNet", "oversample"),
+    ArmSpec("+segguided", "Seg-Guided-UNet", "synthetic", f"{runs.BASELINE_COMPARISON}/models/segguided",
+            f"chapter 4 ({runs.BASELINE_COMPARISON})", runs.BASELINE_COMPARISON, "segguided"),
+    ArmSpec("+difflung", "DiffLung-UNet", "synthetic", f"{runs.CBMAT_TRAINING}/model",
+            f"chapter 3 ({runs.CBMAT_TRAINING})", runs.CBMAT_TRAINING, "difflung"),
+    ArmSpec("+insert", "Insert-UNet", "insert", f"{runs.CBMAT_TRAINING}/model",
+            f"chapter 3 ({runs.CBMAT_TRAINING})", runs.CBMAT_TRAINING, "difflung"),
+)}
+ARM_NAMES = {k: a.label for k, a in ARMS.items()}
+SYNTHETIC_ARMS = tuple(k for k, a in ARMS.items() if a.extra in ("synthetic", "insert"))  # arms with a generator
+RARE_DEFAULT = ("emphysema", "ggo", "fibrosis")  # the poster's rare classes
+
+
+def arm_order(key: str) -> int:
+    """Sort key: registry order, unknown arms last."""
+    return list(ARMS).index(key) if key in ARMS else len(ARMS)
+
+
+def arm_label(key: str) -> str:
+    """Display name of an arm (its key if it is not in the registry)."""
+    return ARMS[key].label if key in ARMS else key
+
+
+def rare_ids(classes, rare_classes=None) -> list[int]:
+    """Project ids of `rare_classes` (names or ids) that the dataset has; None: the poster's three
+    (emphysema, GGO, fibrosis) if the dataset has any, else every in-lung pathology class it has (a real CT's
+    lesion class, e.g. nodule)."""
+    if rare_classes is None:
+        found = rare_ids(classes, RARE_DEFAULT)
+        return found or [c for c in classes if L.BY_ID[c].pathology and L.BY_ID[c].in_lung]
+    wanted = {L.class_id(c) for c in rare_classes}
+    return [c for c in classes if c in wanted]
+
+
+def n_extra(mix_ratio: float, n_real: int) -> int:
+    """Extra (synthetic or oversampled) images for `n_real` real training slices."""
+    n = int(round(mix_ratio * n_real))
+    if n < 1:
+        raise ValueError(f"mix_ratio {mix_ratio} gives no extra image for {n_real} training slices")
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the arms' training sets
+
+@dataclass
+class Arm:
+    name: str
+    images: np.ndarray  # (N, S, S) real + extra
+    labels: np.ndarray
+    n_real: int
+    n_extra: int
+
+
+def build_arms(train: Slices, n: int, masks: np.ndarray | None, synthetic: dict[str, SyntheticSet], *,
+               rare: list[int], seed: int, arms=None) -> dict[str, Arm]:
+    """The training set of each arm in `arms`: real; real + `n` oversampled real slices (matched to `masks`'
+    class balance when given); real + the arm's synthetic set (of `n` images). A synthetic arm without a set
+    in `synthetic` is left out. `arms`: keys of `ARMS` (None: all, in registry order)."""
+    out = {}
+    for name in (arms if arms is not None else ARMS):
+        extra = ARMS[name].extra
+        if extra == "none":
+            out[name] = Arm(name, train.images, train.labels, len(train), 0)
+        elif extra == "oversample":
+            idx = oversample_indices(train.labels, masks, rare, n, np.random.default_rng(seed))
+            out[name] = Arm(name, np.concatenate([train.images, train.images[idx]]),
+                            np.concatenate([train.labels, train.labels[idx]]), len(train), n)
+        elif name in synthetic:
+            s = synthetic[name]
+            if len(s.images) != n:
+                raise ValueError(f"arm {name}: {len(s.images)} synthetic images, expected {n} like the other arms")
+            out[name] = Arm(name, np.concatenate([train.images, s.images]),
+                            np.concatenate([train.labels, s.labels]), len(train), n)
+    return out
+
+
+def class_balance_table(arms: dict[str, Arm], rare: list[int], masks: np.ndarray | None = None) -> pd.DataFrame:
+    """Per training set: images and each rare class's share of all pixels (%), and the same for the extra
+    images alone -- the check that `oversample` adds as many rare-class pixels as the synthetic arms."""
+    rows = []
+    sets = [(ARM_NAMES.get(a.name, a.name), a.labels) for a in arms.values()]
+    if "oversample" in arms:
+        sets.append(("oversampled extra alone", arms["oversample"].labels[arms["oversample"].n_real:]))
+    if masks is not None:
+        sets.append(("synthetic masks alone", masks))
+    for name, lab in sets:
+        distinct = len(np.unique(lab.reshape(len(lab), -1), axis=0)) if len(lab) else 0
+        rows.append({"training set": name, "images": len(lab), "distinct masks": distinct,
+                     **{f"{L.BY_ID[c].name} %": 100 * float((lab == c).mean()) for c in rare}})
+    return pd.DataFrame(rows).set_index("training set")

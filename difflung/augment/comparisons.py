@@ -1,0 +1,140 @@
+"""Statistics over training seeds for the augmentation chapter: per-seed scores, their summaries, whether each
+comparison is measurable, the chapter's comparisons and their verdicts.
+
+The unit of replication is the training seed. Per seed, the Dice of a class is the mean over test slices of
+per-slice Dice (`difflung.judging.metrics.dice_per_class`); seed s of every arm shares its initial weights and
+augmentation stream with seed s of every other arm, so arms are compared by paired tests over seeds
+(`compare_to_reference` -> `stats.compare_seeds`): an interval only from `stats.MIN_SEEDS` seeds (bounded
+bootstrap), Holm across the chapter's comparisons and the book's one verdict rule (`judge_arms`).
+A comparison is *not measurable* when its class is absent from the test truth or lost its HU signature at the run's
+size (`class_measurability`), or when a synthetic arm's generator did not meet its convergence criteria
+(`arm_convergence`, from the producing chapter's `criteria.json`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from difflung import labels as L
+from difflung.augment.arms import ARMS, SYNTHETIC_ARMS, arm_label, arm_order
+from difflung.core import runs
+from difflung.judging import stats
+from difflung.judging.metrics import compare_to_reference
+
+
+def seed_scores(metrics: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """The per-seed Dice rows of a chapter-5 metrics table (metric dice, seed >= 0): model, class, seed, value."""
+    m = metrics if dataset is None else metrics[metrics["dataset"] == dataset]
+    m = m[(m.metric == "dice") & (m.seed >= 0)]
+    return m[["model", "class", "seed", "value"]].reset_index(drop=True)
+
+
+def summarize_arms(scores: pd.DataFrame, *, generator: np.random.Generator,
+                   min_seeds: int = stats.MIN_SEEDS) -> pd.DataFrame:
+    """Per (class, model): mean Dice over training seeds, its percentile-bootstrap interval (`stats.seed_interval`,
+    inside [0, 1] by construction; NaN below `min_seeds` seeds) and the number of seeds with a score."""
+    rows = []
+    for (cls, arm), g in scores.groupby(["class", "model"], sort=True):
+        v = g["value"].to_numpy(np.float64)
+        v = v[np.isfinite(v)]
+        iv = stats.seed_interval(v, generator=generator, min_seeds=min_seeds)
+        rows.append({"class": cls, "model": arm, "mean": float(v.mean()) if v.size else np.nan,
+                     "lo": iv.lo if iv else np.nan, "hi": iv.hi if iv else np.nan, "n_seeds": int(v.size)})
+    return pd.DataFrame(rows, columns=["class", "model", "mean", "lo", "hi", "n_seeds"])
+
+
+def class_measurability(runs_root, test_pixels: dict[str, float]) -> dict[str, tuple[bool, str]]:
+    """class -> (measurable, reason) for this chapter's Dice: a class needs pixels in the test truth (else its
+    Dice counts only false positives) and, for a pathology class, chapter 1's HU signature at the run's size
+    (`instruments.read_signature`); without chapter 1's signature file a pathology class is not measurable."""
+    from difflung.judging.instruments import read_signature
+
+    try:
+        sig, missing = read_signature(runs.chapter_dir(runs_root, runs.DATA_PREPARATION)), ""
+    except FileNotFoundError:
+        sig, missing = {}, f"HU signature not checked (no hu_signature.json from {runs.DATA_PREPARATION})"
+    out = {}
+    for c, n in test_pixels.items():
+        if n == 0:
+            out[c] = (False, f"no {c} in the test truth")
+        elif missing and c in L.BY_NAME and L.BY_NAME[c].pathology:
+            out[c] = (False, missing)
+        else:
+            out[c] = sig.get(c, (True, ""))
+    return out
+
+
+def arm_convergence(runs_root, arms, dataset: str = "phantom") -> dict[str, tuple[bool, str]]:
+    """arm -> (converged, reason). Arms without a generator always pass. A synthetic arm passes only when its
+    generator met the convergence criteria its producing chapter wrote (`criteria.read_criteria`); a missing
+    criteria.json or generator key, or a generator trained on another dataset than the phantom (no criteria are
+    measured for it), fails with that reason."""
+    from difflung.judging.criteria import CRITERIA_FILE, read_criteria
+
+    out = {}
+    for arm in arms:
+        spec = ARMS.get(arm)
+        if spec is None or spec.extra != "synthetic":
+            out[arm] = (True, "")
+            continue
+        path, where = Path(runs_root) / spec.criteria / CRITERIA_FILE, f"{spec.criteria}/{CRITERIA_FILE}"
+        if dataset != "phantom":
+            out[arm] = (False, f"no convergence criteria are measured for a {spec.generator} model trained on "
+                               f"{dataset} data")
+        elif not path.is_file():
+            out[arm] = (False, f"{spec.generator} has no convergence record ({where} missing)")
+        else:
+            conv = read_criteria(path.parent)["converged"]
+            out[arm] = ((True, "") if conv.get(spec.generator) else
+                        (False, f"{spec.generator} did not meet its convergence criteria ({spec.producer})"
+                         if spec.generator in conv else f"{spec.generator} not recorded in {where}"))
+    return out
+
+
+def validity(metrics: pd.DataFrame, runs_root, dataset: str = "phantom") -> tuple[dict, dict]:
+    """(class -> (measurable, reason), arm -> (converged, reason)) for the arms and test truth of a chapter-5
+    metrics table (one dataset's rows)."""
+    t = metrics[metrics.metric == "test_pixels"]
+    arms = sorted(set(metrics.loc[metrics.metric == "dice", "model"]), key=arm_order)
+    return (class_measurability(runs_root, dict(zip(t["class"], t.value))),
+            arm_convergence(runs_root, arms, dataset))
+
+
+def comparison_triples(classes, arms, exclude=()) -> list[tuple[str, str, str]]:
+    """The chapter's paired comparisons (class, a, b), each tested as "a > b": per class every arm against `ref`
+    and every synthetic arm against the `oversample` control, in registry order; triples in `exclude` (the
+    poster's claims, judged once for the whole run) are left out. A new arm in `ARMS` joins automatically."""
+    present = sorted(set(arms) & set(ARMS), key=arm_order)
+    pairs = [(a, "ref") for a in present if a != "ref"] + [
+        (a, "oversample") for a in present if a in SYNTHETIC_ARMS and "oversample" in present] + [
+        (a, "+difflung") for a in present if ARMS[a].extra == "insert" and "+difflung" in present]
+    if "ref" not in present:
+        pairs = [p for p in pairs if p[1] != "ref"]
+    return [(c, a, b) for c in classes for a, b in pairs if (c, a, b) not in set(exclude)]
+
+
+def judge_arms(scores: pd.DataFrame, triples, *, measurable: dict[str, tuple[bool, str]],
+               converged: dict[str, tuple[bool, str]], generator: np.random.Generator,
+               alpha: float = stats.ALPHA) -> pd.DataFrame:
+    """Judge the comparisons `triples` with the book's one rule: `evaluation.compare_to_reference` (paired over
+    training seeds), then `stats.judge_claims` (Holm across these comparisons, `stats.verdict`).
+
+    Args:
+        scores: per-seed Dice (`seed_scores`). measurable: `class_measurability`. converged: `arm_convergence`.
+    Returns:
+        One row per triple: class, model, vs and `stats.judge_claims`' columns (claim, estimate, lo, hi, n, unit,
+        reported, p, p (Holm), verdict, note, same order as reported).
+    """
+    def validity(cls, a, b):
+        ok, why = measurable.get(cls, (False, f"{cls} not scored"))
+        if not ok:
+            return {"measurable": False, "reason": why}
+        bad = [converged[x][1] for x in (a, b) if not converged.get(x, (True, ""))[0]]
+        return {"converged": False, "reason": "; ".join(bad)} if bad else {}
+
+    t = compare_to_reference(scores, generator=generator, pairs=list(triples), validity=validity,
+                             claim=lambda c, a, b: f"Dice {c}: {arm_label(a)} > {arm_label(b)}")
+    judged = stats.judge_claims(t["comparison"].tolist(), alpha)
+    return pd.concat([t[["class", "model", "vs"]], judged], axis=1)
