@@ -106,8 +106,8 @@ def paint_masks(models: dict, dataset: Dataset, masks: np.ndarray, run_dir, *, s
 def inserted_sets(models: dict, train: Slices, ms, run_dir, *, seed: int, tag: str, steps: int | None,
                    device: str = "auto", progress: bool = False) -> dict[str, SyntheticSet]:
     """The insertion arms' sets: each synthesised mask's new lesions inserted into its own real base slice
-    (`difflung.insertion.whole_slice.insertion_arm`), so the extra slices differ from real ones only inside the lesions."""
-    from difflung.insertion.whole_slice import insertion_arm
+    (`difflung.insertion.insertion_arm`), so the extra slices differ from real ones only inside the lesions."""
+    from difflung.insertion import insertion_arm
 
     out = {}
     for arm, model_dir in models.items():
