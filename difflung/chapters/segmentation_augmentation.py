@@ -16,9 +16,10 @@ Each function is one section of `notebooks/05_segmentation_augmentation.py`:
     scope(profile, run_dir, runs_root=...)
 
 Numbers go to `<run_dir>/metrics.csv` (column `dataset`; per-seed Dice rows, metric `dice`, seed = training
-seed, read by `difflung.judging.claims`); timings to `timings.json`. Statistics: `difflung.augment.comparisons` (unit: training seed;
-an interval only from `stats.MIN_SEEDS` seeds; Holm across the chapter's table; `stats.verdict`). The poster's
-claims are judged once for the run (`table_poster_claims`) and left out of the chapter's table.
+seed, read by `difflung.judging.claims`); timings to `timings.json`. Statistics: `difflung.augment.comparisons`
+(unit: training seed; an interval only from `stats.MIN_SEEDS` seeds; Holm across the chapter's table;
+`stats.verdict`). The poster's claims are judged once for the run (`table_poster_claims`) and left out of the
+chapter's table.
 """
 from __future__ import annotations
 
