@@ -156,7 +156,8 @@ def test_score_refuses_mismatched_answers(tmp_path, capsys):
     t1 = sorted(key["tiles"])[0]
     bad = {
         "unknown.csv": ([("A", "t999", "real")], key["study"], r"unknown\.csv: line 2: tile 't999' is not in the key"),
-        "other.csv": ([("A", t1, "real")], "0123456789abcdef", r"other\.csv: line 2: answers of study 0123456789abcdef"),
+        "other.csv": ([("A", t1, "real")], "0123456789abcdef",
+                      r"other\.csv: line 2: answers of study 0123456789abcdef"),
         "answer.csv": ([("A", t1, "maybe")], key["study"], r"answer\.csv: line 2: answer 'maybe'"),
         "twice.csv": ([("A", t1, "real"), ("A", t1, "synthetic")], key["study"], r"twice\.csv: line 3: .* twice"),
         "empty.csv": ([], key["study"], r"empty\.csv: no answers"),

@@ -231,7 +231,7 @@ header{display:flex;gap:1em;align-items:center;flex-wrap:wrap;padding:.6em 1em;b
 header h1{font-size:1.1em;margin:0 1em 0 0}
 main{display:flex;flex-direction:column;align-items:center;padding:1em}
 figure{margin:0;display:flex;flex-direction:column;align-items:center}
-figure img{width:min(80vh,90vw);height:auto;image-rendering:auto;background:#000}
+figure img{width:min(62vh,90vw);height:auto;image-rendering:auto;background:#000}
 figcaption{margin:.4em;color:#aaa}
 button{font-size:1em;padding:.5em 1.2em;margin:.3em;border-radius:4px;border:1px solid #777;background:#333;
 color:#eee;cursor:pointer}
