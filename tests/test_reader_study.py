@@ -98,6 +98,12 @@ def test_build_refuses_bad_input_and_writes_nothing(tmp_path):
             rs.build_study(r, s, out)
     with pytest.raises(rs.ReaderStudyError, match="must be an .html"):
         rs.build_study(real, syn, tmp_path / "o" / "study.txt")
+    rs.build_study(real, syn, tmp_path / "k" / "one.html")
+    rs.build_study(real, syn, tmp_path / "k" / "one.html", seed=3)  # rebuilding a page replaces its own key
+    before = (tmp_path / "k" / "key.json").read_text()
+    with pytest.raises(rs.ReaderStudyError, match=r"key\.json: exists and is not the key of two\.html"):
+        rs.build_study(real, syn, tmp_path / "k" / "two.html")
+    assert (tmp_path / "k" / "key.json").read_text() == before and not (tmp_path / "k" / "two.html").exists()
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     assert main(["reader-study", "--real", str(tmp_path / "empty"), "--synthetic", str(syn), "--out", str(out)]) == 1
     assert not out.exists() and not out.with_name("key.json").exists()

@@ -199,6 +199,14 @@ def build_study(real, synthetic, out, *, key=None, window_hu: tuple[float, float
         raise ReaderStudyError(f"{out}: the study page must be an .html file")
     if key.resolve() == out.resolve():
         raise ReaderStudyError(f"{key}: the key must be a file apart from the page")
+    if key.is_file():  # another study's key would be lost, and with it the scoring of that study's answers
+        try:
+            page_of = json.loads(key.read_text()).get("page")
+        except (ValueError, OSError, AttributeError):
+            page_of = None
+        if page_of != out.name:
+            raise ReaderStudyError(f"{key}: exists and is not the key of {out.name} (it belongs to {page_of!r}); "
+                                   "choose another --key or folder")
     if not 16 <= int(size) <= 2048:
         raise ReaderStudyError(f"--size {size}: tile side must be 16..2048 pixels")
     if int(per_volume) < 1:
