@@ -87,6 +87,9 @@ DIRECTIONS = {
     "z_flipped": (1, 0, 0, 0, 1, 0, 0, 0, -1),
     "xy_flipped": (-1, 0, 0, 0, -1, 0, 0, 0, 1),
     "coronal": (1, 0, 0, 0, 0, 1, 0, -1, 0),
+    # tilted 0.3 rad about y and permuted: reoriented by permutation and flips only, never resampled
+    "oblique": tuple((np.array([[np.cos(0.3), 0, np.sin(0.3)], [0, 1, 0], [-np.sin(0.3), 0, np.cos(0.3)]])
+                      @ np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]])).ravel()),
 }
 
 
@@ -138,7 +141,7 @@ def test_written_volume_keeps_the_input_voxel_order(tmp_path, suffix, direction)
     out = ctio.write_volume(tmp_path / f"out{suffix}", edited.astype(np.int16), like=vol)
     b = sitk.ReadImage(str(out))
     _assert_same_but_edit(a, b, _stored_index(a, lpi_at))
-    if direction != "z_flipped":  # the reoriented LPI array really is another voxel order than the stored one
+    if direction != "z_flipped":  # the LPI array really is another voxel order than the stored one
         assert not np.array_equal(sitk.GetArrayFromImage(a), vol.hu.astype(np.int16))
     # and LPI as before when read back through ctio
     np.testing.assert_array_equal(ctio.read_volume(out).hu, edited)
