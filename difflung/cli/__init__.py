@@ -19,6 +19,7 @@ COMMANDS = {
     "export-nnunet": ("difflung.data.nnunet", "write real + synthetic training data in nnU-Net v2 raw layout"),
     "check-book": ("difflung.run.bookcheck", "check the built book: pages, figures, tables, no tracebacks"),
     "archive": ("difflung.run.archive", "keep a finished run's numbers (CSV, JSON, provenance) in reference/<profile>/"),
+    "reader-study": ("difflung.cli.reader_study", "build or score a real-vs-synthetic reader study (offline HTML page)"),
 }
 
 

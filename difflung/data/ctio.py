@@ -6,6 +6,10 @@ Every volume comes back in one orientation: SimpleITK `DICOMOrient(..., "LPI")`,
     z increasing towards Inferior               (slice 0 is the most superior: apex first, base last)
 which is the convention of the dataset artifact (`z` from apex to base). Spacing is (z, y, x) in mm.
 Oblique acquisitions are permuted/flipped to the closest axial orientation, not resampled.
+
+Each volume also keeps the geometry it was stored in (`CTVolume.native`: voxel order, origin, direction), so an
+edited array goes back to disk in the input's own voxel order (`to_native`, `write_volume(..., like=vol)`): a user
+who diffs the arrays of input and output with numpy sees only the edit.
 """
 from __future__ import annotations
 
@@ -18,6 +22,22 @@ from difflung.data.dataset import DatasetError
 
 ORIENTATION = "LPI"
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class NativeGeometry:
+    """How a volume was stored before reorientation, as SimpleITK reports it: size, spacing and origin (x, y, z),
+    direction row-major 3x3. For a DICOM series: slices in ascending position along the slice normal."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, img) -> "NativeGeometry":
+        return cls(tuple(int(v) for v in img.GetSize()), tuple(float(v) for v in img.GetSpacing()),
+                   tuple(float(v) for v in img.GetOrigin()), tuple(float(v) for v in img.GetDirection()))
 
 
 class CTReadError(DatasetError):
@@ -35,6 +55,7 @@ class CTVolume:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # LPS mm of voxel [0, 0, 0], (x, y, z) as ITK
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # ITK row-major 3x3
     meta: dict = field(default_factory=dict)
+    native: NativeGeometry | None = None  # the geometry as stored (None: built in memory, LPI is native)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -146,13 +167,15 @@ def _orient(img):
 def _to_volume(img, path: Path, patient: str, meta: dict) -> CTVolume:
     import SimpleITK as sitk
 
+    native = NativeGeometry.of(img)
     img = _orient(img)
     hu = sitk.GetArrayFromImage(img).astype(np.float32)  # (z, y, x)
     n_bad = int(hu.size - np.isfinite(hu).sum())
     if n_bad:
         raise CTReadError(f"{path}: {n_bad} voxels are NaN or infinite")
     return CTVolume(hu=hu, spacing=tuple(float(s) for s in img.GetSpacing()[::-1]), patient=patient,
-                    source=str(path), origin=tuple(img.GetOrigin()), direction=tuple(img.GetDirection()), meta=meta)
+                    source=str(path), origin=tuple(img.GetOrigin()), direction=tuple(img.GetDirection()), meta=meta,
+                    native=native)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,15 +331,71 @@ def _fmt(v) -> str:
     return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
 
 
-def write_volume(path, array: np.ndarray, spacing, *, origin=None, direction=None) -> Path:
-    """Write a (z, y, x) array as a volume (format from the suffix) in this module's orientation (LPI)."""
+def lpi_image(array: np.ndarray, vol: CTVolume):
+    """A SimpleITK image of a (z, y, x) array in `vol`'s LPI geometry (spacing, origin, direction)."""
     import SimpleITK as sitk
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
-    if array.ndim == 3 or direction is not None:
-        img.SetDirection(direction or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
-    if origin is not None:
-        img.SetOrigin(tuple(float(v) for v in origin))
+    img.SetSpacing(tuple(float(s) for s in vol.spacing[::-1]))
+    img.SetOrigin(tuple(float(v) for v in vol.origin))
+    img.SetDirection(tuple(float(v) for v in vol.direction))
+    return img
+
+
+def to_native(array: np.ndarray, vol: CTVolume):
+    """A (z, y, x) LPI array of `vol`'s shape as a SimpleITK image in the geometry `vol` was read from.
+
+    Undoes `read_volume`'s reorientation (a permutation and flips, no resampling): the image's voxel order,
+    spacing, origin and direction are those of the input file (or DICOM series) exactly, so
+    `GetArrayFromImage` of input and output differ only where `array` differs from `vol.hu`.
+    Args:
+        array: values (z, y, x) on `vol`'s LPI grid, any dtype SimpleITK writes.
+        vol: the volume from `read_volume`; without `vol.native` (built in memory) the image stays LPI.
+    """
+    import SimpleITK as sitk
+
+    if tuple(array.shape) != tuple(vol.hu.shape):
+        raise ValueError(f"array shape {array.shape} differs from {vol.source}'s {vol.hu.shape} (z, y, x)")
+    img = lpi_image(array, vol)
+    g = vol.native
+    if g is None:
+        return img
+    img = sitk.DICOMOrient(img, sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(g.direction))
+    if tuple(img.GetSize()) != g.size:  # cannot happen for a volume read here; guards a hand-made `native`
+        raise ValueError(f"{vol.source}: reorienting back gives size {img.GetSize()}, stored size is {g.size}")
+    # the permutation gives the stored geometry up to float rounding of the origin; keep it exactly
+    img.SetSpacing(g.spacing)
+    img.SetOrigin(g.origin)
+    img.SetDirection(g.direction)
+    return img
+
+
+def write_volume(path, array: np.ndarray, spacing=None, *, origin=None, direction=None,
+                 like: CTVolume | None = None) -> Path:
+    """Write a (z, y, x) array as a volume (format from the suffix).
+
+    Args:
+        path: target file; .nii.gz, .nrrd and .mha are compressed.
+        array: (z, y, x) values in this module's orientation (LPI); a 2D array is written as one slice.
+        spacing: (z, y, x) mm; origin (x, y, z) LPS mm and direction (row-major 3x3) of voxel order (z, y, x).
+            Without a direction a 3D volume is written as LPI with z towards inferior.
+        like: the `read_volume` result the array belongs to: the file gets that input's own voxel order,
+            spacing, origin and direction (`to_native`); spacing, origin and direction must then be left out.
+    """
+    import SimpleITK as sitk
+
+    if like is not None:
+        if spacing is not None or origin is not None or direction is not None:
+            raise ValueError("write_volume: give either like= or spacing/origin/direction, not both")
+        img = to_native(array, like)
+    else:
+        if spacing is None:
+            raise ValueError("write_volume: spacing (z, y, x) is required without like=")
+        img = sitk.GetImageFromArray(np.ascontiguousarray(array))
+        img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+        if array.ndim == 3 or direction is not None:
+            img.SetDirection(direction or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+        if origin is not None:
+            img.SetOrigin(tuple(float(v) for v in origin))
     sitk.WriteImage(img, str(path), useCompression=str(path).endswith((".gz", ".nrrd", ".mha")))
     return Path(path)

@@ -62,16 +62,17 @@ def check_paths(ct, out, lesion_mask, synthesize, target_ml) -> Path:
 
 
 def read_ct(path):
-    """(CTVolume, input values (z, y, x) in LPI with the file's own dtype, reference image or None for DICOM)."""
+    """(CTVolume, input values (z, y, x) in LPI with the file's own dtype, reference image in the stored order)."""
     import SimpleITK as sitk
 
-    from difflung.data.ctio import _orient, _read_sitk
+    from difflung.data.ctio import _orient, _read_sitk, to_native
 
     vol = read_volume(path)
     if Path(path).is_dir():  # DICOM: HU from stored values, int16 when they stay integers
         hu = vol.hu
         exact = np.all(hu == np.round(hu)) and hu.min() >= -32768 and hu.max() <= 32767
-        return vol, (hu.astype(np.int16) if exact else hu.copy()), None
+        raw = hu.astype(np.int16) if exact else hu.copy()
+        return vol, raw, to_native(raw, vol)  # OUT keeps the series' own slice order and geometry
     ref = _read_sitk(Path(path))
     return vol, sitk.GetArrayFromImage(_orient(ref)), ref
 
