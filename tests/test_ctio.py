@@ -210,7 +210,7 @@ def test_insert_on_a_dicom_series_keeps_its_voxel_order(tmp_path):
     from _ct_fixtures import toy_chest
     from difflung import labels as L
     from difflung.insertion.insert import InsertConfig, insert_lesions
-    from difflung.insertion.patches import save_untrained_model
+    from difflung.diffusion.patch_model import save_untrained_model
 
     sp = (5.0, 4.0, 4.0)
     hu, _, _ = toy_chest(shape=(8, 80, 80), spacing=sp, lesion=False)
