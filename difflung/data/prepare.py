@@ -16,7 +16,6 @@ atomically. The JSON summary goes to stdout, errors to stderr as one line naming
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -237,31 +236,3 @@ def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: i
                "splits": {s: ds.manifest["splits"][s]["patients"] for s in ("train", "val", "test")},
                "patients": rows, "seconds": round(time.perf_counter() - t0, 2)}
     return ds, summary
-
-
-def configure_parser(p):
-    import argparse
-
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = __doc__[__doc__.index("INPUT is one of"):]
-    p.add_argument("input", nargs="+", type=Path,
-                   help="volume file, DICOM series folder, or folder of cases (see `difflung.data.prepare`)")
-    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
-    p.add_argument("--labels", type=Path, default=None, help="label file of a single input volume")
-    p.add_argument("--classes", default=None,
-                   help="class map YAML (label value -> project class), or one class name, e.g. nodule")
-    p.add_argument("--size", type=int, default=128, help="slice size S (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="patient split seed (default 0)")
-    p.add_argument("--min-lung-fraction", type=float, default=0.01,
-                   help="keep slices with at least this lung-field fraction (default 0.01)")
-
-
-def run_cli(args) -> int:
-    try:
-        _, summary = prepare(args.input, args.out, labels=args.labels, classes=args.classes, size=args.size,
-                             seed=args.seed, min_lung_fraction=args.min_lung_fraction, progress=True)
-    except (DatasetError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0
