@@ -19,6 +19,12 @@ def configure_parser(p) -> None:
     p.add_argument("--labels", type=Path, default=None, help="label file of a single input volume")
     p.add_argument("--classes", default=None,
                    help="class map YAML (label value -> project class), or one class name, e.g. nodule")
+    p.add_argument("--lung-mask", type=Path, default=None,
+                   help="lung mask of a single input volume from a segmentation tool (TotalSegmentator, lungmask), "
+                        "used instead of the classical lung segmentation")
+    p.add_argument("--lung-mask-classes", default=None, metavar="MAP",
+                   help="class map of the lung mask's values (examples/classmaps/lungmask_r231.yml, "
+                        "totalsegmentator_total_lungs.yml); default: every non-zero value is lung")
     p.add_argument("--size", type=int, default=128, help="slice size S (default 128)")
     p.add_argument("--seed", type=int, default=0, help="patient split seed (default 0)")
     p.add_argument("--min-lung-fraction", type=float, default=0.01,
@@ -31,7 +37,8 @@ def run_cli(args) -> int:
 
     try:
         _, summary = prepare(args.input, args.out, labels=args.labels, classes=args.classes, size=args.size,
-                             seed=args.seed, min_lung_fraction=args.min_lung_fraction, progress=True)
+                             seed=args.seed, min_lung_fraction=args.min_lung_fraction, lung_mask=args.lung_mask,
+                             lung_classes=args.lung_mask_classes, progress=True)
     except (DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
