@@ -205,7 +205,8 @@ def test_lung_mask_from_lungmask_replaces_the_classical_lungs(tmp_path):
     mask = np.where(right, 1, np.where(left, 2, 0)).astype(np.uint8)  # lungmask R231: 1 = right, 2 = left
     write_volume(tmp_path / "lungs.nii.gz", mask, (5.0, 5.0, 5.0))
     ds, summary = prepare(img, tmp_path / "out", labels=lab, classes="nodule", size=32,
-                          lung_mask=tmp_path / "lungs.nii.gz", lung_classes=REPO / "examples/classmaps/lungmask_r231.yml")
+                          lung_mask=tmp_path / "lungs.nii.gz",
+                          lung_classes=REPO / "examples/classmaps/lungmask_r231.yml")
     (row,) = summary["patients"]
     assert row["lung_right_ml"] == pytest.approx(right.sum() * 0.125, abs=0.1)  # 5 mm voxels: 0.125 ml
     assert row["lung_left_ml"] == pytest.approx(left.sum() * 0.125, abs=0.1)
