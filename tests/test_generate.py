@@ -182,3 +182,16 @@ def test_existing_folder_is_kept_without_overwrite(trained, tmp_path, capsys):
     assert "g: exists; pass overwrite=True (CLI: --overwrite)" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["g"]
     assert [p.name for p in (tmp_path / "g").iterdir()] == ["mine.txt"]
+
+
+def test_same_seed_same_images_and_each_image_its_own_seed(trained, tmp_path, capsys):
+    ds, model = trained
+    assert _generate(ds, model, tmp_path / "a", "--synthesize", "3") == 0
+    assert _generate(ds, model, tmp_path / "b", "--synthesize", "3") == 0
+    assert _generate(ds, model, tmp_path / "c", "--synthesize", "3", "--batch-size", "1") == 0
+    capsys.readouterr()
+    for i in range(3):
+        a = _slice(tmp_path / "a" / "images" / f"syn_{i:05d}.nii.gz")[0]
+        assert np.array_equal(a, _slice(tmp_path / "b" / "images" / f"syn_{i:05d}.nii.gz")[0])
+        assert np.allclose(a, _slice(tmp_path / "c" / "images" / f"syn_{i:05d}.nii.gz")[0], atol=1.0)  # HU
+    assert not np.allclose(a, _slice(tmp_path / "a" / "images" / "syn_00000.nii.gz")[0], atol=1.0)
