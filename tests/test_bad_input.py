@@ -180,11 +180,59 @@ def duplicate_patient(d):
     return {"inputs": d / "cases"}, r"x\.nrrd: patient id 'x' is used twice"
 
 
+def _lung_mask(d, shape=None, spacing=SP, direction=None):
+    img, _ = _toy(d)
+    _, truth, _ = toy_chest()
+    mask = (truth == 2).astype(np.uint8)
+    if shape is not None:
+        mask = mask[: shape[0]]
+    write_volume(d / "lungs.nii.gz", mask, spacing, direction=direction)
+    return {"inputs": img, "lung_mask": d / "lungs.nii.gz"}
+
+
+def lung_mask_shape_mismatch(d):
+    return _lung_mask(d, shape=(10,)), r"lungs\.nii\.gz: label shape \(10, 64, 64\) \(z, y, x\) does not match image"
+
+
+def lung_mask_spacing_mismatch(d):
+    return _lung_mask(d, spacing=(5.0, 2.5, 2.5)), r"lungs\.nii\.gz: label spacing .* does not match image"
+
+
+def lung_mask_direction_mismatch(d):  # x flipped: after reorienting, it lies on the other side of the image
+    return (_lung_mask(d, direction=(-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)),
+            r"lungs\.nii\.gz: label origin .* voxels away from image .* not aligned")
+
+
+def lung_mask_missing(d):
+    img, _ = _toy(d)
+    return {"inputs": img, "lung_mask": d / "none.nii.gz"}, r"none\.nii\.gz: lung mask file not found"
+
+
+def lung_mask_without_lung(d):
+    kw = _lung_mask(d)
+    write_volume(kw["lung_mask"], np.zeros((12, 64, 64), np.uint8), SP)
+    return kw, r"lungs\.nii\.gz: no lung voxels"
+
+
+def lung_mask_map_with_a_lesion_class(d):
+    (d / "m.yml").write_text("name: x\nlabels:\n  1: nodule\n")
+    return {**_lung_mask(d), "lung_classes": d / "m.yml"}, \
+        r"m\.yml: a lung-mask map takes lung_right, lung_left, lung, airway or ignore only; it maps to \['nodule'\]"
+
+
+def lung_mask_for_several_cases(d):
+    kw = _lung_mask(d)
+    _toy(d / "more", "q")
+    return {**kw, "inputs": [kw["inputs"], d / "more"]}, r"lungs\.nii\.gz applies to a single input volume; got 2"
+
+
 CASES = [missing_file, corrupt_nifti, truncated_nifti, truncated_nifti_gz, gzip_of_garbage, two_dicom_series,
          dicom_missing_slice, shape_mismatch, spacing_mismatch, origin_mismatch, values_not_in_classmap,
          labels_without_classmap, non_integer_labels, nan_voxels, all_air, no_lungs, image_2d, single_slice,
          empty_folder, unknown_class_in_map, malformed_yaml, classmap_missing, unsupported_extension,
-         label_missing_in_case_folder, label_without_image, duplicate_patient]
+         label_missing_in_case_folder, label_without_image, duplicate_patient, lung_mask_shape_mismatch,
+         lung_mask_spacing_mismatch, lung_mask_direction_mismatch, lung_mask_missing, lung_mask_without_lung,
+         lung_mask_map_with_a_lesion_class, lung_mask_for_several_cases]
 
 
 def _nothing_written(out: Path):
@@ -203,15 +251,16 @@ def test_refused_by_library(tmp_path, build):
     _nothing_written(out)
 
 
-@pytest.mark.parametrize("build", [truncated_nifti, values_not_in_classmap], ids=["truncated", "classmap"])
+@pytest.mark.parametrize("build", [truncated_nifti, values_not_in_classmap, lung_mask_map_with_a_lesion_class],
+                         ids=["truncated", "classmap", "lung-mask-map"])
 def test_refused_by_cli(tmp_path, build):
     kwargs, pattern = build(tmp_path)
     out = tmp_path / "outputs" / "ds"
     out.parent.mkdir()
     cmd = [sys.executable, "-m", "difflung", "prepare", str(kwargs["inputs"]), "--out", str(out), "--size", "32"]
-    for k in ("labels", "classes"):
-        if k in kwargs:
-            cmd += [f"--{k}", str(kwargs[k])]
+    flags = {"labels": "--labels", "classes": "--classes", "lung_mask": "--lung-mask",
+             "lung_classes": "--lung-mask-classes"}
+    cmd += [a for k, flag in flags.items() if k in kwargs for a in (flag, str(kwargs[k]))]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 1 and r.stdout == ""
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]

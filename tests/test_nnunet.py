@@ -97,7 +97,7 @@ def test_export_refuses_bad_input(tmp_path):
 
 def test_export_is_atomic(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_write = nnunet._write_nifti
+    real_write = nnunet.write_slice_nifti
 
     def failing(*a, **k):
         calls["n"] += 1
@@ -105,7 +105,7 @@ def test_export_is_atomic(tmp_path, monkeypatch):
             raise OSError("disk full")
         return real_write(*a, **k)
 
-    monkeypatch.setattr(nnunet, "_write_nifti", failing)
+    monkeypatch.setattr(nnunet, "write_slice_nifti", failing)
     with pytest.raises(OSError, match="disk full"):
         nnunet.export_nnunet(tmp_path, 9, "x", _slices(3), None)
     assert list(tmp_path.iterdir()) == []

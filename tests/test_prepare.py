@@ -185,3 +185,69 @@ def test_dicom_series_with_a_label_volume_in_patient_space(tmp_path):
     with pytest.raises(DatasetError, match=r"lab2\.nrrd: label origin"):
         write_volume(tmp_path / "lab2.nrrd", lab.astype(np.uint8), (5.0, 5.0, 5.0), origin=(-100.0, -100.0, -5.0))
         prepare(tmp_path / "dcm", tmp_path / "out2", labels=tmp_path / "lab2.nrrd", classes="nodule", size=32)
+
+
+def _toy_lungs(shape=(12, 64, 64), spacing=(5.0, 5.0, 5.0)):
+    """The toy chest's right and left lungs and trachea as (z, y, x) masks (x small: the patient's right)."""
+    _, truth, _ = toy_chest(shape=shape, spacing=spacing)
+    lung = np.isin(truth, L.LUNG_IDS)
+    right = lung.copy()
+    right[:, :, shape[2] // 2:] = False
+    return right, lung & ~right, truth == L.AIRWAY
+
+
+def test_lung_mask_from_lungmask_replaces_the_classical_lungs(tmp_path):
+    from difflung.data.ctio import write_volume
+
+    img, lab, truth = write_toy_case(tmp_path / "in", "p1")
+    right, left, _ = _toy_lungs()
+    right[:, :32] = False  # only the front half of the right lung: the result must follow the mask, not the HU
+    mask = np.where(right, 1, np.where(left, 2, 0)).astype(np.uint8)  # lungmask R231: 1 = right, 2 = left
+    write_volume(tmp_path / "lungs.nii.gz", mask, (5.0, 5.0, 5.0))
+    ds, summary = prepare(img, tmp_path / "out", labels=lab, classes="nodule", size=32,
+                          lung_mask=tmp_path / "lungs.nii.gz",
+                          lung_classes=REPO / "examples/classmaps/lungmask_r231.yml")
+    (row,) = summary["patients"]
+    assert row["lung_right_ml"] == pytest.approx(right.sum() * 0.125, abs=0.1)  # 5 mm voxels: 0.125 ml
+    assert row["lung_left_ml"] == pytest.approx(left.sum() * 0.125, abs=0.1)
+    assert row["airway_ml"] == 0 and any("labels no airway" in w for w in row["warnings"])
+    assert row["lung_mask"] == str(tmp_path / "lungs.nii.gz")
+    assert L.AIRWAY not in ds.classes and L.NODULE in ds.classes  # the nodule next to the mask's lung is kept
+    assert ds.manifest["params"]["lung_classes"]["labels"] == {"0": "background", "1": "lung_right", "2": "lung_left"}
+
+
+def test_lung_mask_from_totalsegmentator_keeps_lobes_sides_and_trachea(tmp_path):
+    from difflung.data.ctio import write_volume
+
+    img, _, _ = write_toy_case(tmp_path / "in", "p1", lesion=False)
+    right, left, trachea = _toy_lungs()
+    mask = np.zeros(right.shape, np.uint8)
+    mask[:, :8] = 51  # heart and the other organs are not lung
+    mask[right] = 12  # right upper lobe ...
+    mask[right & (np.arange(12) >= 7)[:, None, None]] = 14  # ... and lower lobe
+    mask[left] = 10
+    mask[left & (np.arange(12) >= 7)[:, None, None]] = 11
+    mask[trachea] = 16
+    write_volume(tmp_path / "total.nii.gz", mask, (5.0, 5.0, 5.0))
+    ds, summary = prepare(img, tmp_path / "out", size=32, lung_mask=tmp_path / "total.nii.gz",
+                          lung_classes=REPO / "examples/classmaps/totalsegmentator_total_lungs.yml")
+    (row,) = summary["patients"]
+    assert row["lung_right_ml"] == pytest.approx(right.sum() * 0.125, abs=0.05)  # rounded to 0.1 ml
+    assert row["lung_left_ml"] == pytest.approx(left.sum() * 0.125, abs=0.05)
+    assert row["voxel_counts"]["airway"] == trachea.sum() and row["warnings"] == []
+    assert ds.classes == [L.BACKGROUND, L.BODY, L.LUNG, L.AIRWAY]
+
+
+def test_lung_mask_maps():
+    from difflung.data.classmap import ClassMapError, load_lung_mask_map
+
+    cm = load_lung_mask_map(REPO / "examples/classmaps/totalsegmentator_total_lungs.yml")
+    assert cm.apply(np.array([0, 10, 13, 16, 51, 117])).tolist() == [0, L.LUNG, L.LUNG, L.AIRWAY, 0, 0]
+    assert cm.sides == {10: "left", 11: "left", 12: "right", 13: "right", 14: "right"}
+    assert load_lung_mask_map().apply(np.array([0, 1, 7])).tolist() == [0, L.LUNG, L.LUNG]
+    r231 = load_lung_mask_map(REPO / "examples/classmaps/lungmask_r231.yml")
+    assert r231.sides == {1: "right", 2: "left"}
+    with pytest.raises(ClassMapError, match="not in class map"):
+        r231.apply(np.array([0, 3]), "m.nii.gz")
+    with pytest.raises(ClassMapError, match=r"others: 'tumour' is not a project class"):
+        load_lung_mask_map({"labels": {1: "lung"}, "others": "tumour"})

@@ -37,3 +37,26 @@ def test_train_command_parses_the_recipe_levers():
     assert (args.prediction_type, args.snr_gamma, args.lesion_weight, args.lesion_classes) == ("epsilon", 5.0, 2.0, (4, 6))
     d = p.parse_args(base)
     assert (d.prediction_type, d.snr_gamma, d.lesion_weight, d.lesion_classes) == ("v_prediction", None, 0.0, ())
+
+
+def test_every_command_parses_in_the_cli_package():
+    import importlib
+
+    from difflung.cli import COMMANDS, build_parser
+
+    mine = ["run", "fetch-data", "prepare", "train", "export-nnunet", "check-book", "archive"]
+    assert all(COMMANDS[c][0] == "difflung.cli." + c.replace("-", "_") for c in mine)
+    for lib in ("difflung.run.pipeline", "difflung.data.realdata", "difflung.data.prepare", "difflung.data.nnunet",
+                "difflung.run.bookcheck", "difflung.run.archive"):  # argument parsing left the library
+        mod = importlib.import_module(lib)
+        assert not hasattr(mod, "run_cli") and not hasattr(mod, "configure_parser"), lib
+    p = build_parser()
+    a = p.parse_args(["run", "--set", "a=1", "--set", "b=2", "--only", "01_x"])
+    assert (a.profile, a.overrides, a.only, a.runs_dir) == ("smoke", ["a=1", "b=2"], ["01_x"], "runs")
+    a = p.parse_args(["prepare", "x.nii.gz", "--out", "o"])
+    assert (a.size, a.seed, a.min_lung_fraction, a.labels) == (128, 0, 0.01, None)
+    a = p.parse_args(["export-nnunet", "--dataset", "d", "--out", "o", "--id", "7", "--name", "n"])
+    assert (a.dataset_id, a.splits, a.spacing, a.overwrite) == (7, ["train"], (1.0, 1.0), False)
+    assert p.parse_args(["archive", "--profile", "smoke"]).note is None
+    assert p.parse_args(["check-book"]).profile == "smoke"
+    assert p.parse_args(["fetch-data", "--force"]).force is True

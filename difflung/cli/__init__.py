@@ -11,15 +11,20 @@ import sys
 
 # command -> (module, one-line help). Modules import heavy dependencies inside run_cli.
 COMMANDS = {
-    "run": ("difflung.run.pipeline", "execute the book's notebooks for a profile with papermill"),
-    "fetch-data": ("difflung.data.realdata", "fetch the real chest CT (pyradiomics 3.0.1 lung1/lung2) into a local cache"),
-    "prepare": ("difflung.data.prepare", "turn CT volumes (NIfTI/NRRD/MHA/DICOM) into a difflung dataset artifact"),
+    "run": ("difflung.cli.run", "execute the book's notebooks for a profile with papermill"),
+    "fetch-data": ("difflung.cli.fetch_data",
+                   "fetch the real chest CT (pyradiomics 3.0.1 lung1/lung2) into a local cache"),
+    "prepare": ("difflung.cli.prepare", "turn CT volumes (NIfTI/NRRD/MHA/DICOM) into a difflung dataset artifact"),
     "train": ("difflung.cli.train", "train a mask-guided diffusion model (use under `accelerate launch` for GPUs)"),
     "insert": ("difflung.cli.insert", "insert lesions into a real CT, every voxel outside the edit region kept exact"),
-    "export-nnunet": ("difflung.data.nnunet", "write real + synthetic training data in nnU-Net v2 raw layout"),
-    "check-book": ("difflung.run.bookcheck", "check the built book: pages, figures, tables, no tracebacks"),
-    "archive": ("difflung.run.archive", "keep a finished run's numbers (CSV, JSON, provenance) in reference/<profile>/"),
-    "reader-study": ("difflung.cli.reader_study", "build or score a real-vs-synthetic reader study (offline HTML page)"),
+    "generate": ("difflung.cli.generate",
+                 "paint a synthetic training set (NIfTI pairs) with a trained Diff-Lung model"),
+    "export-nnunet": ("difflung.cli.export_nnunet", "write real + synthetic training data in nnU-Net v2 raw layout"),
+    "check-book": ("difflung.cli.check_book", "check the built book: pages, figures, tables, no tracebacks"),
+    "archive": ("difflung.cli.archive",
+                "keep a finished run's numbers (CSV, JSON, provenance) in reference/<profile>/"),
+    "reader-study": ("difflung.cli.reader_study",
+                     "build or score a real-vs-synthetic reader study (offline HTML page)"),
 }
 
 

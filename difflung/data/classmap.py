@@ -8,8 +8,12 @@
       3: effusion
 
 Values map to project class names (or ids). `background` (alias `ignore`) drops a value, e.g. a dataset's own
-lung mask, since body/lung/airway come from `difflung.data.ct_anatomy`. 0 always means "no label". Examples for public
-datasets are in `examples/classmaps/`.
+lung mask, since body/lung/airway come from `difflung.data.ct_anatomy`. 0 always means "no label". `others: ignore`
+(or a class name) maps every value the map does not list, e.g. the hundred organs of a TotalSegmentator file.
+
+A lung-mask map (`prepare --lung-mask FILE --lung-mask-classes MAP`, the lungs from a segmentation tool instead of
+the classical segmentation) maps values to `lung_right`, `lung_left`, `lung` (side found by the classical split)
+and `airway` only. Examples for public datasets and tools are in `examples/classmaps/`.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from difflung import labels as L
 from difflung.data.dataset import DatasetError
 
 IGNORE_ALIASES = ("ignore", "background")
+SIDES = {"lung_right": "right", "lung_left": "left"}  # lung-mask targets: project class lung, with its side
 
 
 class ClassMapError(DatasetError):
@@ -46,10 +51,11 @@ class ClassMap:
         if not isinstance(d.get("labels"), dict) or not d["labels"]:
             raise ClassMapError(f"{source}: `labels` must be a non-empty mapping of label value -> project class, "
                                 "e.g. `labels: {1: nodule}`")
-        unknown = sorted(set(d) - {"name", "labels", "description", "source", "notes"})
+        unknown = sorted(set(d) - {"name", "labels", "description", "source", "notes", "others"})
         if unknown:
-            raise ClassMapError(f"{source}: unknown keys {unknown}; allowed: name, labels, description, notes")
+            raise ClassMapError(f"{source}: unknown keys {unknown}; allowed: name, labels, description, notes, others")
         out: dict[int, int] = {}
+        sides: dict[int, str] = {}
         bad = []
         for k, v in d["labels"].items():
             try:
@@ -61,6 +67,8 @@ class ClassMap:
             name = str(v).strip().lower()
             if name in IGNORE_ALIASES:
                 out[value] = L.BACKGROUND
+            elif name in SIDES:
+                out[value], sides[value] = L.LUNG, SIDES[name]
             elif name in L.BY_NAME:
                 out[value] = L.BY_NAME[name].id
             elif isinstance(v, int) and not isinstance(v, bool) and v in L.BY_ID:
@@ -75,9 +83,16 @@ class ClassMap:
             raise ClassMapError(f"{source}: label value 0 means 'no label' and cannot map to "
                                 f"{L.BY_ID[out[0]].name}")
         out.setdefault(0, L.BACKGROUND)
+        extra = {k: d[k] for k in ("notes",) if k in d}
+        if sides:
+            extra["sides"] = sides
+        if "others" in d:
+            o = str(d["others"]).strip().lower()
+            if o not in IGNORE_ALIASES and o not in L.BY_NAME:
+                raise ClassMapError(f"{source}: others: {d['others']!r} is not a project class or `ignore`")
+            extra["default"] = L.BACKGROUND if o in IGNORE_ALIASES else L.BY_NAME[o].id
         return cls(name=str(d.get("name", Path(source).stem)), labels=out,
-                   description=str(d.get("description", "")), source=source,
-                   extra={k: d[k] for k in ("notes",) if k in d})
+                   description=str(d.get("description", "")), source=source, extra=extra)
 
     @classmethod
     def single(cls, class_name: str) -> "ClassMap":
@@ -86,9 +101,15 @@ class ClassMap:
         return cls(name=f"all-{L.BY_ID[cid].name}", labels={0: L.BACKGROUND}, source=f"--classes {class_name}",
                    extra={"default": cid})
 
+    @property
+    def sides(self) -> dict[int, str]:
+        """Label value -> "right" / "left" for the values a lung-mask map gives a side (`lung_right`, `lung_left`)."""
+        return dict(self.extra.get("sides", {}))
+
     def as_dict(self) -> dict:
-        d = {"name": self.name, "labels": {int(k): L.BY_ID[v].name for k, v in sorted(self.labels.items())},
-             "description": self.description}
+        side = {v: f"lung_{s}" for v, s in self.sides.items()}
+        d = {"name": self.name, "description": self.description,
+             "labels": {int(k): side.get(k, L.BY_ID[v].name) for k, v in sorted(self.labels.items())}}
         if "default" in self.extra:
             d["others"] = L.BY_ID[self.extra["default"]].name
         return d
@@ -139,3 +160,17 @@ def load_classmap(spec) -> ClassMap:
         at = f" at line {where.line + 1}" if where is not None else ""
         raise ClassMapError(f"{path}: malformed YAML{at} ({getattr(e, 'problem', None) or e})") from e
     return ClassMap.from_dict(d, source=str(path))
+
+
+def load_lung_mask_map(spec=None) -> ClassMap:
+    """The class map of a lung mask from a segmentation tool: a YAML path or dict whose values map to `lung_right`,
+    `lung_left`, `lung`, `airway` or `ignore` only; None: every non-zero value is lung (sides split classically)."""
+    if spec is None:
+        return ClassMap(name="any-lung", labels={0: L.BACKGROUND}, source="--lung-mask (every non-zero value is lung)",
+                        extra={"default": L.LUNG})
+    cm = load_classmap(spec)
+    if "default" in cm.extra and cm.extra["default"] not in (L.BACKGROUND, L.LUNG, L.AIRWAY) \
+            or any(v not in (L.BACKGROUND, L.LUNG, L.AIRWAY) for v in cm.labels.values()):
+        raise ClassMapError(f"{cm.source}: a lung-mask map takes lung_right, lung_left, lung, airway or ignore only; "
+                            f"it maps to {sorted(set(L.names(cm.labels.values())) - {'background'})}")
+    return cm

@@ -14,23 +14,28 @@ images, so nothing treats neighbouring cases as slices of one volume. Slices of 
 nnU-Net's default 5-fold split is per case, so for a patient-wise split write `splits_final.json` in
 nnUNet_preprocessed from the case table in dataset.json.
 
-CLI: `python -m difflung export-nnunet --dataset DIR [--synthetic FILE.npz] --out DIR --id N --name NAME`.
+The synthetic part is an .npz (images in [-1, 1], labels) or a folder written by `python -m difflung generate`
+(`load_generated`: NIfTI image/label slices in the same one-slice layout, listed in its `generated.json`); each
+synthetic case keeps its own pixel spacing.
+
+CLI: `python -m difflung export-nnunet --dataset DIR [--synthetic FILE.npz|DIR] --out DIR --id N --name NAME`.
 """
 from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from difflung import labels as L
-from difflung.data.dataset import unwindow
+from difflung.data.dataset import unwindow, window
 from difflung.core.provenance import atomic_dir, provenance, write_json_atomic
 
 FILE_ENDING = ".nii.gz"
 OUT_OF_PLANE = 999.0  # x in-plane spacing, as nnU-Net's SimpleITKIO does for 2D images
+GENERATED_FILE = "generated.json"  # the table of contents of a `python -m difflung generate` folder
+GENERATED_FORMAT = "difflung-generated/1"
 
 
 class ExportError(ValueError):
@@ -59,7 +64,8 @@ def _as_pair(data, what: str):
     return images.astype(np.float32), labels, patient
 
 
-def _write_nifti(path: Path, array2d: np.ndarray, spacing: tuple[float, float]) -> None:
+def write_slice_nifti(path, array2d: np.ndarray, spacing: tuple[float, float]) -> None:
+    """Write one axial slice (y, x) as a one-slice NIfTI (x, y, 1) with in-plane `spacing` (row, column) mm."""
     import nibabel as nib
 
     sy, sx = spacing
@@ -69,6 +75,24 @@ def _write_nifti(path: Path, array2d: np.ndarray, spacing: tuple[float, float]) 
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     nib.save(img, str(path))
+
+
+def read_slice_nifti(path) -> tuple[np.ndarray, tuple[float, float]]:
+    """Read a slice written by `write_slice_nifti`: ((y, x) array, (row, column) spacing in mm)."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as e:  # nibabel raises several types for damaged files
+        raise ExportError(f"{path}: not a readable NIfTI file ({e})") from e
+    if data.ndim != 3 or data.shape[2] != 1:
+        raise ExportError(f"{path}: expected one axial slice (x, y, 1), got shape {data.shape}")
+    sx, sy = (float(z) for z in img.header.get_zooms()[:2])
+    return data[:, :, 0].T, (sy, sx)
 
 
 def _validated(dataset_id, name: str, real, synthetic, classes) -> tuple[list, list[int]]:
@@ -99,7 +123,7 @@ def _validated(dataset_id, name: str, real, synthetic, classes) -> tuple[list, l
 
 def export_nnunet(out_root, dataset_id: int, name: str, real, synthetic=None, classes=None, *,
                   spacing: tuple[float, float] = (1.0, 1.0), overwrite: bool = False,
-                  source: str = "") -> Path:
+                  source: str = "", synthetic_spacing=None) -> Path:
     """Write real (+ synthetic) slices as an nnU-Net v2 raw dataset; return its folder.
 
     Args:
@@ -115,8 +139,15 @@ def export_nnunet(out_root, dataset_id: int, name: str, real, synthetic=None, cl
         spacing: in-plane pixel spacing (row, column) in mm.
         overwrite: replace an existing folder of the same name (atomically) instead of refusing.
         source: free text recorded in dataset.json (e.g. the dataset artifact's path).
+        synthetic_spacing: (N, 2) in-plane spacing of each synthetic case (`load_generated`); None: `spacing`.
     """
     parts, classes = _validated(dataset_id, name, real, synthetic, classes)
+    n_syn = len(parts[1][1]) if synthetic is not None else 0
+    syn_spacing = np.tile(np.asarray(spacing, float), (n_syn, 1)) if synthetic_spacing is None else \
+        np.asarray(synthetic_spacing, float)
+    if syn_spacing.shape != (n_syn, 2) or not (syn_spacing > 0).all():
+        raise ExportError(f"synthetic: {syn_spacing.shape} spacings for {n_syn} images; give one positive "
+                          f"(row, column) pair per image")
     sizes = {p[1].shape[1:] for p in parts if len(p[1])}
     out_root = Path(out_root)
     folder = out_root / f"Dataset{int(dataset_id):03d}_{name}"
@@ -137,10 +168,13 @@ def export_nnunet(out_root, dataset_id: int, name: str, real, synthetic=None, cl
         for tag, imgs, labs, pats in parts:
             for i in range(len(imgs)):
                 case = f"{tag}_{i:05d}"
-                _write_nifti(tmp / "imagesTr" / f"{case}_0000{FILE_ENDING}", unwindow(imgs[i]), spacing)
-                _write_nifti(tmp / "labelsTr" / f"{case}{FILE_ENDING}", lut[labs[i]], spacing)
+                sp = tuple(float(s) for s in syn_spacing[i]) if tag == "syn" else spacing
+                write_slice_nifti(tmp / "imagesTr" / f"{case}_0000{FILE_ENDING}", unwindow(imgs[i]), sp)
+                write_slice_nifti(tmp / "labelsTr" / f"{case}{FILE_ENDING}", lut[labs[i]], sp)
                 cases[case] = {"source": "synthetic" if tag == "syn" else "real",
                                "patient": None if pats is None else str(pats[i])}
+                if tag == "syn" and synthetic_spacing is not None:
+                    cases[case]["spacing_mm"] = list(sp)
                 if tag == "syn":
                     synthetic_cases.append(case)
         meta = {
@@ -184,42 +218,37 @@ def load_synthetic_npz(path):
         raise ExportError(f"{path}: not a readable .npz without pickled objects ({e})") from e
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# CLI
+def load_generated(folder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a folder written by `python -m difflung generate`, as it is.
 
-def configure_parser(p) -> None:
-    p.add_argument("--dataset", required=True, help="difflung dataset artifact folder (manifest.json + splits)")
-    p.add_argument("--splits", nargs="+", default=["train"], help="splits to export as real cases (default: train)")
-    p.add_argument("--synthetic", help=".npz with images (N,S,S) in [-1,1] and labels (N,S,S) project ids")
-    p.add_argument("--out", required=True, help="nnUNet_raw folder to write into")
-    p.add_argument("--id", type=int, required=True, dest="dataset_id", help="nnU-Net dataset id (1..999)")
-    p.add_argument("--name", required=True, help="dataset name (letters, digits, '-', '_')")
-    p.add_argument("--spacing", type=float, nargs=2, default=(1.0, 1.0), metavar=("ROW_MM", "COL_MM"),
-                   help="in-plane pixel spacing in mm (default 1 1)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
-
-
-def run_cli(args) -> int:
-    from difflung.data.dataset import Dataset, DatasetError
-
+    Returns (images (N, S, S) float32 in [-1, 1], labels (N, S, S) uint8 project ids, spacing (N, 2) mm), in
+    the order of its generated.json. Raises ExportError naming the file for a missing or inconsistent part.
+    """
+    folder = Path(folder)
+    meta_path = folder / GENERATED_FILE
+    if not meta_path.is_file():
+        raise ExportError(f"{meta_path}: missing; --synthetic takes an .npz or a folder written by "
+                          f"`python -m difflung generate`")
     try:
-        ds = Dataset(args.dataset)
-        parts = [ds.split(s) for s in args.splits]
-        real = (np.concatenate([s.images for s in parts]), np.concatenate([s.labels for s in parts]),
-                np.concatenate([s.patient for s in parts]))
-        synthetic = load_synthetic_npz(args.synthetic) if args.synthetic else None
-        extra = {int(v) for v in np.unique(synthetic[1])} & set(L.BY_ID) if synthetic is not None else set()
-        classes = sorted(set(ds.classes) | extra)
-        folder = export_nnunet(args.out, args.dataset_id, args.name, real, synthetic, classes,
-                               spacing=tuple(args.spacing), overwrite=args.overwrite, source=str(args.dataset))
-    except (ExportError, DatasetError, FileNotFoundError, ValueError) as e:
-        msg = str(e)
-        if args.synthetic and msg.startswith("synthetic:"):
-            msg = f"{args.synthetic}: {msg.removeprefix('synthetic:').strip()}"
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
-    meta = json.loads((folder / "dataset.json").read_text())
-    print(json.dumps({"folder": str(folder), "numTraining": meta["numTraining"], "labels": meta["labels"],
-                      "n_real": meta["difflung"]["n_real"], "n_synthetic": meta["difflung"]["n_synthetic"]},
-                     indent=2))
-    return 0
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{meta_path}: not valid JSON ({e})") from e
+    if meta.get("format") != GENERATED_FORMAT:
+        raise ExportError(f"{meta_path}: format {meta.get('format')!r}, expected {GENERATED_FORMAT!r}")
+    images, labels, spacing = [], [], []
+    for row in meta["images"]:
+        hu, sp = read_slice_nifti(folder / row["image"])
+        lab, sp_lab = read_slice_nifti(folder / row["label"])
+        if lab.shape != hu.shape or not np.allclose(sp, sp_lab):
+            raise ExportError(f"{folder / row['label']}: shape {lab.shape} / spacing {sp_lab} differ from its "
+                              f"image's {hu.shape} / {sp}")
+        if not np.array_equal(lab, np.round(lab)) or lab.min() < 0 or lab.max() > 255:
+            raise ExportError(f"{folder / row['label']}: label values must be integers 0..255")
+        images.append(window(hu.astype(np.float32)))
+        labels.append(lab.astype(np.uint8))
+        spacing.append(sp)
+    if not images:
+        raise ExportError(f"{meta_path}: lists no images")
+    if len({a.shape for a in images}) != 1:
+        raise ExportError(f"{folder}: images of several sizes {sorted({a.shape for a in images})}")
+    return np.stack(images), np.stack(labels), np.asarray(spacing, float)

@@ -11,12 +11,14 @@ INPUT is one of
                              <case>/label.<ext> (or labels/seg/mask); the folder name is the patient id
 Labels are the dataset's own values, mapped to project classes by `--classes` (a YAML class map, see
 `difflung.data.classmap`, or one class name for every non-zero value). Body, lungs and airway come from
-`difflung.data.ct_anatomy`. All cases are read and checked before anything is written; the artifact is written
-atomically. The JSON summary goes to stdout, errors to stderr as one line naming the file.
+`difflung.data.ct_anatomy`, or, for a single input volume, the lungs (and airway) come from a segmentation tool's
+mask (--lung-mask FILE, its values mapped by --lung-mask-classes MAP, e.g. examples/classmaps/lungmask_r231.yml or
+totalsegmentator_total_lungs.yml; without a map every non-zero value is lung), checked against the image like a
+label file. All cases are read and checked before anything is written; the artifact is written atomically. The
+JSON summary goes to stdout, errors to stderr as one line naming the file.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,8 +28,9 @@ import numpy as np
 
 from difflung.core.progress import show_progress
 from difflung import labels as L
-from difflung.data.ct_anatomy import AnatomyConfig, place_lesions, segment
-from difflung.data.classmap import ClassMap, load_classmap
+from difflung.data.ct_anatomy import Anatomy, AnatomyConfig, AnatomyError, place_lesions, segment, segment_body, \
+    split_lungs
+from difflung.data.classmap import ClassMap, load_classmap, load_lung_mask_map
 from difflung.data.ctio import CTReadError, read_label, read_volume, stem, volume_suffix
 from difflung.data.dataset import Dataset, DatasetError, Volume, volumes_to_slices, write_dataset
 
@@ -42,6 +45,7 @@ class Case:
     image: Path  # volume file or DICOM folder
     label: Path | None
     patient: str | None  # None: from the file (DICOM PatientID or stem)
+    lung_mask: Path | None = None  # lungs (+ airway) from a segmentation tool instead of ct_anatomy's
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,10 +145,48 @@ def _folder_cases(folder: Path) -> list[Case]:
 # ---------------------------------------------------------------------------------------------------------------
 # one case
 
-def prepare_volume(case: Case, classmap: ClassMap | None, cfg: AnatomyConfig) -> tuple[Volume, dict]:
-    """Read, segment and label one case; returns the project Volume and its summary row (full resolution)."""
+def mask_anatomy(hu: np.ndarray, spacing, mask: np.ndarray, lung_map: ClassMap, cfg: AnatomyConfig, *,
+                 name: str) -> Anatomy:
+    """Anatomy whose lungs and airway come from a tool's mask (values mapped by `lung_map`, a lung-mask map of
+    `difflung.data.classmap.load_lung_mask_map`); the body is still segmented classically (`segment_body`).
+
+    Sides: from the map when it gives every lung value one (lungmask's 1 = right, 2 = left; TotalSegmentator's
+    lobes), else split like the classical segmentation (`split_lungs`). Raises AnatomyError naming `name` when
+    the mask holds no lung.
+    """
+    ids = lung_map.apply(mask, name)
+    lung, airway = ids == L.LUNG, ids == L.AIRWAY
+    if not lung.any():
+        raise AnatomyError(f"{name}: no lung voxels (values {[int(v) for v in np.unique(mask)][:10]}; class map "
+                           f"{lung_map.source} maps {sorted(k for k, v in lung_map.labels.items() if v == L.LUNG)} "
+                           f"to lung)")
+    info = {"lung_mask": name, "warnings": []}
+    sided = lung_map.sides
+    lung_values = [k for k, v in lung_map.labels.items() if v == L.LUNG]
+    if sided and set(lung_values) <= set(sided) and lung_map.extra.get("default") != L.LUNG:
+        right = lung & np.isin(mask, [k for k, s in sided.items() if s == "right"])
+        left = lung & ~right
+        info["split"] = "mask"
+    else:
+        right, left, split_info = split_lungs(lung, cfg)
+        info.update(split_info)
+    if not airway.any():
+        info["warnings"].append(f"{name}: the lung mask labels no airway; no airway labelled")
+    body = segment_body(hu, spacing, cfg) | lung | airway
+    return Anatomy(body=body, lung_right=right, lung_left=left, airway=airway,
+                   spacing=tuple(float(s) for s in spacing), info=info)
+
+
+def prepare_volume(case: Case, classmap: ClassMap | None, cfg: AnatomyConfig,
+                   lung_map: ClassMap | None = None) -> tuple[Volume, dict]:
+    """Read, segment and label one case; returns the project Volume and its summary row (full resolution).
+    `lung_map` maps the values of `case.lung_mask` (default: every non-zero value is lung)."""
     vol = read_volume(case.image, patient=case.patient)
-    anat = segment(vol.hu, vol.spacing, cfg, name=str(case.image))
+    if case.lung_mask is not None:
+        anat = mask_anatomy(vol.hu, vol.spacing, read_label(case.lung_mask, vol), lung_map or load_lung_mask_map(),
+                            cfg, name=str(case.lung_mask))
+    else:
+        anat = segment(vol.hu, vol.spacing, cfg, name=str(case.image))
     lesions, placed = None, {}
     if case.label is not None:
         raw = read_label(case.label, vol)
@@ -168,6 +210,8 @@ def prepare_volume(case: Case, classmap: ClassMap | None, cfg: AnatomyConfig) ->
         "voxel_counts": {L.BY_ID[i].name: int(counts[i]) for i in range(L.NUM_IDS) if counts[i]},
         "warnings": list(anat.info.get("warnings", [])),
     }
+    if case.lung_mask is not None:
+        row["lung_mask"] = str(case.lung_mask)
     if placed.get("dropped_voxels"):
         row["warnings"].append(f"lesion voxels dropped (far from lung / outside body): {placed['dropped_voxels']}")
     return Volume(patient=vol.patient, hu=vol.hu, labels=lab, spacing=vol.spacing, source=str(case.image)), row
@@ -178,7 +222,7 @@ def prepare_volume(case: Case, classmap: ClassMap | None, cfg: AnatomyConfig) ->
 
 def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: int = 0, *,
             min_lung_fraction: float = 0.01, fractions=(0.6, 0.2, 0.2), anatomy: AnatomyConfig | None = None,
-            progress: bool = False) -> tuple[Dataset, dict]:
+            lung_mask=None, lung_classes=None, progress: bool = False) -> tuple[Dataset, dict]:
     """Prepare CT volumes into a dataset artifact at `out_dir`.
 
     Args:
@@ -191,6 +235,10 @@ def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: i
         min_lung_fraction: keep slices whose lung field covers at least this fraction.
         fractions: train/val/test patient fractions.
         anatomy: AnatomyConfig for the classical segmentation.
+        lung_mask: a segmentation tool's lung mask of a single input volume, used instead of the classical lungs
+            and airway (`mask_anatomy`); its shape, spacing and origin must match the image's.
+        lung_classes: its class map (YAML path or dict; `difflung.data.classmap.load_lung_mask_map`); None:
+            every non-zero value is lung.
     Returns (Dataset, summary dict). Nothing is written unless every case reads, segments and maps cleanly.
     """
     t0 = time.perf_counter()
@@ -200,11 +248,20 @@ def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: i
     inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
     if labels is not None and len(inputs) != 1:
         raise DatasetError("--labels applies to a single input volume")
+    if lung_classes is not None and lung_mask is None:
+        raise DatasetError("--lung-mask-classes maps the values of a --lung-mask FILE; give the file")
     cases = [c for i in inputs for c in find_cases(i, labels)]
+    if lung_mask is not None:
+        if len(cases) != 1:
+            raise DatasetError(f"--lung-mask {lung_mask} applies to a single input volume; got {len(cases)} cases")
+        cases[0].lung_mask = Path(lung_mask)
     classmap = load_classmap(classes) if classes is not None else None
+    lung_map = load_lung_mask_map(lung_classes) if lung_mask is not None else None
     for c in cases:  # cheap checks first: a missing label file fails before minutes of work
         if c.label is not None and not c.label.exists():
             raise CTReadError(f"{c.label}: label file not found (for image {c.image})")
+        if c.lung_mask is not None and not c.lung_mask.exists():
+            raise CTReadError(f"{c.lung_mask}: lung mask file not found (for image {c.image})")
     rows = []
 
     def volumes():
@@ -213,7 +270,7 @@ def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: i
             from tqdm import tqdm
             it = tqdm(cases, desc="prepare", unit="case", file=sys.stderr, disable=not show_progress())
         for c in it:
-            vol, row = prepare_volume(c, classmap, cfg)
+            vol, row = prepare_volume(c, classmap, cfg, lung_map)
             rows.append(row)
             yield vol
 
@@ -228,6 +285,7 @@ def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: i
         if s["slices_kept"] == 0:
             raise DatasetError(f"{row['image']}: no slice with at least {min_lung_fraction:.0%} lung field")
     params = {"inputs": [str(i) for i in inputs], "labels": str(labels) if labels else None, "size": int(size),
+              **({"lung_mask": str(lung_mask), "lung_classes": lung_map.as_dict()} if lung_mask is not None else {}),
               "classes": classmap.as_dict() if classmap else None, "anatomy": asdict(cfg),
               "min_lung_fraction": min_lung_fraction, "fractions": list(fractions)}
     ds = write_dataset(out_dir, slices, source="prepare", params=params, seed=seed, fractions=fractions,
@@ -237,31 +295,3 @@ def prepare(inputs, out_dir, labels=None, classes=None, size: int = 128, seed: i
                "splits": {s: ds.manifest["splits"][s]["patients"] for s in ("train", "val", "test")},
                "patients": rows, "seconds": round(time.perf_counter() - t0, 2)}
     return ds, summary
-
-
-def configure_parser(p):
-    import argparse
-
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = __doc__[__doc__.index("INPUT is one of"):]
-    p.add_argument("input", nargs="+", type=Path,
-                   help="volume file, DICOM series folder, or folder of cases (see `difflung.data.prepare`)")
-    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
-    p.add_argument("--labels", type=Path, default=None, help="label file of a single input volume")
-    p.add_argument("--classes", default=None,
-                   help="class map YAML (label value -> project class), or one class name, e.g. nodule")
-    p.add_argument("--size", type=int, default=128, help="slice size S (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="patient split seed (default 0)")
-    p.add_argument("--min-lung-fraction", type=float, default=0.01,
-                   help="keep slices with at least this lung-field fraction (default 0.01)")
-
-
-def run_cli(args) -> int:
-    try:
-        _, summary = prepare(args.input, args.out, labels=args.labels, classes=args.classes, size=args.size,
-                             seed=args.seed, min_lung_fraction=args.min_lung_fraction, progress=True)
-    except (DatasetError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0

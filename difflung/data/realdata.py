@@ -129,24 +129,3 @@ def fetch_pyradiomics(cache_dir=None, *, archive=None, force: bool = False, pyth
         "archive": SDIST, "archive_sha256": SDIST_SHA256, "credit": CREDIT,
         "files": {n: h for n, h in MEMBERS.values()}, "provenance": provenance(config={"version": VERSION})})
     return paths
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CLI
-
-def configure_parser(p):
-    p.add_argument("--cache", type=Path, default=None, help=f"cache folder (default {default_cache_dir()})")
-    p.add_argument("--archive", type=Path, default=None, help=f"use this {SDIST} instead of downloading it")
-    p.add_argument("--force", action="store_true", help="extract again even if the cache verifies")
-
-
-def run_cli(args) -> int:
-    try:
-        paths = fetch_pyradiomics(args.cache, archive=args.archive, force=args.force)
-    except RealDataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for k, p in paths.items():
-        print(f"{k}: {p}")
-    print(CREDIT)
-    return 0

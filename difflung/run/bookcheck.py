@@ -3,7 +3,6 @@ that exist, and carries no Python traceback. `python -m difflung check-book` run
 from __future__ import annotations
 
 import re
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -81,19 +80,3 @@ def check_site(html_dir, chapters: list[str], runs_dir=None, scope_box: bool = T
             problems.append(f"chapters/{stem}.html: {len(parser.images)} images, expected at least {max(n_figs, 1)} "
                             f"(figures saved by the chapter)")
     return problems
-
-
-def configure_parser(p) -> None:
-    p.add_argument("--html", default=str(REPO_ROOT / "book/_build/html"))
-    p.add_argument("--profile", default="smoke", help="run whose figures the pages must show")
-
-
-def run_cli(args) -> int:
-    from difflung.run.pipeline import toc_chapters
-
-    problems = check_site(args.html, toc_chapters(), REPO_ROOT / "runs" / args.profile)
-    for p in problems:
-        print(f"check-book: {p}", file=sys.stderr)
-    n = len(list(Path(args.html).rglob("*.html")))
-    print(f"check-book: {n} pages, {len(problems)} problems")
-    return 1 if problems else 0

@@ -313,35 +313,3 @@ jupyter-book build book
     write_text_atomic(gen_dir / "run_summary.md", summary)
     write_json_atomic(gen_dir / "run.json", {"profile": prov["profile"],
                                              "banner": banner_text(prov["profile"], runs_root)})
-
-
-def configure_parser(p) -> None:
-    p.add_argument("--profile", default="smoke", help="profiles/<name>.yml (smoke, standard, paper)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a profile parameter (common key, NOTEBOOK.key, or a notebook key); repeatable")
-    p.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
-    p.add_argument("--only", action="append", metavar="NOTEBOOK", help="run only this notebook (repeatable)")
-    p.add_argument("--runs-dir", default="runs", help="parent folder of the run's artifacts (default runs/)")
-    p.add_argument("--notebooks-out", default=None,
-                   help="where executed notebooks go (default book/chapters/, where the book renders them)")
-
-
-def _terminal_log(line: str) -> None:
-    """One terminal line per notebook: the start line is completed in place by its outcome."""
-    if line.startswith("[ run  ]"):
-        print(line, end="", flush=True)
-    elif line.startswith("[  ok  ]"):
-        print("\r" + line, flush=True)
-    else:
-        print(line, flush=True)
-
-
-def run_cli(args) -> int:
-    try:
-        run(args.profile, args.overrides, force=args.force, only=args.only, runs_dir=args.runs_dir,
-            out_dir=Path(args.notebooks_out) if args.notebooks_out else None, log=_terminal_log)
-    except (PipelineError, P.ProfileError) as e:
-        print(flush=True)  # end a "[ run  ]" line left open
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
