@@ -55,7 +55,8 @@ def _run_section(meta: dict, prov: dict) -> list[str]:
     rev = meta.get("git_revision")
     revs = [rev] if isinstance(rev, str) else list(rev or [])
     devices = sorted({r.get("device", "?") for r in prov["notebooks"].values()})
-    lines = [f"Profile `{meta['profile']}`, finished {meta.get('finished', '?')}, archived {meta.get('archived', '?')}; "
+    lines = [f"Profile `{meta['profile']}`, finished {meta.get('finished', '?')}, "
+             f"archived {meta.get('archived', '?')}; "
              f"git {', '.join(r[:12] + ('+dirty' if r.endswith('+dirty') else '') for r in revs)}; "
              f"device {', '.join(devices)}.", ""]
     if meta.get("note"):
@@ -63,7 +64,8 @@ def _run_section(meta: dict, prov: dict) -> list[str]:
     lines += ["| chapter | status | wall time | started |", "|---|---|---|---|"]
     for stem in meta["chapters"]:
         r = prov["notebooks"].get(stem, {})
-        lines.append(f"| {stem} | {r.get('status', '?')} | {_minutes(r.get('wall_s', 0.0))} | {r.get('started', '?')} |")
+        wall = _minutes(r.get("wall_s", 0.0))
+        lines.append(f"| {stem} | {r.get('status', '?')} | {wall} | {r.get('started', '?')} |")
     total = sum(prov["notebooks"].get(s, {}).get("wall_s", 0.0) for s in meta["chapters"])
     lines += [f"| all chapters | | {_minutes(total)} | |", ""]
     return lines
@@ -104,7 +106,8 @@ def _claims_section(folder: Path) -> list[str]:
              "| claim | estimate [interval] | n | reported | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
     for row in df.to_dict("records"):
         lines.append(f"| {row['claim']} | {_num(row['estimate'])} [{_num(row['lo'])}, {_num(row['hi'])}] | "
-                     f"{row['n']} {row['unit']} | {_num(row['reported'])} | {_num(row['p (Holm)'])} | {row['verdict']} |")
+                     f"{row['n']} {row['unit']} | {_num(row['reported'])} | {_num(row['p (Holm)'])} | "
+                     f"{row['verdict']} |")
     counts = df["verdict"].map(lambda v: v.split(":")[0]).value_counts()
     lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".", ""]
     return lines

@@ -188,7 +188,8 @@ def test_overrides_of_shared_settings():
     ({"diffusion": {"steps": 5, "stesp": 6}}, r"common.diffusion has unknown keys \['stesp'\]"),
     ({"sampling": {"steps": 5}}, r"common.sampling has unknown keys \['steps'\]"),
     ({"diffusion": [1, 2]}, "common.diffusion must be a mapping"),
-    ({"steps": 3, "diffusion": {"steps": 5}}, r"\['steps'\] written both in common.diffusion"),
+    ({"steps": 3, "diffusion": {"steps": 5}}, "common.steps belongs in common.diffusion"),
+    ({"seed": 0, "n_test": 5}, "common.n_test belongs in common.sampling"),
     ([1], "`common` must be a mapping"),
 ])
 def test_malformed_common_is_refused(tmp_path, common, match):

@@ -63,25 +63,29 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict:
 
 
 def _check_common(common, path: Path) -> None:
-    """Refuse a malformed `common`: a group that is not a mapping, a key a group does not hold, a key written twice."""
+    """Refuse a malformed `common`: a group that is not a mapping, a key a group does not hold, a group's key
+    written outside it."""
     if not isinstance(common, dict):
         raise ProfileError(f"{path}: `common` must be a mapping of parameters")
-    seen = {k for k in common if k not in GROUPS}
+    plain = {k for k in common if k not in GROUPS}
     for group, allowed in GROUPS.items():
+        loose = sorted(plain & set(allowed))
+        if loose:  # a shared setting has one home
+            raise ProfileError(f"{path}: common.{loose[0]} belongs in common.{group}")
         values = common.get(group, {})
         if not isinstance(values, dict):
             raise ProfileError(f"{path}: common.{group} must be a mapping of parameters")
         unknown = sorted(set(values) - set(allowed))
         if unknown:
             raise ProfileError(f"{path}: common.{group} has unknown keys {unknown}; it may hold {', '.join(allowed)}")
-        twice = sorted(seen & set(values))
-        if twice:
-            raise ProfileError(f"{path}: {twice} written both in common.{group} and elsewhere in common")
-        seen |= set(values)
 
 
 def common_values(profile: dict) -> dict:
-    """`common` as the notebooks receive it: the groups' keys beside the plain ones."""
+    """`common` as the notebooks receive it: the groups' keys beside the plain ones.
+
+    Args:
+        profile: a profile from `load_profile` (or `apply_overrides`).
+    """
     common = profile["common"]
     out = {k: v for k, v in common.items() if k not in GROUPS}
     for group in GROUPS:
