@@ -35,7 +35,7 @@ min_seeds = 1
 gan_size = "S"
 n_seeds = 1
 preset = "small"
-train_steps = 600
+steps = 600
 batch_size = 8
 n_test = 16
 sampler = "dpm"
@@ -70,7 +70,7 @@ for name in ("JUDGE_FLOOR_ANATOMY", "JUDGE_FLOOR_RARE", "DICE_RATIO_MIN", "HU_W1
 # %% tags=["hide-input"]
 cmp = ch.open_comparison(runs_root, run_dir, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, gan_size=gan_size,
                          device=device, workers=workers)
-table(ch.table_models(ch.train_models(cmp, preset=preset, train_steps=train_steps, batch_size=batch_size)))
+table(ch.table_models(ch.train_models(cmp, preset=preset, steps=steps, batch_size=batch_size)))
 
 # %% [markdown]
 # {numref}`ch4-gan-losses` shows how the two GANs trained.

@@ -34,7 +34,7 @@ fraction = 0.1
 patch_size = 64
 per_slice = 4
 preset = "small"
-train_steps = 60
+steps = 60
 batch_size = 8
 lr = 0.002
 warmup = 20
@@ -61,7 +61,7 @@ quiet_notebook_tqdm()
 glue("patch_size", patch_size, display=False)
 glue("patch_mm", PATCH_SPACING_MM, display=False)
 glue("n_phantom", per_class * len(lesion_classes), display=False)
-glue("train_steps", train_steps, display=False)
+glue("train_steps", steps, display=False)
 glue("target_ml", target_ml, display=False)
 glue("margin_mm", margin_mm, display=False)
 glue("lung_window", Markdown(window_name()), display=False)
@@ -81,7 +81,7 @@ glue("lung_window", Markdown(window_name()), display=False)
 # %% tags=["hide-input"]
 result, phantom, train_seconds = ch.train_model(
     run_dir, per_class=per_class, slices_per_patient=slices_per_patient, fraction=fraction, patch_size=patch_size,
-    per_slice=per_slice, preset=preset, train_steps=train_steps, batch_size=batch_size, lr=lr, warmup=warmup,
+    per_slice=per_slice, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
     lesion_weight=lesion_weight, seed=seed, device=device)
 
 # %% [markdown]
@@ -169,4 +169,4 @@ glue("s_per_lesion", float(cost.loc["seconds per lesion (insertion + placement)"
 metrics = insert_checks.write_outputs(run_dir, checks, cost, summary, model=ch.MODEL, seed=seed, judged=judged)
 
 # %% tags=["remove-input"]
-ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, train_steps=train_steps, judged=judged)
+ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, steps=steps, judged=judged)

@@ -7,7 +7,6 @@ import torch
 
 from difflung.diffusion.ablation import STRATEGIES, AblationSchedule, ablation_frequencies, cosine_factor
 from difflung.diffusion.model import UNSPECIFIED
-from difflung.diffusion.toy import toy_dataset
 
 CLASSES = [0, 1, 2, 4, 5, 6]
 FREQ = {"body": 0.5, "lung": 0.35, "emphysema": 0.05, "ggo": 0.06, "fibrosis": 0.04}  # background absent -> 0
@@ -109,8 +108,8 @@ def test_bad_arguments():
     assert len(STRATEGIES) == 5
 
 
-def test_frequencies_from_a_dataset(tmp_path):
-    ds = toy_dataset(tmp_path / "ds", n_patients=3, n_slices=2, size=16)
+def test_frequencies_from_a_dataset(toy_ds):
+    ds = toy_ds
     f = ablation_frequencies(ds)
     assert list(f) == ["background", "body", "lung", "emphysema", "ggo", "fibrosis"]
     assert f["background"] == 0.0

@@ -149,12 +149,16 @@ def test_non_converged_generator_and_lost_signature_are_not_measurable(tmp_path)
     box = ch5.scope("standard", run_dir, runs_root=root)
     assert any("DiffLung-UNet" in c and "convergence criteria" in c for c in box.cannot)
     assert any(c.startswith("Dice of emphysema: not measurable") for c in box.cannot)
-    fig = ch5.figure_dice(run_dir, runs_root=root)
-    assert (run_dir / "dice_phantom.png").is_file() and len(fig.axes) == 2  # ours, and the poster's panel
-    assert fig.axes[0].get_title().startswith("ours (phantom): 6 training seeds") and "95 % interval" in (
-        fig.axes[0].get_title())
-    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert "emphysema\n(not measurable)" in labels and "healthy" in labels  # the lost signature on a grey band
+    ours, poster = ch5.figure_dice(run_dir, runs_root=root).axes
+    assert (run_dir / "dice_phantom.png").is_file()
+    assert ours.get_title().startswith("ours (phantom): 6 training seeds") and ours.get_ylabel().startswith("Dice")
+    assert [t.get_text() for t in ours.get_xticklabels()] == ["healthy", "emphysema\n(not measurable)",
+                                                              "GGO\n(not measurable)"]
+    assert len(ours.patches) == 2  # the grey band behind each class that is not measurable
+    assert [t.get_text() for t in ours.get_legend().get_texts()] == ["ref-UNet", "oversample-UNet", "Seg-Guided-UNet",
+                                                                     "DiffLung-UNet"]
+    assert len(ours.collections[0].get_offsets()) == 6  # one dot per training seed
+    assert poster.get_title().startswith("reported (poster)")
 
 
 def test_poster_claims_come_from_the_one_judge(tmp_path, monkeypatch):

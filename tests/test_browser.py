@@ -6,14 +6,18 @@ natural width, and math must be typeset by the book's own MathJax. A screenshot 
 book/_build/screenshots/.
 """
 import functools
+import html
 import http.server
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
+REPO = Path(__file__).resolve().parent.parent
 SITE = Path(os.environ.get("DIFFLUNG_SITE", Path(__file__).resolve().parent.parent / "book/_build/html"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Flags that keep Chromium from calling home: this machine has no network but the package registries.
@@ -59,8 +63,60 @@ def browser():
         b.close()
 
 
+def _toc_entries(toc: Path = REPO / "book" / "_toc.yml") -> list[str]:
+    """Every page the book's table of contents names: its root, then each `file` entry in order."""
+    data = yaml.safe_load(toc.read_text())
+    out = [data["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("file"), str):
+                out.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(data.get("parts", data.get("chapters", [])))
+    return out
+
+
+def _title(entry: str) -> str | None:
+    """The page's first heading in its source (a notebook's py:percent file or a Markdown page); None if generated."""
+    stem = entry.removeprefix("chapters/")
+    src = REPO / "notebooks" / f"{stem}.py" if entry.startswith("chapters/") else REPO / "book" / f"{entry}.md"
+    if not src.is_file():
+        return None
+    prefix = "# # " if src.suffix == ".py" else "# "
+    return next(line[len(prefix):].strip() for line in src.read_text().splitlines() if line.startswith(prefix))
+
+
+def missing_pages(site: Path, entries: list[str]) -> list[str]:
+    """Table-of-contents entries without a page in `site`, or whose page lacks the source's title."""
+    out = []
+    for entry in entries:
+        page, title = site / f"{entry}.html", _title(entry)
+        if not page.is_file():
+            out.append(f"{entry}: no {page.name}")
+            continue
+        # the page's own heading, not the sidebar (which names every page)
+        h1 = [html.unescape(re.sub(r"<[^>]+>", "", h)) for h in
+              re.findall(r"<h1[^>]*>(.*?)</h1>", page.read_text(errors="replace"), flags=re.S)]
+        if title and not any(title in h for h in h1):
+            out.append(f"{entry}: its heading is not {title!r} (h1: {h1})")
+    return out
+
+
 def test_site_has_pages():
-    assert len(_pages()) >= 3, f"too few pages in {SITE}"
+    """Every page of the table of contents is built, by name and with its title: the seven chapters in order."""
+    entries = _toc_entries()
+    assert [e for e in entries if e.startswith("chapters/")] == [
+        f"chapters/{s}" for s in ("01_data_preparation", "02_mask_ablation_study", "03_cbmat_training",
+                                  "04_baseline_comparison", "05_segmentation_augmentation", "06_lesion_insertion",
+                                  "07_results")]
+    missing = missing_pages(SITE, entries)
+    assert not missing, f"{SITE}: " + "; ".join(missing)
 
 
 @pytest.mark.parametrize("page_path", _pages())

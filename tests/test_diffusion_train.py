@@ -9,14 +9,13 @@ from safetensors.torch import load_file
 
 from difflung.data.dataset import write_dataset
 from difflung.diffusion.train import ModelLoadError, TrainConfig, load_model, train_diffusion
-from difflung.diffusion.toy import toy_dataset
 
 TINY = dict(preset="tiny", batch_size=4, checkpoint_every=2)
 
 
-@pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    return toy_dataset(tmp_path_factory.mktemp("toy") / "ds", n_patients=5, n_slices=4, size=16)
+@pytest.fixture
+def ds(toy_ds):  # tests/conftest.py's toy dataset
+    return toy_ds
 
 
 def losses(path):
@@ -277,12 +276,11 @@ def test_lesion_weighting_zero_is_the_plain_loss_bit_for_bit_and_weights_lesions
     assert diffusion_loss(pred, target, t, lab, TrainConfig(), sched).item() == pytest.approx(1 / 4)
 
 
-def test_trained_with_recognises_the_same_run(tmp_path):
+def test_trained_with_recognises_the_same_run(toy_ds, tmp_path):
     """A finished model is recognised for its own config and data only (how chapter 3 takes chapter 2's CBMAT run)."""
-    from difflung.diffusion.toy import toy_dataset
     from difflung.diffusion.train import TrainConfig, train_diffusion, trained_with
 
-    ds = toy_dataset(tmp_path / "ds", n_patients=3, n_slices=2, size=16)
+    ds = toy_ds
     cfg = TrainConfig(preset="tiny", steps=2, batch_size=2, checkpoint_every=1)
     assert not trained_with(tmp_path / "m", ds, cfg)
     train_diffusion(ds, cfg, tmp_path / "m", device="cpu", progress=False)

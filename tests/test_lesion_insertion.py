@@ -83,7 +83,7 @@ def test_chapter_tables_metrics_figure_and_scope(case, tmp_path):
     fig = ch.figure_insertions(ins, tmp_path, seed=0)
     assert len(fig.axes) >= 8 and (tmp_path / "figures" / "insertions.png").is_file()
     assert C.judge_table(tmp_path, ins, steps=0, seed=0) is None
-    box = ch.scope("smoke", checks, per_class=1, patch_size=16, train_steps=4, judged=None).html()
+    box = ch.scope("smoke", checks, per_class=1, patch_size=16, steps=4, judged=None).html()
     assert "What this run can and cannot show" in box and "bit-identical" in box and "Not measured" in box
 
 
@@ -103,6 +103,6 @@ def test_the_patch_judge_reads_windows_around_each_inserted_lesion(case, tmp_pat
     assert list(judged.index) == ["ggo", "fibrosis"]
     assert judged["judge_windows"].sum() >= 2 and judged["judge_dice_after"].between(0, 1).all()
     assert "above its floor" in ch.table_judge(judged).to_html()
-    box = ch.scope("standard", C.check_table(ins, phantom, seed=0), per_class=2, patch_size=16, train_steps=4,
+    box = ch.scope("standard", C.check_table(ins, phantom, seed=0), per_class=2, patch_size=16, steps=4,
                    judged=judged).html()
     assert "patch judge" in box

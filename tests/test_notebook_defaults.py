@@ -10,7 +10,7 @@ import jupytext
 import pytest
 
 from difflung.run import pipeline
-from difflung.run.profiles import load_profile
+from difflung.run.profiles import common_values, load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = "smoke"
@@ -33,7 +33,7 @@ def parameter_defaults(path) -> dict:
 
 def profile_values(profile: dict, stem: str, declared: set[str]) -> dict:
     """What the pipeline injects into notebook `stem`: common keys it declares, its section, run paths."""
-    values = {k: v for k, v in profile["common"].items() if k in declared}
+    values = {k: v for k, v in common_values(profile).items() if k in declared}
     values.update(profile["notebooks"].get(stem, {}))
     run = {"profile": profile["name"], "runs_root": RUNS_ROOT, "run_dir": f"{RUNS_ROOT}/{stem}"}
     values.update({k: v for k, v in run.items() if k in declared})

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from difflung.run import pipeline
-from difflung.run.profiles import ProfileError, apply_overrides, load_profile
+from difflung.run.profiles import ProfileError, apply_overrides, load_profile, notebook_parameters
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,6 +121,82 @@ def test_repository_profiles_match_notebook_parameters():
             declared = pipeline.declared_parameters(REPO / "notebooks" / f"{stem}.ipynb")
             assert {"profile", "seed", "run_dir"} <= declared, stem
             assert not set(prof["notebooks"].get(stem, {})) - declared, (name, stem)
+
+
+def _resolved(name: str, overrides: list[str] | None = None) -> dict:
+    """Every chapter's parameters as `python -m difflung run --profile NAME` injects them."""
+    prof = apply_overrides(load_profile(name), overrides or [])
+    return {stem: notebook_parameters(prof, stem, pipeline.declared_parameters(REPO / "notebooks" / f"{stem}.ipynb"),
+                                      f"runs/{name}") for stem in pipeline.toc_chapters(REPO)}
+
+
+def test_flat_profiles_resolve_to_the_parameters_of_the_nested_ones():
+    """Moving shared settings into `common.diffusion` / `common.sampling` changed no notebook's parameters.
+
+    tests/data/resolved_profiles.json was written by the pre-move code (every notebook section spelling out
+    preset, steps, lr, sampler, ...; chapters 4 and 6 saying `train_steps`, renamed `steps`)."""
+    snapshot = json.loads((REPO / "tests/data/resolved_profiles.json").read_text())
+    assert sorted(snapshot) == ["laptop", "paper", "smoke", "standard"]
+    for name, want in snapshot.items():
+        got = _resolved(name)
+        # JSON text, not dict equality: 5 and 5.0 differ (papermill injects the type)
+        assert json.dumps(got, sort_keys=True, indent=1) == json.dumps(want, sort_keys=True, indent=1), name
+
+
+def test_shared_settings_are_written_once():
+    for name in ("smoke", "laptop", "standard", "paper"):
+        prof = load_profile(name)
+        for key in ("preset", "steps", "batch_size", "lr", "warmup", "sampler", "sampler_steps", "sample_seeds",
+                    "n_test"):
+            group = "diffusion" if key in ("preset", "steps", "batch_size", "lr", "warmup") else "sampling"
+            assert key in prof["common"][group], (name, key)
+            for stem, section in prof["notebooks"].items():  # a section writes a shared key only to differ
+                assert section.get(key, object()) != prof["common"][group][key], (name, stem, key)
+        assert not any("train_steps" in s for s in prof["notebooks"].values()), name
+
+
+def test_overrides_of_shared_settings():
+    base = _resolved("smoke")
+    # a bare key is set everywhere the profile writes it: common, and chapter 6's and chapter 2's overrides
+    got = _resolved("smoke", ["steps=7"])
+    assert {s: p["steps"] for s, p in got.items() if "steps" in p} == {
+        "02_mask_ablation_study": 7, "03_cbmat_training": 7, "04_baseline_comparison": 7, "06_lesion_insertion": 7}
+    # the group's value only: sections that override keep their own
+    got = _resolved("smoke", ["diffusion.steps=7"])
+    assert {s: p["steps"] for s, p in got.items() if "steps" in p} == {
+        "02_mask_ablation_study": 200, "03_cbmat_training": 7, "04_baseline_comparison": 7, "06_lesion_insertion": 60}
+    # one notebook: a common key becomes its override; the others keep the common value
+    got = _resolved("smoke", ["03_cbmat_training.sampler_steps=3"])
+    assert [got[s]["sampler_steps"] for s in ("02_mask_ablation_study", "03_cbmat_training",
+                                               "05_segmentation_augmentation")] == [10, 3, 10]
+    assert got["03_cbmat_training"]["lr"] == base["03_cbmat_training"]["lr"] == 0.002
+    got = _resolved("smoke", ["lr=1"])  # a float keeps its type
+    assert got["02_mask_ablation_study"]["lr"] == 1.0 and isinstance(got["02_mask_ablation_study"]["lr"], float)
+    prof = load_profile("smoke")
+    for bad, match in (["diffusion.sampler=ddim", "common.diffusion has no parameter 'sampler'"],
+                       ["sampling.nope=1", "common.sampling has no parameter 'nope'"],
+                       ["03_cbmat_training.nope=1", "notebook '03_cbmat_training' has no parameter 'nope'"],
+                       ["train_steps=5", "unknown parameter"],
+                       ["steps=many", "expected int"]):
+        with pytest.raises(ProfileError, match=match):
+            apply_overrides(prof, [bad])
+    with pytest.raises(ProfileError, match="does not declare"):  # chapter 4 has no lr
+        _resolved("smoke", ["04_baseline_comparison.lr=0.1"])
+
+
+@pytest.mark.parametrize("common, match", [
+    ({"diffusion": {"steps": 5, "stesp": 6}}, r"common.diffusion has unknown keys \['stesp'\]"),
+    ({"sampling": {"steps": 5}}, r"common.sampling has unknown keys \['steps'\]"),
+    ({"diffusion": [1, 2]}, "common.diffusion must be a mapping"),
+    ({"steps": 3, "diffusion": {"steps": 5}}, "common.steps belongs in common.diffusion"),
+    ({"seed": 0, "n_test": 5}, "common.n_test belongs in common.sampling"),
+    ([1], "`common` must be a mapping"),
+])
+def test_malformed_common_is_refused(tmp_path, common, match):
+    (tmp_path / "bad.yml").write_text(yaml.safe_dump({"common": common, "notebooks": {}}))
+    with pytest.raises(ProfileError, match=match) as e:
+        load_profile("bad", tmp_path)
+    assert "bad.yml" in str(e.value)
 
 
 def test_cli_exit_status_and_message():

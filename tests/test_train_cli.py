@@ -3,11 +3,10 @@ import json
 
 from difflung.cli import main
 from difflung.diffusion import load_model
-from difflung.diffusion.toy import toy_dataset
 
 
-def test_train_command_saves_a_loadable_model_and_reuses_it(tmp_path, capsys):
-    ds = toy_dataset(tmp_path / "ds", size=16)
+def test_train_command_saves_a_loadable_model_and_reuses_it(toy_ds, tmp_path, capsys):
+    ds = toy_ds
     args = ["train", "--dataset", str(ds.root), "--out", str(tmp_path / "m"), "--preset", "tiny", "--steps", "3",
             "--batch-size", "2", "--warmup", "none", "--strategy", "uniform", "--device", "cpu"]
     assert main(args) == 0

@@ -117,12 +117,12 @@ def _train_one(kind: str, kwargs: dict):
     return train_diffusion(**kwargs) if kind == "diffusion" else train_gan(**kwargs)
 
 
-def train_models(cmp: Setup, *, preset: str = "small", train_steps: int = 300, batch_size: int = 8,
+def train_models(cmp: Setup, *, preset: str = "small", steps: int = 300, batch_size: int = 8,
                  progress: bool = False) -> pd.DataFrame:
     """Find or train every generator and training seed of the chapter; fix its training budget.
 
     Diff-Lung's configuration is chapter 3's when its model fits this dataset and seed (then `preset`,
-    `train_steps` and `batch_size` are unused); Seg-Guided uses the same configuration with its registry settings;
+    `steps` and `batch_size` are unused); Seg-Guided uses the same configuration with its registry settings;
     Pix2Pix and SPADE get the same steps x batch (one GAN step updates the discriminator and the generator once
     each, as in the originals). All jobs share one pool of `cmp.workers`, longest first (diffusion, then SPADE,
     then Pix2Pix), so no worker idles while another trains (in the laptop run, separate diffusion and GAN pools of
@@ -131,7 +131,7 @@ def train_models(cmp: Setup, *, preset: str = "small", train_steps: int = 300, b
     parameters, training seconds.
     """
     reused, base = _main_model(cmp)
-    base = asdict(base) if base else dict(preset=preset, steps=train_steps, batch_size=batch_size, seed=cmp.seed)
+    base = asdict(base) if base else dict(preset=preset, steps=steps, batch_size=batch_size, seed=cmp.seed)
     for k in ("mask_mode", "strategy"):
         base.pop(k, None)
     steps, batch = base["steps"], base["batch_size"]

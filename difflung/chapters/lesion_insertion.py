@@ -2,7 +2,7 @@
 emphysema, fibrosis and GGO into the real lung2 scan; the checks (`difflung.insertion.checks`) are computed from
 the files written.
 
-    result, phantom, s = ch.train_model(run_dir, per_class=..., train_steps=..., seed=seed)   # patches, training
+    result, phantom, s = ch.train_model(run_dir, per_class=..., steps=..., seed=seed)   # patches, training
     summary, ins = ch.insert_all(run_dir, model, classes=[...], target_ml=..., insert_steps=..., seed=seed)
     ch.figure_insertions(ins, run_dir, seed=seed); ch.table_checks(C.check_table(ins, phantom, seed=seed))
     C.write_outputs(run_dir, checks, C.cost_table(summary, s), summary, model=ch.MODEL, seed=seed)
@@ -43,7 +43,7 @@ def scans() -> dict[str, Path]:
 
 
 def train_model(run_dir, *, per_class: int, slices_per_patient: int, fraction: float, patch_size: int,
-                per_slice: int, preset: str, train_steps: int, batch_size: int, lr: float, warmup: int,
+                per_slice: int, preset: str, steps: int, batch_size: int, lr: float, warmup: int,
                 lesion_weight: float, seed: int, device: str = "auto"):
     """Patches of phantom patients (`per_class` with each lesion class, at `fraction` of the lung) and of lung1,
     then the patch model (lesion-focused loss when `lesion_weight` > 0).
@@ -56,7 +56,7 @@ def train_model(run_dir, *, per_class: int, slices_per_patient: int, fraction: f
     real = real_volumes([scans()[f"{TRAIN_SCAN}_image"]])
     ds = build_patch_dataset(Path(run_dir) / "patches", phantom, real, size=patch_size, rng=rng,
                              per_slice=per_slice, seed=seed)
-    cfg = recipe_config("difflung", preset=preset, steps=train_steps, batch_size=batch_size, lr=lr, warmup=warmup,
+    cfg = recipe_config("difflung", preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                         seed=seed)  # the book's one diffusion recipe, as chapters 2-4
     cfg = lesion_focused(cfg, lesion_weight, LESIONS) if lesion_weight else cfg
     result = train_patch_model(ds, cfg, Path(run_dir) / "model", device, progress=False)
@@ -125,13 +125,13 @@ def figure_insertions(ins: C.Insertion, run_dir, *, seed: int, half_mm: float = 
     return fig
 
 
-def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int, train_steps: int,
+def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int, steps: int,
           judged: pd.DataFrame | None) -> Scope:
     """The chapter's "What this run can and cannot show" box, from its own numbers."""
     exact = int(checks["outside_differences"].sum()) == 0
     s = Scope(profile, facts={"training scans": f"{per_class * len(LESIONS)} phantom patients + {TRAIN_SCAN}",
                               "insertion scan": TARGET_SCAN, "patch": f"{patch_size} px at 1 mm",
-                              "training steps": str(train_steps)})
+                              "training steps": str(steps)})
     s.can.append("That insertion leaves every voxel outside the edit region bit-identical to the input."
                  if exact else "Nothing about exactness: voxels outside the edit region changed (see the table).")
     s.can.append("What one insertion costs on this machine, per lesion and per UNet call.")

@@ -27,7 +27,7 @@ DEFAULT_STEPS = {"ddim": 50, "dpm": 20, "dpm-sde": 20, "ddpm": 1000}
 MAX_DPM_STEPS = 25  # DPM-Solver++ (2nd order multistep) is meant for few steps
 # Samplers that draw fresh noise at every step (they take the generator in `step`). Whether the stochastic
 # DPM-Solver++ beats the deterministic one is measured by benchmarks/bench_convergence.py --sampler dpm-sde
-# (at 64 px: within the sampling-seed noise; difflung/diffusion/recipes.py has the numbers).
+# (at 64 px: within the sampling-seed noise; reference/laptop/NOTES.md has the numbers).
 STOCHASTIC = ("dpm-sde", "ddpm")
 
 

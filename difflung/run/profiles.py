@@ -2,12 +2,20 @@
 
     common:            # given to every notebook that declares the key
       seed: 0
-    notebooks:
-      01_data_preparation:
-        n_patients: 10
+      diffusion:       # shared settings of the diffusion models, written once
+        steps: 600
+      sampling:        # how every chapter samples and how many test slices it scores
+        sampler: dpm
+    notebooks:         # a notebook's own parameters, and its overrides of `common`
+      06_lesion_insertion:
+        steps: 60
 
-`--set key=value` overrides a key of `common`, or `NOTEBOOK.key`, or a bare key that one or more notebook
-sections hold (it is set in each). Values are parsed as YAML and must keep the type of the profile's value.
+`common`'s groups (`diffusion`, `sampling`) only gather keys for the reader: a notebook receives them as plain
+parameters (`steps`, `sampler`). A group holds only its own keys (`GROUPS`); anything else is refused.
+
+`--set key=value` sets a key everywhere the profile writes it (in `common` and in each notebook section that
+overrides it); `--set NOTEBOOK.key=value` sets it for one notebook; `--set diffusion.key=value` (or
+`sampling.`) sets the common value only. Values are parsed as YAML and must keep the type of the profile's value.
 """
 from __future__ import annotations
 
@@ -19,6 +27,9 @@ import yaml
 from difflung.core.provenance import REPO_ROOT
 
 PROFILE_DIR = REPO_ROOT / "profiles"
+# `common`'s groups and the keys each may hold: settings several chapters share, written once per profile
+GROUPS = {"diffusion": ("preset", "steps", "batch_size", "lr", "warmup"),
+          "sampling": ("sampler", "sampler_steps", "sample_seeds", "n_test")}
 
 
 class ProfileError(ValueError):
@@ -40,11 +51,53 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict:
         raise ProfileError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(data, dict) or set(data) - {"common", "notebooks"}:
         raise ProfileError(f"{path}: expected top-level keys 'common' and 'notebooks' only")
-    data.setdefault("common", {})
-    data.setdefault("notebooks", {})
+    data["common"] = data.get("common") or {}
+    data["notebooks"] = data.get("notebooks") or {}
+    _check_common(data["common"], path)
+    for stem, section in data["notebooks"].items():
+        if not isinstance(section, dict):
+            raise ProfileError(f"{path}: notebooks.{stem} must be a mapping of parameters")
     data["name"] = name
     data["path"] = str(path)
     return data
+
+
+def _check_common(common, path: Path) -> None:
+    """Refuse a malformed `common`: a group that is not a mapping, a key a group does not hold, a group's key
+    written outside it."""
+    if not isinstance(common, dict):
+        raise ProfileError(f"{path}: `common` must be a mapping of parameters")
+    plain = {k for k in common if k not in GROUPS}
+    for group, allowed in GROUPS.items():
+        loose = sorted(plain & set(allowed))
+        if loose:  # a shared setting has one home
+            raise ProfileError(f"{path}: common.{loose[0]} belongs in common.{group}")
+        values = common.get(group, {})
+        if not isinstance(values, dict):
+            raise ProfileError(f"{path}: common.{group} must be a mapping of parameters")
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ProfileError(f"{path}: common.{group} has unknown keys {unknown}; it may hold {', '.join(allowed)}")
+
+
+def common_values(profile: dict) -> dict:
+    """`common` as the notebooks receive it: the groups' keys beside the plain ones.
+
+    Args:
+        profile: a profile from `load_profile` (or `apply_overrides`).
+    """
+    common = profile["common"]
+    out = {k: v for k, v in common.items() if k not in GROUPS}
+    for group in GROUPS:
+        out.update(common.get(group, {}))
+    return out
+
+
+def _holders(common: dict, key: str) -> list[dict]:
+    """The mappings of `common` (itself or one of its groups) that hold `key`."""
+    if key in common and key not in GROUPS:
+        return [common]
+    return [common[g] for g in GROUPS if key in common.get(g, {})]
 
 
 def _coerce(key: str, raw: str, old):
@@ -74,29 +127,42 @@ def _coerce(key: str, raw: str, old):
 
 
 def apply_overrides(profile: dict, overrides: list[str]) -> dict:
-    """Return a copy of `profile` with `key=value` overrides applied; unknown keys or wrong types raise."""
+    """Return a copy of `profile` with `key=value` overrides applied; unknown keys or wrong types raise.
+
+    Args:
+        profile: a profile from `load_profile` (not modified).
+        overrides: `key=value`, `NOTEBOOK.key=value` or `GROUP.key=value` strings (see the module docstring).
+    """
     prof = copy.deepcopy(profile)
     for item in overrides or []:
         if "=" not in item:
             raise ProfileError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         key = key.strip()
+        common = prof["common"]
         if "." in key:
-            nb, k = key.split(".", 1)
-            section = prof["notebooks"].get(nb)
-            if section is None or k not in section:
-                raise ProfileError(f"--set {key}: notebook {nb!r} has no parameter {k!r} in {prof['path']}")
-            section[k] = _coerce(key, raw, section[k])
-        elif key in prof["common"]:
-            prof["common"][key] = _coerce(key, raw, prof["common"][key])
-        else:
-            hits = [s for s in prof["notebooks"].values() if key in s]
-            if not hits:
-                known = sorted(set(prof["common"]) | {k for s in prof["notebooks"].values() for k in s})
-                raise ProfileError(f"--set {key}: unknown parameter for profile {prof['name']!r}; "
-                                   f"known: {', '.join(known)}")
-            for s in hits:
-                s[key] = _coerce(key, raw, s[key])
+            where, k = key.split(".", 1)
+            if where in GROUPS:
+                group = common.get(where, {})
+                if k not in group:
+                    raise ProfileError(f"--set {key}: common.{where} has no parameter {k!r} in {prof['path']}")
+                group[k] = _coerce(key, raw, group[k])
+                continue
+            section = prof["notebooks"].get(where, {})
+            shared = common_values(prof)
+            if k not in section and k not in shared:
+                raise ProfileError(f"--set {key}: notebook {where!r} has no parameter {k!r} in {prof['path']}")
+            # a common key set for one notebook becomes that notebook's override
+            section[k] = _coerce(key, raw, section[k] if k in section else shared[k])
+            prof["notebooks"][where] = section
+            continue
+        places = _holders(common, key) + [s for s in prof["notebooks"].values() if key in s]
+        if not places:
+            known = sorted(set(common_values(prof)) | {k for s in prof["notebooks"].values() for k in s})
+            raise ProfileError(f"--set {key}: unknown parameter for profile {prof['name']!r}; "
+                               f"known: {', '.join(known)}")
+        for place in places:
+            place[key] = _coerce(key, raw, place[key])
     return prof
 
 
@@ -108,7 +174,7 @@ def notebook_parameters(profile: dict, stem: str, declared: set[str], runs_root:
     if unknown:
         raise ProfileError(f"{profile['path']}: notebooks.{stem} sets {unknown}, which notebooks/{stem}.ipynb "
                            f"does not declare in its parameters cell")
-    params = {k: v for k, v in profile["common"].items() if k in declared}
+    params = {k: v for k, v in common_values(profile).items() if k in declared}
     params.update(section)
     extra = {"profile": profile["name"], "runs_root": runs_root, "run_dir": f"{runs_root}/{stem}"}
     params.update({k: v for k, v in extra.items() if k in declared})
