@@ -18,7 +18,7 @@ variance of drawing another synthetic set.
 Statistics: the unit of replication is the training seed. Per seed, the Dice of a class is the mean over test
 slices of per-slice Dice (`evaluation.dice_per_class`); seed s of every arm shares its initial weights and
 augmentation stream with seed s of every other arm, so arms are compared by paired tests over seeds
-(`evaluation.compare_to_reference` -> `stats.compare_seeds`): an interval only from `stats.MIN_SEEDS` seeds
+(`stats.compare_to_reference` -> `stats.compare_seeds`): an interval only from `stats.MIN_SEEDS` seeds
 (bounded bootstrap), Holm across the chapter's comparisons and the book's one verdict rule (`judge_arms`).
 A comparison is *not measurable* when its class is absent from the test truth or lost its HU signature at the run's
 size (`class_measurability`), or when a synthetic arm's generator did not meet its convergence criteria
@@ -39,7 +39,8 @@ from difflung import labels as L
 from difflung.core import runs
 from difflung.judging import stats
 from difflung.data.dataset import Dataset, Slices
-from difflung.judging.metrics import compare_to_reference, dice_per_class
+from difflung.judging.metrics import dice_per_class
+from difflung.judging.stats import compare_to_reference
 from difflung.generators import load_generator
 from difflung.core.parallel import run_jobs
 from difflung.core.provenance import atomic_path, provenance, resolve_device, sha256_file, write_json_atomic
@@ -517,7 +518,7 @@ def comparison_triples(classes, arms, exclude=()) -> list[tuple[str, str, str]]:
 def judge_arms(scores: pd.DataFrame, triples, *, measurable: dict[str, tuple[bool, str]],
                converged: dict[str, tuple[bool, str]], generator: np.random.Generator,
                alpha: float = stats.ALPHA) -> pd.DataFrame:
-    """Judge the comparisons `triples` with the book's one rule: `evaluation.compare_to_reference` (paired over
+    """Judge the comparisons `triples` with the book's one rule: `stats.compare_to_reference` (paired over
     training seeds), then `stats.judge_claims` (Holm across these comparisons, `stats.verdict`).
 
     Args:
