@@ -274,7 +274,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from difflung.judging.metrics import dice_per_class
-    from difflung.judging.scoring import judge as fit_judge
+    from difflung.judging import scoring
 
     specs = [parse_arm(a) for a in (args.arm or ["difflung", "parent"])]
     if args.report:
@@ -285,8 +285,8 @@ def main(argv=None) -> None:
     ds = dataset(args)
     sig = signature(args)
     # the chapters' judge (one training rule, reused by its key)
-    judge = fit_judge(ds, Path(args.out) / f"judge_{args.n_patients}p_{args.size}px", steps=args.judge_steps,
-                      seed=args.seed, device="cpu")
+    judge = scoring.judge(ds, Path(args.out) / f"judge_{args.n_patients}p_{args.size}px", steps=args.judge_steps,
+                          seed=args.seed, device="cpu")
     part = ds.split(args.split)
     real = dice_per_class(judge.predict(part.images), part.labels, ds.classes).groupby("class")["dice"].mean()
     print(f"{args.split} split: {len(np.unique(part.patient))} patients, {len(part)} slices; judge Dice on its real "
