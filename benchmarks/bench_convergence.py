@@ -288,6 +288,9 @@ def main(argv=None) -> None:
     judge = scoring.judge(ds, Path(args.out) / f"judge_{args.n_patients}p_{args.size}px", steps=args.judge_steps,
                           seed=args.seed, device="cpu")
     part = ds.split(args.split)
+    if len(np.unique(part.patient)) < 2:  # the classifier criterion trains on some patients and tests on others
+        raise ValueError(f"{ds.root}: the {args.split} split holds {len(np.unique(part.patient))} patient(s); the "
+                         f"real-vs-generated classifier needs 2 or more: raise --n-patients")
     real = dice_per_class(judge.predict(part.images), part.labels, ds.classes).groupby("class")["dice"].mean()
     print(f"{args.split} split: {len(np.unique(part.patient))} patients, {len(part)} slices; judge Dice on its real "
           "slices: " + ", ".join(f"{c} {v:.2f}" for c, v in real.items()), flush=True)
