@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from difflung.baselines import build_models, model_config, one_hot, rng_scope
-from difflung.judging.metrics import count_params, gflops_per_call, time_per_image  # noqa: E402
+from difflung.judging.cost import count_params, gflops_per_call, time_per_image  # noqa: E402
 from difflung.labels import PHANTOM_IDS  # noqa: E402
 from difflung.core.provenance import device_description, provenance, write_json_atomic  # noqa: E402
 

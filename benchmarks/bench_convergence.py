@@ -8,14 +8,17 @@ Every arm trains the same model (`--preset`, one-hot masks, CBMAT ablation) on t
 `--size` (64 px: the size at which every class keeps its HU signature) with a named recipe
 (`difflung.diffusion.recipes`), optionally with some fields replaced (a lever). Training stops every
 `--eval-every` steps (`train_diffusion(stop_after=...)` checkpoints; the next call resumes bit-exactly, with
-the cosine schedule over `--horizon` steps), and the newest checkpoint's weights are scored on the test masks:
-the criteria of `difflung.judging.instruments` (judge Dice ratio per judged class, per-class HU Wasserstein-1, share
-of slices with air within 30 HU, real-vs-generated classifier accuracy) with `--sampler` (DPM-Solver++ 20;
-repeat it, e.g. `--sampler dpm --sampler dpm-sde`, to score more samplers, the first deciding time to quality),
-plus the air share with DDIM-50, the judge's false positives of each judged rare class on real and generated
-slices (`fp/ggo=real/generated` pixels: a ratio lost to lesion-like texture where the mask has none) and each
-class's fine texture, generated over real (`tex/lung=0.72`: rendered too smooth). With an EMA both the EMA and
-the raw weights are scored (the EMA lever for free). Time is the training process's CPU time (user + system,
+the cosine schedule over `--horizon` steps), and the newest checkpoint's weights are judged by the chapters'
+one rule (`difflung.judging.criteria.measure` on a `scoring.generate_and_score` of every `--split` mask, with the
+chapters' judge `scoring.judge`): the judge Dice ratio per measurable class (the judge's floor on the real slices
+and chapter 1's HU-signature check at `--size`), per-class HU Wasserstein-1, the share of slices with air within
+30 HU, and the real-vs-generated classifier accuracy. The split is `val` by default, so a recipe is chosen without
+looking at the test patients. The criteria use `--sampler` (DPM-Solver++ 20; repeat it, e.g. `--sampler dpm
+--sampler dpm-sde`, to score more samplers, the first deciding time to quality), plus the air share with DDIM-50,
+the judge's false positives of each judged rare class on real and generated slices (`fp/ggo=real/generated`
+pixels: a ratio lost to lesion-like texture where the mask has none) and each class's fine texture, generated
+over real (`tex/lung=0.72`: rendered too smooth). With an EMA both the EMA and the raw weights are scored (the
+EMA lever for free). Time is the training process's CPU time (user + system,
 all threads), evaluation excluded; an arm stops when its EMA (or raw) weights meet every criterion, or at
 `--cap-min` CPU minutes.
 
@@ -59,8 +62,11 @@ def parse_arm(text: str) -> tuple[str, str, dict]:
 
 
 def dataset(args):
-    from difflung.data.phantom_dataset import build_phantom
+    """The benchmark's phantom dataset, built once into `<out>/data_<n>p_<size>px/dataset` with chapter 1's
+    HU-signature check beside it (`hu_signature.json`, `difflung.data.phantom_dataset.hu_signature`), then reused."""
     from difflung.data.dataset import Dataset
+    from difflung.data.phantom_dataset import build_phantom, hu_signature
+    from difflung.judging.instruments import SIGNATURE_FILE
 
     root = Path(args.out) / f"data_{args.n_patients}p_{args.size}px"
     if (root / "dataset" / "manifest.json").is_file():
@@ -70,67 +76,87 @@ def dataset(args):
             raise ValueError(f"{root}: cached dataset has {ph['slices_per_patient']} slices per patient at phantom "
                              f"size {ph['size']}, not --slices {args.slices} --phantom-size {args.phantom_size}; "
                              f"use another --out")
-        return ds
-    return build_phantom(root, n_patients=args.n_patients, slices_per_patient=args.slices,
-                         phantom_size=args.phantom_size, size=args.size, seed=args.seed)[0]
+        if (root / SIGNATURE_FILE).is_file():
+            return ds
+    # built from the seed alone: a rebuild (a cached dataset from before the signature check) writes the same bytes
+    ds, volumes = build_phantom(root, n_patients=args.n_patients, slices_per_patient=args.slices,
+                                phantom_size=args.phantom_size, size=args.size, seed=args.seed)
+    hu_signature(ds, volumes, root)
+    return ds
 
 
-def evaluate(model_dir, ds, judge, args) -> list[dict]:
-    """Score the newest checkpoint: criteria with each of args.samplers (the first decides time to quality), air
-    share with DDIM-50; EMA and raw weights."""
-    from difflung.judging.convergence import checkpoint_model, measure_criteria
-    from difflung.diffusion.sample import sample
-    from difflung.judging.instruments import converged
+def signature(args) -> dict[str, tuple[bool, str]]:
+    """The classes whose HU signature survives at `--size` (`dataset` writes the check)."""
+    from difflung.judging.instruments import read_signature
 
+    return read_signature(Path(args.out) / f"data_{args.n_patients}p_{args.size}px")
+
+
+DDIM50 = "ddim-50"  # the second look at air: a deterministic 50-step solver
+
+
+def evaluate(model_dir, ds, judge, sig, args) -> list[dict]:
+    """Score the newest checkpoint on the `--split` masks by the chapters' rule (`scoring.generate_and_score`,
+    then `criteria.measurable_classes` and `criteria.measure`): the criteria with each of args.samplers (the first
+    decides time to quality), the air share with DDIM-50; EMA and raw weights."""
+    from difflung.diffusion.train import checkpoint_model
+    from difflung.generators import DIFFUSION, Generator
+    from difflung.judging.criteria import measurable_classes, measure
+    from difflung.judging.scoring import generate_and_score
+
+    train = ds.split("train").images
     rows = []
     for ema in (True, False):
         unet, meta = checkpoint_model(model_dir, ds, ema=ema)
         if rows and meta["weights"] == rows[-1]["weights"]:
             break  # no EMA (raw scored already), or a finished model (EMA weights only)
-        ddim = lambda m, g: sample(unet, meta, m, generator=g, sampler="ddim", steps=50)
-        _, info50 = measure_criteria(ddim, ds, judge, seed=args.seed, classifier_steps=1)
+        gens = [Generator(key, DIFFUSION, Path(model_dir), meta, unet, smp, n)
+                for key, smp, n in [*((s, s, args.sampler_steps) for s in args.samplers), (DDIM50, "ddim", 50)]]
+        scored = generate_and_score(gens, ds, judge, n_test=len(ds.split(args.split)), seeds=[args.seed],
+                                    split=args.split)
+        measurable = measurable_classes(scored, sig)
+        res = {g.key: measure(scored, g.key, train=train, measurable=measurable, signature=sig, details=True,
+                              generator=torch.Generator().manual_seed(args.seed),
+                              classifier_steps=1 if g.key == DDIM50 else args.classifier_steps) for g in gens}
+        judged = [c for c, (ok, _) in measurable.items() if ok]
         for sampler in args.samplers:
-            gen = lambda m, g, s=sampler, n=args.sampler_steps: sample(unet, meta, m, generator=g, sampler=s, steps=n)
-            table, info = measure_criteria(gen, ds, judge, seed=args.seed)
-            gen_bg = info["air"]["generated_air"]
-            fp = judge_false_positives(judge, ds, info)
-            tex = texture_ratios(ds, info["generated"])
-            rows.append({"step": meta["step"], "weights": meta["weights"], "sampler": sampler,
-                         "converged": converged(table),
-                         "criteria": {r.criterion: [r.value, bool(r.met)] for r in table.itertuples()},
-                         "air_share_ddim50": float(info50["air"]["ok"].mean()),
-                         "air_mean_hu": float(np.nanmean(gen_bg)),
-                         "real_air_mean_hu": float(np.nanmean(info["air"]["real_air"])),
-                         "false_positives": fp, "texture_ratio": tex})
+            r, gen = res[sampler], scored.generated(sampler)
+            rows.append({"step": meta["step"], "weights": meta["weights"], "sampler": sampler, "split": args.split,
+                         "converged": r["converged"],
+                         "criteria": {t.criterion: [t.value, bool(t.met)] for t in r["table"].itertuples()},
+                         "memorisation": r["memorisation"],
+                         "air_share_ddim50": float(res[DDIM50]["air"]["ok"].mean()),
+                         "air_mean_hu": float(np.nanmean(r["air"]["generated_air"])),
+                         "real_air_mean_hu": float(np.nanmean(r["air"]["real_air"])),
+                         "false_positives": judge_false_positives(judge, scored.real, gen, scored.labels, judged),
+                         "texture_ratio": texture_ratios(ds.classes, scored.real, gen, scored.labels)})
     return rows
 
 
-def judge_false_positives(judge, ds, info) -> dict:
-    """For each judged rare class: the judge's false-positive pixels on the real and the generated test slices
-    (`quality.judge_errors`), {class: [real, generated]}: a Dice ratio lost to lesion-like texture where the mask
+def judge_false_positives(judge, real, generated, labels, judged) -> dict:
+    """For each judged rare class: the judge's false-positive pixels on the real and the generated slices
+    (`realism.judge_errors`), {class: [real, generated]}: a Dice ratio lost to lesion-like texture where the mask
     has no lesion shows as a generated count far above the real one."""
     from difflung import labels as L
     from difflung.judging.realism import judge_errors
 
-    rare = [c for c in info["judged"] if c in L.BY_NAME and L.BY_NAME[c].pathology]
+    rare = [c for c in judged if c in L.BY_NAME and L.BY_NAME[c].pathology]
     if not rare:
         return {}
-    te = ds.split("test")
-    per = (judge_errors(judge, te.images, info["generated"], te.labels, rare).groupby(level="class").sum()
+    per = (judge_errors(judge, real, generated, labels, rare).groupby(level="class").sum()
            .reindex(rare, fill_value=0))
     return {c: [int(per.loc[c, "real"]), int(per.loc[c, "generated"])] for c in rare}
 
 
-def texture_ratios(ds, generated) -> dict:
-    """Fine texture (`quality.texture_ratio`) of the generated test slices over the real ones, for lung and each
-    rare class present: below 1, the model renders the class too smooth."""
+def texture_ratios(classes, real, generated, labels) -> dict:
+    """Fine texture (`realism.texture_ratio`) of the generated slices over the real ones, for lung and each rare
+    class of `classes` present: below 1, the model renders the class too smooth."""
     from difflung import labels as L
     from difflung.data.dataset import unwindow
     from difflung.judging.realism import texture_ratio
 
-    te = ds.split("test")
-    names = [n for n in L.names(ds.classes) if n == "lung" or L.BY_NAME[n].pathology]
-    return texture_ratio(unwindow(generated), unwindow(te.images), te.labels, names)["ratio"].to_dict()
+    names = [n for n in L.names(classes) if n == "lung" or L.BY_NAME[n].pathology]
+    return texture_ratio(unwindow(generated), unwindow(real), labels, names)["ratio"].to_dict()
 
 
 def short(row: dict) -> str:
@@ -145,7 +171,7 @@ def short(row: dict) -> str:
     return " ".join(parts)
 
 
-def run_arm(label: str, rec: str, over: dict, ds, judge, args) -> list[dict]:
+def run_arm(label: str, rec: str, over: dict, ds, judge, sig, args) -> list[dict]:
     from difflung.diffusion.recipes import recipe_config
     from difflung.diffusion.train import train_diffusion
 
@@ -167,7 +193,7 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, args) -> list[dict]:
         c0, w0 = cpu_seconds(), time.perf_counter()
         train_diffusion(ds, cfg, out / "model", device="cpu", progress=False, stop_after=step)
         cpu, wall = cpu + cpu_seconds() - c0, wall + time.perf_counter() - w0
-        evals = evaluate(out / "model", ds, judge, args)
+        evals = evaluate(out / "model", ds, judge, sig, args)
         primary = [e for e in evals if e["sampler"] == args.samplers[0]]
         stop = any(e["converged"] for e in primary) or cpu / 60 >= args.cap_min or step >= args.horizon
         for e in evals:
@@ -235,7 +261,10 @@ def main(argv=None) -> None:
                     help="sampler of the criteria (repeatable: each is scored, the first decides time to quality; "
                          "default dpm)")
     ap.add_argument("--sampler-steps", type=int, default=20)
-    ap.add_argument("--judge-steps", type=int, default=600)
+    ap.add_argument("--judge-steps", type=int, default=600, help="the judge's steps (the laptop profile: 2000)")
+    ap.add_argument("--classifier-steps", type=int, default=300, help="the real-vs-generated classifier's steps")
+    ap.add_argument("--split", default="val", choices=("val", "test"),
+                    help="masks the criteria are measured on (val: a recipe is chosen without the test patients)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="retrain arms that already finished in --out")
@@ -244,7 +273,9 @@ def main(argv=None) -> None:
     args.samplers = args.samplers or ["dpm"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    from difflung.judging.convergence import fit_judge
+    from difflung.judging.metrics import dice_per_class
+    from difflung.judging import scoring
+
     specs = [parse_arm(a) for a in (args.arm or ["difflung", "parent"])]
     if args.report:
         found = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
@@ -252,13 +283,21 @@ def main(argv=None) -> None:
         summary({k: v for k, v in found.items() if v}, args.cap_min)
         return
     ds = dataset(args)
-    judge = fit_judge(Path(args.out) / f"judge_{args.n_patients}p_{args.size}px", ds, steps=args.judge_steps,
-                      seed=args.seed)
-    from difflung.judging.metrics import dice_per_class
-    te = ds.split("test")
-    real = dice_per_class(judge.predict(te.images), te.labels, ds.classes).groupby("class")["dice"].mean()
-    print("judge Dice on real test slices: " + ", ".join(f"{c} {v:.2f}" for c, v in real.items()), flush=True)
-    arms = {label: run_arm(label, rec, over, ds, judge, args) for label, rec, over in specs}
+    sig = signature(args)
+    # the chapters' judge (one training rule, reused by its key)
+    judge = scoring.judge(ds, Path(args.out) / f"judge_{args.n_patients}p_{args.size}px", steps=args.judge_steps,
+                          seed=args.seed, device="cpu")
+    part = ds.split(args.split)
+    if len(np.unique(part.patient)) < 2:  # the classifier criterion trains on some patients and tests on others
+        raise ValueError(f"{ds.root}: the {args.split} split holds {len(np.unique(part.patient))} patient(s); the "
+                         f"real-vs-generated classifier needs 2 or more: raise --n-patients")
+    real = dice_per_class(judge.predict(part.images), part.labels, ds.classes).groupby("class")["dice"].mean()
+    print(f"{args.split} split: {len(np.unique(part.patient))} patients, {len(part)} slices; judge Dice on its real "
+          "slices: " + ", ".join(f"{c} {v:.2f}" for c, v in real.items()), flush=True)
+    lost = [f"{c} ({why})" for c, (ok, why) in sig.items() if not ok]
+    if lost:
+        print("HU signature lost (not judged): " + "; ".join(lost), flush=True)
+    arms = {label: run_arm(label, rec, over, ds, judge, sig, args) for label, rec, over in specs}
     summary(arms, args.cap_min)
 
 

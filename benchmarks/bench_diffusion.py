@@ -100,7 +100,8 @@ def sampler_quality(model_dir: Path, n_test: int, device: str, seed: int = 0):
     """PSNR/SSIM of DDIM-50, DPM-Solver++-20 (and 10) on a trained model's test slices, paired by mask."""
     from difflung.data.dataset import Dataset
     from difflung.diffusion import load_model, sample
-    from difflung.judging.metrics import mean_ci, paired_test, psnr_ssim
+    from difflung.judging.metrics import psnr_ssim
+    from difflung.judging.stats import mean_ci, paired_test
 
     unet, meta = load_model(model_dir, device=device)
     ds = Dataset(meta["dataset"]["path"])

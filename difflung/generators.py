@@ -188,7 +188,7 @@ class Generator:
             return sampling_gflops(self.module, self.config, sampler or self.sampler,
                                    self.sampler_steps if sampler_steps is None else sampler_steps)
         from difflung.baselines import one_hot
-        from difflung.judging.metrics import gflops_per_call
+        from difflung.judging.cost import gflops_per_call
 
         mask = one_hot(np.zeros((1, self.size, self.size), np.uint8), self.classes, self.device)
         return gflops_per_call(self.module, mask)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from difflung import labels as L
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -26,6 +28,12 @@ def test_convergence_benchmark_builds_then_reuses_its_dataset(tmp_path):
     ds = bench.dataset(args)
     assert ds.size == 32 and (tmp_path / "data_3p_32px" / "dataset" / "manifest.json").is_file()
     assert bench.dataset(args).manifest == ds.manifest  # the second call reads the cached artifact
+    # chapter 1's HU-signature check beside it: the classes the criteria may judge at this size
+    sig = bench.signature(args)
+    assert set(sig) == {L.BY_ID[c].name for c in ds.classes if L.BY_ID[c].in_lung}
+    assert all(isinstance(ok, bool) and (ok or why.startswith("at 32 px")) for ok, why in sig.values())
+    (tmp_path / "data_3p_32px" / "hu_signature.json").unlink()  # an older cache: rebuilt, the same bytes
+    assert bench.dataset(args).manifest["splits"] == ds.manifest["splits"] and bench.signature(args) == sig
     with pytest.raises(ValueError, match="2 slices per patient"):  # never another data set under the same name
         bench.dataset(Namespace(**{**vars(args), "slices": 24}))
     label, rec, over = bench.parse_arm("eps=difflung:prediction_type=epsilon,lr=0.003")
@@ -55,8 +63,6 @@ def test_convergence_summary_reports_each_sampler_and_a_ratio_per_parent_arm(cap
 def test_convergence_counts_the_judges_false_positives_on_real_and_generated():
     import numpy as np
 
-    from difflung import labels as L
-
     bench = _load("bench_convergence")
     lung, ggo = L.BY_NAME["lung"].id, L.BY_NAME["ggo"].id
     labels = np.full((2, 4, 4), lung, np.uint8)
@@ -68,10 +74,8 @@ def test_convergence_counts_the_judges_false_positives_on_real_and_generated():
             out.reshape(-1)[: 5 if images.mean() > 0.5 else 1] = ggo
             return out
 
-    ds = Namespace(split=lambda name: Namespace(images=real, labels=labels))
-    info = {"judged": ["lung", "ggo"], "generated": gen}
-    assert bench.judge_false_positives(Judge(), ds, info) == {"ggo": [1, 5]}
-    assert bench.judge_false_positives(Judge(), ds, {"judged": ["lung"], "generated": gen}) == {}
+    assert bench.judge_false_positives(Judge(), real, gen, labels, ["lung", "ggo"]) == {"ggo": [1, 5]}
+    assert bench.judge_false_positives(Judge(), real, gen, labels, ["lung"]) == {}
     assert "fp/ggo=1/5 tex/lung=0.50" in bench.short({"criteria": {}, "air_share_ddim50": 1.0, "air_mean_hu": -980.0,
                                         "false_positives": {"ggo": [1, 5]}, "texture_ratio": {"lung": 0.5}})
 
@@ -79,12 +83,57 @@ def test_convergence_counts_the_judges_false_positives_on_real_and_generated():
 def test_convergence_texture_ratio_of_generated_over_real():
     import numpy as np
 
-    from difflung import labels as L
-
     bench = _load("bench_convergence")
     lung = L.BY_NAME["lung"].id
     labels = np.full((1, 16, 16), lung, np.uint8)
     real = np.random.default_rng(0).normal(-0.7, 0.05, (1, 16, 16))  # model window: [-1, 1]
     gen = -0.7 + (real + 0.7) * 0.5  # the same texture at half the amplitude
-    ds = Namespace(classes=[0, lung], split=lambda name: Namespace(images=real, labels=labels))
-    assert bench.texture_ratios(ds, gen) == {"lung": pytest.approx(0.5)}
+    assert bench.texture_ratios([0, lung], real, gen, labels) == {"lung": pytest.approx(0.5)}
+
+
+def test_convergence_judges_a_checkpoint_by_the_chapters_rule_on_the_validation_split(tmp_path):
+    """`evaluate` scores a stopped run's EMA and raw weights on every validation mask with `criteria.measure`:
+    its criteria are the chapters' table for the same images, and it never reads the test split."""
+    import numpy as np
+    import torch
+
+    from difflung.diffusion import TrainConfig, train_diffusion
+    from difflung.diffusion.toy import toy_dataset
+    from difflung.diffusion.train import checkpoint_model
+    from difflung.generators import DIFFUSION, Generator
+    from difflung.judging import criteria, scoring
+    from difflung.segmentation import SegConfig, fit_segmenter
+
+    bench = _load("bench_convergence")
+    ds = toy_dataset(tmp_path / "ds", n_patients=10, n_slices=2, size=16)
+    train_diffusion(ds, TrainConfig(preset="tiny", steps=4, batch_size=4, warmup=1, ema_decay=0.9,
+                                    checkpoint_every=100), tmp_path / "m", device="cpu", progress=False, stop_after=2)
+    tr = ds.split("train")
+    judge = fit_segmenter(tmp_path / "judge", tr.images, tr.labels, ds.classes,
+                          SegConfig(channels=(4, 8), strides=(2,), num_res_units=1, steps=5, shift_prob=0,
+                                    noise_prob=0), 0, dataset_sha256="x", device="cpu", progress=False)
+    args = Namespace(samplers=["dpm"], sampler_steps=2, seed=0, split="val", classifier_steps=3)
+
+    class NoTest:  # the dataset with its test split out of reach
+        def __getattr__(self, name):
+            return getattr(ds, name)
+
+        def split(self, name):
+            assert name != "test", "the benchmark read the test split"
+            return ds.split(name)
+
+    rows = bench.evaluate(tmp_path / "m", NoTest(), judge, {}, args)
+    assert [(r["weights"], r["step"], r["sampler"], r["split"]) for r in rows] == [("ema", 2, "dpm", "val"),
+                                                                                   ("raw", 2, "dpm", "val")]
+    unet, meta = checkpoint_model(tmp_path / "m", ds)  # the EMA weights, judged the chapters' way
+    g = Generator("dpm", DIFFUSION, tmp_path / "m", meta, unet, "dpm", 2)
+    scored = scoring.generate_and_score([g], ds, judge, n_test=10**6, seeds=[0], split="val")
+    assert len(scored.index) == len(ds.split("val"))
+    res = criteria.measure(scored, "dpm", train=tr.images, measurable=criteria.measurable_classes(scored, {}),
+                           generator=torch.Generator().manual_seed(0), classifier_steps=3, signature={})
+    want = {t.criterion: [t.value, bool(t.met)] for t in res["table"].itertuples()}
+    got = rows[0]["criteria"]
+    assert got.keys() == want.keys() and "real-vs-generated classifier accuracy" in got
+    assert all(np.isclose(got[k][0], want[k][0], equal_nan=True) and got[k][1] == want[k][1] for k in want)
+    assert rows[0]["converged"] == res["converged"] and rows[0]["memorisation"] == res["memorisation"]
+    assert 0.0 <= rows[0]["air_share_ddim50"] <= 1.0

@@ -3,6 +3,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from difflung.judging import instruments as I
@@ -215,7 +216,6 @@ def test_hu_signature_emphysema_and_ranges():
     assert I.hu_signature(hu, lab, "ggo")[0] is False
     assert I.hu_signature(hu, lab, "lung") == (True, "")  # anatomy: no signature check
     assert I.hu_signature(hu, lab, "fibrosis") == (False, "fibrosis absent")
-    assert set(I.hu_signatures(hu, lab, ["ggo", "lung"])) == {"ggo", "lung"}
 
 
 def test_dice_ratios_skip_classes_the_judge_cannot_judge():
@@ -235,14 +235,14 @@ def test_convergence_table():
 # the claims table
 
 def test_claims_come_from_the_poster_tables():
-    f = reported.claims_frame()
-    assert len(f) == len(set(f["key"])) == 12
-    assert not f["claim"].str.contains("GFLOP|cost|10x").any()  # no cost claim: cost is shown as ratios
-    assert f["source"].str.contains("Quantitative evaluation|Comparison of data augmentation").all()
-    m = f[f["margin"] > 0]
-    assert len(m) == 1 and (m["margin reason"].str.len() > 20).all()
+    claims = {c.key: c for c in reported.CLAIMS}
+    assert len(claims) == len(reported.CLAIMS) == 12
+    assert not any(w in c.text for c in claims.values() for w in ("GFLOP", "cost", "10x"))  # cost: ratios only
+    assert {c.table for c in claims.values()} == {reported.TABLE_QUALITY, reported.TABLE_SEGMENTATION}
+    m = [c for c in claims.values() if c.margin > 0]
+    assert [c.key for c in m] == ["dice_lung_difflung_vs_ref"] and len(m[0].margin_reason) > 20
     q = reported.IMAGE_QUALITY
-    psnr = f.set_index("key").loc["psnr_difflung_vs_segguided", "reported"]
+    psnr = claims["psnr_difflung_vs_segguided"].reported
     assert psnr == pytest.approx(q["difflung"]["psnr"] - q["segguided"]["psnr"])
 
 
@@ -290,3 +290,68 @@ def test_min_units_for_a_reproducible_claim():
     d, pats = np.repeat(np.linspace(0.3, 1.0, 8), 3), np.repeat(np.arange(8), 3)
     p = sign_flip_test(d, pats, generator=np.random.default_rng(0))
     assert p == pytest.approx(2 / 2**8) and holm([p] * 12)[0] >= 0.05
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plain intervals and tests (benchmarks), and comparisons over training seeds
+
+def test_mean_ci_values_and_coverage():
+    from difflung.judging.stats import mean_ci
+
+    m, lo, hi = mean_ci([1.0, 2.0, 3.0, np.nan])
+    assert m == 2.0 and (lo, hi) == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)), 1e-5)
+    assert mean_ci([5.0])[0] == 5.0 and math.isnan(mean_ci([5.0])[1])
+    assert all(math.isnan(v) for v in mean_ci([]))
+    rng = np.random.default_rng(1)
+    hits = sum(lo <= 0.7 <= hi for _, lo, hi in (mean_ci(rng.normal(0.7, 0.1, 12)) for _ in range(400)))
+    assert 0.91 <= hits / 400 <= 0.98
+
+
+def test_paired_tests():
+    from difflung.judging.stats import paired_test
+
+    a = np.array([0.80, 0.82, 0.79, 0.85, 0.81, 0.83, 0.84])
+    r = paired_test(a, a - 0.05, "wilcoxon")
+    assert r.n == 7 and r.p == pytest.approx(2 / 2**7)  # all 7 differences positive: exact p = 2 / 2^7
+    assert paired_test(a, a, "wilcoxon").p == 1.0
+    assert math.isnan(paired_test([0.5], [0.4], "wilcoxon").p)
+    r = paired_test(np.r_[a, np.nan], np.r_[a - 0.05, 0.1], "wilcoxon")
+    assert r.n == 7
+    r = paired_test(np.linspace(0, 1, 30), np.linspace(2, 3, 40), "ranksum")
+    assert r.p < 1e-6 and r.statistic < 0
+    with pytest.raises(ValueError, match="unknown test"):
+        paired_test(a, a, "ttest")
+
+
+def _seed_scores(n_seeds):
+    return pd.DataFrame([{"model": m, "seed": s, "class": "emphysema", "value": 0.5 + 0.01 * s + gain}
+                         for m, gain in (("ref", 0.0), ("better", 0.1), ("worse", -0.02)) for s in range(n_seeds)])
+
+
+def test_compare_to_reference_pairs_units():
+    """Seed s of every model is paired with seed s of ref; the statistics are compare_seeds'."""
+    from difflung.judging import stats
+
+    t = stats.compare_to_reference(_seed_scores(6), "ref", generator=np.random.default_rng(0)).set_index("model")
+    assert list(t.index) == ["better", "worse"] and (t.vs == "ref").all()
+    assert t.loc["better", "delta"] == pytest.approx(0.1) and t.loc["better", "n_units"] == 6
+    assert t.loc["better", "p_wilcoxon"] == pytest.approx(2 / 2**6)  # 6 positive pairs: exact p = 2 / 2^6
+    assert t.loc["worse", "delta"] == pytest.approx(-0.02) and t.loc["worse", "hi"] < 0
+    c = t.loc["better", "comparison"]
+    assert isinstance(c, stats.Comparison) and c.unit == "training seeds" and c.claim == "emphysema: better > ref"
+    v = stats.judge_claims(t.comparison.tolist()).set_index("claim")["verdict"]
+    assert v["emphysema: worse > ref"] == "not reproduced"
+    assert v["emphysema: better > ref"] == "inconclusive"  # Holm: 2 x 2/2^6 = 0.0625
+
+
+def test_compare_to_reference_no_interval_below_five_seeds_and_validity():
+    from difflung.judging import stats
+
+    t = stats.compare_to_reference(_seed_scores(4), "ref", generator=np.random.default_rng(0),
+                                   pairs=[("emphysema", "better", "worse"), ("emphysema", "worse", "ref")],
+                                   validity=lambda g, a, b: {"converged": False, "reason": "x not converged"}
+                                   if "worse" in (a, b) and b == "ref" else {})
+    assert t.delta.tolist() == pytest.approx([0.12, -0.02])
+    assert t.lo.isna().all() and t.hi.isna().all()  # 4 seeds: no interval, only the per-seed values
+    v = stats.judge_claims(t.comparison.tolist())["verdict"].tolist()
+    assert v == ["inconclusive", "not measurable: x not converged"]

@@ -21,7 +21,7 @@ from difflung import labels as L
 from difflung.augment.arms import ARMS, SYNTHETIC_ARMS, arm_label, arm_order
 from difflung.core import runs
 from difflung.judging import stats
-from difflung.judging.metrics import compare_to_reference
+from difflung.judging.stats import compare_to_reference
 
 
 def seed_scores(metrics: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
@@ -118,7 +118,7 @@ def comparison_triples(classes, arms, exclude=()) -> list[tuple[str, str, str]]:
 def judge_arms(scores: pd.DataFrame, triples, *, measurable: dict[str, tuple[bool, str]],
                converged: dict[str, tuple[bool, str]], generator: np.random.Generator,
                alpha: float = stats.ALPHA) -> pd.DataFrame:
-    """Judge the comparisons `triples` with the book's one rule: `evaluation.compare_to_reference` (paired over
+    """Judge the comparisons `triples` with the book's one rule: `stats.compare_to_reference` (paired over
     training seeds), then `stats.judge_claims` (Holm across these comparisons, `stats.verdict`).
 
     Args:

@@ -35,6 +35,7 @@ from difflung import labels as L
 from difflung.baselines import read_loss_log, train_gan
 from difflung.data.dataset import Dataset
 from difflung.diffusion import train_diffusion
+from difflung.judging.cost import generator_cost
 from difflung.judging.metrics import DATA_RANGE
 from difflung.generators import diffusion_config, display_name, gan_config, load_generator
 from difflung.core.metrics_csv import read_metrics, write_metrics
@@ -208,7 +209,7 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
     Args:
         judge_steps: training steps of the run's judge segmenter (`difflung.judging.scoring.judge`, trained once).
         n_test: test slices scored; sampler, sampler_steps: the diffusion models' solver; seeds: sampling seeds.
-        timing_batch, timing_repeats: the s/image measurement (`scoring.cost`).
+        timing_batch, timing_repeats: the s/image measurement (`cost.generator_cost`).
         batch_size: batch for generation. classifier_steps: the real-vs-generated classifier's training steps.
     """
     missing = [k for k in MODELS if k not in cmp.models]
@@ -224,8 +225,8 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
     rows, timings = [scored.rows, quality.region_metric_rows(scored), quality.hu_w1_rows(scored)], {}
     for g in gens:
         if g.train_seed == cmp.seed:
-            c = timings[g.key] = scoring.cost(g, scored.labels, device=cmp.device, timing_batch=timing_batch,
-                                              timing_repeats=timing_repeats)
+            c = timings[g.key] = generator_cost(g, scored.labels, device=cmp.device, timing_batch=timing_batch,
+                                                timing_repeats=timing_repeats)
             rows.append(pd.DataFrame([{"model": g.key, "train_seed": g.train_seed, "condition": "full", "seed": -1,
                                        "slice": -1, "patient": "all", "class": "all", "metric": m, "value": c[m]}
                                       for m in ("gflops_per_image", "params")]))

@@ -500,6 +500,41 @@ def load_model(model_dir, dataset=None, device="cpu"):
     return unet.to(device).eval(), meta
 
 
+def checkpoint_model(model_dir, ds: Dataset, *, ema: bool = True):
+    """The weights of a run's newest checkpoint (or of its finished model) as (unet, meta) for `sample`, so a
+    training stopped with `train_diffusion(stop_after=...)` can be scored before it finishes.
+
+    Args:
+        model_dir: the `train_diffusion` output folder.
+        ds: the dataset it trains on (classes and size).
+        ema: the EMA weights when the run keeps an EMA (else the raw weights).
+    Returns:
+        (UNet2DModel in eval mode on the CPU, meta with classes, mask_mode, sample_size, noise_schedule, seed, step,
+        weights ("ema" or "raw")).
+    """
+    from difflung.core.checkpoint import latest_checkpoint
+
+    model_dir = Path(model_dir)
+    if (model_dir / META_FILE).is_file():  # finished: save_pretrained holds the EMA weights when there is an EMA
+        unet, meta = load_model(model_dir, ds)
+        return unet, {**meta, "step": meta["training"]["steps"]}
+    ckpt = latest_checkpoint(model_dir / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{model_dir}: no finished model and no checkpoint to evaluate")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    cfg = TrainConfig(**{k: v for k, v in state["extra"]["run_key"]["config"].items()
+                         if k in TrainConfig.__dataclass_fields__})
+    with rng_scope(0):  # its init is overwritten: leave the global RNG alone
+        unet = build_unet(len(ds.classes), ds.size, cfg.mask_mode, cfg.preset)
+    unet.load_state_dict(state["modules"]["unet"])
+    use_ema = ema and "ema" in state["modules"]
+    if use_ema:
+        for p, s in zip(unet.parameters(), state["modules"]["ema"]["shadow_params"]):
+            p.data.copy_(s)
+    meta = {"classes": ds.classes, "mask_mode": cfg.mask_mode, "sample_size": ds.size, "seed": cfg.seed,
+            "noise_schedule": noise_schedule(cfg), "step": int(state["step"]), "weights": "ema" if use_ema else "raw"}
+    return unet.eval(), meta
+
 def trained_with(model_dir, data, config: TrainConfig) -> bool:
     """Whether `model_dir` holds a finished model of `config` on `data`: the model `train_diffusion` would reuse.
 

@@ -9,7 +9,8 @@ Two questions come before any verdict (`difflung.judging.stats.verdict`):
   measurable class, per-class HU Wasserstein-1 at most 50 HU, at least 95 % of slices with their air within 30 HU
   of the real slice's, and a real-vs-generated classifier no better than 0.8 on held-out patients. `measure`
   computes them from a `scoring.Scored` (the same images every other number comes from), with the memorisation
-  check beside them (reported, not a criterion).
+  check beside them (reported, not a criterion). `benchmarks/bench_convergence.py` measures time to quality with
+  the same `measure`.
 
 Each chapter writes what it measured with `write_criteria`; later chapters read it with `read_criteria`.
 """
@@ -57,8 +58,10 @@ def _dice_means(rows: pd.DataFrame, model: str, train_seed: int | None, seed: in
 
 def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tuple[bool, str]],
             generator: torch.Generator, train_seed: int | None = None, seed: int | None = None,
-            classifier_steps: int = 300, signature: dict[str, tuple[bool, str]] | None = None) -> dict:
-    """The convergence criteria of one generator on the scored test masks.
+            classifier_steps: int = 300, signature: dict[str, tuple[bool, str]] | None = None,
+            details: bool = False) -> dict:
+    """The convergence criteria of one generator on the scored masks: the one rule of the chapters and of
+    `benchmarks/bench_convergence.py` (which scores a training run's checkpoints on the validation split).
 
     Args:
         scored: `scoring.Scored` holding the generator's images and the judge's rows.
@@ -70,6 +73,7 @@ def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tupl
         signature: chapter 1's HU-signature check. The HU distance needs no judge: it covers every class present
             in the test masks except background and classes whose HU signature the run's size erases, so a model
             is not called converged on anatomy alone while its lesions are wrong.
+        details: also return "air" (the `realism.air_check` table) and "classifier" (`classifier_two_sample`).
     Returns:
         {"table": DataFrame (criterion, value, threshold, met), "converged": bool, "memorisation": dict}.
     """
@@ -94,8 +98,9 @@ def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tupl
     table = I.convergence(dice_ratio=ratio, hu_w1=w1, air_share=float(air["ok"].mean()) if len(air) else math.nan,
                           classifier_accuracy=float(clf["accuracy"]))
     mem = memorisation(gen, train, scored.real)
-    return {"table": table, "converged": I.converged(table),
-            "memorisation": {k: mem[k] for k in ("ratio", "share_flagged", "threshold")}}
+    out = {"table": table, "converged": I.converged(table),
+           "memorisation": {k: mem[k] for k in ("ratio", "share_flagged", "threshold")}}
+    return {**out, "air": air, "classifier": clf} if details else out
 
 
 def write_criteria(run_dir, results: dict[str, dict], measurable: dict[str, tuple[bool, str]], **meta) -> Path:

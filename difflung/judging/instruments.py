@@ -100,11 +100,6 @@ def hu_signature(hu, labels, cls: str | int) -> tuple[bool, str]:
     return ok, "" if ok else f"HU signature lost: {c.name} mean {m:.0f} HU outside {lo:.0f}..{hi:.0f}"
 
 
-def hu_signatures(hu, labels, classes) -> dict[str, tuple[bool, str]]:
-    """`hu_signature` for several classes: class name -> (ok, reason)."""
-    return {L.BY_ID[L.class_id(c)].name: hu_signature(hu, labels, c) for c in classes}
-
-
 def dice_ratios(generated_dice: Mapping[str, float], real_dice: Mapping[str, float],
                 measurable: Mapping[str, tuple[bool, str]] | None = None) -> dict[str, float]:
     """Judge Dice on generated slices / on real slices, per class the judge may judge.

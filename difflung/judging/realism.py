@@ -2,7 +2,7 @@
 memorisation. None needs downloaded weights.
 
 Conventions: images in the model window are [-1, 1] <-> HU [-1000, 400] (data range 2.0, as in
-`evaluation.psnr_ssim`); HU metrics take HU arrays (convert with `diffusion.sample.to_hu`). A generated slice is
+`metrics.psnr_ssim`); HU metrics take HU arrays (convert with `diffusion.sample.to_hu`). A generated slice is
 paired with the real slice whose mask it was generated from, so both share one label map.
 """
 from __future__ import annotations

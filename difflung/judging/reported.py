@@ -43,18 +43,6 @@ POSTER_NAMES = {"pix2pix": "Pix2Pix", "spade": "SPADE", "segguided": "Seg-Guided
                 "+difflung": "DiffLung-UNet", "+insert": "Insert-UNet"}
 
 
-def image_quality_frame() -> pd.DataFrame:
-    """Tidy rows (model, metric, value, source) of the poster's image-quality table."""
-    return pd.DataFrame([{"model": m, "metric": k, "value": v, "source": SOURCE}
-                         for m, d in IMAGE_QUALITY.items() for k, v in d.items()])
-
-
-def segmentation_frame() -> pd.DataFrame:
-    """Tidy rows (model, class, value, source) of the poster's segmentation table."""
-    return pd.DataFrame([{"model": m, "class": c, "metric": "dice", "value": v, "source": SOURCE}
-                         for m, d in SEGMENTATION_DICE.items() for c, v in d.items()])
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # claims: what the poster's tables show, declared before any run
 
@@ -134,13 +122,6 @@ EXTENSION_CLAIMS: tuple[Claim, ...] = tuple(
     Claim(f"dice_{c}_insert_vs_difflung", "segmentation", "dice", c, "+insert", "+difflung", table=TABLE_LEFUSION)
     for c in ("emphysema", "fibrosis"))
 ALL_CLAIMS: tuple[Claim, ...] = CLAIMS + EXTENSION_CLAIMS
-
-
-def claims_frame() -> pd.DataFrame:
-    """The claims as a table: key, claim, kind, reported effect, margin and its reason, source table."""
-    return pd.DataFrame([{"key": c.key, "claim": c.text, "kind": c.kind, "reported": c.reported,
-                          "margin": c.margin, "margin reason": c.margin_reason,
-                          "source": f"{SOURCE}, table \"{c.table}\""} for c in CLAIMS])
 
 
 # ---------------------------------------------------------------------------------------------------------------

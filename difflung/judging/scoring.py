@@ -77,13 +77,6 @@ def judge(dataset, folder, *, steps: int, batch_size: int = 16, seed: int = 0, d
                          progress=progress)
 
 
-def judge_dice(rows: pd.DataFrame) -> pd.DataFrame:
-    """The judge on the real test slices (rows of model "real"): mean Dice per class and slices holding it."""
-    d = rows[(rows["model"] == "real") & (rows["metric"] == "dice")]
-    return (d.groupby("class", sort=False)["value"].agg(["mean", "count"])
-            .rename(columns={"mean": "Dice (real test slices)", "count": "slices with class"}))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # subset and seeding
 
@@ -150,12 +143,13 @@ def _score(gen: np.ndarray, real: np.ndarray, labels: np.ndarray, seg, classes, 
 
 
 def generate_and_score(generators, dataset, seg, *, n_test: int, seeds=(0,), withheld=(), withheld_seeds=None,
-                       batch_size: int = 16, progress: bool = False) -> Scored:
+                       batch_size: int = 16, progress: bool = False, split: str = "test") -> Scored:
     """Generate the test subset's masks with every generator and sampling seed, and score every image.
 
     Args:
         generators: `difflung.generators.Generator`s (the same key may come with several training seeds).
-        dataset: the `Dataset` whose test split is scored.
+        dataset: the `Dataset` whose test split is scored (`split`: another split, e.g. "val" for choosing a
+            recipe without looking at the test patients).
         seg: the judge (`judge`); None: PSNR and SSIM only.
         n_test: test slices scored (`subset_indices`).
         seeds: sampling seeds (`slice_generator`).
@@ -168,7 +162,7 @@ def generate_and_score(generators, dataset, seg, *, n_test: int, seeds=(0,), wit
     """
     from difflung.diffusion.sample import remove_classes
 
-    test = dataset.split("test")
+    test = dataset.split(split)
     idx = subset_indices(len(test), n_test)
     real, labels, patient = test.images[idx], test.labels[idx], test.patient[idx].astype(str)
     scored = [c for c in dataset.classes if c != L.BACKGROUND]
@@ -209,17 +203,3 @@ def paired(rows: pd.DataFrame, a: str, b: str, metric: str, cls: str = "all", co
     x, y = (sel[sel["model"] == m].groupby(key)["value"].mean().rename(n) for m, n in ((a, "a"), (b, "b")))
     return pd.concat([x, y], axis=1, join="inner").dropna().reset_index()
 
-
-def cost(g, labels: np.ndarray, *, device: str = "cpu", timing_batch: int = 8, timing_repeats: int = 2) -> dict:
-    """A generator's cost: GFLOPs per image (every sampling step counted), parameters, and seconds per image on
-    `device` at batch `timing_batch` (`evaluation.time_per_image`: median of `timing_repeats` after a warm-up).
-
-    Args:
-        g: a `difflung.generators.Generator`. labels: (N, S, S) masks to time on (the first `timing_batch`).
-    """
-    from difflung.judging.metrics import time_per_image
-
-    tgen = slice_generator(0, 0)
-    spi = time_per_image(lambda b: g.sample(labels[:b], generator=tgen, batch_size=b), timing_batch, timing_batch,
-                         device, repeats=timing_repeats)
-    return {"gflops_per_image": float(g.gflops_per_image()), "params": float(g.params), "s_per_image": float(spi)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -369,6 +369,50 @@ def compare_seeds(a, b, *, claim: str, generator: np.random.Generator, direction
                       n=int(fin.size), unit="training seeds", **validity)
 
 
+def compare_to_reference(scores: pd.DataFrame, ref: str | None = "ref", *, generator: np.random.Generator,
+                         model: str = "model", unit: str = "seed", by: str = "class", value: str = "value",
+                         pairs: Sequence[tuple] | None = None, validity: Callable | None = None,
+                         claim: Callable | None = None, bounds: tuple[float, float] = (-1.0, 1.0),
+                         min_seeds: int | None = None) -> pd.DataFrame:
+    """Paired comparisons of models over replication units (training seeds), each a `Comparison`.
+
+    Unit u of model a is paired with unit u of model b (the same training seed: the same initial weights and
+    augmentation stream). Each pair goes through `compare_seeds`: the mean paired difference, a bounded
+    percentile-bootstrap interval only from at least `min_seeds` units (none below: the verdict is then at best
+    inconclusive), and a two-sided Wilcoxon signed-rank p over units. Verdicts come from
+    `judge_claims(table.comparison)` (Holm across the comparisons passed, then the book's one rule).
+
+    Args:
+        scores: one score per (by, model, unit), e.g. per (class, arm, training seed) the mean Dice over slices.
+        ref: the reference model, compared with every other model of each group when `pairs` is None.
+        generator: numpy Generator for the bootstrap intervals (used in the order of `pairs`).
+        model, unit, by, value: column names.
+        pairs: (group, a, b) triples, each tested as "a > b" within group `group`; None: (g, m, ref) for every
+            group g and model m != ref, in order of appearance.
+        validity: (group, a, b) -> `Comparison` validity kwargs (measurable/converged flags, reason).
+        claim: (group, a, b) -> the claim's text; default "<group>: a > b".
+        bounds: range of a paired difference (Dice: (-1, 1)).
+        min_seeds: fewest units that get an interval (default `MIN_SEEDS`).
+    Returns:
+        One row per pair: by, model (a), vs (b), delta, lo, hi, p_wilcoxon, n_units, comparison (the
+        `Comparison`).
+    """
+    if pairs is None:
+        pairs = [(g, m, ref) for g in sorted(scores[by].unique())
+                 for m in scores.loc[scores[by] == g, model].unique() if m != ref]
+    rows = []
+    for g, a, b in pairs:
+        x = scores[scores[by] == g]
+        xa, xb = (x[x[model] == k].set_index(unit)[value] for k in (a, b))
+        units = xa.index.union(xb.index)  # a seed one model lacks is dropped by the paired statistics (NaN)
+        c = compare_seeds(xa.reindex(units).to_numpy(np.float64), xb.reindex(units).to_numpy(np.float64),
+                          claim=claim(g, a, b) if claim else f"{g}: {a} > {b}", generator=generator,
+                          bounds=bounds, min_seeds=min_seeds or MIN_SEEDS, **(validity(g, a, b) if validity else {}))
+        rows.append({by: g, model: a, "vs": b, "delta": c.estimate, "lo": c.lo, "hi": c.hi, "p_wilcoxon": c.p_value,
+                     "n_units": c.n, "comparison": c})
+    return pd.DataFrame(rows, columns=[by, model, "vs", "delta", "lo", "hi", "p_wilcoxon", "n_units", "comparison"])
+
+
 def min_units(n_claims: int, alpha: float = ALPHA, two_sided: bool = True) -> int:
     """Fewest units (patients for the sign-flip test, seeds for Wilcoxon) at which a claim can be "reproduced".
 
@@ -408,3 +452,63 @@ def slice_intervals(rows: pd.DataFrame, by: Sequence[str], *, generator: np.rand
         out.append({**dict(zip(by, key)), "mean": iv.estimate, "lo": iv.lo, "hi": iv.hi, "patients": iv.n,
                     "slices": len(m)})
     return pd.DataFrame(out, columns=[*by, "mean", "lo", "hi", "patients", "slices"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plain interval and test over independent values (benchmarks of a sampler, never a verdict)
+
+def _finite(values) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return v[~np.isnan(v)]
+
+
+def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval (NaNs skipped), for values that are independent
+    replications; verdicts use `slice_intervals` or `seed_interval` instead.
+
+    Returns (mean, lo, hi); (nan, nan, nan) for no values, (mean, nan, nan) for one value.
+    """
+    v = _finite(values)
+    if len(v) == 0:
+        return (math.nan, math.nan, math.nan)
+    m = float(v.mean())
+    if len(v) == 1:
+        return (m, math.nan, math.nan)
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return (m, m - half, m + half)
+
+
+class TestResult(NamedTuple):
+    statistic: float
+    p: float
+    n: int
+    kind: str
+
+
+def paired_test(a, b, kind: str = "wilcoxon") -> TestResult:
+    """Two-sided test that `a` and `b` differ.
+
+    kind="wilcoxon": Wilcoxon signed-rank on paired differences a[i] - b[i] (pairs with a NaN dropped; exact p for
+    small n). With n pairs the smallest attainable p is 2 / 2**n (n = 5 -> 0.0625): read it with the CI.
+    kind="ranksum": Wilcoxon rank-sum (Mann-Whitney) on the two samples as independent groups (NaNs dropped).
+    p is NaN when there are too few values (fewer than 2 per group / pairs); 1.0 when all differences are zero.
+    """
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if kind == "wilcoxon":
+        if a.shape != b.shape:
+            raise ValueError(f"paired test needs equal lengths, got {a.shape} and {b.shape}")
+        keep = ~(np.isnan(a) | np.isnan(b))
+        d = a[keep] - b[keep]
+        if len(d) < 2:
+            return TestResult(math.nan, math.nan, int(len(d)), kind)
+        if np.all(d == 0):
+            return TestResult(0.0, 1.0, int(len(d)), kind)
+        r = stats.wilcoxon(d, alternative="two-sided")
+        return TestResult(float(r.statistic), float(r.pvalue), int(len(d)), kind)
+    if kind == "ranksum":
+        a, b = _finite(a), _finite(b)
+        if len(a) < 2 or len(b) < 2:
+            return TestResult(math.nan, math.nan, int(min(len(a), len(b))), kind)
+        r = stats.ranksums(a, b, alternative="two-sided")
+        return TestResult(float(r.statistic), float(r.pvalue), int(min(len(a), len(b))), kind)
+    raise ValueError(f"unknown test kind {kind!r}; use 'wilcoxon' or 'ranksum'")
