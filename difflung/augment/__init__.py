@@ -6,6 +6,7 @@ generator, lesion insertion), their training data, and the segmenters trained on
     synthetic     masks synthesised for the synthetic arms, painted by each generator or inserted into base slices
     experiment    training a segmenter per arm and seed, scoring it, the chapter's metrics rows (`run_experiment`)
     comparisons   statistics over training seeds: summaries, validity, the chapter's comparisons and verdicts
+    synthetic_set `python -m difflung generate`: a trained Diff-Lung model paints a synthetic training set (NIfTI)
 
     from difflung.augment import ARMS, run_experiment, judge_arms
 
