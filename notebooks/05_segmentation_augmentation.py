@@ -48,25 +48,17 @@ seg_steps = 200
 
 # %% tags=["remove-input"]
 from IPython.display import Markdown, display
-from myst_nb import glue
 
-from difflung.augment import experiment as augment
-from difflung.judging import stats
 from difflung.chapters import segmentation_augmentation as ch
-from difflung.data.masksynth import report_table as synthesis_display
 from difflung.plots import table
 from difflung.core.progress import quiet_notebook_tqdm
-from difflung.segmentation import SegConfig
 
 quiet_notebook_tqdm()
-inputs = ch.locate_inputs(runs_root)
-config = SegConfig.from_dict({"channels": seg_channels, "strides": seg_strides, "num_res_units": seg_res_units,
-                               "batch_size": seg_batch_size, "lr": seg_lr, "steps": seg_steps})
-seeds = augment.training_seeds(seed, n_seeds, min_seeds)
-glue("n_seeds", len(seeds), display=False)
-glue("seg_steps", config.steps, display=False)
-glue("min_interval_seeds", stats.MIN_SEEDS, display=False)
-glue("alpha", stats.ALPHA, display=False)
+experiment = ch.open_experiment(runs_root, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, seg_channels=seg_channels,
+                                seg_strides=seg_strides, seg_res_units=seg_res_units, seg_batch_size=seg_batch_size,
+                                seg_lr=seg_lr, seg_steps=seg_steps, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
+                                sampler_steps=sampler_steps, device=device, workers=workers)
+ch.glue_facts(ch.experiment_facts(experiment))
 
 # %% [markdown]
 # ## Inputs
@@ -74,7 +66,7 @@ glue("alpha", stats.ALPHA, display=False)
 # The phantom dataset of chapter 1, Diff-Lung (CBMAT) from chapter 3 and Seg-Guided Diffusion from chapter 4.
 
 # %% tags=["hide-input"]
-table(ch.table_inputs(inputs))
+table(ch.table_inputs(experiment.inputs))
 
 # %% [markdown]
 # ## Synthetic sets and the control's class balance
@@ -85,20 +77,14 @@ table(ch.table_inputs(inputs))
 # rare-class pixels as the synthetic arms:
 
 # %% tags=["hide-input"]
-experiment = dict(config=config, seeds=seeds, seed=seed, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
-                  sampler_steps=sampler_steps, device=device, workers=workers)
-res, syn, balance = augment.run_experiment(inputs.dataset, run_dir, tag="phantom", models=inputs.models, **experiment)
-if len(syn.report):
-    display(synthesis_display(syn.report))
+res, syn, balance = ch.run_phantom(experiment, run_dir)
+display(*ch.synthesis_tables(syn))
 table(balance)
 
 # %% tags=["remove-input"]
-real = None
-if inputs.real_dataset is not None:
-    real, _, _ = augment.run_experiment(inputs.real_dataset, run_dir, tag="real", models=inputs.real_models,
-                                        **experiment)
-metrics_path = ch.write_chapter_metrics(run_dir, [r for r in (res, real) if r is not None], config=config,
-                                        seed=seed, synthetic=syn.sets)
+real = ch.run_real(experiment, run_dir)  # None when chapter 1 prepared no real-CT dataset
+metrics_path = ch.write_chapter_metrics(run_dir, [res, real], config=experiment.config, seed=seed,
+                                        synthetic=syn.sets)
 
 # %% [markdown]
 # ## Dice per class
@@ -176,7 +162,7 @@ if real is not None:
 
 # %% tags=["hide-input"]
 if "+difflung" in syn.sets:
-    _, summary = ch.export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
+    _, summary = ch.export_nnunet_example(experiment.inputs.dataset, syn.sets["+difflung"], run_dir)
     display(table(summary))
 
 # %% tags=["remove-input"]

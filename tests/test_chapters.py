@@ -1,12 +1,15 @@
 """Chapters 2, 3 and 4 on a toy runs folder: their sections run, write their artifacts, reuse models, chapters
 3 and 4 report the same PSNR for the same model, test slices and seeds, and a comparison involving a model that
 missed its convergence criteria reads "not measurable"."""
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from difflung.chapters import criteria_tables
 from difflung.judging import criteria, instruments
 from difflung.core import runs
 from difflung.diffusion.toy import toy_dataset
@@ -90,7 +93,7 @@ def test_cbmat_chapter_sections(runs_root):
     back = criteria.read_criteria(run)
     assert back["converged"] == {"difflung": False} and back["measurable"]["fibrosis"][0] is False
     assert set(back["tables"]["difflung"].columns) == {"criterion", "value", "threshold", "met"}
-    assert "did **not** meet" in criteria.sentence("Diff-Lung", results["difflung"])
+    assert "did **not** meet" in criteria_tables.sentence("Diff-Lung", results["difflung"])
     assert list(ch.table_judge_errors(runs_root, scored, {"ggo": (False, "floor")}, judge_steps=3).columns) == ["note"]
     every = {c: (True, "") for c in measurable}  # as if the judge met every floor: the table's path
     errors = ch.table_judge_errors(runs_root, scored, every, judge_steps=3)
@@ -222,21 +225,113 @@ def test_chapters_need_the_dataset(tmp_path):
         baseline_comparison.open_comparison(tmp_path, tmp_path / "04", seed=0)
 
 
-def test_no_chapter_imports_another():
-    import ast
-    from pathlib import Path
+SHARED = {"common", "scope", "criteria_tables"}  # chapter-layer modules every chapter may import
+ALLOWED_IN_NOTEBOOKS = {"difflung.plots", "difflung.core.progress", "IPython", "myst_nb"}
 
+
+def _imported(tree, package: str = "difflung.chapters") -> list[str]:
+    """Every module an AST imports, absolute dotted names; `from difflung.chapters import x` gives
+    `difflung.chapters.x`, and relative imports are read as imports inside `package`."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            if base == "difflung.chapters":  # the names are modules of the chapter layer
+                out += [f"{base}.{a.name}" for a in node.names]
+            else:
+                out.append(base)
+    return out
+
+
+def chapter_import_problems(source: str, name: str) -> list[str]:
+    """Chapters imported by chapter-layer module `name` other than the shared ones (and itself)."""
+    bad = []
+    for mod in _imported(ast.parse(source)):
+        parts = mod.split(".")
+        if parts[:2] == ["difflung", "chapters"]:
+            if len(parts) < 3:
+                bad.append(f"{name} imports the package difflung.chapters")
+            elif parts[2] not in SHARED | {name}:
+                bad.append(f"{name} imports chapter {parts[2]}")
+    return bad
+
+
+def notebook_import_problems(source: str, chapters: set[str]) -> list[str]:
+    """What a notebook imports beyond one chapter module of `chapters`, `plots`, `progress`, IPython, myst_nb and
+    the standard library."""
+    import sys
+
+    bad, used = [], set()
+    for mod in _imported(ast.parse(source), package="notebooks"):
+        parts = mod.split(".")
+        if parts[:2] == ["difflung", "chapters"] and len(parts) >= 3 and parts[2] in chapters:
+            used.add(parts[2])
+        elif not (mod in ALLOWED_IN_NOTEBOOKS or parts[0] in ALLOWED_IN_NOTEBOOKS
+                  or parts[0] in sys.stdlib_module_names):
+            bad.append(f"imports {mod}")
+    if len(used) != 1:
+        bad.append(f"imports {len(used)} chapter modules ({', '.join(sorted(used)) or 'none'}), not one")
+    return bad
+
+
+def _chapter_paths():
     import difflung.chapters as chapters
 
-    paths = [p for p in Path(chapters.__file__).parent.glob("*.py") if p.stem != "__init__"]
-    modules = {p.stem for p in paths}
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                names = [node.module] if node.module else [a.name for a in node.names]
-                assert not modules & set(names), f"{path.name} imports chapter {modules & set(names)}"
-            if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module == "chapters":
-                raise AssertionError(f"{path.name} imports difflung.chapters")
+    return [p for p in Path(chapters.__file__).parent.glob("*.py") if p.stem != "__init__"]
+
+
+def test_no_chapter_imports_another():
+    paths = _chapter_paths()
+    assert {p.stem for p in paths} >= SHARED | {"ablation_study", "results"}
+    problems = [m for p in paths for m in chapter_import_problems(p.read_text(), p.stem)]
+    assert not problems, problems
+
+
+def test_the_chapter_import_check_catches_each_form():
+    for line in ("from difflung.chapters import results", "from difflung.chapters.results import judge",
+                 "import difflung.chapters.results", "from . import results", "from .results import judge",
+                 "import difflung.chapters", "def f():\n    from difflung.chapters import cbmat_training as c"):
+        assert chapter_import_problems(line, "ablation_study"), line
+    ok = ("from difflung.chapters import common, criteria_tables\nfrom difflung.chapters.scope import Scope\n"
+          "from . import scope\nfrom difflung.judging import criteria")
+    assert chapter_import_problems(ok, "ablation_study") == []
+
+
+def test_notebooks_import_only_their_chapter():
+    """A notebook's door to the library is its chapter module (the one whose docstring names the notebook),
+    `plots` and `progress`; everything else is the chapter's business."""
+    repo = Path(__file__).resolve().parents[1]
+    chapters = {p.stem: p.read_text() for p in _chapter_paths() if p.stem not in SHARED}
+    notebooks = sorted((repo / "notebooks").glob("[0-9][0-9]_*.py"))
+    assert len(notebooks) == 7
+    for nb in notebooks:
+        source = nb.read_text()
+        problems = notebook_import_problems(source, set(chapters))
+        assert not problems, f"{nb.name}: {problems}"
+        own = [c for c, text in chapters.items() if f"notebooks/{nb.name}" in text]
+        assert len(own) == 1 and f"from difflung.chapters import {own[0]} as ch" in source, (nb.name, own)
+
+
+def test_the_notebook_import_check_catches_library_imports():
+    chapters = {"ablation_study", "results"}
+    good = ("from IPython.display import Markdown, display\nfrom myst_nb import glue\nimport json\n"
+            "from difflung.core.progress import quiet_notebook_tqdm\nfrom difflung.plots import table\n"
+            "from difflung.chapters import ablation_study as ch\n")
+    assert notebook_import_problems(good, chapters) == []
+    assert notebook_import_problems(good + "from difflung.judging import stats\n", chapters) == [
+        "imports difflung.judging"]
+    assert notebook_import_problems(good + "import pandas as pd\n", chapters) == ["imports pandas"]
+    assert notebook_import_problems(good + "from difflung.chapters import results\n", chapters) == [
+        "imports 2 chapter modules (ablation_study, results), not one"]
+    assert notebook_import_problems(good + "from difflung.chapters import common\n", chapters) == [
+        "imports difflung.chapters.common"]
+    assert notebook_import_problems("import numpy", chapters) == [
+        "imports numpy", "imports 0 chapter modules (none), not one"]
 
 
 @pytest.mark.slow

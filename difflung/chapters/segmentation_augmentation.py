@@ -39,7 +39,7 @@ from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_c
 from difflung.core.provenance import write_json_atomic
 from difflung.judging.reported import ALL_CLAIMS, LABEL, SEGMENTATION_DICE
 from difflung.core.runs import phantom_dataset_dir, real_dataset_dir
-from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 from difflung.segmentation import SegConfig
 
 TABLE_CLASSES = ("lung", "emphysema", "fibrosis", "ggo")  # the poster's "healthy" is healthy lung parenchyma
@@ -102,9 +102,63 @@ def table_inputs(inputs: Inputs) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("input")
 
 
+@dataclass
+class Experiment:
+    """The chapter's experiment: its inputs, the segmenter's configuration, the training seeds and the settings
+    `difflung.augment.experiment.run_experiment` takes for every dataset."""
+    inputs: Inputs
+    config: SegConfig
+    seeds: list[int]
+    settings: dict  # seed, mix_ratio, boost, sampler, sampler_steps, device, workers
+
+
+def open_experiment(runs_root, *, seed: int, n_seeds: int, min_seeds: int, seg_channels, seg_strides,
+                    seg_res_units: int, seg_batch_size: int, seg_lr: float, seg_steps: int, mix_ratio: float,
+                    boost: float | dict, sampler: str, sampler_steps: int | None, device: str = "auto",
+                    workers: int = 1) -> Experiment:
+    """Find the run's inputs (`locate_inputs`), build the segmenter's `SegConfig` from the profile's `seg_*`
+    values and fix the training seeds (`augment.training_seeds`: an error below `min_seeds`)."""
+    inputs = locate_inputs(runs_root)
+    config = SegConfig.from_dict({"channels": seg_channels, "strides": seg_strides, "num_res_units": seg_res_units,
+                                  "batch_size": seg_batch_size, "lr": seg_lr, "steps": seg_steps})
+    seeds = A.training_seeds(seed, n_seeds, min_seeds)
+    return Experiment(inputs, config, seeds, dict(seed=seed, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
+                                                  sampler_steps=sampler_steps, device=device, workers=workers))
+
+
+def experiment_facts(exp: Experiment) -> dict:
+    """Seeds, segmenter steps and the statistics' constants the prose quotes (`difflung.judging.stats`)."""
+    return {"n_seeds": len(exp.seeds), "seg_steps": exp.config.steps, "min_interval_seeds": stats.MIN_SEEDS,
+            "alpha": stats.ALPHA, "confidence": f"{stats.CONFIDENCE:.0%}"}
+
+
+def run_phantom(exp: Experiment, run_dir):
+    """The experiment on the phantom dataset (`augment.run_experiment`, tag "phantom"): returns (Results,
+    Synthesis, the training sets' rare-class balance)."""
+    return A.run_experiment(exp.inputs.dataset, run_dir, tag="phantom", models=exp.inputs.models,
+                            config=exp.config, seeds=exp.seeds, **exp.settings)
+
+
+def synthesis_tables(syn) -> list:
+    """The mask synthesis report (`masksynth.report_table`), when masks were synthesised."""
+    from difflung.data.masksynth import report_table
+
+    return [report_table(syn.report)] if len(syn.report) else []
+
+
+def run_real(exp: Experiment, run_dir) -> Results | None:
+    """The same experiment on chapter 1's real-CT dataset (tag "real"); None when the run has none."""
+    if exp.inputs.real_dataset is None:
+        return None
+    return A.run_experiment(exp.inputs.real_dataset, run_dir, tag="real", models=exp.inputs.real_models,
+                            config=exp.config, seeds=exp.seeds, **exp.settings)[0]
+
+
 def write_chapter_metrics(run_dir, results: list[Results], *, config: SegConfig, seed: int,
                           synthetic: dict[str, SyntheticSet] | None = None, extra: dict | None = None) -> Path:
-    """metrics.csv (deterministic numbers only; intervals drawn from `seed`) + timings.json (wall times)."""
+    """metrics.csv (deterministic numbers only; intervals drawn from `seed`) + timings.json (wall times).
+    `results` may hold None for a dataset the run skipped."""
+    results = [r for r in results if r is not None]
     rng = np.random.default_rng(seed)
     path = write_metrics(run_dir, [row for r in results for row in A.metric_rows(r, generator=rng)])
     write_json_atomic(Path(run_dir) / "timings.json", A.timing_record(results, synthetic, config=config, seed=seed,
