@@ -87,6 +87,32 @@ def test_chapter_signature_frequencies_and_scope(tmp_path):
     assert "emphysema at this size" in box and "at 16 px: lost" in box and "do not test the paper" in box
     assert "no such labels" in box and "fibrosis at 16 px" in box
     assert cohort.not_measurable(lost) == {"emphysema": "at 16 px: lost"}
+    assert ch.signature_facts(lost) == {"sig_lost": "emphysema", "sig_verb": "loses"}
+    assert ch.signature_facts(t) == {"sig_lost": "no class", "sig_verb": "lose"}
+    assert ch.cohort_facts(ds, n_patients=3) == {"n_patients": 3, "n_slices_total": 6}
+
+
+def test_real_ct_sections_show_and_write_nothing_when_the_profile_skips_them(tmp_path):
+    ds, vols = tiny_dataset(tmp_path)
+    run = tmp_path / "run"
+    assert ch.open_real_ct(False) is None
+    assert ch.real_ct_tables(None) == [] and ch.prepare_real(None, run, size=16, seed=0) == []
+    assert ch.figure_real_vs_phantom(None, vols, run, seed=0) is None
+    assert ch.figure_anatomy_overlays(None, run, seed=0) is None
+    assert ch.lung_hu(None, vols, seed=0) is None and ch.table_lung_hu(None) is None
+    assert ch.figure_real_vs_phantom_hu(None, run, seed=0) is None and not run.exists()
+    checks = cohort.hu_checks(vols)
+    sig = cohort.hu_signature(ds, vols, run)
+    rows = ch.write_chapter_metrics(run, ds, checks, signature=sig, agreement=None, real=None, hu=None, seed=0)
+    want = cohort.write_cohort_metrics(tmp_path / "direct", ds, checks, seed=0, signature=sig)
+    pd.testing.assert_frame_equal(rows, want)  # the phantom's rows only, no real-CT rows
+    assert (run / "metrics.csv").read_bytes() == (tmp_path / "direct" / "metrics.csv").read_bytes()
+
+
+def test_page_facts_come_from_the_library():
+    f = ch.page_facts(size=32, phantom_size=128)
+    assert f == {"size": 32, "phantom_size": 128, "lung_window": window_name(), "laa_hu": "-950"}
+    assert float(f["laa_hu"]) == I.EMPHYSEMA_THRESHOLD_HU
 
 
 def test_readable_numbers_and_tables():

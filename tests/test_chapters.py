@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from difflung.chapters import criteria_tables
-from difflung.judging import criteria, instruments
+from difflung.judging import criteria, instruments, stats
 from difflung.core import runs
 from difflung.diffusion.toy import toy_dataset
 from difflung.core.metrics_csv import read_metrics
@@ -51,6 +51,10 @@ def test_ablation_chapter_sections(runs_root):
     assert set(rows.loc[rows["condition"] == "no lung", "seed"]) == {0}  # partial masks: first seed
     measurable, results = ch.check(runs_root, run, scored, sampler="dpm", steps=3)
     assert set(results) == {"none", "cbmat"} and criteria.read_criteria(run)["converged"].keys() == results.keys()
+    assert ch.run_facts(scored) == {"n_test_slices": 3, "n_test_patients": 2, "n_seeds": 2, "confidence": "95%",
+                                    "alpha": 0.05}
+    assert ch.table_measurable(scored, measurable).loc["fibrosis", "measurable"].startswith("not measurable")
+    assert list(ch.table_criteria(results).columns) == ["threshold", "no ablation", "CBMAT (Diff-Lung)"]
     assert not measurable["fibrosis"][0]  # a 3-step judge, and chapter 1's signature: not measurable
     table = ch.table_quality(scored, measurable, results)
     assert list(table.columns) == ["real slices", "no ablation", "CBMAT (Diff-Lung)", "why not measurable"]
@@ -59,6 +63,7 @@ def test_ablation_chapter_sections(runs_root):
     assert table.loc["Dice fibrosis", "why not measurable"] == measurable["fibrosis"][1]
     cmp = ch.comparisons(scored, measurable, results)
     assert cmp["claim"].str.contains("PSNR").sum() == 1 and cmp["n"].eq(2).all()  # n: test patients
+    assert ch.claim_facts(cmp) == {"n_claims": len(cmp), "min_patients": stats.min_units(len(cmp))}
     # a 3-step model misses its criteria: every comparison involving it is not measurable, with the reason
     assert not results["cbmat"]["converged"] and cmp["verdict"].str.startswith("not measurable").all()
     assert "did not meet the convergence criteria" in cmp.loc[cmp["claim"].str.contains("PSNR"), "verdict"].iloc[0]
@@ -90,6 +95,10 @@ def test_cbmat_chapter_sections(runs_root):
     scored = ch.evaluate(runs_root, run, r, judge_steps=3, **EVAL)
     assert scored.generated("difflung", seed=1).shape == (3, 16, 16)
     measurable, results = ch.check(runs_root, run, scored, sampler="dpm", steps=3)
+    assert ch.run_facts(scored) == {"n_test_slices": 3, "n_test_patients": 2, "n_seeds": 2, "confidence": "95%"}
+    assert ch.criteria_facts(results)["converged_sentence"].startswith("Diff-Lung (CBMAT) did **not** meet")
+    assert list(ch.table_criteria(results).columns) == ["value", "threshold", "met"]
+    assert ch.train_facts(r) == {"train_device": "cpu", "prediction": "v-prediction"}
     back = criteria.read_criteria(run)
     assert back["converged"] == {"difflung": False} and back["measurable"]["fibrosis"][0] is False
     assert set(back["tables"]["difflung"].columns) == {"criterion", "value", "threshold", "met"}
@@ -164,6 +173,7 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     assert quality.loc[("SPADE", "reported (poster)"), "SSIM lung"] == "not reported"
     crit_table, memo = bc.table_criteria(run)
     assert "(missed)" in crit_table.to_string() and len(memo) == len(bc.MODELS)
+    assert bc.page_run_facts(run)["n_patients"] == "2" and bc.page_run_facts(run)["size"] == "16"
     inst = bc.table_instruments(run, s)
     assert inst.loc["lung", "floor"] == 0.7
     faith = bc.table_faithfulness(run, s)
@@ -223,6 +233,31 @@ def test_chapters_need_the_dataset(tmp_path):
         cbmat_training.train_main(tmp_path, steps=2, batch_size=2)
     with pytest.raises(FileNotFoundError, match="01_data_preparation"):
         baseline_comparison.open_comparison(tmp_path, tmp_path / "04", seed=0)
+
+
+def test_page_facts_are_the_library_constants():
+    from difflung.chapters import baseline_comparison, cbmat_training, results
+
+    assert results.page_facts() == {"alpha": stats.ALPHA, "confidence": "95 %", "min_seeds": stats.MIN_SEEDS,
+                                    "magnitude": "0.1x-10x", "model_window": "HU [-1000, 400]", "data_range": 2.0}
+    f = cbmat_training.page_facts()
+    assert (f["n_timesteps"], f["beta_schedule"], f["rare_floor"]) == (1000, "linear", instruments.JUDGE_FLOOR_RARE)
+    assert f["parent_recipe"] == "AdamW at 0.0001 with 500 warm-up steps, epsilon prediction, no EMA, batch 16, fp32"
+    f = baseline_comparison.page_facts()
+    assert f["hu_w1_max"] == instruments.HU_W1_MAX and f["confidence"] == "95 %" and len(f) == 8
+
+
+def test_lesion_insertion_facts_from_its_tables():
+    from difflung.chapters import lesion_insertion as li
+
+    checks = pd.DataFrame({"outside_differences": [0, 0], "w1_after": [10.0, 30.0], "w1_before": [20.0, 25.0]},
+                          index=["ggo", "fibrosis"])
+    assert li.check_facts(checks) == {"outside": 0, "n_w1_better": 1, "n_classes": 2}
+    summary = {"seconds_by_stage": {"painting": 4.0}, "lesions": 2, "seconds_placement": 1.0, "seconds": 9.0,
+               "windows": 3, "network_calls_per_window": 10, "device": "cpu"}
+    assert li.cost_facts(li.cost(summary, 60.0), summary) == {"device": "cpu", "s_per_lesion": 5.0}
+    f = li.page_facts(patch_size=64, per_class=2, train_steps=60, target_ml=3.0, margin_mm=2.0)
+    assert f["n_phantom"] == 6 and f["patch_mm"] == 1.0 and f["lung_window"].startswith("lung window")
 
 
 SHARED = {"common", "scope", "criteria_tables"}  # chapter-layer modules every chapter may import

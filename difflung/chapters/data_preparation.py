@@ -361,7 +361,7 @@ def table_mask_synthesis(report):
     return masksynth.report_table(report)
 
 
-def write_chapter_metrics(run_dir, ds: Dataset, checks: dict, *, signature: pd.DataFrame, agreement: pd.DataFrame,
+def write_chapter_metrics(run_dir, ds: Dataset, checks: dict, *, signature: pd.DataFrame, agreement: pd.DataFrame | None,
                           real: RealCT | None, hu: LungHU | None, seed: int) -> pd.DataFrame:
     """`<run_dir>/metrics.csv`: the HU checks, frequencies, slice counts and HU signature of the phantom
     (`phantom_dataset.write_cohort_metrics`), with the anatomy agreement and, when the real CT ran, its volumes

@@ -117,7 +117,7 @@ def show_judge(judged: pd.DataFrame | None):
     return Markdown(JUDGE_NOT_MEASURED) if judged is None else table_judge(judged)
 
 
-COST_PER_LESION = "seconds per lesion (insertion + placement)"  # the row of `checks.cost_table` the prose quotes
+COST_PER_LESION = C.TIMINGS["seconds_per_lesion"]  # the row of `checks.cost_table` the prose quotes
 
 
 def cost(summary: dict, train_seconds: float) -> pd.DataFrame:
