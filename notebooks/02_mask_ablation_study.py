@@ -143,13 +143,13 @@ table(claims, hide_index=True)
 ch.glue_facts(ch.claim_facts(claims))
 
 # %% [markdown]
-# Each row compares CBMAT with another strategy on the same slices and seeds (`difflung.judging.stats.compare_slices`):
-# the estimate is the mean difference, its interval a patient-level bootstrap, its p-value a sign-flip test over
-# patients. The p-values are corrected with Holm's method over the {glue:text}`n_claims` comparisons of this
-# chapter, then every row goes through the book's one verdict rule (`difflung.judging.stats.verdict`): *reproduced* needs
-# an adjusted p below {glue:text}`alpha` and an interval on the claimed side of zero. With this many comparisons
-# that takes at least {glue:text}`min_patients` test patients; a comparison involving a class or a strategy the
-# run cannot measure reads *not measurable*, with the reason.
+# Each row compares CBMAT with another strategy on the same slices and seeds
+# (`difflung.judging.stats.compare_slices`): the estimate is the mean difference, its interval a patient-level
+# bootstrap, its p-value a sign-flip test over patients. The p-values are corrected with Holm's method over the
+# {glue:text}`n_claims` comparisons of this chapter, then every row goes through the book's one verdict rule
+# (`difflung.judging.stats.verdict`): *reproduced* needs an adjusted p below {glue:text}`alpha` and an interval on the
+# claimed side of zero. With this many comparisons that takes at least {glue:text}`min_patients` test patients; a
+# comparison involving a class or a strategy the run cannot measure reads *not measurable*, with the reason.
 #
 # ## Generation from partial masks
 #

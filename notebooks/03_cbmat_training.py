@@ -99,12 +99,12 @@ ch.glue_facts(ch.run_facts(scored))
 #
 # ## Has the model converged?
 #
-# The criteria are checked on the {glue:text}`n_test_slices` test masks of {glue:text}`n_test_patients` test
-# patients (`difflung.judging.criteria.measure`, thresholds in `difflung.judging.instruments`): the judge's Dice on generated
+# The criteria are checked on the {glue:text}`n_test_slices` test masks of {glue:text}`n_test_patients` test patients
+# (`difflung.judging.criteria.measure`, thresholds in `difflung.judging.instruments`): the judge's Dice on generated
 # slices at least a fixed share of its Dice on the real slices, for each measurable class; per-class HU distance
-# (Wasserstein-1) between generated and real pixels below a limit; almost every generated slice with its air
-# near the real slice's; and a small classifier trained on some test patients that cannot tell real from
-# generated slices of the others too well.
+# (Wasserstein-1) between generated and real pixels below a limit; almost every generated slice with its air near the
+# real slice's; and a small classifier trained on some test patients that cannot tell real from generated slices of the
+# others too well.
 
 # %% tags=["hide-input"]
 table(ch.table_criteria(results))

@@ -71,8 +71,8 @@ table(ch.table_inputs(experiment.inputs))
 # %% [markdown]
 # ## Synthetic sets and the control's class balance
 #
-# `difflung.augment.experiment.run_experiment` synthesises the masks, paints them with each diffusion model, builds the arms,
-# and trains and scores each arm once per training seed ({glue:text}`n_seeds` seeds, {glue:text}`seg_steps` steps
+# `difflung.augment.experiment.run_experiment` synthesises the masks, paints them with each diffusion model, builds the
+# arms, and trains and scores each arm once per training seed ({glue:text}`n_seeds` seeds, {glue:text}`seg_steps` steps
 # each). The mask synthesis, then each training set's rare-class share, which shows that `oversample` adds as many
 # rare-class pixels as the synthetic arms:
 
@@ -157,8 +157,8 @@ if real is not None:
 # %% [markdown]
 # ## Export for nnU-Net
 #
-# `python -m difflung export-nnunet` (here `difflung.data.nnunet.export_nnunet`) writes real + synthetic training data in
-# nnU-Net v2's raw layout, so the augmented set can train nnU-Net.
+# `python -m difflung export-nnunet` (here `difflung.data.nnunet.export_nnunet`) writes real + synthetic training data
+# in nnU-Net v2's raw layout, so the augmented set can train nnU-Net.
 
 # %% tags=["hide-input"]
 if "+difflung" in syn.sets:

@@ -59,10 +59,10 @@ ch.glue_facts(ch.page_facts(patch_size=patch_size, per_class=per_class, train_st
 # %% [markdown]
 # ## The insertion model
 #
-# A whole-slice model at the profile's image size cannot paint texture into a 512 x 512 scan of sub-millimetre
-# pixels. The insertion model works on patches of {glue:text}`patch_size` pixels at {glue:text}`patch_mm` mm,
-# whatever the scan's own pixel size (`difflung.insertion.patches`): windows of the scan are resampled onto that grid, painted
-# and resampled back only where the lesion goes. It is trained with the ordinary training shell
+# A whole-slice model at the profile's image size cannot paint texture into a 512 x 512 scan of sub-millimetre pixels.
+# The insertion model works on patches of {glue:text}`patch_size` pixels at {glue:text}`patch_mm` mm, whatever the
+# scan's own pixel size (`difflung.insertion.patches`): windows of the scan are resampled onto that grid, painted and
+# resampled back only where the lesion goes. It is trained with the ordinary training shell
 # (`difflung.insertion.patches.train_patch_model`) on patches of {glue:text}`n_phantom` phantom patients, drawn so that
 # each lesion class is present (they teach the pathology), and of the real `lung1` scan (healthy lung, vessels and
 # airway: the background), with the loss weighted towards lesion pixels (LeFusion's lesion-focused loss), for
@@ -77,10 +77,10 @@ result, phantom, train_seconds = ch.train_model(
 # %% [markdown]
 # ## Placing and painting lesions
 #
-# For each class, lesion shapes of the phantom, drawn at `lung2`'s pixel size, are pasted into its healthy lung
-# (the `--synthesize` placement of `difflung.insertion.insert`, on the lung field `difflung.data.ct_anatomy` extracts) until they
-# add up to {glue:text}`target_ml` ml. The edit region is the lesions dilated in-plane by {glue:text}`margin_mm`
-# mm within the lung; RePaint (`difflung.diffusion.inpaint`) regenerates only that region, with the real scan
+# For each class, lesion shapes of the phantom, drawn at `lung2`'s pixel size, are pasted into its healthy lung (the
+# `--synthesize` placement of `difflung.insertion.insert`, on the lung field `difflung.data.ct_anatomy` extracts) until
+# they add up to {glue:text}`target_ml` ml. The edit region is the lesions dilated in-plane by {glue:text}`margin_mm` mm
+# within the lung; RePaint (`difflung.diffusion.inpaint`) regenerates only that region, with the real scan
 # forward-diffused as the known part at every step, and the final paste copies every other voxel from the input.
 
 # %% tags=["hide-input"]

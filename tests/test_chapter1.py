@@ -71,7 +71,8 @@ def test_chapter_signature_frequencies_and_scope(tmp_path):
     assert (t["full_mean_hu"] == t["size_mean_hu"]).all() and t["measurable"].all()  # same size: same numbers
     assert I.read_signature(tmp_path)["emphysema"] == (True, "")
     shown = ch.table_signature(t, 16)
-    assert shown.loc["emphysema", "16 px: % < -950 HU"] == "100 %" and shown.loc["lung", "16 px: signature"] == "no check"
+    assert shown.loc["emphysema", "16 px: % < -950 HU"] == "100 %"
+    assert shown.loc["lung", "16 px: signature"] == "no check"
 
     freq = cohort.frequency_table(ds)
     cb = cohort.frequency_pivot(freq, "f_cbmat")

@@ -13,9 +13,9 @@ Each function is one section of `notebooks/02_mask_ablation_study.py`:
     ch.figure_samples(scored, run_dir); ch.scope(profile, scored, measurable, results, n_comparisons)
 
 Models go to `<run_dir>/models/<strategy>/` (reused when finished with the same config and data); generation and
-scoring follow `difflung.judging.scoring`. The unit of every interval is the test patient (`difflung.judging.stats`); classes the
-judge cannot read, or whose HU signature is lost at this size, and strategies that miss their convergence criteria
-(`difflung.judging.criteria`, written to `criteria.json`) make their comparisons "not measurable".
+scoring follow `difflung.judging.scoring`. The unit of every interval is the test patient (`difflung.judging.stats`);
+classes the judge cannot read, or whose HU signature is lost at this size, and strategies that miss their convergence
+criteria (`difflung.judging.criteria`, written to `criteria.json`) make their comparisons "not measurable".
 """
 from __future__ import annotations
 

@@ -339,9 +339,9 @@ def table_cost(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def comparisons(runs_root, seed: int = 0) -> pd.DataFrame:
-    """The poster's image-quality claims as `difflung.judging.claims.comparisons` measures them from this chapter's files
-    (`stats.compare_slices`, unit test patient; validity from the generators' convergence criteria), so the numbers
-    equal the results chapter's, through `stats.judge_claims`. Only "not measurable" is final here: the verdicts
+    """The poster's image-quality claims as `difflung.judging.claims.comparisons` measures them from this chapter's
+    files (`stats.compare_slices`, unit test patient; validity from the generators' convergence criteria), so the
+    numbers equal the results chapter's, through `stats.judge_claims`. Only "not measurable" is final here: the verdicts
     are given once, in the results chapter, after Holm's correction across all the run's claims."""
     from difflung.judging import claims
 
@@ -427,7 +427,8 @@ def scope(profile: str, run_dir) -> Scope:
     box.can.append(f"PSNR and SSIM (full frame, body, lung) of the four generators on the same masks and noise, "
                    f"with intervals over {f['n_patients']} test patients.")
     box.can.append(f"Cost on this run's device ({f['device']}) at {f['size']} px, beside the poster's ratios.")
-    box.cannot += criteria_tables.cannot_show(crit["measurable"], _results(run_dir), {k: display_name(k) for k in MODELS})
+    box.cannot += criteria_tables.cannot_show(crit["measurable"], _results(run_dir),
+                                              {k: display_name(k) for k in MODELS})
     need = stats.min_units(len(reported.CLAIMS))
     if f["n_patients"] < need:
         box.cannot.append(f"A reproduced image-quality claim: with {f['n_patients']} test patients the patient-level "

@@ -13,9 +13,9 @@ Each function is one section of `notebooks/03_cbmat_training.py`:
 
 The model is saved to `<runs_root>/03_cbmat_training/model/` (`difflung.core.runs.main_model_dir`; chapters 4 and 5
 reuse it) and reused when finished with the same configuration and data. Generation and scoring follow
-`difflung.judging.scoring`, so chapter 4 reports the same PSNR for this model on the same test slices and seeds. Intervals
-are patient-level (`difflung.judging.stats.slice_intervals`); the criteria are `difflung.judging.criteria`'s, written to
-`criteria.json` for later chapters.
+`difflung.judging.scoring`, so chapter 4 reports the same PSNR for this model on the same test slices and seeds.
+Intervals are patient-level (`difflung.judging.stats.slice_intervals`); the criteria are
+`difflung.judging.criteria`'s, written to `criteria.json` for later chapters.
 """
 from __future__ import annotations
 

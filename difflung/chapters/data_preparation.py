@@ -82,7 +82,8 @@ def table_splits(ds: Dataset) -> pd.DataFrame:
 def figure_levels(volumes: list[Volume], run_dir, *, seed: int, patient: int = 0):
     """Apex, middle and base slices of one phantom patient in the lung window, without and with labels."""
     v = volumes[patient]
-    zs = {"apex": int(0.12 * (len(v.hu) - 1)), "middle": int(0.5 * (len(v.hu) - 1)), "base": int(0.88 * (len(v.hu) - 1))}
+    last = len(v.hu) - 1
+    zs = {"apex": int(0.12 * last), "middle": int(0.5 * last), "base": int(0.88 * last)}
     fig, axes = plt.subplots(2, 3, figsize=(9, 6.6), layout="constrained")
     for j, (name, k) in enumerate(zs.items()):
         show_ct(axes[0, j], v.hu[k], title=f"phantom (truth) {v.patient}, {name} (slice {k})")
@@ -96,8 +97,8 @@ def figure_levels(volumes: list[Volume], run_dir, *, seed: int, patient: int = 0
 
 
 def figure_hu_histograms(volumes: list[Volume], run_dir, *, seed: int):
-    """Per-class HU histograms of a seeded sample of the cohort's pixels (`difflung.data.phantom_dataset.hu_samples`), with
-    each class's literature HU range (`labels.LabelClass.hu_range`) shaded."""
+    """Per-class HU histograms of a seeded sample of the cohort's pixels (`difflung.data.phantom_dataset.hu_samples`),
+    with each class's literature HU range (`labels.LabelClass.hu_range`) shaded."""
     import seaborn as sns
 
     samples = hu_samples(volumes, seed=seed)
@@ -137,7 +138,8 @@ def table_hu_checks(checks: dict[str, float]) -> pd.DataFrame:
 
 
 def table_signature(signature: pd.DataFrame, full_size: int) -> pd.DataFrame:
-    """`difflung.data.phantom_dataset.hu_signature` for the page: one row per class, readable columns, kept/lost in words."""
+    """`difflung.data.phantom_dataset.hu_signature` for the page: one row per class, readable columns, kept/lost in
+    words."""
     size = int(signature["size"].iloc[0])
     thr = f"% < {I.EMPHYSEMA_THRESHOLD_HU:g} HU"
     out = pd.DataFrame({"class": signature["class"], "check": signature["check"]})
@@ -169,7 +171,8 @@ def figure_frequencies(freq: pd.DataFrame, run_dir, *, seed: int):
 
 
 def table_frequencies(freq: pd.DataFrame, column: str):
-    """One frequency column of `difflung.data.phantom_dataset.frequency_table` as a class x split table of percentages."""
+    """One frequency column of `difflung.data.phantom_dataset.frequency_table` as a class x split table of
+    percentages."""
     pv = frequency_pivot(freq, column)
     return table(pv, percent=pv.columns)
 
@@ -240,8 +243,8 @@ def figure_anatomy_overlays(real: RealCT | None, run_dir, *, seed: int):
     fig.legend(handles=legend_handles(present), loc="outside lower center", ncol=len(present), frameon=False)
     fig.suptitle(f"Anatomy found by thresholds and components (body outline, lung, airway) + the files' own lesion, "
                  f"{window_name()}")
-    save_figure(fig, Path(run_dir) / "real_anatomy_overlays.png", config={"patients": [c.volume.patient for c in cases]},
-                seed=seed)
+    save_figure(fig, Path(run_dir) / "real_anatomy_overlays.png",
+                config={"patients": [c.volume.patient for c in cases]}, seed=seed)
     return fig
 
 
@@ -321,7 +324,8 @@ def prepare_real(real: RealCT | None, run_dir, *, size: int, seed: int) -> list:
 
 
 def table_prepared(summary: dict) -> pd.DataFrame:
-    """Per patient of `difflung.data.realct.prepare_example`'s summary: slices kept, spacing, lung ml, voxels per class."""
+    """Per patient of `difflung.data.realct.prepare_example`'s summary: slices kept, spacing, lung ml, voxels per
+    class."""
     return pd.DataFrame([{
         "patient": r["patient"], "slices kept": r["slices_kept"], "of": r["slices_total"],
         "spacing mm (z, y, x)": ", ".join(f"{s:.3g}" for s in r["spacing_mm"]),
@@ -346,7 +350,8 @@ def figure_mask_synthesis(labels: np.ndarray, run_dir, *, boost: dict, seed: int
             axes[i, j].imshow(m[box], cmap=cmap, norm=norm, interpolation="nearest")
             axes[i, j].set_title(title, fontsize=9)
             axes[i, j].set_axis_off()
-    present = sorted(set(np.unique(syn.labels[:n_show]).tolist()) | set(np.unique(labels[syn.source_index[:n_show]]).tolist()))
+    present = sorted(set(np.unique(syn.labels[:n_show]).tolist())
+                     | set(np.unique(labels[syn.source_index[:n_show]]).tolist()))
     fig.legend(handles=legend_handles(present), loc="lower center", ncol=len(present), frameon=False)
     fig.suptitle("Mask synthesis: lesions rotated, copied and dilated into healthy lung (top: input, bottom: new)")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -361,8 +366,9 @@ def table_mask_synthesis(report):
     return masksynth.report_table(report)
 
 
-def write_chapter_metrics(run_dir, ds: Dataset, checks: dict, *, signature: pd.DataFrame, agreement: pd.DataFrame | None,
-                          real: RealCT | None, hu: LungHU | None, seed: int) -> pd.DataFrame:
+def write_chapter_metrics(run_dir, ds: Dataset, checks: dict, *, signature: pd.DataFrame,
+                          agreement: pd.DataFrame | None, real: RealCT | None, hu: LungHU | None,
+                          seed: int) -> pd.DataFrame:
     """`<run_dir>/metrics.csv`: the HU checks, frequencies, slice counts and HU signature of the phantom
     (`phantom_dataset.write_cohort_metrics`), with the anatomy agreement and, when the real CT ran, its volumes
     and healthy-lung HU (`realct.metrics_rows`)."""

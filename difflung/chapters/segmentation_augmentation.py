@@ -1,24 +1,24 @@
 """Chapter 5, segmentation augmentation: does synthetic data lift rare-class Dice?
 
 The experiment -- arms, mask synthesis, painting, the oversampling control, training and scoring over seeds --
-lives in `difflung.augment.experiment`, with its statistics (summaries, validity, the chapter's comparisons). This module
-chooses the generators each synthetic arm uses and makes the chapter's tables and figures from `metrics.csv`.
+lives in `difflung.augment.experiment`, with its statistics (summaries, validity, the chapter's comparisons). This
+module chooses the generators each synthetic arm uses and makes the chapter's tables and figures from `metrics.csv`.
 
 Each function is one section of `notebooks/05_segmentation_augmentation.py`:
 
-    inputs = locate_inputs(runs_root); table_inputs(inputs)
-    res, syn, balance = augment.run_experiment(inputs.dataset, run_dir, tag="phantom", models=inputs.models, ...)
-    real, _, _ = augment.run_experiment(inputs.real_dataset, run_dir, tag="real", ...)   # if inputs.real_dataset
-    write_chapter_metrics(run_dir, [res, real], config=config, seed=seed, synthetic=syn.sets)
+    exp = open_experiment(runs_root, seed=..., n_seeds=..., seg_steps=..., ...); table_inputs(exp.inputs)
+    res, syn, balance = run_phantom(exp, run_dir); synthesis_tables(syn)    # `augment.run_experiment`, phantom
+    real = run_real(exp, run_dir)                                           # None without a real-CT dataset
+    write_chapter_metrics(run_dir, [res, real], config=exp.config, seed=seed, synthetic=syn.sets)
     table_results(run_dir, runs_root=...); figure_dice(run_dir, runs_root=...)     # from metrics.csv
     table_comparisons(run_dir, runs_root=...); table_poster_claims(runs_root)
     figure_examples(res, run_dir); export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
     scope(profile, run_dir, runs_root=...)
 
 Numbers go to `<run_dir>/metrics.csv` (column `dataset`; per-seed Dice rows, metric `dice`, seed = training
-seed, read by `difflung.judging.claims`); timings to `timings.json`. Statistics: `difflung.augment.experiment` (unit: training seed;
-an interval only from `stats.MIN_SEEDS` seeds; Holm across the chapter's table; `stats.verdict`). The poster's
-claims are judged once for the run (`table_poster_claims`) and left out of the chapter's table.
+seed, read by `difflung.judging.claims`); timings to `timings.json`. Statistics: `difflung.augment.experiment` (unit:
+training seed; an interval only from `stats.MIN_SEEDS` seeds; Holm across the chapter's table; `stats.verdict`). The
+poster's claims are judged once for the run (`table_poster_claims`) and left out of the chapter's table.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from difflung.segmentation import SegConfig
 
 TABLE_CLASSES = ("lung", "emphysema", "fibrosis", "ggo")  # the poster's "healthy" is healthy lung parenchyma
 POSTER = SEGMENTATION_DICE  # the poster's rows (healthy = lung), shown as reported, never as ours
-POSTER_TRIPLES = {(c.cls, c.a, c.b) for c in ALL_CLAIMS if c.kind == "segmentation"}  # judged by difflung.judging.claims
+POSTER_TRIPLES = {(c.cls, c.a, c.b) for c in ALL_CLAIMS if c.kind == "segmentation"}  # judged by judging.claims
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -63,8 +63,8 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
     """Find the upstream artifacts of a run; explicit paths override the run layout.
 
     Defaults: chapter 1's phantom dataset (and its real-CT dataset, optional) and, for each synthetic arm of
-    `difflung.augment.experiment.ARMS`, the generator folder its producing chapter writes (Diff-Lung CBMAT from chapter 3,
-    Seg-Guided Diffusion from chapter 4). A missing model is an error naming that chapter; `models={}` runs
+    `difflung.augment.experiment.ARMS`, the generator folder its producing chapter writes (Diff-Lung CBMAT from
+    chapter 3, Seg-Guided Diffusion from chapter 4). A missing model is an error naming that chapter; `models={}` runs
     without synthetic arms.
     """
     root = Path(runs_root)
@@ -129,7 +129,7 @@ def open_experiment(runs_root, *, seed: int, n_seeds: int, min_seeds: int, seg_c
 def experiment_facts(exp: Experiment) -> dict:
     """Seeds, segmenter steps and the statistics' constants the prose quotes (`difflung.judging.stats`)."""
     return {"n_seeds": len(exp.seeds), "seg_steps": exp.config.steps, "min_interval_seeds": stats.MIN_SEEDS,
-            "alpha": stats.ALPHA, "confidence": f"{stats.CONFIDENCE:.0%}"}
+            "alpha": stats.ALPHA}
 
 
 def run_phantom(exp: Experiment, run_dir):
@@ -243,10 +243,10 @@ def table_comparisons(run_dir, dataset: str = "phantom", classes=None, *, runs_r
 def table_poster_claims(runs_root) -> pd.DataFrame:
     """The poster's segmentation claims as judged for the whole run -- the single call site in this chapter.
 
-    `difflung.judging.claims.judge_run(runs_root)` judges every claim of `difflung.judging.reported.CLAIMS` once (Holm across the
-    run's claims, `stats.verdict`) from this chapter's per-seed Dice rows and the criteria of chapters 1, 3 and 4;
-    the results chapter shows the same rows, so chapters 5 and 6 cannot disagree. Imported lazily: the other
-    sections of this chapter do not depend on it.
+    `difflung.judging.claims.judge_run(runs_root)` judges every claim of `difflung.judging.reported.CLAIMS` once
+    (Holm across the run's claims, `stats.verdict`) from this chapter's per-seed Dice rows and the criteria of
+    chapters 1, 3 and 4; the results chapter shows the same rows, so chapters 5 and 6 cannot disagree. Imported
+    lazily: the other sections of this chapter do not depend on it.
     """
     from difflung.judging import claims
 
