@@ -110,6 +110,38 @@ def test_real_ct_sections_show_and_write_nothing_when_the_profile_skips_them(tmp
     assert (run / "metrics.csv").read_bytes() == (tmp_path / "direct" / "metrics.csv").read_bytes()
 
 
+def test_real_ct_sections_on_toy_cases(tmp_path):
+    """The real-CT wrappers on two toy chest CTs: the same numbers as `realct`'s own functions, a figure, and the
+    rows `write_chapter_metrics` adds."""
+    from _ct_fixtures import write_toy_case
+
+    from difflung.data import realct as R
+    from difflung.data.classmap import load_classmap
+    from difflung.data.ct_anatomy import AnatomyConfig
+    from difflung.data.prepare import Case, prepare_volume
+
+    cases = []
+    for name in ("r1", "r2"):
+        img, lab, _ = write_toy_case(tmp_path / "in", name)
+        cases.append(R.RealCase(*prepare_volume(Case(img, lab, name), load_classmap("nodule"), AnatomyConfig())))
+    real = ch.RealCT(cases, R.lung_volume_table(cases))
+    phantom = [c.volume for c in cases]
+    hu = ch.lung_hu(real, phantom, seed=0)
+    pd.testing.assert_frame_equal(hu.samples, R.hu_lung_samples(cases, phantom, seed=0))
+    assert hu.stats.loc["real CT", "mean HU"] == pytest.approx(-860.0, abs=1.0)  # the toy lung is -860 HU
+    assert ch.figure_real_vs_phantom_hu(hu, tmp_path / "run", seed=0) is not None
+    assert (tmp_path / "run" / "real_vs_phantom_lung_hu.png").is_file()
+    credit, shown = ch.real_ct_tables(real)
+    assert "pyradiomics" in credit.data and "r1" in shown.to_html()
+    ds, vols = tiny_dataset(tmp_path)
+    checks, sig = cohort.hu_checks(vols), cohort.hu_signature(ds, vols, tmp_path / "run")
+    rows = ch.write_chapter_metrics(tmp_path / "run", ds, checks, signature=sig, agreement=None, real=real, hu=hu,
+                                    seed=0)
+    lung = rows.query("model == 'real-ct' and metric == 'lung_volume_ml' and `class` == 'lung' and patient == 'r1'")
+    assert lung["value"].item() == real.volumes.loc["r1", "lung field ml"]
+    assert rows.query("model == 'real-ct' and metric == 'lung_hu_mean'")["value"].item() == pytest.approx(-860, abs=1)
+
+
 def test_page_facts_come_from_the_library():
     f = ch.page_facts(size=32, phantom_size=128)
     assert f == {"size": 32, "phantom_size": 128, "lung_window": window_name(), "laa_hu": "-950"}
