@@ -248,6 +248,20 @@ def test_page_facts_are_the_library_constants():
     assert f["hu_w1_max"] == instruments.HU_W1_MAX and f["confidence"] == "95 %" and len(f) == 8
 
 
+def test_results_prose_and_figure_quote_the_statistics_constants(tmp_path):
+    from difflung.chapters import results
+
+    claims = pd.DataFrame({"claim": ["a > b", "c > d"], "verdict": ["inconclusive", "not measurable: judge floor"],
+                           "unit": ["test patients", "test patients"], "n": [2, 2], "estimate": [0.5, np.nan],
+                           "lo": [-1.0, np.nan], "hi": [2.0, np.nan], "reported": [1.0, 0.3],
+                           "family": ["poster", "poster"]})
+    text = results.summary_markdown(claims, "laptop")
+    assert "1 inconclusive, 1 not measurable" in text and f"reach p < {stats.ALPHA:g}; this run has 2 test" in text
+    fig = results.figure_claims(claims, tmp_path)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "ours (95 % interval)" in labels and (tmp_path / "claims.png").is_file()
+
+
 def test_lesion_insertion_facts_from_its_tables():
     from difflung.chapters import lesion_insertion as li
 
