@@ -53,7 +53,7 @@ from difflung.plots import table
 from difflung.core.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
-ch.glue_facts(ch.page_facts(patch_size=patch_size, per_class=per_class, train_steps=train_steps, target_ml=target_ml,
+ch.glue_facts(ch.page_facts(patch_size=patch_size, per_class=per_class, steps=train_steps, target_ml=target_ml,
                             margin_mm=margin_mm))
 
 # %% [markdown]

@@ -271,7 +271,7 @@ def test_lesion_insertion_facts_from_its_tables():
     summary = {"seconds_by_stage": {"painting": 4.0}, "lesions": 2, "seconds_placement": 1.0, "seconds": 9.0,
                "windows": 3, "network_calls_per_window": 10, "device": "cpu"}
     assert li.cost_facts(li.cost(summary, 60.0), summary) == {"device": "cpu", "s_per_lesion": 5.0}
-    f = li.page_facts(patch_size=64, per_class=2, train_steps=60, target_ml=3.0, margin_mm=2.0)
+    f = li.page_facts(patch_size=64, per_class=2, steps=60, target_ml=3.0, margin_mm=2.0)
     assert f["n_phantom"] == 6 and f["patch_mm"] == 1.0 and f["lung_window"].startswith("lung window")
 
 

@@ -43,10 +43,11 @@ def scans() -> dict[str, Path]:
     return fetch_pyradiomics(log=lambda s: None)
 
 
-def page_facts(*, patch_size: int, per_class: int, train_steps: int, target_ml: float, margin_mm: float) -> dict:
-    """Values the page's prose quotes before any run (glued): the patch grid, the training set, the placement."""
+def page_facts(*, patch_size: int, per_class: int, steps: int, target_ml: float, margin_mm: float) -> dict:
+    """Values the page's prose quotes before any run (glued): the patch grid, the training set and its steps, the
+    placement."""
     return {"patch_size": patch_size, "patch_mm": PATCH_SPACING_MM, "n_phantom": per_class * len(LESIONS),
-            "train_steps": train_steps, "target_ml": target_ml, "margin_mm": margin_mm, "lung_window": window_name()}
+            "train_steps": steps, "target_ml": target_ml, "margin_mm": margin_mm, "lung_window": window_name()}
 
 
 def train_model(run_dir, *, per_class: int, slices_per_patient: int, fraction: float, patch_size: int,
