@@ -39,7 +39,6 @@ n_synthetic_masks = 24
 from IPython.display import display
 
 from difflung.chapters import data_preparation as ch
-from difflung.plots import table
 
 ch.glue_facts(ch.page_facts(size=size, phantom_size=phantom_size))
 

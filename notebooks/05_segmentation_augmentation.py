@@ -47,7 +47,7 @@ seg_lr = 0.01
 seg_steps = 200
 
 # %% tags=["remove-input"]
-from IPython.display import Markdown, display
+from IPython.display import display
 
 from difflung.chapters import segmentation_augmentation as ch
 from difflung.plots import table
@@ -143,16 +143,10 @@ ch.figure_examples(res, run_dir, seed=seed)
 # The real CT's lesion class, when chapter 1 prepared a real-CT dataset, with the same tables and the same rules.
 
 # %% tags=["hide-input"]
-if real is not None:
-    display(table(ch.table_results(run_dir, "real", runs_root=runs_root)))
-    display(table(ch.table_comparisons(run_dir, "real", runs_root=runs_root, seed=seed), hide_index=True))
-    display(Markdown("\n".join(f"- {n}" for n in real.notes)))
-else:
-    display(Markdown("This run has no real-CT dataset; the section is skipped."))
+display(*ch.real_ct_tables(real, run_dir, runs_root=runs_root, seed=seed))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Dice per class and arm on the real CT's test slices, one dot per training seed. Made by `difflung.chapters.segmentation_augmentation.figure_dice`.", "name": "ch5-dice-real"}}
-if real is not None:
-    display(ch.figure_dice(run_dir, "real", runs_root=runs_root, seed=seed))
+ch.figure_dice_real(real, run_dir, runs_root=runs_root, seed=seed)
 
 # %% [markdown]
 # ## Export for nnU-Net
@@ -161,9 +155,7 @@ if real is not None:
 # in nnU-Net v2's raw layout, so the augmented set can train nnU-Net.
 
 # %% tags=["hide-input"]
-if "+difflung" in syn.sets:
-    _, summary = ch.export_nnunet_example(experiment.inputs.dataset, syn.sets["+difflung"], run_dir)
-    display(table(summary))
+ch.table_nnunet_export(experiment, syn, run_dir)
 
 # %% tags=["remove-input"]
 ch.scope(profile, run_dir, runs_root=runs_root)

@@ -262,6 +262,17 @@ def test_results_prose_and_figure_quote_the_statistics_constants(tmp_path):
     assert "ours (95 % interval)" in labels and (tmp_path / "claims.png").is_file()
 
 
+def test_segmentation_chapter_sections_without_real_ct_or_difflung_arm(tmp_path):
+    from types import SimpleNamespace
+
+    from difflung.chapters import segmentation_augmentation as ch5
+
+    (skipped,) = ch5.real_ct_tables(None, tmp_path, runs_root=tmp_path)
+    assert skipped.data == "This run has no real-CT dataset; the section is skipped."
+    assert ch5.figure_dice_real(None, tmp_path, runs_root=tmp_path) is None
+    assert ch5.table_nnunet_export(None, SimpleNamespace(sets={}), tmp_path) is None and not any(tmp_path.iterdir())
+
+
 def test_lesion_insertion_facts_from_its_tables():
     from difflung.chapters import lesion_insertion as li
 

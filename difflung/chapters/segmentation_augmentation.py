@@ -35,7 +35,7 @@ from difflung.judging import stats
 from difflung.augment.experiment import ARM_NAMES, ARMS, SYNTHETIC_ARMS, Results, SyntheticSet
 from difflung.data.dataset import Dataset
 from difflung.core.metrics_csv import read_metrics, write_metrics
-from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, window_name
+from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table, window_name
 from difflung.core.provenance import write_json_atomic
 from difflung.judging.reported import ALL_CLAIMS, LABEL, SEGMENTATION_DICE
 from difflung.core.runs import phantom_dataset_dir, real_dataset_dir
@@ -352,6 +352,30 @@ def scope(profile: str, run_dir, *, runs_root, dataset: str = "phantom") -> Scop
         "image size": f"{tot['image_size']:.0f} px",
         "training seeds per arm": str(A.seed_scores(m).seed.nunique()),
         "test patients": f"{tot['n_test_patients']:.0f}", "test slices": f"{tot['n_test_slices']:.0f}"})
+
+
+def real_ct_tables(real: Results | None, run_dir, *, runs_root, seed: int = 0) -> list:
+    """The real-CT section: its results and comparisons tables and the experiment's notes, or one line saying the
+    run has no real-CT dataset."""
+    from IPython.display import Markdown
+
+    if real is None:
+        return [Markdown("This run has no real-CT dataset; the section is skipped.")]
+    return [table(table_results(run_dir, "real", runs_root=runs_root)),
+            table(table_comparisons(run_dir, "real", runs_root=runs_root, seed=seed), hide_index=True),
+            Markdown("\n".join(f"- {n}" for n in real.notes))]
+
+
+def figure_dice_real(real: Results | None, run_dir, *, runs_root, seed: int = 0):
+    """`figure_dice` of the real-CT dataset; None when the run has none."""
+    return None if real is None else figure_dice(run_dir, "real", runs_root=runs_root, seed=seed)
+
+
+def table_nnunet_export(exp: Experiment, syn, run_dir):
+    """`export_nnunet_example` of the +difflung training set, as a table; None when the run has no such arm."""
+    if "+difflung" not in syn.sets:
+        return None
+    return table(export_nnunet_example(exp.inputs.dataset, syn.sets["+difflung"], run_dir)[1])
 
 
 def export_nnunet_example(dataset, synthetic: SyntheticSet, run_dir, *, dataset_id: int = 501,
