@@ -36,18 +36,11 @@ mask_boost = {"emphysema": 0.06, "fibrosis": 0.08}
 n_synthetic_masks = 24
 
 # %% tags=["remove-input"]
-from IPython.display import Markdown, display
-from myst_nb import glue
+from IPython.display import display
 
-from difflung.data import phantom_dataset as cohort, masksynth, realct
-from difflung import labels
 from difflung.chapters import data_preparation as ch
-from difflung.plots import table, window_name
-from difflung.data.realdata import CREDIT
 
-glue("size", size, display=False)
-glue("phantom_size", phantom_size, display=False)
-glue("lung_window", Markdown(window_name()), display=False)
+ch.glue_facts(ch.page_facts(size=size, phantom_size=phantom_size))
 
 # %% [markdown]
 # ## The label scheme
@@ -56,7 +49,7 @@ glue("lung_window", Markdown(window_name()), display=False)
 # models build their mask channels from that subset.
 
 # %% tags=["hide-input"]
-labels.legend_table()
+ch.table_labels()
 
 # %% [markdown]
 # ## The phantom cohort
@@ -70,14 +63,12 @@ labels.legend_table()
 # patient and writes the dataset artifact.
 
 # %% tags=["hide-input"]
-dataset, volumes = cohort.build_phantom(run_dir, n_patients=n_patients, slices_per_patient=slices_per_patient,
-                                        phantom_size=phantom_size, size=size, seed=seed)
-splits = ch.table_splits(dataset)
-splits
+dataset, volumes = ch.build_phantom(run_dir, n_patients=n_patients, slices_per_patient=slices_per_patient,
+                                    phantom_size=phantom_size, size=size, seed=seed)
+ch.table_splits(dataset)
 
 # %% tags=["remove-input"]
-glue("n_patients", n_patients, display=False)
-glue("n_slices_total", int(splits["slices"].sum()), display=False)
+ch.glue_facts(ch.cohort_facts(dataset, n_patients=n_patients))
 
 # %% [markdown]
 # {glue:text}`n_patients` patients gave {glue:text}`n_slices_total` slices with lung; no patient appears in two
@@ -95,35 +86,32 @@ ch.figure_levels(volumes, run_dir, seed=seed)
 ch.figure_hu_histograms(volumes, run_dir, seed=seed)
 
 # %% tags=["hide-input"]
-checks = cohort.hu_checks(volumes)
+checks = ch.hu_checks(volumes)
 ch.table_hu_checks(checks)
 
 # %% tags=["remove-input"]
-for k, v in checks.items():
-    glue(k, v, display=False)
+ch.glue_facts(checks)
 
 # %% [markdown]
 # Healthy phantom lung has a mean of {glue:text}`healthy_lung_mean_hu:.0f` HU (SD {glue:text}`healthy_lung_sd_hu:.0f`)
-# and {glue:text}`healthy_lung_below_950:.2%` of its pixels below $-950$ HU;
-# {glue:text}`emphysema_below_950:.1%` of emphysema pixels are below $-950$ HU, the LAA-950 criterion.
+# and {glue:text}`healthy_lung_below_950:.2%` of its pixels below {glue:md}`laa_hu` HU;
+# {glue:text}`emphysema_below_950:.1%` of emphysema pixels are below {glue:md}`laa_hu` HU, the LAA-950 criterion.
 #
 # ## Does each class keep its signature at this size?
 #
 # Training happens at {glue:text}`size` pixels per side, not at the phantom's {glue:text}`phantom_size`. Resizing
-# averages neighbouring pixels, and a small dark emphysema bulla averaged with the lung around it is no longer
-# darker than $-950$ HU. The check below (`difflung.judging.instruments.hu_signature`) asks, per class, whether the
-# intensity signature that defines it survives: for emphysema a sizeable share of its pixels below $-950$ HU (and
-# more than healthy lung), for the other pathologies a mean inside the literature range. It runs on the training
+# averages neighbouring pixels, and a small dark emphysema bulla averaged with the lung around it is no longer darker
+# than {glue:md}`laa_hu` HU. The check below (`difflung.judging.instruments.hu_signature`) asks, per class, whether the
+# intensity signature that defines it survives: for emphysema a sizeable share of its pixels below {glue:md}`laa_hu` HU
+# (and more than healthy lung), for the other pathologies a mean inside the literature range. It runs on the training
 # split, in HU, once at the phantom's resolution and once after the resize.
 
 # %% tags=["hide-input"]
-signature = cohort.hu_signature(dataset, volumes, run_dir)
+signature = ch.hu_signature(dataset, volumes, run_dir)
 ch.table_signature(signature, phantom_size)
 
 # %% tags=["remove-input"]
-lost = cohort.not_measurable(signature)
-glue("sig_lost", Markdown(", ".join(lost) if lost else "no class"), display=False)
-glue("sig_verb", Markdown("loses" if len(lost) == 1 else "lose"), display=False)
+ch.glue_facts(ch.signature_facts(signature))
 
 # %% [markdown]
 # At {glue:text}`size` pixels, {glue:md}`sig_lost` {glue:md}`sig_verb` the signature. The result is saved as
@@ -144,7 +132,7 @@ glue("sig_verb", Markdown("loses" if len(lost) == 1 else "lose"), display=False)
 # {numref}`ch1-frequencies` shows both per split.
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Per split, left: the f_i CBMAT uses (each class's share of the non-background pixels); right: each lung-field class's share of the lung field. Log scale. Made by `difflung.chapters.data_preparation.figure_frequencies`.", "name": "ch1-frequencies"}}
-freq = cohort.frequency_table(dataset)
+freq = ch.frequency_table(dataset)
 ch.figure_frequencies(freq, run_dir, seed=seed)
 
 # %% [markdown]
@@ -170,19 +158,14 @@ ch.table_frequencies(freq, "f_in_lung")
 # Neither volume has labelled emphysema, fibrosis or ground-glass opacity.
 
 # %% tags=["hide-input"]
-if real_ct:
-    cases = realct.load_real_ct(classes="nodule")
-    volume_table = realct.lung_volume_table(cases)
-    display(Markdown(CREDIT))
-    display(table(volume_table))
+real = ch.open_real_ct(real_ct)  # None when the profile skips the real CT: each section below shows nothing
+display(*ch.real_ct_tables(real))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Real CT (pyradiomics lung1, lung2) beside the phantom (truth) at apex, middle and base of each one's own lung extent; the colour bar gives the display window in HU. Made by `difflung.chapters.data_preparation.figure_real_vs_phantom`.", "name": "ch1-real-vs-phantom"}}
-if real_ct:
-    display(ch.figure_real_vs_phantom(cases, volumes, run_dir, seed=seed))
+ch.figure_real_vs_phantom(real, volumes, run_dir, seed=seed)
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Classical anatomy (body outline, lungs, airway) and the files' own lesion label on the real CT. Made by `difflung.chapters.data_preparation.figure_anatomy_overlays`.", "name": "ch1-real-anatomy"}}
-if real_ct:
-    display(ch.figure_anatomy_overlays(cases, run_dir, seed=seed))
+ch.figure_anatomy_overlays(real, run_dir, seed=seed)
 
 # %% [markdown]
 # ### The classical anatomy against the phantom's truth
@@ -190,14 +173,11 @@ if real_ct:
 # The same segmentation run on the phantom, whose true labels we know:
 
 # %% tags=["hide-input"]
-agreement = realct.phantom_anatomy_agreement(volumes[:4])
-table(agreement.rename(columns={"lung_dice_vs_truth": "lung Dice vs truth", "lung_ml_found": "lung ml found",
-                                "lung_ml_truth": "lung ml truth", "airway_ml_found": "airway ml found",
-                                "airway_ml_truth": "airway ml truth"}))
+agreement = ch.anatomy_agreement(volumes)
+ch.table_agreement(agreement)
 
 # %% tags=["remove-input"]
-glue("lung_dice_min", float(agreement["lung_dice_vs_truth"].min()), display=False)
-glue("lung_dice_mean", float(agreement["lung_dice_vs_truth"].mean()), display=False)
+ch.glue_facts(ch.agreement_facts(agreement))
 
 # %% [markdown]
 # Dice of the extracted lung field against the phantom's own lungs: mean {glue:text}`lung_dice_mean:.3f`,
@@ -206,14 +186,11 @@ glue("lung_dice_mean", float(agreement["lung_dice_vs_truth"].mean()), display=Fa
 # ### Is the phantom's lung like real lung?
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Healthy-lung HU of the real CT against the phantom, literature band shaded. Made by `difflung.chapters.data_preparation.figure_real_vs_phantom_hu`.", "name": "ch1-real-vs-phantom-hu"}}
-if real_ct:
-    hu = realct.hu_lung_samples(cases, volumes, seed=seed)
-    hu_stats = realct.hu_lung_stats(hu)
-    display(ch.figure_real_vs_phantom_hu(hu, run_dir, seed=seed))
+hu = ch.lung_hu(real, volumes, seed=seed)
+ch.figure_real_vs_phantom_hu(hu, run_dir, seed=seed)
 
 # %% tags=["hide-input"]
-if real_ct:
-    display(table(hu_stats, percent=()))
+ch.table_lung_hu(hu)
 
 # %% [markdown]
 # Where the two disagree, the table says by how much; the phantom's parameters (`difflung.phantom.PhantomConfig`)
@@ -225,10 +202,7 @@ if real_ct:
 # NIfTI/NRRD/MHA volumes with label maps, or DICOM series, with a YAML class map (`examples/classmaps/`).
 
 # %% tags=["hide-input"]
-if real_ct:
-    real_dataset, real_summary, command = realct.prepare_example(run_dir, size=size, seed=seed)
-    display(Markdown(f"```bash\n{command}\n```"))
-    display(table(ch.table_prepared(real_summary)))
+display(*ch.prepare_real(real, run_dir, size=size, seed=seed))
 
 # %% [markdown]
 # ## Mask synthesis for rare classes
@@ -246,11 +220,11 @@ fig, synth_report, synthesis = ch.figure_mask_synthesis(dataset.split("train").l
 fig
 
 # %% tags=["hide-input"]
-masksynth.report_table(synth_report)
+ch.table_mask_synthesis(synth_report)
 
 # %% tags=["remove-input"]
-extra = realct.metrics_rows(volume_table if real_ct else None, agreement, hu_stats if real_ct else None, seed=seed)
-metrics = cohort.write_cohort_metrics(run_dir, dataset, checks, seed=seed, signature=signature, extra_rows=extra)
+metrics = ch.write_chapter_metrics(run_dir, dataset, checks, signature=signature, agreement=agreement, real=real,
+                                   hu=hu, seed=seed)
 
 # %% tags=["remove-input"]
 ch.scope(profile, dataset, signature, real_ct=real_ct)

@@ -53,19 +53,14 @@ sample_seeds = [0, 1]
 strategies = ["none", "uniform", "cbmat", "cbmat-constant", "cbmat-inverse"]
 
 # %% tags=["remove-input"]
-from IPython.display import Markdown
-from myst_nb import glue
-
 from difflung.core.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 
-from difflung.judging import criteria, stats
 from difflung.chapters import ablation_study as ch
-from difflung.generators import display_name
-from difflung.plots import table, window_name
+from difflung.plots import table
 
-glue("lung_window", Markdown(window_name()), display=False)
+ch.glue_facts(ch.page_facts())
 
 # %% [markdown]
 # ## Ablation probabilities per class
@@ -107,7 +102,7 @@ scored = ch.evaluate(runs_root, run_dir, judge_steps=judge_steps, n_test=n_test,
                      strategies=strategies,
                      sampler_steps=sampler_steps, seeds=sample_seeds, seed=seed, device=device)
 measurable, results = ch.check(runs_root, run_dir, scored, sampler=sampler, steps=steps, seed=seed)
-table(criteria.measurable_table(scored, measurable))
+table(ch.table_measurable(scored, measurable))
 
 # %% [markdown]
 # ### Did each strategy converge?
@@ -116,14 +111,10 @@ table(criteria.measurable_table(scored, measurable))
 # masks. A strategy that misses any of them makes every comparison involving it *not measurable*.
 
 # %% tags=["hide-input"]
-table(criteria.wide_table(results, {k: display_name(k) for k in results}))
+table(ch.table_criteria(results))
 
 # %% tags=["remove-input"]
-glue("n_test_slices", len(scored.index), display=False)
-glue("n_test_patients", len(set(scored.patient)), display=False)
-glue("n_seeds", len(sample_seeds), display=False)
-glue("confidence", Markdown(f"{stats.CONFIDENCE:.0%}"), display=False)
-glue("alpha", stats.ALPHA, display=False)
+ch.glue_facts(ch.run_facts(scored))
 
 # %% [markdown]
 # ### Image quality and faithfulness per strategy
@@ -149,17 +140,16 @@ claims = ch.comparisons(scored, measurable, results, seed=seed)
 table(claims, hide_index=True)
 
 # %% tags=["remove-input"]
-glue("n_claims", len(claims), display=False)
-glue("min_patients", stats.min_units(len(claims)), display=False)
+ch.glue_facts(ch.claim_facts(claims))
 
 # %% [markdown]
-# Each row compares CBMAT with another strategy on the same slices and seeds (`difflung.judging.stats.compare_slices`):
-# the estimate is the mean difference, its interval a patient-level bootstrap, its p-value a sign-flip test over
-# patients. The p-values are corrected with Holm's method over the {glue:text}`n_claims` comparisons of this
-# chapter, then every row goes through the book's one verdict rule (`difflung.judging.stats.verdict`): *reproduced* needs
-# an adjusted p below {glue:text}`alpha` and an interval on the claimed side of zero. With this many comparisons
-# that takes at least {glue:text}`min_patients` test patients; a comparison involving a class or a strategy the
-# run cannot measure reads *not measurable*, with the reason.
+# Each row compares CBMAT with another strategy on the same slices and seeds
+# (`difflung.judging.stats.compare_slices`): the estimate is the mean difference, its interval a patient-level
+# bootstrap, its p-value a sign-flip test over patients. The p-values are corrected with Holm's method over the
+# {glue:text}`n_claims` comparisons of this chapter, then every row goes through the book's one verdict rule
+# (`difflung.judging.stats.verdict`): *reproduced* needs an adjusted p below {glue:text}`alpha` and an interval on the
+# claimed side of zero. With this many comparisons that takes at least {glue:text}`min_patients` test patients; a
+# comparison involving a class or a strategy the run cannot measure reads *not measurable*, with the reason.
 #
 # ## Generation from partial masks
 #

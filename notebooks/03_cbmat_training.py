@@ -17,10 +17,10 @@
 # # CBMAT training
 #
 # The profile's main Diff-Lung model: a diffusers `UNet2DModel` conditioned on the one-hot mask, DDPM with
-# $T = 1000$ linear betas and $\varepsilon$-prediction, trained with CBMAT, AdamW with cosine warm-up, gradient
-# clipping and EMA weights (bf16 autocast and channels_last on a GPU; HF accelerate for several GPUs). Chapters 4
-# and 5 reuse this model, and this chapter decides whether it has converged enough for their comparisons to mean
-# anything.
+# $T$ = {glue:text}`n_timesteps` {glue:md}`beta_schedule` betas and {glue:md}`prediction`, trained with CBMAT,
+# AdamW with cosine warm-up, gradient clipping and EMA weights (bf16 autocast and channels_last on a GPU; HF
+# accelerate for several GPUs). Chapters 4 and 5 reuse this model, and this chapter decides whether it has
+# converged enough for their comparisons to mean anything.
 
 # %% tags=["parameters", "remove-input"]
 profile = "smoke"
@@ -41,19 +41,14 @@ sampler_steps = 10
 sample_seeds = [0, 1]
 
 # %% tags=["remove-input"]
-from IPython.display import Markdown
-from myst_nb import glue
-
 from difflung.core.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 
-from difflung.judging import criteria, instruments, stats
 from difflung.chapters import cbmat_training as ch
-from difflung.generators import display_name
-from difflung.plots import table, window_name
+from difflung.plots import table
 
-glue("lung_window", Markdown(window_name()), display=False)
+ch.glue_facts(ch.page_facts())
 
 # %% [markdown]
 # ## Training
@@ -65,18 +60,17 @@ ch.write_cost(result, run_dir)
 table(ch.table_training(result))
 
 # %% [markdown]
-# Where this run's training differs from the parent's published recipe (AdamW at 1e-4 with 500 warm-up steps,
-# epsilon prediction, no EMA, batch 16, fp32); `benchmarks/bench_convergence.py` measures each change as time to
-# quality:
+# Where this run's training differs from the parent's published recipe ({glue:md}`parent_recipe`);
+# `benchmarks/bench_convergence.py` measures each change as time to quality:
 
 # %% tags=["hide-input"]
 table(ch.table_recipe(result))
 
 # %% tags=["remove-input"]
-glue("train_device", result.device, display=False)
+ch.glue_facts(ch.train_facts(result))
 
 # %% [markdown]
-# This run trained on **{glue:text}`train_device`**; {numref}`ch3-loss` shows its loss.
+# This run trained on **{glue:md}`train_device`**; {numref}`ch3-loss` shows its loss.
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Training loss per step (grey), its running mean (blue) and the learning rate (dashed, right axis). Made by `difflung.chapters.cbmat_training.figure_loss`.", "name": "ch3-loss"}}
 ch.figure_loss(result, run_dir, seed=seed)
@@ -92,15 +86,10 @@ ch.figure_loss(result, run_dir, seed=seed)
 scored = ch.evaluate(runs_root, run_dir, result, judge_steps=judge_steps, n_test=n_test, sampler=sampler,
                      sampler_steps=sampler_steps, seeds=sample_seeds, seed=seed, device=device)
 measurable, results = ch.check(runs_root, run_dir, scored, sampler=sampler, steps=steps, seed=seed)
-table(criteria.measurable_table(scored, measurable))
+table(ch.table_measurable(scored, measurable))
 
 # %% tags=["remove-input"]
-glue("n_test_slices", len(scored.index), display=False)
-glue("n_test_patients", len(set(scored.patient)), display=False)
-glue("n_seeds", len(sample_seeds), display=False)
-glue("confidence", Markdown(f"{stats.CONFIDENCE:.0%}"), display=False)
-glue("anatomy_floor", instruments.JUDGE_FLOOR_ANATOMY, display=False)
-glue("rare_floor", instruments.JUDGE_FLOOR_RARE, display=False)
+ch.glue_facts(ch.run_facts(scored))
 
 # %% [markdown]
 # The table gives the judge's Dice on the real test slices. A class counts as *measurable* only where the judge
@@ -110,18 +99,18 @@ glue("rare_floor", instruments.JUDGE_FLOOR_RARE, display=False)
 #
 # ## Has the model converged?
 #
-# The criteria are checked on the {glue:text}`n_test_slices` test masks of {glue:text}`n_test_patients` test
-# patients (`difflung.judging.criteria.measure`, thresholds in `difflung.judging.instruments`): the judge's Dice on generated
+# The criteria are checked on the {glue:text}`n_test_slices` test masks of {glue:text}`n_test_patients` test patients
+# (`difflung.judging.criteria.measure`, thresholds in `difflung.judging.instruments`): the judge's Dice on generated
 # slices at least a fixed share of its Dice on the real slices, for each measurable class; per-class HU distance
-# (Wasserstein-1) between generated and real pixels below a limit; almost every generated slice with its air
-# near the real slice's; and a small classifier trained on some test patients that cannot tell real from
-# generated slices of the others too well.
+# (Wasserstein-1) between generated and real pixels below a limit; almost every generated slice with its air near the
+# real slice's; and a small classifier trained on some test patients that cannot tell real from generated slices of the
+# others too well.
 
 # %% tags=["hide-input"]
-table(results[ch.MODEL]["table"].set_index("criterion"))
+table(ch.table_criteria(results))
 
 # %% tags=["remove-input"]
-glue("converged_sentence", Markdown(criteria.sentence(display_name(ch.MODEL), results[ch.MODEL])), display=False)
+ch.glue_facts(ch.criteria_facts(results))
 
 # %% [markdown]
 # {glue:md}`converged_sentence` The criteria are saved as `criteria.json` in this chapter's run folder, and
@@ -131,8 +120,7 @@ glue("converged_sentence", Markdown(criteria.sentence(display_name(ch.MODEL), re
 # training slice with the same distance for real test slices; a ratio well below 1 would suggest copying:
 
 # %% tags=["hide-input"]
-table(criteria.memorisation_table(results, {ch.MODEL: display_name(ch.MODEL)}), percent=[
-    "generated slices closer than 5 % of test slices"])
+ch.table_memorisation(results)
 
 # %% [markdown]
 # ## What the judge's mistakes say

@@ -45,20 +45,15 @@ timing_repeats = 1
 sample_seeds = [0, 1]
 
 # %% tags=["remove-input"]
-from IPython.display import Markdown, display
-from myst_nb import glue
+from IPython.display import display
 
 from difflung.core.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()  # before difflung's GAN trainer imports tqdm.auto
-from difflung.judging import instruments, stats
-from difflung.chapters import baseline_comparison as ch
-from difflung.plots import pct, table  # noqa: E402
+from difflung.chapters import baseline_comparison as ch  # noqa: E402
+from difflung.plots import table  # noqa: E402
 
-glue("confidence", Markdown(pct(stats.CONFIDENCE, 2)), display=False)
-for name in ("JUDGE_FLOOR_ANATOMY", "JUDGE_FLOOR_RARE", "DICE_RATIO_MIN", "HU_W1_MAX", "AIR_TOLERANCE_HU",
-             "AIR_SHARE_MIN", "CLASSIFIER_ACCURACY_MAX"):
-    glue(name.lower(), getattr(instruments, name), display=False)
+ch.glue_facts(ch.page_facts())
 
 # %% [markdown]
 # ## The four models
@@ -96,9 +91,7 @@ summary = ch.summary(run_dir, seed=seed)
 table(ch.table_instruments(run_dir, summary))
 
 # %% tags=["remove-input"]
-facts = ch.facts(run_dir)
-for k, v in facts.items():
-    glue(k, Markdown(str(v)), display=False)
+ch.glue_facts(ch.page_run_facts(run_dir))
 
 # %% [markdown]
 # The scores come from {glue:md}`n_test` test slices of {glue:md}`n_patients` test patients, training seeds

@@ -47,26 +47,18 @@ seg_lr = 0.01
 seg_steps = 200
 
 # %% tags=["remove-input"]
-from IPython.display import Markdown, display
-from myst_nb import glue
+from IPython.display import display
 
-from difflung.augment import experiment as augment
-from difflung.judging import stats
 from difflung.chapters import segmentation_augmentation as ch
-from difflung.data.masksynth import report_table as synthesis_display
 from difflung.plots import table
 from difflung.core.progress import quiet_notebook_tqdm
-from difflung.segmentation import SegConfig
 
 quiet_notebook_tqdm()
-inputs = ch.locate_inputs(runs_root)
-config = SegConfig.from_dict({"channels": seg_channels, "strides": seg_strides, "num_res_units": seg_res_units,
-                               "batch_size": seg_batch_size, "lr": seg_lr, "steps": seg_steps})
-seeds = augment.training_seeds(seed, n_seeds, min_seeds)
-glue("n_seeds", len(seeds), display=False)
-glue("seg_steps", config.steps, display=False)
-glue("min_interval_seeds", stats.MIN_SEEDS, display=False)
-glue("alpha", stats.ALPHA, display=False)
+experiment = ch.open_experiment(runs_root, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, seg_channels=seg_channels,
+                                seg_strides=seg_strides, seg_res_units=seg_res_units, seg_batch_size=seg_batch_size,
+                                seg_lr=seg_lr, seg_steps=seg_steps, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
+                                sampler_steps=sampler_steps, device=device, workers=workers)
+ch.glue_facts(ch.experiment_facts(experiment))
 
 # %% [markdown]
 # ## Inputs
@@ -74,31 +66,25 @@ glue("alpha", stats.ALPHA, display=False)
 # The phantom dataset of chapter 1, Diff-Lung (CBMAT) from chapter 3 and Seg-Guided Diffusion from chapter 4.
 
 # %% tags=["hide-input"]
-table(ch.table_inputs(inputs))
+table(ch.table_inputs(experiment.inputs))
 
 # %% [markdown]
 # ## Synthetic sets and the control's class balance
 #
-# `difflung.augment.experiment.run_experiment` synthesises the masks, paints them with each diffusion model, builds the arms,
-# and trains and scores each arm once per training seed ({glue:text}`n_seeds` seeds, {glue:text}`seg_steps` steps
+# `difflung.augment.experiment.run_experiment` synthesises the masks, paints them with each diffusion model, builds the
+# arms, and trains and scores each arm once per training seed ({glue:text}`n_seeds` seeds, {glue:text}`seg_steps` steps
 # each). The mask synthesis, then each training set's rare-class share, which shows that `oversample` adds as many
 # rare-class pixels as the synthetic arms:
 
 # %% tags=["hide-input"]
-experiment = dict(config=config, seeds=seeds, seed=seed, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
-                  sampler_steps=sampler_steps, device=device, workers=workers)
-res, syn, balance = augment.run_experiment(inputs.dataset, run_dir, tag="phantom", models=inputs.models, **experiment)
-if len(syn.report):
-    display(synthesis_display(syn.report))
+res, syn, balance = ch.run_phantom(experiment, run_dir)
+display(*ch.synthesis_tables(syn))
 table(balance)
 
 # %% tags=["remove-input"]
-real = None
-if inputs.real_dataset is not None:
-    real, _, _ = augment.run_experiment(inputs.real_dataset, run_dir, tag="real", models=inputs.real_models,
-                                        **experiment)
-metrics_path = ch.write_chapter_metrics(run_dir, [r for r in (res, real) if r is not None], config=config,
-                                        seed=seed, synthetic=syn.sets)
+real = ch.run_real(experiment, run_dir)  # None when chapter 1 prepared no real-CT dataset
+metrics_path = ch.write_chapter_metrics(run_dir, [res, real], config=experiment.config, seed=seed,
+                                        synthetic=syn.sets)
 
 # %% [markdown]
 # ## Dice per class
@@ -157,27 +143,19 @@ ch.figure_examples(res, run_dir, seed=seed)
 # The real CT's lesion class, when chapter 1 prepared a real-CT dataset, with the same tables and the same rules.
 
 # %% tags=["hide-input"]
-if real is not None:
-    display(table(ch.table_results(run_dir, "real", runs_root=runs_root)))
-    display(table(ch.table_comparisons(run_dir, "real", runs_root=runs_root, seed=seed), hide_index=True))
-    display(Markdown("\n".join(f"- {n}" for n in real.notes)))
-else:
-    display(Markdown("This run has no real-CT dataset; the section is skipped."))
+display(*ch.real_ct_tables(real, run_dir, runs_root=runs_root, seed=seed))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Dice per class and arm on the real CT's test slices, one dot per training seed. Made by `difflung.chapters.segmentation_augmentation.figure_dice`.", "name": "ch5-dice-real"}}
-if real is not None:
-    display(ch.figure_dice(run_dir, "real", runs_root=runs_root, seed=seed))
+ch.figure_dice_real(real, run_dir, runs_root=runs_root, seed=seed)
 
 # %% [markdown]
 # ## Export for nnU-Net
 #
-# `python -m difflung export-nnunet` (here `difflung.data.nnunet.export_nnunet`) writes real + synthetic training data in
-# nnU-Net v2's raw layout, so the augmented set can train nnU-Net.
+# `python -m difflung export-nnunet` (here `difflung.data.nnunet.export_nnunet`) writes real + synthetic training data
+# in nnU-Net v2's raw layout, so the augmented set can train nnU-Net.
 
 # %% tags=["hide-input"]
-if "+difflung" in syn.sets:
-    _, summary = ch.export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
-    display(table(summary))
+ch.table_nnunet_export(experiment, syn, run_dir)
 
 # %% tags=["remove-input"]
 ch.scope(profile, run_dir, runs_root=runs_root)

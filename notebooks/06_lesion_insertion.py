@@ -48,31 +48,21 @@ margin_mm = 2.0
 patch_judge_steps = 0
 
 # %% tags=["remove-input"]
-from IPython.display import Markdown, display
-from myst_nb import glue
-
-from difflung.insertion import checks as insert_checks
 from difflung.chapters import lesion_insertion as ch
-from difflung.insertion.patches import PATCH_SPACING_MM
-from difflung.plots import table, window_name
+from difflung.plots import table
 from difflung.core.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
-glue("patch_size", patch_size, display=False)
-glue("patch_mm", PATCH_SPACING_MM, display=False)
-glue("n_phantom", per_class * len(lesion_classes), display=False)
-glue("train_steps", steps, display=False)
-glue("target_ml", target_ml, display=False)
-glue("margin_mm", margin_mm, display=False)
-glue("lung_window", Markdown(window_name()), display=False)
+ch.glue_facts(ch.page_facts(patch_size=patch_size, per_class=per_class, steps=steps, target_ml=target_ml,
+                            margin_mm=margin_mm))
 
 # %% [markdown]
 # ## The insertion model
 #
-# A whole-slice model at the profile's image size cannot paint texture into a 512 x 512 scan of sub-millimetre
-# pixels. The insertion model works on patches of {glue:text}`patch_size` pixels at {glue:text}`patch_mm` mm,
-# whatever the scan's own pixel size (`difflung.insertion.patches`): windows of the scan are resampled onto that grid, painted
-# and resampled back only where the lesion goes. It is trained with the ordinary training shell
+# A whole-slice model at the profile's image size cannot paint texture into a 512 x 512 scan of sub-millimetre pixels.
+# The insertion model works on patches of {glue:text}`patch_size` pixels at {glue:text}`patch_mm` mm, whatever the
+# scan's own pixel size (`difflung.insertion.patches`): windows of the scan are resampled onto that grid, painted and
+# resampled back only where the lesion goes. It is trained with the ordinary training shell
 # (`difflung.insertion.patches.train_patch_model`) on patches of {glue:text}`n_phantom` phantom patients, drawn so that
 # each lesion class is present (they teach the pathology), and of the real `lung1` scan (healthy lung, vessels and
 # airway: the background), with the loss weighted towards lesion pixels (LeFusion's lesion-focused loss), for
@@ -87,10 +77,10 @@ result, phantom, train_seconds = ch.train_model(
 # %% [markdown]
 # ## Placing and painting lesions
 #
-# For each class, lesion shapes of the phantom, drawn at `lung2`'s pixel size, are pasted into its healthy lung
-# (the `--synthesize` placement of `difflung.insertion.insert`, on the lung field `difflung.data.ct_anatomy` extracts) until they
-# add up to {glue:text}`target_ml` ml. The edit region is the lesions dilated in-plane by {glue:text}`margin_mm`
-# mm within the lung; RePaint (`difflung.diffusion.inpaint`) regenerates only that region, with the real scan
+# For each class, lesion shapes of the phantom, drawn at `lung2`'s pixel size, are pasted into its healthy lung (the
+# `--synthesize` placement of `difflung.insertion.insert`, on the lung field `difflung.data.ct_anatomy` extracts) until
+# they add up to {glue:text}`target_ml` ml. The edit region is the lesions dilated in-plane by {glue:text}`margin_mm` mm
+# within the lung; RePaint (`difflung.diffusion.inpaint`) regenerates only that region, with the real scan
 # forward-diffused as the known part at every step, and the final paste copies every other voxel from the input.
 
 # %% tags=["hide-input"]
@@ -99,8 +89,7 @@ summary, ins = ch.insert_all(run_dir, result.model_dir, classes=lesion_classes, 
                              margin_mm=margin_mm, seed=seed, device=device)
 
 # %% tags=["remove-input"]
-glue("n_lesions", summary["lesions"], display=False)
-glue("n_slices_edited", summary["slices_edited"], display=False)
+ch.glue_facts(ch.insertion_facts(summary))
 
 # %% [markdown]
 # {glue:text}`n_lesions` lesions were inserted on {glue:text}`n_slices_edited` slices of `lung2`.
@@ -124,13 +113,11 @@ ch.figure_insertions(ins, run_dir, seed=seed)
 #   phantom's intensities follow the CT literature (chapter 1).
 
 # %% tags=["hide-input"]
-checks = insert_checks.check_table(ins, phantom, seed=seed)
+checks = ch.checks(ins, phantom, seed=seed)
 ch.table_checks(checks)
 
 # %% tags=["remove-input"]
-glue("outside", int(checks["outside_differences"].iloc[0]), display=False)
-glue("n_w1_better", int((checks["w1_after"] < checks["w1_before"]).sum()), display=False)
-glue("n_classes", len(checks), display=False)
+ch.glue_facts(ch.check_facts(checks))
 
 # %% [markdown]
 # {glue:text}`outside` voxels outside the edit region differ from the input. The inserted lesions are closer to
@@ -146,27 +133,26 @@ glue("n_classes", len(checks), display=False)
 # patches says whether it reads a class reliably enough to judge it (the project's judge floor).
 
 # %% tags=["hide-input"]
-judged = insert_checks.judge_table(run_dir, ins, steps=patch_judge_steps, seed=seed, device=device)
-display(Markdown(ch.JUDGE_NOT_MEASURED) if judged is None else ch.table_judge(judged))
+judged = ch.judge(run_dir, ins, steps=patch_judge_steps, seed=seed, device=device)
+ch.show_judge(judged)
 
 # %% [markdown]
 # ## Cost
 
 # %% tags=["hide-input"]
-cost = insert_checks.cost_table(summary, train_seconds)
+cost = ch.cost(summary, train_seconds)
 table(cost)
 
 # %% tags=["remove-input"]
-glue("device", summary["device"], display=False)
-glue("s_per_lesion", float(cost.loc["seconds per lesion (insertion + placement)", "value"]), display=False)
+ch.glue_facts(ch.cost_facts(cost, summary))
 
 # %% [markdown]
-# On this run's device (**{glue:text}`device`**), one inserted lesion cost {glue:text}`s_per_lesion:.3g` s,
+# On this run's device (**{glue:md}`device`**), one inserted lesion cost {glue:text}`s_per_lesion:.3g` s,
 # reading, anatomy, placement, painting and the checked write included. The numbers are in this chapter's
 # `metrics.csv` and `cost.json`.
 
 # %% tags=["remove-input"]
-metrics = insert_checks.write_outputs(run_dir, checks, cost, summary, model=ch.MODEL, seed=seed, judged=judged)
+metrics = ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=judged)
 
 # %% tags=["remove-input"]
 ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, steps=steps, judged=judged)

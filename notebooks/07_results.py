@@ -25,16 +25,18 @@
 # **The verdict rule** (one function, `difflung.judging.stats.verdict`, used by every chapter): a claim "a beats b" is
 # tested on paired differences a - b with the right unit (test patients for image quality: each slice's score
 # averaged over sampling seeds, then a patient-level bootstrap interval and sign-flip test; training seeds for
-# segmentation: an interval only from at least 5 seeds, and a Wilcoxon signed-rank test). The p-values of all
-# claims of the run are adjusted together by Holm's method. A claim is
+# segmentation: an interval only from at least {glue:text}`min_seeds` seeds, and a Wilcoxon signed-rank test).
+# The p-values of all claims of the run are adjusted together by Holm's method. A claim is
 # - **not measurable** when an instrument failed (the judge below its floor), the class lost its HU signature at
 #   this image size or is absent from the test truth, or a generator involved did not meet its convergence
 #   criteria (chapter 3) -- the reason is given;
-# - **reproduced** when the adjusted p is below 0.05 and the interval lies on the claimed side of 0 (of $-$margin
-#   for the one non-inferiority claim, whose margin `difflung.judging.reported` declares with its reason);
+# - **reproduced** when the adjusted p is below {glue:text}`alpha` and the interval lies on the claimed side of 0
+#   (of $-$margin for the one non-inferiority claim, whose margin `difflung.judging.reported` declares with its
+#   reason);
 # - **not reproduced** when the interval lies entirely on the other side;
 # - **inconclusive** otherwise.
-# The last column says whether our effect is within an order of magnitude of the poster's (same sign, 0.1x-10x).
+# The last column says whether our effect is within an order of magnitude of the poster's (same sign,
+# {glue:md}`magnitude`).
 
 # %% tags=["parameters", "remove-input"]
 profile = "smoke"
@@ -47,6 +49,8 @@ from IPython.display import Markdown, display
 
 from difflung.chapters import results as ch
 from difflung.plots import table
+
+ch.glue_facts(ch.page_facts())
 
 # %% [markdown]
 # ## The poster's claims in this run
@@ -79,9 +83,10 @@ if ref_claims is not None:
 # %% [markdown]
 # ## Image quality and cost (chapter 4)
 #
-# PSNR and SSIM on HU $[-1000, 400]$ (data range 2 in model units), mean over test slices with a patient-level
-# 95 % interval; GFLOPs per generated image counting every sampling step; seconds per image on this run's device.
-# The poster measured at 256x256 on a GPU; our cost numbers are at the profile's size on this run's device.
+# PSNR and SSIM on {glue:md}`model_window` (data range {glue:text}`data_range:g` in model units), mean over test slices
+# with a patient-level {glue:md}`confidence` interval; GFLOPs per generated image counting every sampling step; seconds
+# per image on this run's device. The poster measured at 256x256 on a GPU; our cost numbers are at the profile's size on
+# this run's device.
 
 # %% tags=["hide-input"]
 table(ch.table_image_quality(runs_root, seed=seed))
@@ -94,7 +99,7 @@ table(ch.table_cost_ratios(runs_root))
 #
 # ## Segmentation Dice per class (chapter 5)
 #
-# Mean over training seeds; an interval only where there are at least 5 seeds.
+# Mean over training seeds; an interval only where there are at least {glue:text}`min_seeds` seeds.
 
 # %% tags=["hide-input"]
 table(ch.table_segmentation(runs_root, seed=seed))

@@ -71,7 +71,8 @@ def test_chapter_signature_frequencies_and_scope(tmp_path):
     assert (t["full_mean_hu"] == t["size_mean_hu"]).all() and t["measurable"].all()  # same size: same numbers
     assert I.read_signature(tmp_path)["emphysema"] == (True, "")
     shown = ch.table_signature(t, 16)
-    assert shown.loc["emphysema", "16 px: % < -950 HU"] == "100 %" and shown.loc["lung", "16 px: signature"] == "no check"
+    assert shown.loc["emphysema", "16 px: % < -950 HU"] == "100 %"
+    assert shown.loc["lung", "16 px: signature"] == "no check"
 
     freq = cohort.frequency_table(ds)
     cb = cohort.frequency_pivot(freq, "f_cbmat")
@@ -87,6 +88,64 @@ def test_chapter_signature_frequencies_and_scope(tmp_path):
     assert "emphysema at this size" in box and "at 16 px: lost" in box and "do not test the paper" in box
     assert "no such labels" in box and "fibrosis at 16 px" in box
     assert cohort.not_measurable(lost) == {"emphysema": "at 16 px: lost"}
+    assert ch.signature_facts(lost) == {"sig_lost": "emphysema", "sig_verb": "loses"}
+    assert ch.signature_facts(t) == {"sig_lost": "no class", "sig_verb": "lose"}
+    assert ch.cohort_facts(ds, n_patients=3) == {"n_patients": 3, "n_slices_total": 6}
+
+
+def test_real_ct_sections_show_and_write_nothing_when_the_profile_skips_them(tmp_path):
+    ds, vols = tiny_dataset(tmp_path)
+    run = tmp_path / "run"
+    assert ch.open_real_ct(False) is None
+    assert ch.real_ct_tables(None) == [] and ch.prepare_real(None, run, size=16, seed=0) == []
+    assert ch.figure_real_vs_phantom(None, vols, run, seed=0) is None
+    assert ch.figure_anatomy_overlays(None, run, seed=0) is None
+    assert ch.lung_hu(None, vols, seed=0) is None and ch.table_lung_hu(None) is None
+    assert ch.figure_real_vs_phantom_hu(None, run, seed=0) is None and not run.exists()
+    checks = cohort.hu_checks(vols)
+    sig = cohort.hu_signature(ds, vols, run)
+    rows = ch.write_chapter_metrics(run, ds, checks, signature=sig, agreement=None, real=None, hu=None, seed=0)
+    want = cohort.write_cohort_metrics(tmp_path / "direct", ds, checks, seed=0, signature=sig)
+    pd.testing.assert_frame_equal(rows, want)  # the phantom's rows only, no real-CT rows
+    assert (run / "metrics.csv").read_bytes() == (tmp_path / "direct" / "metrics.csv").read_bytes()
+
+
+def test_real_ct_sections_on_toy_cases(tmp_path):
+    """The real-CT wrappers on two toy chest CTs: the same numbers as `realct`'s own functions, a figure, and the
+    rows `write_chapter_metrics` adds."""
+    from _ct_fixtures import write_toy_case
+
+    from difflung.data import realct as R
+    from difflung.data.classmap import load_classmap
+    from difflung.data.ct_anatomy import AnatomyConfig
+    from difflung.data.prepare import Case, prepare_volume
+
+    cases = []
+    for name in ("r1", "r2"):
+        img, lab, _ = write_toy_case(tmp_path / "in", name)
+        cases.append(R.RealCase(*prepare_volume(Case(img, lab, name), load_classmap("nodule"), AnatomyConfig())))
+    real = ch.RealCT(cases, R.lung_volume_table(cases))
+    phantom = [c.volume for c in cases]
+    hu = ch.lung_hu(real, phantom, seed=0)
+    pd.testing.assert_frame_equal(hu.samples, R.hu_lung_samples(cases, phantom, seed=0))
+    assert hu.stats.loc["real CT", "mean HU"] == pytest.approx(-860.0, abs=1.0)  # the toy lung is -860 HU
+    assert ch.figure_real_vs_phantom_hu(hu, tmp_path / "run", seed=0) is not None
+    assert (tmp_path / "run" / "real_vs_phantom_lung_hu.png").is_file()
+    credit, shown = ch.real_ct_tables(real)
+    assert "pyradiomics" in credit.data and "r1" in shown.to_html()
+    ds, vols = tiny_dataset(tmp_path)
+    checks, sig = cohort.hu_checks(vols), cohort.hu_signature(ds, vols, tmp_path / "run")
+    rows = ch.write_chapter_metrics(tmp_path / "run", ds, checks, signature=sig, agreement=None, real=real, hu=hu,
+                                    seed=0)
+    lung = rows.query("model == 'real-ct' and metric == 'lung_volume_ml' and `class` == 'lung' and patient == 'r1'")
+    assert lung["value"].item() == real.volumes.loc["r1", "lung field ml"]
+    assert rows.query("model == 'real-ct' and metric == 'lung_hu_mean'")["value"].item() == pytest.approx(-860, abs=1)
+
+
+def test_page_facts_come_from_the_library():
+    f = ch.page_facts(size=32, phantom_size=128)
+    assert f == {"size": 32, "phantom_size": 128, "lung_window": window_name(), "laa_hu": "-950"}
+    assert float(f["laa_hu"]) == I.EMPHYSEMA_THRESHOLD_HU
 
 
 def test_readable_numbers_and_tables():

@@ -1,13 +1,16 @@
 """Chapters 2, 3 and 4 on a toy runs folder: their sections run, write their artifacts, reuse models, chapters
 3 and 4 report the same PSNR for the same model, test slices and seeds, and a comparison involving a model that
 missed its convergence criteria reads "not measurable"."""
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from difflung.judging import criteria, instruments
+from difflung.chapters import criteria_tables
+from difflung.judging import criteria, instruments, stats
 from difflung.core import runs
 from difflung.diffusion.toy import toy_dataset
 from difflung.core.metrics_csv import read_metrics
@@ -48,6 +51,10 @@ def test_ablation_chapter_sections(runs_root):
     assert set(rows.loc[rows["condition"] == "no lung", "seed"]) == {0}  # partial masks: first seed
     measurable, results = ch.check(runs_root, run, scored, sampler="dpm", steps=3)
     assert set(results) == {"none", "cbmat"} and criteria.read_criteria(run)["converged"].keys() == results.keys()
+    assert ch.run_facts(scored) == {"n_test_slices": 3, "n_test_patients": 2, "n_seeds": 2, "confidence": "95%",
+                                    "alpha": 0.05}
+    assert ch.table_measurable(scored, measurable).loc["fibrosis", "measurable"].startswith("not measurable")
+    assert list(ch.table_criteria(results).columns) == ["threshold", "no ablation", "CBMAT (Diff-Lung)"]
     assert not measurable["fibrosis"][0]  # a 3-step judge, and chapter 1's signature: not measurable
     table = ch.table_quality(scored, measurable, results)
     assert list(table.columns) == ["real slices", "no ablation", "CBMAT (Diff-Lung)", "why not measurable"]
@@ -56,6 +63,7 @@ def test_ablation_chapter_sections(runs_root):
     assert table.loc["Dice fibrosis", "why not measurable"] == measurable["fibrosis"][1]
     cmp = ch.comparisons(scored, measurable, results)
     assert cmp["claim"].str.contains("PSNR").sum() == 1 and cmp["n"].eq(2).all()  # n: test patients
+    assert ch.claim_facts(cmp) == {"n_claims": len(cmp), "min_patients": stats.min_units(len(cmp))}
     # a 3-step model misses its criteria: every comparison involving it is not measurable, with the reason
     assert not results["cbmat"]["converged"] and cmp["verdict"].str.startswith("not measurable").all()
     assert "did not meet the convergence criteria" in cmp.loc[cmp["claim"].str.contains("PSNR"), "verdict"].iloc[0]
@@ -87,14 +95,19 @@ def test_cbmat_chapter_sections(runs_root):
     scored = ch.evaluate(runs_root, run, r, judge_steps=3, **EVAL)
     assert scored.generated("difflung", seed=1).shape == (3, 16, 16)
     measurable, results = ch.check(runs_root, run, scored, sampler="dpm", steps=3)
+    assert ch.run_facts(scored) == {"n_test_slices": 3, "n_test_patients": 2, "n_seeds": 2, "confidence": "95%"}
+    assert ch.criteria_facts(results)["converged_sentence"].startswith("Diff-Lung (CBMAT) did **not** meet")
+    assert list(ch.table_criteria(results).columns) == ["value", "threshold", "met"]
+    assert ch.train_facts(r) == {"train_device": r.device, "prediction": "v-prediction"} and r.device.startswith("cpu")
     back = criteria.read_criteria(run)
     assert back["converged"] == {"difflung": False} and back["measurable"]["fibrosis"][0] is False
     assert set(back["tables"]["difflung"].columns) == {"criterion", "value", "threshold", "met"}
-    assert "did **not** meet" in criteria.sentence("Diff-Lung", results["difflung"])
+    assert "did **not** meet" in criteria_tables.sentence("Diff-Lung", results["difflung"])
     assert list(ch.table_judge_errors(runs_root, scored, {"ggo": (False, "floor")}, judge_steps=3).columns) == ["note"]
     every = {c: (True, "") for c in measurable}  # as if the judge met every floor: the table's path
     errors = ch.table_judge_errors(runs_root, scored, every, judge_steps=3)
-    assert list(errors.columns) == ["real slices", "generated slices"] and errors.index.names == ["judge says", "mask says"]
+    assert list(errors.columns) == ["real slices", "generated slices"]
+    assert errors.index.names == ["judge says", "mask says"]
     assert set(errors.index.get_level_values(0)) <= {"emphysema", "fibrosis", "ggo"} and (errors.values >= 0).all()
     tex = ch.table_texture(scored)
     assert list(tex.columns) == ["real (HU)", "generated (HU)", "generated / real"] and "lung" in tex.index
@@ -161,6 +174,7 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     assert quality.loc[("SPADE", "reported (poster)"), "SSIM lung"] == "not reported"
     crit_table, memo = bc.table_criteria(run)
     assert "(missed)" in crit_table.to_string() and len(memo) == len(bc.MODELS)
+    assert bc.page_run_facts(run)["n_patients"] == "2" and bc.page_run_facts(run)["size"] == "16"
     inst = bc.table_instruments(run, s)
     assert inst.loc["lung", "floor"] == 0.7
     faith = bc.table_faithfulness(run, s)
@@ -222,21 +236,163 @@ def test_chapters_need_the_dataset(tmp_path):
         baseline_comparison.open_comparison(tmp_path, tmp_path / "04", seed=0)
 
 
-def test_no_chapter_imports_another():
-    import ast
-    from pathlib import Path
+def test_page_facts_are_the_library_constants():
+    from difflung.chapters import baseline_comparison, cbmat_training, results
 
+    assert results.page_facts() == {"alpha": stats.ALPHA, "confidence": "95 %", "min_seeds": stats.MIN_SEEDS,
+                                    "magnitude": "0.1x-10x", "model_window": "HU [-1000, 400]", "data_range": 2.0}
+    f = cbmat_training.page_facts()
+    assert (f["n_timesteps"], f["beta_schedule"], f["rare_floor"]) == (1000, "linear", instruments.JUDGE_FLOOR_RARE)
+    assert f["parent_recipe"] == "AdamW at 0.0001 with 500 warm-up steps, epsilon prediction, no EMA, batch 16, fp32"
+    f = baseline_comparison.page_facts()
+    assert f["hu_w1_max"] == instruments.HU_W1_MAX and f["confidence"] == "95 %" and len(f) == 8
+
+
+def test_results_prose_and_figure_quote_the_statistics_constants(tmp_path):
+    from difflung.chapters import results
+
+    claims = pd.DataFrame({"claim": ["a > b", "c > d"], "verdict": ["inconclusive", "not measurable: judge floor"],
+                           "unit": ["test patients", "test patients"], "n": [2, 2], "estimate": [0.5, np.nan],
+                           "lo": [-1.0, np.nan], "hi": [2.0, np.nan], "reported": [1.0, 0.3],
+                           "family": ["poster", "poster"]})
+    text = results.summary_markdown(claims, "laptop")
+    assert "1 inconclusive, 1 not measurable" in text and f"reach p < {stats.ALPHA:g}; this run has 2 test" in text
+    fig = results.figure_claims(claims, tmp_path)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "ours (95 % interval)" in labels and (tmp_path / "claims.png").is_file()
+
+
+def test_segmentation_chapter_sections_without_real_ct_or_difflung_arm(tmp_path):
+    from types import SimpleNamespace
+
+    from difflung.chapters import segmentation_augmentation as ch5
+
+    (skipped,) = ch5.real_ct_tables(None, tmp_path, runs_root=tmp_path)
+    assert skipped.data == "This run has no real-CT dataset; the section is skipped."
+    assert ch5.figure_dice_real(None, tmp_path, runs_root=tmp_path) is None
+    assert ch5.table_nnunet_export(None, SimpleNamespace(sets={}), tmp_path) is None and not any(tmp_path.iterdir())
+
+
+def test_lesion_insertion_facts_from_its_tables():
+    from difflung.chapters import lesion_insertion as li
+
+    checks = pd.DataFrame({"outside_differences": [0, 0], "w1_after": [10.0, 30.0], "w1_before": [20.0, 25.0]},
+                          index=["ggo", "fibrosis"])
+    assert li.check_facts(checks) == {"outside": 0, "n_w1_better": 1, "n_classes": 2}
+    summary = {"seconds_by_stage": {"painting": 4.0}, "lesions": 2, "seconds_placement": 1.0, "seconds": 9.0,
+               "windows": 3, "network_calls_per_window": 10, "device": "cpu"}
+    assert li.cost_facts(li.cost(summary, 60.0), summary) == {"device": "cpu", "s_per_lesion": 5.0}
+    f = li.page_facts(patch_size=64, per_class=2, steps=60, target_ml=3.0, margin_mm=2.0)
+    assert f["n_phantom"] == 6 and f["patch_mm"] == 1.0 and f["lung_window"].startswith("lung window")
+
+
+SHARED = {"common", "scope", "criteria_tables"}  # chapter-layer modules every chapter may import
+ALLOWED_IN_NOTEBOOKS = {"difflung.plots", "difflung.core.progress", "IPython", "myst_nb"}
+
+
+def _imported(tree, package: str = "difflung.chapters") -> list[str]:
+    """Every module an AST imports, absolute dotted names; `from difflung.chapters import x` gives
+    `difflung.chapters.x`, and relative imports are read as imports inside `package`."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            if base == "difflung.chapters":  # the names are modules of the chapter layer
+                out += [f"{base}.{a.name}" for a in node.names]
+            else:
+                out.append(base)
+    return out
+
+
+def chapter_import_problems(source: str, name: str) -> list[str]:
+    """Chapters imported by chapter-layer module `name` other than the shared ones (and itself)."""
+    bad = []
+    for mod in _imported(ast.parse(source)):
+        parts = mod.split(".")
+        if parts[:2] == ["difflung", "chapters"]:
+            if len(parts) < 3:
+                bad.append(f"{name} imports the package difflung.chapters")
+            elif parts[2] not in SHARED | {name}:
+                bad.append(f"{name} imports chapter {parts[2]}")
+    return bad
+
+
+def notebook_import_problems(source: str, chapters: set[str]) -> list[str]:
+    """What a notebook imports beyond one chapter module of `chapters`, `plots`, `progress`, IPython, myst_nb and
+    the standard library."""
+    import sys
+
+    bad, used = [], set()
+    for mod in _imported(ast.parse(source), package="notebooks"):
+        parts = mod.split(".")
+        if parts[:2] == ["difflung", "chapters"] and len(parts) >= 3 and parts[2] in chapters:
+            used.add(parts[2])
+        elif not (mod in ALLOWED_IN_NOTEBOOKS or parts[0] in ALLOWED_IN_NOTEBOOKS
+                  or parts[0] in sys.stdlib_module_names):
+            bad.append(f"imports {mod}")
+    if len(used) != 1:
+        bad.append(f"imports {len(used)} chapter modules ({', '.join(sorted(used)) or 'none'}), not one")
+    return bad
+
+
+def _chapter_paths():
     import difflung.chapters as chapters
 
-    paths = [p for p in Path(chapters.__file__).parent.glob("*.py") if p.stem != "__init__"]
-    modules = {p.stem for p in paths}
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                names = [node.module] if node.module else [a.name for a in node.names]
-                assert not modules & set(names), f"{path.name} imports chapter {modules & set(names)}"
-            if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module == "chapters":
-                raise AssertionError(f"{path.name} imports difflung.chapters")
+    return [p for p in Path(chapters.__file__).parent.glob("*.py") if p.stem != "__init__"]
+
+
+def test_no_chapter_imports_another():
+    paths = _chapter_paths()
+    assert {p.stem for p in paths} >= SHARED | {"ablation_study", "results"}
+    problems = [m for p in paths for m in chapter_import_problems(p.read_text(), p.stem)]
+    assert not problems, problems
+
+
+def test_the_chapter_import_check_catches_each_form():
+    for line in ("from difflung.chapters import results", "from difflung.chapters.results import judge",
+                 "import difflung.chapters.results", "from . import results", "from .results import judge",
+                 "import difflung.chapters", "def f():\n    from difflung.chapters import cbmat_training as c"):
+        assert chapter_import_problems(line, "ablation_study"), line
+    ok = ("from difflung.chapters import common, criteria_tables\nfrom difflung.chapters.scope import Scope\n"
+          "from . import scope\nfrom difflung.judging import criteria")
+    assert chapter_import_problems(ok, "ablation_study") == []
+
+
+def test_notebooks_import_only_their_chapter():
+    """A notebook's door to the library is its chapter module (the one whose docstring names the notebook),
+    `plots` and `progress`; everything else is the chapter's business."""
+    repo = Path(__file__).resolve().parents[1]
+    chapters = {p.stem: p.read_text() for p in _chapter_paths() if p.stem not in SHARED}
+    notebooks = sorted((repo / "notebooks").glob("[0-9][0-9]_*.py"))
+    assert len(notebooks) == 7
+    for nb in notebooks:
+        source = nb.read_text()
+        problems = notebook_import_problems(source, set(chapters))
+        assert not problems, f"{nb.name}: {problems}"
+        own = [c for c, text in chapters.items() if f"notebooks/{nb.name}" in text]
+        assert len(own) == 1 and f"from difflung.chapters import {own[0]} as ch" in source, (nb.name, own)
+
+
+def test_the_notebook_import_check_catches_library_imports():
+    chapters = {"ablation_study", "results"}
+    good = ("from IPython.display import Markdown, display\nfrom myst_nb import glue\nimport json\n"
+            "from difflung.core.progress import quiet_notebook_tqdm\nfrom difflung.plots import table\n"
+            "from difflung.chapters import ablation_study as ch\n")
+    assert notebook_import_problems(good, chapters) == []
+    assert notebook_import_problems(good + "from difflung.judging import stats\n", chapters) == [
+        "imports difflung.judging"]
+    assert notebook_import_problems(good + "import pandas as pd\n", chapters) == ["imports pandas"]
+    assert notebook_import_problems(good + "from difflung.chapters import results\n", chapters) == [
+        "imports 2 chapter modules (ablation_study, results), not one"]
+    assert notebook_import_problems(good + "from difflung.chapters import common\n", chapters) == [
+        "imports difflung.chapters.common"]
+    assert notebook_import_problems("import numpy", chapters) == [
+        "imports numpy", "imports 0 chapter modules (none), not one"]
 
 
 @pytest.mark.slow

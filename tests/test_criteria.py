@@ -75,10 +75,12 @@ def test_tables_say_not_measurable_and_region_and_hu_rows_follow_the_schema():
     meas = {"body": (True, ""), "lung": (False, "judge Dice on real lung 0.50 < floor 0.7")}
     summary = stats.slice_intervals(s.rows, ["model", "metric", "class"], generator=np.random.default_rng(0),
                                     n_resamples=99)
-    dice = criteria.dice_frame(summary, meas, ["m", "real"])
+    from difflung.chapters import criteria_tables  # the page's tables live in the chapter layer
+
+    dice = criteria_tables.dice_frame(summary, meas, ["m", "real"])
     assert dice.loc["lung", "m"] == "not measurable" and dice.loc["lung", "judged"].startswith("not measurable: judge")
     assert dice.loc["body", "m"] == "0.900 [0.900, 0.900]" and dice.loc["body", "judged"] == "yes"
-    assert criteria.judge_frame(summary, meas).loc["lung", "floor"] == 0.7
+    assert criteria_tables.judge_frame(summary, meas).loc["lung", "floor"] == 0.7
     region = quality.region_metric_rows(s)
     assert set(region["metric"]) == {"psnr_body", "ssim_body", "psnr_lung", "ssim_lung"}
     assert list(region.columns) == list(SCHEMA) and len(region) == 4 * len(s.index)

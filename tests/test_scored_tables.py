@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from difflung.chapters import criteria_tables
 from difflung.judging import criteria, scoring, stats
 from difflung.plots import interval
 
@@ -59,13 +60,13 @@ def _result(met):
 
 def test_criteria_page_texts():
     good, bad = _result([True, True]), _result([True, False])
-    assert criteria.sentence("M", good) == "M met all 2 convergence criteria."
-    assert "1 of 2 missed: slices with air within 30 HU" in criteria.sentence("M", bad)
-    lines = criteria.cannot_show({"lung": (True, ""), "emphysema": (False, "judge Dice 0.1 < floor 0.3")},
-                                 {"good": good, "bad": bad}, {"bad": "Bad model"})
+    assert criteria_tables.sentence("M", good) == "M met all 2 convergence criteria."
+    assert "1 of 2 missed: slices with air within 30 HU" in criteria_tables.sentence("M", bad)
+    lines = criteria_tables.cannot_show({"lung": (True, ""), "emphysema": (False, "judge Dice 0.1 < floor 0.3")},
+                                       {"good": good, "bad": bad}, {"bad": "Bad model"})
     assert lines == ["Faithfulness of emphysema: not measurable: judge Dice 0.1 < floor 0.3.",
                      "Any comparison involving Bad model: not measurable: it missed 1 of 2 convergence criteria."]
-    w = criteria.wide_table({"good": good, "bad": bad})
+    w = criteria_tables.wide_table({"good": good, "bad": bad})
     assert w.loc["slices with air within 30 HU", "bad"] == "0.500 (missed)"
     assert w.loc["converged"].tolist() == ["all met", "yes", "no"]
     assert criteria.validity(["lung"], {"lung": (True, "")}, {"good": True, "bad": False}, ["good", "bad"]) == {

@@ -13,9 +13,9 @@ Each function is one section of `notebooks/02_mask_ablation_study.py`:
     ch.figure_samples(scored, run_dir); ch.scope(profile, scored, measurable, results, n_comparisons)
 
 Models go to `<run_dir>/models/<strategy>/` (reused when finished with the same config and data); generation and
-scoring follow `difflung.judging.scoring`. The unit of every interval is the test patient (`difflung.judging.stats`); classes the
-judge cannot read, or whose HU signature is lost at this size, and strategies that miss their convergence criteria
-(`difflung.judging.criteria`, written to `criteria.json`) make their comparisons "not measurable".
+scoring follow `difflung.judging.scoring`. The unit of every interval is the test patient (`difflung.judging.stats`);
+classes the judge cannot read, or whose HU signature is lost at this size, and strategies that miss their convergence
+criteria (`difflung.judging.criteria`, written to `criteria.json`) make their comparisons "not measurable".
 """
 from __future__ import annotations
 
@@ -26,21 +26,17 @@ import pandas as pd
 
 from difflung.judging import criteria, scoring, stats
 from difflung.core import runs
-from difflung.judging import instruments as I
 from difflung import labels as L
-from difflung.data.dataset import Dataset
 from difflung.diffusion import STRATEGIES, AblationSchedule, ablation_frequencies, to_hu, train_diffusion
-from difflung.generators import diffusion_config, display_name, load_generator
-from difflung.core.metrics_csv import write_metrics
+from difflung.generators import diffusion_config, display_name
 from difflung.core.parallel import run_jobs
-from difflung.plots import interval, legend_handles, plt, save_figure, sig, slice_grid
+from difflung.plots import interval, legend_handles, plt, save_figure, sig, slice_grid, window_name
 from difflung.core.provenance import resolve_device
-from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.chapters import common, criteria_tables
+from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 
 
-def open_dataset(runs_root) -> Dataset:
-    """The phantom dataset of chapter 1; a clear error if missing."""
-    return Dataset(runs.phantom_dataset_dir(runs_root))
+open_dataset = common.open_dataset  # the phantom dataset of chapter 1; a clear error if missing
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -154,29 +150,54 @@ def evaluate(runs_root, run_dir, *, judge_steps: int, n_test: int, sampler: str,
         n_test: test slices scored; sampler, sampler_steps: the diffusion sampler; seeds: sampling seeds.
         seed: the judge's training seed and the bootstrap's.
     """
-    ds, dev = open_dataset(runs_root), resolve_device(device)
-    seg = scoring.judge(ds, runs.judge_dir(runs_root), steps=judge_steps, seed=seed, device=dev, progress=progress)
-    gens = [load_generator(runs.model_dir(run_dir, s), key=s, dataset=ds, device=dev, sampler=sampler,
-                           sampler_steps=sampler_steps) for s in strategies]
+    ds = open_dataset(runs_root)
+
+    def metric_rows(scored, _):
+        s = stats.slice_intervals(scored.rows, ["model", "condition", "metric", "class"],
+                                  generator=np.random.default_rng(seed))
+        return s.rename(columns={"mean": "value", "patients": "n"}).drop(columns="slices").assign(seed=-1)
+
     withheld = [c for c in ds.classes if c != L.BACKGROUND] if partial else []
-    scored = scoring.generate_and_score(gens, ds, seg, n_test=n_test, seeds=list(seeds), withheld=withheld,
-                                        batch_size=batch_size, progress=progress)
-    scoring.write_per_image(runs.per_image_path(run_dir), scored.rows)
-    s = stats.slice_intervals(scored.rows, ["model", "condition", "metric", "class"],
-                              generator=np.random.default_rng(seed))
-    write_metrics(runs.metrics_path(run_dir), s.rename(columns={"mean": "value", "patients": "n"})
-                  .drop(columns="slices").assign(seed=-1))
-    return scored
+    return common.evaluate(runs_root, run_dir, [(s, runs.model_dir(run_dir, s)) for s in strategies],
+                           judge_steps=judge_steps, n_test=n_test, sampler=sampler, sampler_steps=sampler_steps,
+                           seeds=seeds, seed=seed, batch_size=batch_size, device=device, progress=progress,
+                           dataset=ds, withheld=withheld, metric_rows=metric_rows).scored
 
 
 def check(runs_root, run_dir, scored: scoring.Scored, *, sampler: str, steps: int, seed: int = 0):
     """Measurable classes (judge floors, chapter 1's HU signature) and each strategy's convergence criteria
-    (`difflung.judging.criteria.check`), written to `<run_dir>/criteria.json`. Returns (measurable, results)."""
+    (`common.check`), written to `<run_dir>/criteria.json`. Returns (measurable, results)."""
     ds = open_dataset(runs_root)
-    signature = I.read_signature(runs.chapter_dir(runs_root, runs.DATA_PREPARATION))
-    return criteria.check(scored, _order(scored.rows["model"], real=False), train=ds.split("train").images,
-                          signature=signature, seed=seed, run_dir=run_dir, size=ds.size, sampler=sampler,
-                          test_patients=len(set(scored.patient)), steps=steps)
+    return common.check(runs_root, run_dir, scored, _order(scored.rows["model"], real=False), seed=seed, dataset=ds,
+                        size=ds.size, sampler=sampler, test_patients=len(set(scored.patient)), steps=steps)
+
+
+def page_facts() -> dict:
+    """Values the page's prose quotes before any run (glued): the display window."""
+    return {"lung_window": window_name()}
+
+
+def table_measurable(scored: scoring.Scored, measurable) -> pd.DataFrame:
+    """Per class scored: the judge's Dice on the real test slices, its floor, measurable or why not."""
+    return criteria_tables.measurable_table(scored, measurable)
+
+
+def table_criteria(results) -> pd.DataFrame:
+    """Each strategy's convergence criteria side by side (value, met or missed), and whether it converged."""
+    return criteria_tables.wide_table(results, {k: display_name(k) for k in results})
+
+
+def run_facts(scored: scoring.Scored) -> dict:
+    """The evaluation's facts for the prose: test slices, test patients, sampling seeds, the interval's level and
+    the verdict's alpha (`difflung.judging.stats`)."""
+    return {"n_test_slices": len(scored.index), "n_test_patients": len(set(scored.patient)),
+            "n_seeds": len({k[3] for k in scored.images if k[2] == "full"}),
+            "confidence": f"{stats.CONFIDENCE:.0%}", "alpha": stats.ALPHA}
+
+
+def claim_facts(claims: pd.DataFrame) -> dict:
+    """How many comparisons the chapter makes, and the fewest test patients Holm's correction over them needs."""
+    return {"n_claims": len(claims), "min_patients": stats.min_units(len(claims))}
 
 
 def _order(models, real: bool = True) -> list[str]:
@@ -306,7 +327,7 @@ def scope(profile: str, scored: scoring.Scored, measurable, results, n_compariso
                               "sampling seeds": ", ".join(map(str, seeds)), "training seeds per strategy": "1"})
     s.can.append(f"Image quality and faithfulness of each strategy with patient-level intervals, and "
                  f"{n_comparisons} comparisons against CBMAT under Holm's correction, where they are measurable.")
-    s.cannot += criteria.cannot_show(measurable, results, _names(results))
+    s.cannot += criteria_tables.cannot_show(measurable, results, _names(results))
     s.cannot.append("Variation over training seeds: one model per strategy.")
     s.cannot += smoke_caveat(profile)
     return s

@@ -26,11 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from difflung.judging import criteria, realism as quality, reported, scoring, stats
+from difflung.judging import criteria, instruments, realism as quality, reported, scoring, stats
 from difflung.core import runs
-from difflung.judging import instruments as I
 from difflung import labels as L
 from difflung.baselines import read_loss_log, train_gan
 from difflung.data.dataset import Dataset
@@ -38,11 +36,12 @@ from difflung.diffusion import train_diffusion
 from difflung.judging.cost import generator_cost
 from difflung.judging.metrics import DATA_RANGE
 from difflung.generators import diffusion_config, display_name, gan_config, load_generator
-from difflung.core.metrics_csv import read_metrics, write_metrics
+from difflung.core.metrics_csv import read_metrics
 from difflung.core.parallel import run_jobs
-from difflung.plots import cost_scatter, interval, plt, save_figure, summary_cell, window_name, zoom_grid
+from difflung.plots import cost_scatter, interval, pct, plt, save_figure, summary_cell, window_name, zoom_grid
 from difflung.core.provenance import device_description, provenance, resolve_device, write_json_atomic
-from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.chapters import common, criteria_tables
+from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 
 MODELS = ("pix2pix", "spade", "segguided", "difflung")
 QUALITY = {"psnr": "PSNR (dB)", "ssim": "SSIM", "psnr_body": "PSNR body (dB)", "ssim_body": "SSIM body",
@@ -216,25 +215,31 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
     if missing:
         raise ValueError(f"models {missing} are not trained yet: run train_models(cmp)")
     ds = cmp.dataset
-    signature = I.read_signature(runs.chapter_dir(cmp.runs_root, runs.DATA_PREPARATION))  # before any work
-    seg = scoring.judge(ds, runs.judge_dir(cmp.runs_root), steps=judge_steps, seed=cmp.seed, device=cmp.device)
-    gens = [load_generator(folder, key=k, dataset=ds, device=cmp.device, sampler=sampler, sampler_steps=sampler_steps)
-            for k in MODELS for folder in cmp.models[k].values()]
-    scored = scoring.generate_and_score(gens, ds, seg, n_test=n_test, seeds=list(seeds), batch_size=batch_size)
-    # region rows psnr_body, ssim_lung, ... beside the full-frame psnr/ssim rows that `difflung.judging.claims` reads
-    rows, timings = [scored.rows, quality.region_metric_rows(scored), quality.hu_w1_rows(scored)], {}
-    for g in gens:
-        if g.train_seed == cmp.seed:
-            c = timings[g.key] = generator_cost(g, scored.labels, device=cmp.device, timing_batch=timing_batch,
-                                                timing_repeats=timing_repeats)
-            rows.append(pd.DataFrame([{"model": g.key, "train_seed": g.train_seed, "condition": "full", "seed": -1,
-                                       "slice": -1, "patient": "all", "class": "all", "metric": m, "value": c[m]}
-                                      for m in ("gflops_per_image", "params")]))
-    path = write_metrics(runs.metrics_path(cmp.run_dir), pd.concat(rows, ignore_index=True))
+    signature = common.hu_signature(cmp.runs_root)  # before any work
+    timings = {}
+
+    def metric_rows(scored, gens):
+        # region rows psnr_body, ssim_lung, ... beside the full-frame psnr/ssim rows `difflung.judging.claims` reads
+        rows = [scored.rows, quality.region_metric_rows(scored), quality.hu_w1_rows(scored)]
+        for g in gens:
+            if g.train_seed == cmp.seed:
+                c = timings[g.key] = generator_cost(g, scored.labels, device=cmp.device, timing_batch=timing_batch,
+                                                    timing_repeats=timing_repeats)
+                rows.append(pd.DataFrame([{"model": g.key, "train_seed": g.train_seed, "condition": "full",
+                                           "seed": -1, "slice": -1, "patient": "all", "class": "all", "metric": m,
+                                           "value": c[m]} for m in ("gflops_per_image", "params")]))
+        return pd.concat(rows, ignore_index=True)
+
+    folders = [(k, folder) for k in MODELS for folder in cmp.models[k].values()]
+    ev = common.evaluate(cmp.runs_root, cmp.run_dir, folders,
+                         judge_steps=judge_steps, n_test=n_test, sampler=sampler, sampler_steps=sampler_steps,
+                         seeds=seeds, seed=cmp.seed, batch_size=batch_size, device=cmp.device, dataset=ds,
+                         per_image=False, metric_rows=metric_rows)
+    scored, path = ev.scored, ev.metrics
     settings = {"n_test": int(len(scored.index)), "sampler": sampler, "sampler_steps": sampler_steps,
                 "sample_seeds": list(seeds), "timing_batch": timing_batch, "timing_repeats": timing_repeats}
-    criteria.check(scored, MODELS, train=ds.split("train").images, signature=signature, seed=cmp.seed,  # main seed
-                   classifier_steps=classifier_steps, run_dir=cmp.run_dir, sample_seed=list(seeds)[0])
+    common.check(cmp.runs_root, cmp.run_dir, scored, MODELS, seed=cmp.seed,  # the main training seed
+                 classifier_steps=classifier_steps, dataset=ds, signature=signature, sample_seed=list(seeds)[0])
     write_json_atomic(cmp.run_dir / "metrics.json", {
         "metrics_csv": path.name, "window_hu": list(L.MODEL_WINDOW), "data_range": DATA_RANGE, "size": ds.size,
         "test_slices": scored.index.tolist(), "test_patients": sorted(set(scored.patient.tolist())),
@@ -248,6 +253,22 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
 
 # ---------------------------------------------------------------------------------------------------------------
 # tables (DataFrames of text or numbers; the notebook shows them through `plots.table`)
+
+INSTRUMENT_FACTS = ("JUDGE_FLOOR_ANATOMY", "JUDGE_FLOOR_RARE", "DICE_RATIO_MIN", "HU_W1_MAX", "AIR_TOLERANCE_HU",
+                    "AIR_SHARE_MIN", "CLASSIFIER_ACCURACY_MAX")  # `difflung.judging.instruments`' thresholds
+
+
+def page_facts() -> dict:
+    """Values the page's prose quotes before any run (glued): the interval's level and the instruments'
+    thresholds (`difflung.judging.instruments`), each under its constant's name in lower case."""
+    return {"confidence": pct(stats.CONFIDENCE, 2),
+            **{name.lower(): getattr(instruments, name) for name in INSTRUMENT_FACTS}}
+
+
+def page_run_facts(run_dir) -> dict:
+    """`facts` as text for the page's prose (each quoted with `{glue:md}`)."""
+    return {k: str(v) for k, v in facts(run_dir).items()}
+
 
 def facts(run_dir) -> dict:
     """The run's facts for the page's prose (glued, never typed): size, test slices and patients, seeds, sampler."""
@@ -269,7 +290,7 @@ def summary(run_dir, seed: int = 0) -> pd.DataFrame:
 def table_instruments(run_dir, s: pd.DataFrame) -> pd.DataFrame:
     """Per class: the judge's Dice on the real test slices, its floor, and whether the class can be judged (judge
     floor and chapter 1's HU signature, `criteria.measurable_classes`)."""
-    return criteria.judge_frame(s, criteria.read_criteria(run_dir)["measurable"])
+    return criteria_tables.judge_frame(s, criteria.read_criteria(run_dir)["measurable"])
 
 
 def _results(run_dir) -> dict:
@@ -283,7 +304,8 @@ def table_criteria(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each generator's convergence criteria (criteria.json), one column per model, and the memorisation check
     beside them (not a criterion)."""
     names = {k: display_name(k) for k in MODELS}
-    return criteria.wide_table(_results(run_dir), names), criteria.memorisation_table(_results(run_dir), names)
+    return (criteria_tables.wide_table(_results(run_dir), names),
+            criteria_tables.memorisation_table(_results(run_dir), names))
 
 
 def table_quality(s: pd.DataFrame) -> pd.DataFrame:
@@ -318,9 +340,9 @@ def table_cost(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def comparisons(runs_root, seed: int = 0) -> pd.DataFrame:
-    """The poster's image-quality claims as `difflung.judging.claims.comparisons` measures them from this chapter's files
-    (`stats.compare_slices`, unit test patient; validity from the generators' convergence criteria), so the numbers
-    equal the results chapter's, through `stats.judge_claims`. Only "not measurable" is final here: the verdicts
+    """The poster's image-quality claims as `difflung.judging.claims.comparisons` measures them from this chapter's
+    files (`stats.compare_slices`, unit test patient; validity from the generators' convergence criteria), so the
+    numbers equal the results chapter's, through `stats.judge_claims`. Only "not measurable" is final here: the verdicts
     are given once, in the results chapter, after Holm's correction across all the run's claims."""
     from difflung.judging import claims
 
@@ -344,7 +366,7 @@ def table_comparisons(t: pd.DataFrame) -> pd.DataFrame:
 def table_faithfulness(run_dir, s: pd.DataFrame) -> pd.DataFrame:
     """Mask faithfulness: the judge's Dice per class on each model's slices, mean [patient interval]; a class the
     judge cannot judge reads "not measurable" (its reason in the first column); real slices are the ceiling."""
-    return criteria.dice_frame(s, criteria.read_criteria(run_dir)["measurable"], [*MODELS, "real"], display_name)
+    return criteria_tables.dice_frame(s, criteria.read_criteria(run_dir)["measurable"], [*MODELS, "real"], display_name)
 
 
 def table_hu(run_dir) -> pd.DataFrame:
@@ -406,7 +428,8 @@ def scope(profile: str, run_dir) -> Scope:
     box.can.append(f"PSNR and SSIM (full frame, body, lung) of the four generators on the same masks and noise, "
                    f"with intervals over {f['n_patients']} test patients.")
     box.can.append(f"Cost on this run's device ({f['device']}) at {f['size']} px, beside the poster's ratios.")
-    box.cannot += criteria.cannot_show(crit["measurable"], _results(run_dir), {k: display_name(k) for k in MODELS})
+    box.cannot += criteria_tables.cannot_show(crit["measurable"], _results(run_dir),
+                                              {k: display_name(k) for k in MODELS})
     need = stats.min_units(len(reported.CLAIMS))
     if f["n_patients"] < need:
         box.cannot.append(f"A reproduced image-quality claim: with {f['n_patients']} test patients the patient-level "

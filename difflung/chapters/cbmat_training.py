@@ -13,9 +13,9 @@ Each function is one section of `notebooks/03_cbmat_training.py`:
 
 The model is saved to `<runs_root>/03_cbmat_training/model/` (`difflung.core.runs.main_model_dir`; chapters 4 and 5
 reuse it) and reused when finished with the same configuration and data. Generation and scoring follow
-`difflung.judging.scoring`, so chapter 4 reports the same PSNR for this model on the same test slices and seeds. Intervals
-are patient-level (`difflung.judging.stats.slice_intervals`); the criteria are `difflung.judging.criteria`'s, written to
-`criteria.json` for later chapters.
+`difflung.judging.scoring`, so chapter 4 reports the same PSNR for this model on the same test slices and seeds.
+Intervals are patient-level (`difflung.judging.stats.slice_intervals`); the criteria are
+`difflung.judging.criteria`'s, written to `criteria.json` for later chapters.
 """
 from __future__ import annotations
 
@@ -25,21 +25,44 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from difflung.judging import criteria, scoring, stats
+from difflung.judging import instruments, scoring, stats
 from difflung.core import runs
-from difflung.judging import instruments as I
 from difflung import labels as L
 from difflung.data.dataset import Dataset
 from difflung.diffusion import TrainResult, to_hu, train_diffusion
 from difflung.diffusion.train import trained_with
 from difflung.generators import diffusion_config, display_name, load_generator
-from difflung.core.metrics_csv import write_metrics
-from difflung.plots import interval, plt, save_figure, sig, slice_grid
+from difflung.plots import interval, plt, save_figure, sig, slice_grid, table, window_name
 from difflung.core.provenance import atomic_dir, provenance, resolve_device, write_json_atomic
 from difflung.judging.realism import judge_errors, region_rows, texture_ratio
-from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.chapters import common, criteria_tables
+from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 
 MODEL = "difflung"
+
+
+def _recipe_words(r: dict) -> str:
+    """A recipe's settings in words, e.g. "AdamW at 0.0001 with 500 warm-up steps, epsilon prediction, no EMA"."""
+    return (f"AdamW at {r['lr']:g} with {r['warmup']} warm-up steps, {r['prediction_type']} prediction, "
+            + ("no EMA" if r["ema_decay"] is None else f"EMA {r['ema_decay']:g}")
+            + f", batch {r['batch_size']}, " + ("fp32" if r["mixed_precision"] == "no" else "mixed precision"))
+
+
+def page_facts() -> dict:
+    """Values the page's prose quotes before any run (glued): the noise schedule, the parent's recipe, the
+    display window, the judge's floors."""
+    from difflung.diffusion.recipes import recipe
+    from difflung.diffusion.train import NOISE_SCHEDULE
+
+    return {"n_timesteps": NOISE_SCHEDULE["num_train_timesteps"], "beta_schedule": NOISE_SCHEDULE["beta_schedule"],
+            "parent_recipe": _recipe_words(recipe("parent")), "lung_window": window_name(),
+            "anatomy_floor": instruments.JUDGE_FLOOR_ANATOMY, "rare_floor": instruments.JUDGE_FLOOR_RARE}
+
+
+def train_facts(result: TrainResult) -> dict:
+    """The main run's device and prediction target, for the prose."""
+    tc = load_generator(result.model_dir).config["train_config"]
+    return {"train_device": result.device, "prediction": str(tc["prediction_type"]).replace("_", "-")}
 
 
 def train_main(runs_root, *, steps: int, batch_size: int, preset: str = "small", lr: float = 1e-4,
@@ -126,30 +149,52 @@ def evaluate(runs_root, run_dir, result: TrainResult, *, judge_steps: int, n_tes
     """Generate the test subset's masks with the main model for every sampling seed and score them (PSNR, SSIM,
     the judge's Dice; `difflung.judging.scoring`). Writes `per_image.csv` and `metrics.csv` (steps, final loss, and
     full/body/lung PSNR and SSIM with patient-level intervals, seed -1)."""
-    ds, dev = Dataset(runs.phantom_dataset_dir(runs_root)), resolve_device(device)
-    seg = scoring.judge(ds, runs.judge_dir(runs_root), steps=judge_steps, seed=seed, device=dev, progress=progress)
-    g = load_generator(result.model_dir, key=MODEL, dataset=ds, device=dev, sampler=sampler,
-                       sampler_steps=sampler_steps)
-    scored = scoring.generate_and_score([g], ds, seg, n_test=n_test, seeds=list(seeds), batch_size=batch_size,
-                                        progress=progress)
-    scoring.write_per_image(runs.per_image_path(run_dir), scored.rows)
-    rows = [{"model": MODEL, "metric": m, "class": "all", "seed": g.train_seed, "value": float(v)}
-            for m, v in (("train_steps", result.steps), ("final_loss", _final_loss(result)))]
-    for r in regions(scored, seed=seed).itertuples():
-        rows.append({"model": MODEL, "metric": r.metric if r.region == "full" else f"{r.metric}_{r.region}",
-                     "class": "all", "seed": -1, "value": r.mean, "lo": r.lo, "hi": r.hi, "n": r.patients})
-    write_metrics(runs.metrics_path(run_dir), rows)
-    return scored
+    def metric_rows(scored, gens):
+        rows = [{"model": MODEL, "metric": m, "class": "all", "seed": gens[0].train_seed, "value": float(v)}
+                for m, v in (("train_steps", result.steps), ("final_loss", _final_loss(result)))]
+        for r in regions(scored, seed=seed).itertuples():
+            rows.append({"model": MODEL, "metric": r.metric if r.region == "full" else f"{r.metric}_{r.region}",
+                         "class": "all", "seed": -1, "value": r.mean, "lo": r.lo, "hi": r.hi, "n": r.patients})
+        return rows
+
+    return common.evaluate(runs_root, run_dir, [(MODEL, result.model_dir)], judge_steps=judge_steps, n_test=n_test,
+                           sampler=sampler, sampler_steps=sampler_steps, seeds=seeds, seed=seed,
+                           batch_size=batch_size, device=device, progress=progress, metric_rows=metric_rows).scored
 
 
 def check(runs_root, run_dir, scored: scoring.Scored, *, sampler: str, steps: int, seed: int = 0):
     """Measurable classes (judge floors, chapter 1's HU signature) and the main model's convergence criteria
-    (`difflung.judging.criteria.check`), written to `<run_dir>/criteria.json`. Returns (measurable, results)."""
-    ds = Dataset(runs.phantom_dataset_dir(runs_root))
-    signature = I.read_signature(runs.chapter_dir(runs_root, runs.DATA_PREPARATION))
-    return criteria.check(scored, [MODEL], train=ds.split("train").images, signature=signature, seed=seed,
-                          run_dir=run_dir, size=ds.size, test_patients=len(set(scored.patient)), sampler=sampler,
-                          steps=steps)
+    (`common.check`), written to `<run_dir>/criteria.json`. Returns (measurable, results)."""
+    ds = common.open_dataset(runs_root)
+    return common.check(runs_root, run_dir, scored, [MODEL], seed=seed, dataset=ds, size=ds.size,
+                        test_patients=len(set(scored.patient)), sampler=sampler, steps=steps)
+
+
+def table_measurable(scored: scoring.Scored, measurable) -> pd.DataFrame:
+    """Per class scored: the judge's Dice on the real test slices, its floor, measurable or why not."""
+    return criteria_tables.measurable_table(scored, measurable)
+
+
+def run_facts(scored: scoring.Scored) -> dict:
+    """The evaluation's facts for the prose: test slices, test patients, sampling seeds, the interval's level."""
+    return {"n_test_slices": len(scored.index), "n_test_patients": len(set(scored.patient)),
+            "n_seeds": len({k[3] for k in scored.images if k[0] == MODEL}), "confidence": f"{stats.CONFIDENCE:.0%}"}
+
+
+def table_criteria(results) -> pd.DataFrame:
+    """The main model's convergence criteria: value, threshold, met."""
+    return results[MODEL]["table"].set_index("criterion")
+
+
+def criteria_facts(results) -> dict:
+    """Whether the main model converged, as one sentence for the prose."""
+    return {"converged_sentence": criteria_tables.sentence(display_name(MODEL), results[MODEL])}
+
+
+def table_memorisation(results):
+    """The memorisation check (reported, not a criterion), its flagged share as a percentage."""
+    return table(criteria_tables.memorisation_table(results, {MODEL: display_name(MODEL)}),
+                 percent=[criteria_tables.MEMORISATION_FLAGGED])
 
 
 def table_judge_errors(runs_root, scored: scoring.Scored, measurable, *, judge_steps: int, seed: int = 0,
@@ -237,7 +282,7 @@ def scope(profile: str, scored: scoring.Scored, measurable, results) -> Scope:
                   "(PSNR/SSIM, full frame, body, lung) with patient-level intervals.")
     if ok:
         s.can.append(f"Mask faithfulness of {', '.join(ok)}: the judge meets its floor there.")
-    s.cannot += criteria.cannot_show(measurable, results, {MODEL: display_name(MODEL)})
+    s.cannot += criteria_tables.cannot_show(measurable, results, {MODEL: display_name(MODEL)})
     s.cannot.append("Variation over training seeds: this chapter trains one model.")
     s.cannot += smoke_caveat(profile)
     return s

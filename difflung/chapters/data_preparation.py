@@ -6,18 +6,69 @@ figure under the run folder with provenance (`difflung.plots.save_figure`) and r
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from difflung.judging import instruments as I
 from difflung import labels as L
-from difflung.data.phantom_dataset import hu_samples, frequency_pivot, not_measurable
+from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
+from difflung.data import masksynth, phantom_dataset as cohort, realct
 from difflung.data.dataset import Dataset, SPLITS, Volume
-from difflung.plots import hu_colorbar, legend_handles, pct, plt, save_figure, show_ct, sig, table, window_name
+from difflung.data.phantom_dataset import frequency_pivot, hu_samples, not_measurable
 from difflung.data.realct import RealCase, crop_body, lung_levels
-from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.data.realdata import CREDIT
+from difflung.judging import instruments as I
+from difflung.plots import hu_colorbar, legend_handles, pct, plt, save_figure, show_ct, sig, table, window_name
+
+
+def page_facts(*, size: int, phantom_size: int) -> dict:
+    """Values the page's prose quotes (glued, never typed): image sizes, the display window, the HU threshold."""
+    return {"size": size, "phantom_size": phantom_size, "lung_window": window_name(),
+            "laa_hu": f"{I.EMPHYSEMA_THRESHOLD_HU:g}"}
+
+
+def table_labels():
+    """The label scheme (`difflung.labels`): id, name, colour, in lung, pathology, HU range."""
+    return L.legend_table()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the phantom cohort (`difflung.data.phantom_dataset`)
+
+def build_phantom(run_dir, *, n_patients: int, slices_per_patient: int, phantom_size: int, size: int,
+                  seed: int) -> tuple[Dataset, list[Volume]]:
+    """Draw the phantom cohort and write the dataset artifact (`phantom_dataset.build_phantom`)."""
+    return cohort.build_phantom(run_dir, n_patients=n_patients, slices_per_patient=slices_per_patient,
+                                phantom_size=phantom_size, size=size, seed=seed)
+
+
+def cohort_facts(ds: Dataset, *, n_patients: int) -> dict:
+    """Patients drawn and the slices with lung they gave (all splits), for the page's prose."""
+    return {"n_patients": n_patients, "n_slices_total": int(table_splits(ds)["slices"].sum())}
+
+
+def hu_checks(volumes: list[Volume]) -> dict[str, float]:
+    """The phantom's HU against the literature (`phantom_dataset.hu_checks`): healthy-lung mean, SD, LAA-950."""
+    return cohort.hu_checks(volumes)
+
+
+def hu_signature(ds: Dataset, volumes: list[Volume], run_dir) -> pd.DataFrame:
+    """Which classes keep their HU signature at the run's size (`phantom_dataset.hu_signature`); writes
+    `<run_dir>/hu_signature.json`, which later chapters read."""
+    return cohort.hu_signature(ds, volumes, run_dir)
+
+
+def signature_facts(signature: pd.DataFrame) -> dict:
+    """The classes whose signature the resize loses, in words ("no class" when none), and the verb's number."""
+    lost = not_measurable(signature)
+    return {"sig_lost": ", ".join(lost) if lost else "no class", "sig_verb": "loses" if len(lost) == 1 else "lose"}
+
+
+def frequency_table(ds: Dataset) -> pd.DataFrame:
+    """f_i for CBMAT and in-lung fractions per split and class (`phantom_dataset.frequency_table`)."""
+    return cohort.frequency_table(ds)
 
 
 def table_splits(ds: Dataset) -> pd.DataFrame:
@@ -31,7 +82,8 @@ def table_splits(ds: Dataset) -> pd.DataFrame:
 def figure_levels(volumes: list[Volume], run_dir, *, seed: int, patient: int = 0):
     """Apex, middle and base slices of one phantom patient in the lung window, without and with labels."""
     v = volumes[patient]
-    zs = {"apex": int(0.12 * (len(v.hu) - 1)), "middle": int(0.5 * (len(v.hu) - 1)), "base": int(0.88 * (len(v.hu) - 1))}
+    last = len(v.hu) - 1
+    zs = {"apex": int(0.12 * last), "middle": int(0.5 * last), "base": int(0.88 * last)}
     fig, axes = plt.subplots(2, 3, figsize=(9, 6.6), layout="constrained")
     for j, (name, k) in enumerate(zs.items()):
         show_ct(axes[0, j], v.hu[k], title=f"phantom (truth) {v.patient}, {name} (slice {k})")
@@ -45,8 +97,8 @@ def figure_levels(volumes: list[Volume], run_dir, *, seed: int, patient: int = 0
 
 
 def figure_hu_histograms(volumes: list[Volume], run_dir, *, seed: int):
-    """Per-class HU histograms of a seeded sample of the cohort's pixels (`difflung.data.phantom_dataset.hu_samples`), with
-    each class's literature HU range (`labels.LabelClass.hu_range`) shaded."""
+    """Per-class HU histograms of a seeded sample of the cohort's pixels (`difflung.data.phantom_dataset.hu_samples`),
+    with each class's literature HU range (`labels.LabelClass.hu_range`) shaded."""
     import seaborn as sns
 
     samples = hu_samples(volumes, seed=seed)
@@ -86,7 +138,8 @@ def table_hu_checks(checks: dict[str, float]) -> pd.DataFrame:
 
 
 def table_signature(signature: pd.DataFrame, full_size: int) -> pd.DataFrame:
-    """`difflung.data.phantom_dataset.hu_signature` for the page: one row per class, readable columns, kept/lost in words."""
+    """`difflung.data.phantom_dataset.hu_signature` for the page: one row per class, readable columns, kept/lost in
+    words."""
     size = int(signature["size"].iloc[0])
     thr = f"% < {I.EMPHYSEMA_THRESHOLD_HU:g} HU"
     out = pd.DataFrame({"class": signature["class"], "check": signature["check"]})
@@ -118,18 +171,43 @@ def figure_frequencies(freq: pd.DataFrame, run_dir, *, seed: int):
 
 
 def table_frequencies(freq: pd.DataFrame, column: str):
-    """One frequency column of `difflung.data.phantom_dataset.frequency_table` as a class x split table of percentages."""
+    """One frequency column of `difflung.data.phantom_dataset.frequency_table` as a class x split table of
+    percentages."""
     pv = frequency_pivot(freq, column)
     return table(pv, percent=pv.columns)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# real chest CT (`difflung.data.realct`)
+# real chest CT (`difflung.data.realct`); every function takes None when the profile skips it (`real_ct: false`)
 
-def figure_real_vs_phantom(cases: list[RealCase], phantom: list[Volume], run_dir, *, seed: int,
+@dataclass
+class RealCT:
+    """The real pyradiomics CT of the chapter: its cases and their lung, airway and lesion volumes."""
+    cases: list[RealCase]
+    volumes: pd.DataFrame  # `realct.lung_volume_table`
+
+
+def open_real_ct(enabled: bool = True) -> RealCT | None:
+    """Load the real CT (fetched once, sha256-checked; every lesion mapped to `nodule`); None when not `enabled`."""
+    if not enabled:
+        return None
+    cases = realct.load_real_ct(classes="nodule")
+    return RealCT(cases, realct.lung_volume_table(cases))
+
+
+def real_ct_tables(real: RealCT | None) -> list:
+    """What the real-CT section shows first: the data's credit line and the volume table (nothing when None)."""
+    from IPython.display import Markdown
+
+    return [] if real is None else [Markdown(CREDIT), table(real.volumes)]
+
+
+def figure_real_vs_phantom(real: RealCT | None, phantom: list[Volume], run_dir, *, seed: int,
                            phantom_patient: int = 0):
     """Real slices beside phantom slices at matching levels (apex / middle / base of each one's lung extent)."""
-    rows = [(c.volume, f"real {c.volume.patient}") for c in cases]
+    if real is None:
+        return None
+    rows = [(c.volume, f"real {c.volume.patient}") for c in real.cases]
     rows.append((phantom[phantom_patient], f"phantom (truth) {phantom[phantom_patient].patient}"))
     fig, axes = plt.subplots(len(rows), 3, figsize=(9.8, 3 * len(rows)), layout="constrained")
     used = {}
@@ -144,8 +222,11 @@ def figure_real_vs_phantom(cases: list[RealCase], phantom: list[Volume], run_dir
     return fig
 
 
-def figure_anatomy_overlays(cases: list[RealCase], run_dir, *, seed: int):
+def figure_anatomy_overlays(real: RealCT | None, run_dir, *, seed: int):
     """Classical anatomy (body outline, lung, airway) and the mapped lesion label on the real CT."""
+    if real is None:
+        return None
+    cases = real.cases
     fig, axes = plt.subplots(len(cases), 4, figsize=(13.8, 3.4 * len(cases)), squeeze=False, layout="constrained")
     for i, c in enumerate(cases):
         v = c.volume
@@ -162,31 +243,89 @@ def figure_anatomy_overlays(cases: list[RealCase], run_dir, *, seed: int):
     fig.legend(handles=legend_handles(present), loc="outside lower center", ncol=len(present), frameon=False)
     fig.suptitle(f"Anatomy found by thresholds and components (body outline, lung, airway) + the files' own lesion, "
                  f"{window_name()}")
-    save_figure(fig, Path(run_dir) / "real_anatomy_overlays.png", config={"patients": [c.volume.patient for c in cases]},
-                seed=seed)
+    save_figure(fig, Path(run_dir) / "real_anatomy_overlays.png",
+                config={"patients": [c.volume.patient for c in cases]}, seed=seed)
     return fig
 
 
-def figure_real_vs_phantom_hu(samples: pd.DataFrame, run_dir, *, seed: int):
+AGREEMENT_NAMES = {"lung_dice_vs_truth": "lung Dice vs truth", "lung_ml_found": "lung ml found",
+                   "lung_ml_truth": "lung ml truth", "airway_ml_found": "airway ml found",
+                   "airway_ml_truth": "airway ml truth"}
+
+
+def anatomy_agreement(volumes: list[Volume], n: int = 4) -> pd.DataFrame:
+    """The classical anatomy run on the first `n` phantom patients against their true labels
+    (`realct.phantom_anatomy_agreement`)."""
+    return realct.phantom_anatomy_agreement(volumes[:n])
+
+
+def table_agreement(agreement: pd.DataFrame):
+    """`anatomy_agreement` for the page, readable column names."""
+    return table(agreement.rename(columns=AGREEMENT_NAMES))
+
+
+def agreement_facts(agreement: pd.DataFrame) -> dict:
+    """Mean and lowest lung Dice of the classical anatomy against the phantom's truth."""
+    return {"lung_dice_min": float(agreement["lung_dice_vs_truth"].min()),
+            "lung_dice_mean": float(agreement["lung_dice_vs_truth"].mean())}
+
+
+@dataclass
+class LungHU:
+    """Healthy-lung HU samples of the real CT and the phantom (`realct.hu_lung_samples`) and their statistics."""
+    samples: pd.DataFrame
+    stats: pd.DataFrame
+
+
+def lung_hu(real: RealCT | None, phantom: list[Volume], *, seed: int) -> LungHU | None:
+    """Healthy-lung voxels of every real and phantom volume (seeded draw) and mean, SD, LAA-950 per source."""
+    if real is None:
+        return None
+    samples = realct.hu_lung_samples(real.cases, phantom, seed=seed)
+    return LungHU(samples, realct.hu_lung_stats(samples))
+
+
+def table_lung_hu(hu: LungHU | None):
+    """`lung_hu`'s statistics per source (None when the real CT is skipped)."""
+    return None if hu is None else table(hu.stats, percent=())
+
+
+def figure_real_vs_phantom_hu(hu: LungHU | None, run_dir, *, seed: int):
     """Density histograms of healthy-lung HU (`difflung.data.realct.hu_lung_samples`), real CT against phantom, with
     the literature band of normal lung (`labels.LabelClass.hu_range` of lung)."""
     import seaborn as sns
 
+    if hu is None:
+        return None
+    samples = hu.samples
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     sns.histplot(samples, x="hu", hue="source", stat="density", common_norm=False, bins=120,
                  binrange=(-1050, -450), element="step", fill=False, ax=ax)
     lo, hi = L.BY_NAME["lung"].hu_range
     ax.axvspan(lo, hi, color="0.85", zorder=0, label="normal lung (literature)")
-    ax.axvline(-950, color="0.4", ls=":", lw=1)
-    ax.set_xlabel("HU of healthy lung voxels (label 2)")
-    ax.set_title("Healthy lung attenuation: real CT vs phantom (dotted: -950 HU)")
+    thr = I.EMPHYSEMA_THRESHOLD_HU
+    ax.axvline(thr, color="0.4", ls=":", lw=1)
+    ax.set_xlabel(f"HU of healthy lung voxels (label {L.LUNG})")
+    ax.set_title(f"Healthy lung attenuation: real CT vs phantom (dotted: {thr:g} HU)")
     fig.tight_layout()
     save_figure(fig, Path(run_dir) / "real_vs_phantom_lung_hu.png", config={"n": int(len(samples))}, seed=seed)
     return fig
 
 
+def prepare_real(real: RealCT | None, run_dir, *, size: int, seed: int) -> list:
+    """The worked example: `python -m difflung prepare` on the real CT (`realct.prepare_example`), shown as its
+    command line and a per-patient table (nothing when the real CT is skipped)."""
+    from IPython.display import Markdown
+
+    if real is None:
+        return []
+    _, summary, command = realct.prepare_example(run_dir, size=size, seed=seed)
+    return [Markdown(f"```bash\n{command}\n```"), table(table_prepared(summary))]
+
+
 def table_prepared(summary: dict) -> pd.DataFrame:
-    """Per patient of `difflung.data.realct.prepare_example`'s summary: slices kept, spacing, lung ml, voxels per class."""
+    """Per patient of `difflung.data.realct.prepare_example`'s summary: slices kept, spacing, lung ml, voxels per
+    class."""
     return pd.DataFrame([{
         "patient": r["patient"], "slices kept": r["slices_kept"], "of": r["slices_total"],
         "spacing mm (z, y, x)": ", ".join(f"{s:.3g}" for s in r["spacing_mm"]),
@@ -211,13 +350,31 @@ def figure_mask_synthesis(labels: np.ndarray, run_dir, *, boost: dict, seed: int
             axes[i, j].imshow(m[box], cmap=cmap, norm=norm, interpolation="nearest")
             axes[i, j].set_title(title, fontsize=9)
             axes[i, j].set_axis_off()
-    present = sorted(set(np.unique(syn.labels[:n_show]).tolist()) | set(np.unique(labels[syn.source_index[:n_show]]).tolist()))
+    present = sorted(set(np.unique(syn.labels[:n_show]).tolist())
+                     | set(np.unique(labels[syn.source_index[:n_show]]).tolist()))
     fig.legend(handles=legend_handles(present), loc="lower center", ncol=len(present), frameon=False)
     fig.suptitle("Mask synthesis: lesions rotated, copied and dilated into healthy lung (top: input, bottom: new)")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     config = {"boost": {str(k): v for k, v in boost.items()}, "n_masks": int(len(syn.labels)), **kwargs}
     save_figure(fig, Path(run_dir) / "mask_synthesis_examples.png", config=config, seed=seed)
     return fig, syn.report, syn
+
+
+def table_mask_synthesis(report):
+    """Per rare class: its target share of the lung field and what the synthetic masks reached
+    (`masksynth.report_table`)."""
+    return masksynth.report_table(report)
+
+
+def write_chapter_metrics(run_dir, ds: Dataset, checks: dict, *, signature: pd.DataFrame,
+                          agreement: pd.DataFrame | None, real: RealCT | None, hu: LungHU | None,
+                          seed: int) -> pd.DataFrame:
+    """`<run_dir>/metrics.csv`: the HU checks, frequencies, slice counts and HU signature of the phantom
+    (`phantom_dataset.write_cohort_metrics`), with the anatomy agreement and, when the real CT ran, its volumes
+    and healthy-lung HU (`realct.metrics_rows`)."""
+    extra = realct.metrics_rows(real.volumes if real is not None else None, agreement,
+                                hu.stats if hu is not None else None, seed=seed)
+    return cohort.write_cohort_metrics(run_dir, ds, checks, seed=seed, signature=signature, extra_rows=extra)
 
 
 def scope(profile: str, ds: Dataset, signature: pd.DataFrame, *, real_ct: bool) -> Scope:

@@ -1,12 +1,13 @@
 """Chapter 6, lesion insertion into real CT: a patch model trained on phantom and real lung1 patches inserts
 emphysema, fibrosis and GGO into the real lung2 scan; the checks (`difflung.insertion.checks`) are computed from
-the files written.
+the files written. Each function is one section of `notebooks/06_lesion_insertion.py`:
 
     result, phantom, s = ch.train_model(run_dir, per_class=..., steps=..., seed=seed)   # patches, training
     summary, ins = ch.insert_all(run_dir, model, classes=[...], target_ml=..., insert_steps=..., seed=seed)
-    ch.figure_insertions(ins, run_dir, seed=seed); ch.table_checks(C.check_table(ins, phantom, seed=seed))
-    C.write_outputs(run_dir, checks, C.cost_table(summary, s), summary, model=ch.MODEL, seed=seed)
-    ch.scope(profile, checks, ...)
+    ch.figure_insertions(ins, run_dir, seed=seed); checks = ch.checks(ins, phantom, seed=seed)
+    ch.table_checks(checks); ch.show_judge(ch.judge(run_dir, ins, steps=..., seed=seed))
+    cost = ch.cost(summary, s); ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=...)
+    ch.scope(profile, checks, ...)      # the *_facts functions give the values the prose quotes (glued)
 
 Train on lung1, insert into lung2: the scan a lesion goes into was never a training source.
 """
@@ -24,9 +25,10 @@ from difflung.diffusion.recipes import recipe_config
 from difflung.insertion import InsertConfig, insert_lesions, synthesize_mask_file
 from difflung.insertion import build_patch_dataset, pathology_volumes, real_volumes
 from difflung.diffusion.patch_model import lesion_focused, train_patch_model
-from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table
+from difflung.insertion.patches import PATCH_SPACING_MM
+from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table, window_name
 from difflung.data.realdata import fetch_pyradiomics
-from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 
 MODEL = "insert-patch"  # the model key in metrics.csv
 JUDGE_NOT_MEASURED = ("Not measured in this profile (patch_judge_steps = 0). The run's judge segments whole slices at "
@@ -40,6 +42,13 @@ LESIONS = (L.EMPHYSEMA, L.FIBROSIS, L.GGO)
 def scans() -> dict[str, Path]:
     """The pyradiomics CT files (fetched once, verified by sha256)."""
     return fetch_pyradiomics(log=lambda s: None)
+
+
+def page_facts(*, patch_size: int, per_class: int, steps: int, target_ml: float, margin_mm: float) -> dict:
+    """Values the page's prose quotes before any run (glued): the patch grid, the training set and its steps, the
+    placement."""
+    return {"patch_size": patch_size, "patch_mm": PATCH_SPACING_MM, "n_phantom": per_class * len(LESIONS),
+            "train_steps": steps, "target_ml": target_ml, "margin_mm": margin_mm, "lung_window": window_name()}
 
 
 def train_model(run_dir, *, per_class: int, slices_per_patient: int, fraction: float, patch_size: int,
@@ -79,6 +88,54 @@ def insert_all(run_dir, model_dir, *, classes, target_ml: float, insert_steps: i
                        lesion_mask=out / f"{TARGET_SCAN}_placed.nii.gz", config=cfg, device=device)
     s = {**s, "seconds_placement": round(placement, 2)}
     return s, C.read_insertion(s["input"], s)
+
+
+def insertion_facts(summary: dict) -> dict:
+    """Lesions inserted and slices edited, from the insertion summary."""
+    return {"n_lesions": summary["lesions"], "n_slices_edited": summary["slices_edited"]}
+
+
+def checks(ins: C.Insertion, phantom, *, seed: int) -> pd.DataFrame:
+    """The checks computed from the written files (`difflung.insertion.checks.check_table`), one row per class."""
+    return C.check_table(ins, phantom, seed=seed)
+
+
+def check_facts(checks: pd.DataFrame) -> dict:
+    """For the prose: voxels changed outside the edit region, and for how many of the classes the inserted
+    lesions are closer to the phantom's intensities than the healthy lung they replaced."""
+    return {"outside": int(checks["outside_differences"].iloc[0]),
+            "n_w1_better": int((checks["w1_after"] < checks["w1_before"]).sum()), "n_classes": len(checks)}
+
+
+def judge(run_dir, ins: C.Insertion, *, steps: int, seed: int, device: str = "auto") -> pd.DataFrame | None:
+    """The patch-scale judge on the inserted lesions (`checks.judge_table`); None when `steps` is 0."""
+    return C.judge_table(run_dir, ins, steps=steps, seed=seed, device=device)
+
+
+def show_judge(judged: pd.DataFrame | None):
+    """`table_judge`, or `JUDGE_NOT_MEASURED` in words when the profile trains no patch judge."""
+    from IPython.display import Markdown
+
+    return Markdown(JUDGE_NOT_MEASURED) if judged is None else table_judge(judged)
+
+
+COST_PER_LESION = C.TIMINGS["seconds_per_lesion"]  # the row of `checks.cost_table` the prose quotes
+
+
+def cost(summary: dict, train_seconds: float) -> pd.DataFrame:
+    """Training, placement, painting, per lesion and per UNet call (`checks.cost_table`)."""
+    return C.cost_table(summary, train_seconds)
+
+
+def cost_facts(cost: pd.DataFrame, summary: dict) -> dict:
+    """The device and the seconds per inserted lesion, for the prose."""
+    return {"device": summary["device"], "s_per_lesion": float(cost.loc[COST_PER_LESION, "value"])}
+
+
+def write_outputs(run_dir, checks: pd.DataFrame, cost: pd.DataFrame, summary: dict, *, seed: int,
+                  judged: pd.DataFrame | None) -> pd.DataFrame:
+    """metrics.csv (no timings: a seeded CPU run writes the same bytes) and cost.json (`checks.write_outputs`)."""
+    return C.write_outputs(run_dir, checks, cost, summary, model=MODEL, seed=seed, judged=judged)
 
 
 CHECK_NAMES = {"w1_after": "HU W1 after", "w1_before": "HU W1 before", "mean_hu_after": "mean HU after",

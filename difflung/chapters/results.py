@@ -1,4 +1,5 @@
-"""Chapter 7, results: the poster's claims judged on this run, beside the archived reference run.
+"""Chapter 7, results (`notebooks/07_results.py`): the poster's claims judged on this run, beside the archived
+reference run.
 
 Nothing here trains or re-measures. The claims table is `difflung.judging.claims.judge_run` (the one function chapter 5
 also shows), the summary tables read the chapters' `metrics.csv`, timings come from their JSON records, and the
@@ -20,11 +21,25 @@ from difflung.generators import display_name
 from difflung.core.metrics_csv import read_metrics
 from difflung.plots import plt, save_figure, sig
 from difflung.judging.reported import IMAGE_QUALITY, LABEL, SEGMENTATION_DICE, cost_ratio_frame
-from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
+from difflung.judging import stats
+from difflung.judging.metrics import DATA_RANGE
 from difflung.judging.stats import cluster_bootstrap, min_units, seed_interval, unit_means
+from difflung import labels as L
 
+CONFIDENCE = f"{100 * stats.CONFIDENCE:g} %"  # the intervals' level, as the page writes it
 QUALITY_MODELS = ("pix2pix", "spade", "segguided", "difflung")
 ARMS = ("ref", "oversample", "+segguided", "+difflung")
+
+
+def page_facts() -> dict:
+    """The statistics' and the model's constants the page's prose quotes (glued, never typed): the verdict's
+    alpha, the interval level, the fewest training seeds for an interval, the order-of-magnitude band
+    (`difflung.judging.stats`), and the HU window PSNR and SSIM are computed on with its data range."""
+    lo, hi = stats.MAGNITUDE_RANGE
+    return {"alpha": stats.ALPHA, "confidence": CONFIDENCE,
+            "min_seeds": stats.MIN_SEEDS, "magnitude": f"{lo:g}x-{hi:g}x",
+            "model_window": "HU [{:g}, {:g}]".format(*L.MODEL_WINDOW), "data_range": DATA_RANGE}
 
 
 def _metrics(runs_root, stem) -> pd.DataFrame | None:
@@ -90,7 +105,7 @@ def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
         short = [f"{int(n)} {u}" for u, n in units.items() if n < need]
         if short:
             parts.append(f"With {n_tested} claims tested, Holm's correction needs at least {need} units per "
-                         f"comparison for an exact paired test to reach p < 0.05; this run has "
+                         f"comparison for an exact paired test to reach p < {stats.ALPHA:g}; this run has "
                          f"{' and '.join(short)}, so those claims can be at best inconclusive, whatever the data.")
     ext = all_claims[all_claims["family"] == "extension"] if "family" in all_claims else all_claims.iloc[:0]
     if len(ext):
@@ -111,7 +126,7 @@ def figure_claims(claims: pd.DataFrame, run_dir, *, seed: int = 0):
         s = claims[claims["unit"] == unit].reset_index(drop=True)
         y = np.arange(len(s))
         ok = ~s["verdict"].str.startswith("not measurable")
-        for sel, color, lab in ((ok, "C0", "ours (95 % interval)"), (~ok, "0.6", "ours, not measurable")):
+        for sel, color, lab in ((ok, "C0", f"ours ({CONFIDENCE} interval)"), (~ok, "0.6", "ours, not measurable")):
             t = s[sel]
             err = np.nan_to_num(np.vstack([t["estimate"] - t["lo"], t["hi"] - t["estimate"]]), nan=0.0)
             ax.errorbar(t["estimate"], y[sel.to_numpy()], xerr=err, fmt="o", color=color, label=lab)

@@ -5,6 +5,8 @@ measurable at this image size and why, how many seeds and test patients carry th
 model met its convergence criteria) and renders them here, so the reader never has to infer from a number whether
 it could have told anything. The box is HTML (an admonition in the book's theme), so it renders the same in
 Jupyter and in the built book; `difflung.run.bookcheck` requires it on every chapter page.
+
+The numbers a page's prose quotes come the same way, from the chapter's code: `glue_facts` glues them.
 """
 from __future__ import annotations
 
@@ -52,3 +54,13 @@ SMOKE_NOTE = ("the smoke profile is sized to check that the pipeline runs: its m
 def smoke_caveat(profile: str) -> list[str]:
     """The line every smoke-built chapter adds to its "cannot show" list."""
     return [f"Any claim of the paper: {SMOKE_NOTE}."] if profile == "smoke" else []
+
+
+def glue_facts(facts: dict) -> None:
+    """Glue each fact for the page's prose (`myst_nb.glue`, not displayed): a string as Markdown (quote it with
+    `{glue:md}`), a number as itself (`{glue:text}`, with a format spec where the prose wants one)."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    for key, value in facts.items():
+        glue(key, Markdown(value) if isinstance(value, str) else value, display=False)

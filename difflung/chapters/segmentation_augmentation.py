@@ -6,10 +6,10 @@ chooses the generators each synthetic arm uses and makes the chapter's tables an
 
 Each function is one section of `notebooks/05_segmentation_augmentation.py`:
 
-    inputs = locate_inputs(runs_root); table_inputs(inputs)
-    res, syn, balance = augment.run_experiment(inputs.dataset, run_dir, tag="phantom", models=inputs.models, ...)
-    real, _, _ = augment.run_experiment(inputs.real_dataset, run_dir, tag="real", ...)   # if inputs.real_dataset
-    write_chapter_metrics(run_dir, [res, real], config=config, seed=seed, synthetic=syn.sets)
+    exp = open_experiment(runs_root, seed=..., n_seeds=..., seg_steps=..., ...); table_inputs(exp.inputs)
+    res, syn, balance = run_phantom(exp, run_dir); synthesis_tables(syn)    # `augment.run_experiment`, phantom
+    real = run_real(exp, run_dir)                                           # None without a real-CT dataset
+    write_chapter_metrics(run_dir, [res, real], config=exp.config, seed=seed, synthetic=syn.sets)
     table_results(run_dir, runs_root=...); figure_dice(run_dir, runs_root=...)     # from metrics.csv
     table_comparisons(run_dir, runs_root=...); table_poster_claims(runs_root)
     figure_examples(res, run_dir); export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
@@ -36,16 +36,16 @@ from difflung.judging import stats
 from difflung.augment import ARM_NAMES, ARMS, SYNTHETIC_ARMS, Results, SyntheticSet
 from difflung.data.dataset import Dataset
 from difflung.core.metrics_csv import read_metrics, write_metrics
-from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, window_name
+from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table, window_name
 from difflung.core.provenance import write_json_atomic
 from difflung.judging.reported import ALL_CLAIMS, LABEL, SEGMENTATION_DICE
 from difflung.core.runs import phantom_dataset_dir, real_dataset_dir
-from difflung.chapters.scope import Scope, smoke_caveat
+from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 from difflung.segmentation import SegConfig
 
 TABLE_CLASSES = ("lung", "emphysema", "fibrosis", "ggo")  # the poster's "healthy" is healthy lung parenchyma
 POSTER = SEGMENTATION_DICE  # the poster's rows (healthy = lung), shown as reported, never as ours
-POSTER_TRIPLES = {(c.cls, c.a, c.b) for c in ALL_CLAIMS if c.kind == "segmentation"}  # judged by difflung.judging.claims
+POSTER_TRIPLES = {(c.cls, c.a, c.b) for c in ALL_CLAIMS if c.kind == "segmentation"}  # judged by judging.claims
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,9 +103,63 @@ def table_inputs(inputs: Inputs) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("input")
 
 
+@dataclass
+class Experiment:
+    """The chapter's experiment: its inputs, the segmenter's configuration, the training seeds and the settings
+    `difflung.augment.experiment.run_experiment` takes for every dataset."""
+    inputs: Inputs
+    config: SegConfig
+    seeds: list[int]
+    settings: dict  # seed, mix_ratio, boost, sampler, sampler_steps, device, workers
+
+
+def open_experiment(runs_root, *, seed: int, n_seeds: int, min_seeds: int, seg_channels, seg_strides,
+                    seg_res_units: int, seg_batch_size: int, seg_lr: float, seg_steps: int, mix_ratio: float,
+                    boost: float | dict, sampler: str, sampler_steps: int | None, device: str = "auto",
+                    workers: int = 1) -> Experiment:
+    """Find the run's inputs (`locate_inputs`), build the segmenter's `SegConfig` from the profile's `seg_*`
+    values and fix the training seeds (`augment.training_seeds`: an error below `min_seeds`)."""
+    inputs = locate_inputs(runs_root)
+    config = SegConfig.from_dict({"channels": seg_channels, "strides": seg_strides, "num_res_units": seg_res_units,
+                                  "batch_size": seg_batch_size, "lr": seg_lr, "steps": seg_steps})
+    seeds = A.training_seeds(seed, n_seeds, min_seeds)
+    return Experiment(inputs, config, seeds, dict(seed=seed, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
+                                                  sampler_steps=sampler_steps, device=device, workers=workers))
+
+
+def experiment_facts(exp: Experiment) -> dict:
+    """Seeds, segmenter steps and the statistics' constants the prose quotes (`difflung.judging.stats`)."""
+    return {"n_seeds": len(exp.seeds), "seg_steps": exp.config.steps, "min_interval_seeds": stats.MIN_SEEDS,
+            "alpha": stats.ALPHA}
+
+
+def run_phantom(exp: Experiment, run_dir):
+    """The experiment on the phantom dataset (`augment.run_experiment`, tag "phantom"): returns (Results,
+    Synthesis, the training sets' rare-class balance)."""
+    return A.run_experiment(exp.inputs.dataset, run_dir, tag="phantom", models=exp.inputs.models,
+                            config=exp.config, seeds=exp.seeds, **exp.settings)
+
+
+def synthesis_tables(syn) -> list:
+    """The mask synthesis report (`masksynth.report_table`), when masks were synthesised."""
+    from difflung.data.masksynth import report_table
+
+    return [report_table(syn.report)] if len(syn.report) else []
+
+
+def run_real(exp: Experiment, run_dir) -> Results | None:
+    """The same experiment on chapter 1's real-CT dataset (tag "real"); None when the run has none."""
+    if exp.inputs.real_dataset is None:
+        return None
+    return A.run_experiment(exp.inputs.real_dataset, run_dir, tag="real", models=exp.inputs.real_models,
+                            config=exp.config, seeds=exp.seeds, **exp.settings)[0]
+
+
 def write_chapter_metrics(run_dir, results: list[Results], *, config: SegConfig, seed: int,
                           synthetic: dict[str, SyntheticSet] | None = None, extra: dict | None = None) -> Path:
-    """metrics.csv (deterministic numbers only; intervals drawn from `seed`) + timings.json (wall times)."""
+    """metrics.csv (deterministic numbers only; intervals drawn from `seed`) + timings.json (wall times).
+    `results` may hold None for a dataset the run skipped."""
+    results = [r for r in results if r is not None]
     rng = np.random.default_rng(seed)
     path = write_metrics(run_dir, [row for r in results for row in A.metric_rows(r, generator=rng)])
     write_json_atomic(Path(run_dir) / "timings.json", A.timing_record(results, synthetic, config=config, seed=seed,
@@ -190,10 +244,10 @@ def table_comparisons(run_dir, dataset: str = "phantom", classes=None, *, runs_r
 def table_poster_claims(runs_root) -> pd.DataFrame:
     """The poster's segmentation claims as judged for the whole run -- the single call site in this chapter.
 
-    `difflung.judging.claims.judge_run(runs_root)` judges every claim of `difflung.judging.reported.CLAIMS` once (Holm across the
-    run's claims, `stats.verdict`) from this chapter's per-seed Dice rows and the criteria of chapters 1, 3 and 4;
-    the results chapter shows the same rows, so chapters 5 and 6 cannot disagree. Imported lazily: the other
-    sections of this chapter do not depend on it.
+    `difflung.judging.claims.judge_run(runs_root)` judges every claim of `difflung.judging.reported.CLAIMS` once
+    (Holm across the run's claims, `stats.verdict`) from this chapter's per-seed Dice rows and the criteria of
+    chapters 1, 3 and 4; the results chapter shows the same rows, so chapters 5 and 6 cannot disagree. Imported
+    lazily: the other sections of this chapter do not depend on it.
     """
     from difflung.judging import claims
 
@@ -324,6 +378,30 @@ def scope(profile: str, run_dir, *, runs_root, dataset: str = "phantom") -> Scop
         "image size": f"{tot['image_size']:.0f} px",
         "training seeds per arm": str(A.seed_scores(m).seed.nunique()),
         "test patients": f"{tot['n_test_patients']:.0f}", "test slices": f"{tot['n_test_slices']:.0f}"})
+
+
+def real_ct_tables(real: Results | None, run_dir, *, runs_root, seed: int = 0) -> list:
+    """The real-CT section: its results and comparisons tables and the experiment's notes, or one line saying the
+    run has no real-CT dataset."""
+    from IPython.display import Markdown
+
+    if real is None:
+        return [Markdown("This run has no real-CT dataset; the section is skipped.")]
+    return [table(table_results(run_dir, "real", runs_root=runs_root)),
+            table(table_comparisons(run_dir, "real", runs_root=runs_root, seed=seed), hide_index=True),
+            Markdown("\n".join(f"- {n}" for n in real.notes))]
+
+
+def figure_dice_real(real: Results | None, run_dir, *, runs_root, seed: int = 0):
+    """`figure_dice` of the real-CT dataset; None when the run has none."""
+    return None if real is None else figure_dice(run_dir, "real", runs_root=runs_root, seed=seed)
+
+
+def table_nnunet_export(exp: Experiment, syn, run_dir):
+    """`export_nnunet_example` of the +difflung training set, as a table; None when the run has no such arm."""
+    if "+difflung" not in syn.sets:
+        return None
+    return table(export_nnunet_example(exp.inputs.dataset, syn.sets["+difflung"], run_dir)[1])
 
 
 def export_nnunet_example(dataset, synthetic: SyntheticSet, run_dir, *, dataset_id: int = 501,

@@ -143,30 +143,6 @@ def validity(classes: list[str], measurable: dict[str, tuple[bool, str]], conver
     return {}
 
 
-def judge_frame(summary: pd.DataFrame, measurable: dict[str, tuple[bool, str]]) -> pd.DataFrame:
-    """Per class: the judge's Dice on the real test slices (rows of model "real" in a `stats.slice_intervals`
-    summary) as "mean [lo, hi]", its floor, and whether the class is judged ("yes" or "not measurable: reason")."""
-    from difflung.plots import summary_cell
-
-    return pd.DataFrame([{"class": c, "judge Dice, real test slices": summary_cell(summary, "real", "dice", c),
-                          "floor": I.judge_floor(c), "judged": "yes" if ok else f"not measurable: {why}"}
-                         for c, (ok, why) in measurable.items()]).set_index("class")
-
-
-def dice_frame(summary: pd.DataFrame, measurable: dict[str, tuple[bool, str]], keys, name=str) -> pd.DataFrame:
-    """Mask faithfulness: the judge's Dice per class (rows, in label order) and model (columns `name(key)`) as
-    "mean [lo, hi]" from a `stats.slice_intervals` summary. A class the judge cannot judge reads "not measurable"
-    in every model's cell, its reason in the first column "judged"."""
-    from difflung.plots import summary_cell
-
-    rows = []
-    for c in [n for n in L.names(range(L.NUM_IDS)) if n in measurable]:
-        ok, why = measurable[c]
-        rows.append({"class": c, "judged": "yes" if ok else f"not measurable: {why}",
-                     **{name(k): summary_cell(summary, k, "dice", c) if ok else "not measurable" for k in keys}})
-    return pd.DataFrame(rows, columns=["class", "judged", *map(name, keys)]).set_index("class")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # what the chapters show
 
@@ -190,63 +166,3 @@ def check(scored, models, *, train: np.ndarray, signature: dict[str, tuple[bool,
     if run_dir is not None:
         write_criteria(run_dir, results, measurable, **meta)
     return measurable, results
-
-
-def measurable_table(scored, measurable: dict[str, tuple[bool, str]]) -> pd.DataFrame:
-    """Per class scored: the judge's mean Dice on the real test slices, its floor, and measurable or why not."""
-    real = scored.rows[(scored.rows.model == "real") & (scored.rows.metric == "dice")]
-    dice = real.groupby("class", sort=False)["value"].mean()
-    return pd.DataFrame({"judge Dice (real test slices)": dice,
-                         "floor": [I.judge_floor(c) for c in dice.index],
-                         "measurable": [("yes" if measurable[c][0] else f"not measurable: {measurable[c][1]}")
-                                        if c in measurable else "not measurable: absent from the test truth"
-                                        for c in dice.index]}).rename_axis("class")
-
-
-def wide_table(results: dict[str, dict], names: dict[str, str] | None = None) -> pd.DataFrame:
-    """Criteria of several generators side by side: one row per criterion, its threshold, and per generator
-    "value (met)" or "value (missed)" at 3 significant figures; a last row says whether each converged."""
-    from difflung.plots import sig
-
-    names = names or {}
-    cols = {}
-    for m, r in results.items():
-        t = r["table"].set_index("criterion")
-        cols[names.get(m, m)] = [f"{sig(v)} ({'met' if ok else 'missed'})" for v, ok in zip(t["value"], t["met"])]
-        cols[names.get(m, m)].append("yes" if r["converged"] else "no")
-    first = next(iter(results.values()))["table"]
-    index = [*first["criterion"], "converged"]
-    return pd.DataFrame({"threshold": [*first["threshold"], "all met"], **cols},
-                        index=pd.Index(index, name="criterion"))
-
-
-def memorisation_table(results: dict[str, dict], names: dict[str, str] | None = None) -> pd.DataFrame:
-    """The memorisation check per generator (reported, not a criterion)."""
-    names = names or {}
-    return pd.DataFrame({names.get(m, m): {
-        "median NN distance to training, generated / test": r["memorisation"]["ratio"],
-        "generated slices closer than 5 % of test slices": r["memorisation"]["share_flagged"],
-    } for m, r in results.items()}).T.rename_axis("model")
-
-
-def sentence(name: str, result: dict) -> str:
-    """Whether a generator met its convergence criteria, in one sentence for the page."""
-    t = result["table"]
-    if result["converged"]:
-        return f"{name} met all {len(t)} convergence criteria."
-    missed = t.loc[~t["met"], "criterion"].tolist()
-    return (f"{name} did **not** meet its convergence criteria ({len(missed)} of {len(t)} missed: "
-            f"{'; '.join(missed)}), so every comparison involving it is *not measurable*.")
-
-
-def cannot_show(measurable: dict[str, tuple[bool, str]], results: dict[str, dict],
-                names: dict[str, str] | None = None) -> list[str]:
-    """"Cannot show" lines for a `scope.Scope`: classes not measurable and generators that did not converge."""
-    names = names or {}
-    out = [f"Faithfulness of {c}: not measurable: {why}." for c, (ok, why) in measurable.items() if not ok]
-    for m, r in results.items():
-        if not r["converged"]:
-            k = int((~r["table"]["met"]).sum())
-            out.append(f"Any comparison involving {names.get(m, m)}: not measurable: it missed {k} of "
-                       f"{len(r['table'])} convergence criteria.")
-    return out
