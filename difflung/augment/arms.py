@@ -137,10 +137,11 @@ class Arm:
 
 
 def build_arms(train: Slices, n: int, masks: np.ndarray | None, synthetic: dict[str, SyntheticSet], *,
-               rare: list[int], seed: int, arms=None) -> dict[str, Arm]:
+               rare: list[int], seed: int, arms=None, boost: float | dict = 0.15) -> dict[str, Arm]:
     """The training set of each arm in `arms`: real; real + `n` oversampled real slices (matched to `masks`'
-    class balance when given); real + the arm's synthetic set (of `n` images). A synthetic arm without a set
-    in `synthetic` is left out. `arms`: keys of `ARMS` (None: all, in registry order)."""
+    class balance when given); real + `n` copy-paste slices (`copypaste.copy_paste`: lesion patches up to `boost`
+    of the lung field, drawn from `seed`); real + the arm's synthetic set (of `n` images). A synthetic arm without
+    a set in `synthetic` is left out. `arms`: keys of `ARMS` (None: all, in registry order)."""
     out = {}
     for name in (arms if arms is not None else ARMS):
         extra = ARMS[name].extra
