@@ -116,7 +116,8 @@ def choose_segmenter(dataset, base: SegConfig, run_dir=None, *, tag: str = "phan
             "rule": "mean over rare classes of the mean over validation patients of pooled per-patient Dice",
             "rare_classes": L.names(rare), "n_val_patients": len(set(val.patient.tolist())),
             "n_val_slices": len(val), "candidate_steps": int(steps if steps is not None else base.steps),
-            "chosen": best, "config": asdict(chosen), "candidates": table,
+            "chosen": best, "config": asdict(chosen),
+            "candidates": [{"name": k, **v} for k, v in table.items()],  # in preference order
             "provenance": provenance(config={"base": asdict(base), "candidates": candidates}, seed=seed,
                                      device=dev)})
     return SegChoice(best, chosen, pd.DataFrame(rows, columns=["candidate", "class", "dice", "score"]), path)

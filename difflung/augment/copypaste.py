@@ -38,7 +38,9 @@ class CopyPaste:
     images: np.ndarray  # (n, S, S) float32
     labels: np.ndarray  # (n, S, S) uint8
     base_index: np.ndarray  # (n,) int64: the training slice each new slice was built on
-    pastes: list[dict] = field(default_factory=list)  # slice, class, source, y0, x0, rot90, flip, pixels
+    # one per pasted patch: slice, class, patch (its index in `patch_bank(...)[class]`), source, y0, x0, rot90,
+    # flip, pixels
+    pastes: list[dict] = field(default_factory=list)
 
 
 def patch_bank(images: np.ndarray, labels: np.ndarray, classes, min_pixels: int = 4) -> dict[int, list[Patch]]:
@@ -120,11 +122,12 @@ def copy_paste(images, labels, rare, n: int, rng: np.random.Generator, *, boost:
     for m in range(int(n)):
         img, lab, n_field = out_img[m], out_lab[m], int(field_[base[m]])
         for c, share in targets.items():
-            donors = [p for p in bank[c] if p.source != base[m]]  # patches of other slices only
+            donors = [j for j, p in enumerate(bank[c]) if p.source != base[m]]  # patches of other slices only
             need, fails = share * n_field - int((lab == c).sum()), 0
             while donors and need > 0 and fails < max_tries:
                 fails += 1  # given back when the patch is pasted
-                p = donors[int(rng.integers(len(donors)))]
+                j = donors[int(rng.integers(len(donors)))]
+                p = bank[c][j]
                 k, flip = int(rng.integers(4)), bool(rng.integers(2))
                 mask, vals = np.rot90(p.mask, k), np.rot90(p.values, k)
                 if flip:
@@ -138,7 +141,7 @@ def copy_paste(images, labels, rare, n: int, rng: np.random.Generator, *, boost:
                 (y0, x0), (h, w) = pos, mask.shape
                 lab[y0:y0 + h, x0:x0 + w][mask] = c
                 img[y0:y0 + h, x0:x0 + w][mask] = vals[mask]
-                pastes.append({"slice": m, "class": c, "source": p.source, "y0": y0, "x0": x0, "rot90": k,
-                               "flip": flip, "pixels": area})
+                pastes.append({"slice": m, "class": c, "patch": j, "source": p.source, "y0": y0, "x0": x0,
+                               "rot90": k, "flip": flip, "pixels": area})
                 need, fails = need - area, fails - 1
     return CopyPaste(out_img, out_lab, base.astype(np.int64), pastes)
