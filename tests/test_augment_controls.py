@@ -32,7 +32,8 @@ def test_chooser_reads_only_train_and_val_and_records_its_choice(toy_ds, tmp_pat
     rec = json.loads(A.choice_path(tmp_path, "phantom").read_text())
     assert rec["chosen_on"] == "val" and [c["name"] for c in rec["candidates"]] == list(A.CANDIDATES)
     scores = {c["name"]: c["score"] for c in rec["candidates"]}
-    assert rec["chosen"] == choice.name == max(scores, key=scores.get)
+    assert all(np.isnan(c["se"]) for c in rec["candidates"])  # one validation patient: no standard error...
+    assert rec["chosen"] == choice.name == max(scores, key=scores.get)  # ...so the best score wins
     assert all(0.0 <= v <= 1.0 for v in scores.values()) and "git_revision" in rec["provenance"]
     want = A.CANDIDATES[choice.name]
     assert choice.config.shift_prob == want["shift_prob"] and choice.config.class_weighting == want["class_weighting"]
@@ -95,10 +96,20 @@ def test_pooled_per_patient_dice_exact():
 def test_validation_score_is_the_rare_class_mean_of_the_primary_dice():
     pred, truth, patient = _hand_made()
     val = Slices(np.zeros(truth.shape, np.float32), truth, patient, np.zeros(3, np.float32))
-    score, per = A.validation_score(pred, val, [L.LUNG, E, G], [E, G])
+    score, se, per = A.validation_score(pred, val, [L.LUNG, E, G], [E, G])
     assert per == {"emphysema": 0.25} and score == 0.25  # no validation patient holds GGO: left out
+    assert se == pytest.approx(np.std([0.5, 0.0], ddof=1) / np.sqrt(2))  # patients a (0.5) and b (0)
     with pytest.raises(ValueError, match="nothing to choose"):
         A.validation_score(pred, val, [L.LUNG, E, G], [G])
+
+
+def test_one_standard_error_rule_keeps_the_preferred_candidate_within_noise():
+    assert A.one_se_choice({"pref": (0.26, 0.05), "other": (0.27, 0.04)}) == "pref"  # 0.26 >= 0.27 - 0.04
+    assert A.one_se_choice({"pref": (0.20, 0.05), "other": (0.27, 0.04)}) == "other"
+    assert A.one_se_choice({"pref": (0.26, np.nan), "other": (0.27, np.nan)}) == "other"  # no se: the best
+    assert A.one_se_choice({"a": (0.3, 0.0), "b": (0.3, 0.0)}) == "a"
+    with pytest.raises(ValueError, match="no scores"):
+        A.one_se_choice({})
 
 
 def _slices(n=6, s=16, seed=0):

@@ -20,7 +20,8 @@ May import: every library package below the chapters (`core`, `data`, `diffusion
 from difflung.augment.arms import (ARM_NAMES, ARMS, CONTROL_ARMS, DOSE_ARM, RARE_DEFAULT, SYNTHETIC_ARMS, Arm, ArmSpec,
                                    arm_label, arm_order, build_arms, build_dose_arms, class_balance_table, dose_arm,
                                    dose_arms, dose_share, n_extra, rare_ids)
-from difflung.augment.choice import CANDIDATES, SegChoice, choice_path, choose_segmenter, validation_score
+from difflung.augment.choice import (CANDIDATES, SegChoice, choice_path, choose_segmenter, one_se_choice,
+                                    validation_score)
 from difflung.augment.comparisons import (arm_convergence, class_measurability, comparison_triples, dose_response,
                                           judge_arms, seed_scores, summarize_arms, validity)
 from difflung.augment.copypaste import CopyPaste, Patch, copy_paste, patch_bank
@@ -35,7 +36,8 @@ from difflung.augment.synthetic import (Synthesis, SyntheticSet, describe_genera
 __all__ = [
     "ARM_NAMES", "ARMS", "CONTROL_ARMS", "DOSE_ARM", "RARE_DEFAULT", "SYNTHETIC_ARMS", "Arm", "ArmSpec", "arm_label",
     "arm_order", "build_arms", "build_dose_arms", "class_balance_table", "dose_arm", "dose_arms", "dose_share",
-    "n_extra", "rare_ids", "CANDIDATES", "SegChoice", "choice_path", "choose_segmenter", "validation_score",
+    "n_extra", "rare_ids", "CANDIDATES", "SegChoice", "choice_path", "choose_segmenter", "one_se_choice",
+    "validation_score",
     "arm_convergence", "class_measurability", "comparison_triples", "dose_response",
     "judge_arms", "seed_scores", "summarize_arms", "validity", "CopyPaste", "Patch", "copy_paste", "patch_bank",
     "mean_over_patients", "mean_over_truth_slices", "per_image_dice", "pooled_patient_dice", "Results", "example_slices", "metric_rows",
