@@ -219,7 +219,7 @@ def test_chapter_experiment_end_to_end(tmp_path):
     curve = A.dose_response(m)
     assert sorted(set(curve.share)) == [0.0, 0.5, 1.0] and len(curve) == 3 * 2 * len(ds.classes)
     p = pd.read_csv(run_dir / "phantom/dice_per_patient.csv")
-    assert set(p.patient) == set(ds.split("test").patient) and len(p) == 8 * 2 * len(ds.classes)  # 8 arms, 2 seeds, one test patient
+    assert set(p.patient) == set(ds.split("test").patient) and len(p) == 8 * 2 * len(ds.classes)  # 8 arms, 2 seeds
     res3, _, _ = A.run_experiment(inputs.dataset, run_dir, **kw)  # every segmenter reused from its folder
     assert res3.dice.equals(res.dice) and (run_dir / "phantom/segmenters/ref-seed1/segmenter.json").is_file()
     for f in ("phantom/synthetic_difflung.npz", "phantom/dice_per_slice.csv", "phantom/segmenters/ref/segmenter.json",

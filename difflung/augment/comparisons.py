@@ -2,9 +2,9 @@
 comparison is measurable, the chapter's comparisons and their verdicts.
 
 The unit of replication is the training seed. Per seed, the Dice of a class is the mean over test patients of the
-Dice pooled over each patient's slices (`difflung.augment.dice`, the same patients for every arm); seed s of every arm shares its initial weights and
-augmentation stream with seed s of every other arm, so arms are compared by paired tests over seeds
-(`compare_to_reference` -> `stats.compare_seeds`): an interval only from `stats.MIN_SEEDS` seeds (bounded
+Dice pooled over each patient's slices (`difflung.augment.dice`, the same patients for every arm); seed s of every
+arm shares its initial weights and augmentation stream with seed s of every other arm, so arms are compared by
+paired tests over seeds (`compare_to_reference` -> `stats.compare_seeds`): an interval only from `stats.MIN_SEEDS` seeds (bounded
 bootstrap), Holm across the chapter's comparisons and the book's one verdict rule (`judge_arms`).
 A comparison is *not measurable* when its class is absent from the test truth or lost its HU signature at the run's
 size (`class_measurability`), or when a synthetic arm's generator did not meet its convergence criteria
@@ -53,7 +53,8 @@ def dose_response(metrics: pd.DataFrame, dataset: str | None = None) -> pd.DataF
     s = s.assign(share=s["model"].map(dose_share)).dropna(subset=["share"])
     if not (s["share"] > 0).any():
         return pd.DataFrame(columns=["share", "model", "class", "seed", "value"])
-    return s[["share", "model", "class", "seed", "value"]].sort_values(["share", "class", "seed"]).reset_index(drop=True)
+    cols = ["share", "model", "class", "seed", "value"]
+    return s[cols].sort_values(["share", "class", "seed"]).reset_index(drop=True)
 
 
 def class_measurability(runs_root, test_pixels: dict[str, float]) -> dict[str, tuple[bool, str]]:

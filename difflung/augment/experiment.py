@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from difflung import labels as L
-from difflung.augment.arms import (ARMS, DOSE_ARM, SYNTHETIC_ARMS, Arm, build_arms, build_dose_arms, class_balance_table,
-                                   dose_share, n_extra, rare_ids)
+from difflung.augment.arms import (ARMS, DOSE_ARM, SYNTHETIC_ARMS, Arm, build_arms, build_dose_arms,
+                                   class_balance_table, dose_share, n_extra, rare_ids)
 from difflung.augment.comparisons import summarize_arms
 from difflung.augment.dice import mean_over_patients, mean_over_truth_slices, per_image_dice, pooled_patient_dice
 from difflung.augment.synthetic import Synthesis, SyntheticSet, inserted_sets, paint_masks, synthesize_masks
