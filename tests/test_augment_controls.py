@@ -163,6 +163,9 @@ def test_copy_paste_arm_is_registered_like_oversampling():
     cp = built["copypaste"]
     assert A.ARMS["copypaste"].extra == "copypaste" and "copypaste" in A.CONTROL_ARMS
     assert (cp.n_real, cp.n_extra, len(cp.images)) == (6, 3, 9) and np.array_equal(cp.images[:6], img)
+    t = A.class_balance_table(built, [E, G])
+    assert t.loc["copy-paste extra alone", "images"] == 3
+    assert t.loc["copy-paste extra alone", "emphysema %"] == pytest.approx(100 * (cp.labels[6:] == E).mean())
     want = A.copy_paste(img, lab, [E, G], 3, np.random.default_rng(0), boost=0.1)
     assert np.array_equal(cp.images[6:], want.images) and np.array_equal(cp.labels[6:], want.labels)
     assert A.comparison_triples(["ggo"], ["ref", "oversample", "copypaste", "+difflung"]) == [

@@ -183,11 +183,13 @@ def build_dose_arms(train: Slices, dose: SyntheticSet, shares) -> dict[str, Arm]
 
 def class_balance_table(arms: dict[str, Arm], rare: list[int], masks: np.ndarray | None = None) -> pd.DataFrame:
     """Per training set: images and each rare class's share of all pixels (%), and the same for the extra
-    images alone -- the check that `oversample` adds as many rare-class pixels as the synthetic arms."""
+    images alone -- the check that `oversample` (and `copypaste`) add as many rare-class pixels as the synthetic
+    arms."""
     rows = []
     sets = [(ARM_NAMES.get(a.name, a.name), a.labels) for a in arms.values()]
-    if "oversample" in arms:
-        sets.append(("oversampled extra alone", arms["oversample"].labels[arms["oversample"].n_real:]))
+    for key, name in (("oversample", "oversampled extra alone"), ("copypaste", "copy-paste extra alone")):
+        if key in arms:
+            sets.append((name, arms[key].labels[arms[key].n_real:]))
     if masks is not None:
         sets.append(("synthetic masks alone", masks))
     for name, lab in sets:
