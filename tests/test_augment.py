@@ -54,8 +54,13 @@ def _fake_results(n_seeds=6):
                          {"arm": arm, "seed": s, "image": i, "class": "ggo", "class_id": L.GGO,
                           "dice": 0.0 if (arm == "oversample" and i == 0) else np.nan}]
     dice = pd.DataFrame(rows)
-    return A.Results("phantom", [L.LUNG, L.EMPHYSEMA, L.GGO], list(range(n_seeds)), dice, A.per_seed_dice(dice),
-                     test, np.arange(2), {}, [], 2)
+    dice["truth"] = dice["class"] != "ggo"
+    # one test patient: its pooled Dice is the mean of its four slices' values here
+    patients = dice[dice.truth].groupby(["arm", "seed", "class", "class_id"], as_index=False)["dice"].mean()
+    patients = pd.concat([patients, dice[~dice.truth].drop_duplicates(["arm", "seed", "class"])[patients.columns]])
+    patients = patients.assign(patient="p1", dice=patients.dice.where(patients["class"] != "ggo"))
+    return A.Results("phantom", [L.LUNG, L.EMPHYSEMA, L.GGO], list(range(n_seeds)), dice,
+                     A.per_seed_dice(dice, patients), test, np.arange(2), {}, [], 2, patients=patients)
 
 
 def _upstream(root, *, difflung_converged=True, emphysema_signature=True, segguided_record=False):
@@ -93,6 +98,10 @@ def test_metrics_rows_and_results_table(tmp_path):
     assert (per_seed.dataset == "phantom").all()
     e = m[(m.seed == -1) & (m.model == "+difflung") & (m["class"] == "emphysema")].set_index("metric").value
     assert e["dice_mean"] == pytest.approx(0.64) and 0.615 <= e["dice_lo"] < 0.64 < e["dice_hi"] <= 0.665
+    assert e["dice_image_mean"] == pytest.approx(0.64) and e["n_patients"] == 1 and e["n_slices"] == 4
+    g = m[(m.seed == -1) & (m.model == "oversample") & (m["class"] == "ggo")].set_index("metric").value
+    assert g["n_slices"] == 0 and g["n_patients"] == 0 and np.isnan(g["dice_mean"])  # a false positive: no slice
+    assert set(m[m.seed >= 0].metric) == {"dice", "dice_image"} and "synthetic_share" not in set(m.metric)
     t = ch5.table_results(run_dir, runs_root=root)
     assert t.loc[("DiffLung-UNet", "ours"), "Dice emphysema"].startswith("0.640 [")
     assert t.loc[("DiffLung-UNet", "reported (poster)"), "Dice emphysema"] == "0.80"
@@ -186,11 +195,16 @@ def test_chapter_experiment_end_to_end(tmp_path):
     cfg = SegConfig(channels=(4, 8), strides=(2,), num_res_units=0, steps=3, batch_size=4)
     run_dir = tmp_path / "ch5"
     kw = dict(tag="phantom", models=inputs.models, config=cfg, seeds=[0, 1], seed=0, mix_ratio=0.5,
-              boost=0.15, sampler="ddim", sampler_steps=2, device="cpu", n_examples=2)
+              boost=0.15, sampler="ddim", sampler_steps=2, device="cpu", n_examples=2, dose_shares=(0, 0.5, 1.0))
     res, syn, balance = A.run_experiment(inputs.dataset, run_dir, **kw)
-    n = round(0.5 * len(ds.split("train")))
-    assert set(res.dice.arm) == set(A.ARMS) and res.n_extra == n
-    extra_arms = ["oversample-UNet", "Seg-Guided-UNet", "DiffLung-UNet", "Insert-UNet"]
+    n_real = len(ds.split("train"))
+    n = round(0.5 * n_real)
+    dose = ["+difflung@0.5", "+difflung@1"]
+    assert set(res.dice.arm) == set(A.ARMS) | set(dose) and res.n_extra == n
+    assert len(syn.dose.images) == n_real and (run_dir / "phantom/synthetic_difflung-dose.npz").is_file()
+    assert res.timings[-1]["n_train"] == 2 * n_real and {t["n_train"] for t in res.timings} == {
+        n_real, n_real + n, 2 * n_real}
+    extra_arms = ["oversample-UNet", "copy-paste-UNet", "Seg-Guided-UNet", "DiffLung-UNet", "Insert-UNet"]
     assert (balance.loc[extra_arms, "images"] == len(ds.split("train")) + n).all()
     assert all(s.images.shape == (n, 32, 32) and np.array_equal(s.labels, syn.masks) for s in syn.sets.values())
     ch5.write_chapter_metrics(run_dir, [res], config=cfg, seed=0, synthetic=syn.sets)
@@ -199,6 +213,13 @@ def test_chapter_experiment_end_to_end(tmp_path):
     res2, _, _ = A.run_experiment(inputs.dataset, again, **kw)
     ch5.write_chapter_metrics(again, [res2], config=cfg, seed=0, synthetic=syn.sets)
     assert (again / "metrics.csv").read_bytes() == first  # same seeds on CPU: byte-identical metrics
+    m = read_metrics(run_dir)
+    assert m.set_index(["model", "metric"]).loc[[("ref", "synthetic_share"), ("+difflung@1", "synthetic_share")],
+                                                 "value"].tolist() == [0.0, 1.0]
+    curve = A.dose_response(m)
+    assert sorted(set(curve.share)) == [0.0, 0.5, 1.0] and len(curve) == 3 * 2 * len(ds.classes)
+    p = pd.read_csv(run_dir / "phantom/dice_per_patient.csv")
+    assert set(p.patient) == set(ds.split("test").patient) and len(p) == 8 * 2 * len(ds.classes)  # 8 arms, 2 seeds
     res3, _, _ = A.run_experiment(inputs.dataset, run_dir, **kw)  # every segmenter reused from its folder
     assert res3.dice.equals(res.dice) and (run_dir / "phantom/segmenters/ref-seed1/segmenter.json").is_file()
     for f in ("phantom/synthetic_difflung.npz", "phantom/dice_per_slice.csv", "phantom/segmenters/ref/segmenter.json",
@@ -208,6 +229,8 @@ def test_chapter_experiment_end_to_end(tmp_path):
     # no criteria.json from chapters 3/4 and no HU signature from chapter 1 in this toy run: not measurable
     assert t.loc["Dice lung: DiffLung-UNet > oversample-UNet", "verdict"].startswith(
         "not measurable: difflung has no convergence record")
+    assert "Dice lung: DiffLung-UNet > copy-paste-UNet" in t.index  # the second control
+    assert not any("@" in c for c in t.index)  # the dose-response is a curve, not a comparison
     assert t.loc["Dice emphysema: oversample-UNet > ref-UNet", "verdict"].startswith(
         "not measurable: HU signature not checked")
     folder, summary = ch5.export_nnunet_example(inputs.dataset, syn.sets["+difflung"], run_dir)
@@ -234,11 +257,11 @@ def test_a_new_arm_is_one_registry_entry(monkeypatch, tmp_path):
         ("emphysema", "oversample", "ref"), ("emphysema", "+insert", "ref"), ("emphysema", "+insert", "oversample")]
     assert A.arm_convergence(tmp_path, ["+insert"])["+insert"][1].startswith("insert has no convergence record")
     lab = np.full((4, 8, 8), L.LUNG, np.uint8)
-    lab[:2, 0, 0] = L.EMPHYSEMA
+    lab[:2, :2, :2] = L.EMPHYSEMA  # one 4-pixel lesion per slice: a patch for the copy-paste control
     train = Slices(np.zeros((4, 8, 8), np.float32), lab, np.array(["p"] * 4), np.zeros(4, np.float32))
     syn = A.SyntheticSet("+insert", np.ones((2, 8, 8), np.float32), lab[:2], tmp_path, 1.0, 2.0)
     built = A.build_arms(train, 2, lab[:2], {"+insert": syn}, rare=[L.EMPHYSEMA], seed=0)
-    assert list(built) == ["ref", "oversample", "+insert"]  # synthetic arms without a set are left out
+    assert list(built) == ["ref", "oversample", "copypaste", "+insert"]  # synthetic arms without a set left out
     assert built["+insert"].n_extra == 2 and built["+insert"].images[-1].max() == 1.0
     toy_dataset(tmp_path / "01_data_preparation" / "dataset", n_patients=3, n_slices=1, size=16)
     with pytest.raises(FileNotFoundError, match=r"run chapter 7 \(07_insert\) first"):

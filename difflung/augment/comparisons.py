@@ -1,10 +1,10 @@
 """Statistics over training seeds for the augmentation chapter: per-seed scores, their summaries, whether each
 comparison is measurable, the chapter's comparisons and their verdicts.
 
-The unit of replication is the training seed. Per seed, the Dice of a class is the mean over test slices of
-per-slice Dice (`difflung.judging.metrics.dice_per_class`); seed s of every arm shares its initial weights and
-augmentation stream with seed s of every other arm, so arms are compared by paired tests over seeds
-(`compare_to_reference` -> `stats.compare_seeds`): an interval only from `stats.MIN_SEEDS` seeds (bounded
+The unit of replication is the training seed. Per seed, the Dice of a class is the mean over test patients of the
+Dice pooled over each patient's slices (`difflung.augment.dice`, the same patients for every arm); seed s of every
+arm shares its initial weights and augmentation stream with seed s of every other arm, so arms are compared by
+paired tests over seeds (`compare_to_reference` -> `stats.compare_seeds`): an interval only from `stats.MIN_SEEDS` seeds (bounded
 bootstrap), Holm across the chapter's comparisons and the book's one verdict rule (`judge_arms`).
 A comparison is *not measurable* when its class is absent from the test truth or lost its HU signature at the run's
 size (`class_measurability`), or when a synthetic arm's generator did not meet its convergence criteria
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from difflung import labels as L
-from difflung.augment.arms import ARMS, SYNTHETIC_ARMS, arm_label, arm_order
+from difflung.augment.arms import ARMS, CONTROL_ARMS, SYNTHETIC_ARMS, arm_label, arm_order, dose_share
 from difflung.core import runs
 from difflung.judging import stats
 from difflung.judging.stats import compare_to_reference
@@ -43,6 +43,18 @@ def summarize_arms(scores: pd.DataFrame, *, generator: np.random.Generator,
         rows.append({"class": cls, "model": arm, "mean": float(v.mean()) if v.size else np.nan,
                      "lo": iv.lo if iv else np.nan, "hi": iv.hi if iv else np.nan, "n_seeds": int(v.size)})
     return pd.DataFrame(rows, columns=["class", "model", "mean", "lo", "hi", "n_seeds"])
+
+
+def dose_response(metrics: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """The dose-response curve of the Diff-Lung arm from a chapter-5 metrics table: per (share, class, seed) the
+    primary Dice, with `ref` at share 0 (columns share, model, class, seed, value; sorted). Empty when the run had
+    no dose-response arms."""
+    s = seed_scores(metrics, dataset)
+    s = s.assign(share=s["model"].map(dose_share)).dropna(subset=["share"])
+    if not (s["share"] > 0).any():
+        return pd.DataFrame(columns=["share", "model", "class", "seed", "value"])
+    cols = ["share", "model", "class", "seed", "value"]
+    return s[cols].sort_values(["share", "class", "seed"]).reset_index(drop=True)
 
 
 def class_measurability(runs_root, test_pixels: dict[str, float]) -> dict[str, tuple[bool, str]]:
@@ -104,11 +116,12 @@ def validity(metrics: pd.DataFrame, runs_root, dataset: str = "phantom") -> tupl
 
 def comparison_triples(classes, arms, exclude=()) -> list[tuple[str, str, str]]:
     """The chapter's paired comparisons (class, a, b), each tested as "a > b": per class every arm against `ref`
-    and every synthetic arm against the `oversample` control, in registry order; triples in `exclude` (the
-    poster's claims, judged once for the whole run) are left out. A new arm in `ARMS` joins automatically."""
+    and every synthetic arm against each control present (`oversample`, `copypaste`), in registry order; triples
+    in `exclude` (the poster's claims, judged once for the whole run) are left out. A new arm in `ARMS` joins
+    automatically; the dose-response arms are not compared (`dose_response` gives their curve)."""
     present = sorted(set(arms) & set(ARMS), key=arm_order)
     pairs = [(a, "ref") for a in present if a != "ref"] + [
-        (a, "oversample") for a in present if a in SYNTHETIC_ARMS and "oversample" in present] + [
+        (a, c) for c in CONTROL_ARMS if c in present for a in present if a in SYNTHETIC_ARMS] + [
         (a, "+difflung") for a in present if ARMS[a].extra == "insert" and "+difflung" in present]
     if "ref" not in present:
         pairs = [p for p in pairs if p[1] != "ref"]

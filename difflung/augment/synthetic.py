@@ -65,6 +65,7 @@ class Synthesis:
     masks: np.ndarray | None  # (n, S, S) the synthesised masks every synthetic arm paints
     report: pd.DataFrame  # mask synthesis: rare-class pixels before and after, per class
     sets: dict[str, SyntheticSet]  # arm -> images painted by that arm's generator
+    dose: SyntheticSet | None = None  # the dose-response's Diff-Lung set (`run_experiment(dose_shares=...)`)
 
 
 def paint_masks(models: dict, dataset: Dataset, masks: np.ndarray, run_dir, *, seed: int, tag: str,
