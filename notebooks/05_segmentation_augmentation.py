@@ -17,14 +17,18 @@
 # # Segmentation augmentation
 #
 # Diff-Lung's second claim, and the reason to use it: adding its synthetic slices to a segmentation network's
-# training set raises Dice on the rare classes (the poster's table is set beside ours below). We test it with four
-# arms that share the model, the number of optimisation steps and the training seeds:
+# training set raises Dice on the rare classes (the poster's table is set beside ours below). We test it with arms
+# that share one segmenter configuration, the number of optimisation steps and the training seeds:
 #
 # - `ref`: real training slices only;
 # - `oversample`: real slices with rare classes repeated up to the synthetic set's class balance, the control
 #   that separates "more rare-class pixels" from "better synthetic images";
+# - `copypaste`: real lesion patches, with their own HU, pasted into healthy lung of other training slices: the
+#   control that adds new rare-class images without any generator;
 # - `+segguided` and `+difflung`: the same synthesised masks (rare lesions copied, rotated and dilated into healthy
-#   lung), painted by Segmentation-Guided Diffusion and by Diff-Lung (CBMAT).
+#   lung), painted by Segmentation-Guided Diffusion and by Diff-Lung (CBMAT);
+# - `+insert`: the same lesions inserted into real slices by the patch model of the lesion-insertion chapter;
+# - the Diff-Lung dose-response: the `+difflung` arm at several synthetic shares of the real training set.
 
 # %% tags=["parameters", "remove-input"]
 profile = "smoke"
@@ -45,6 +49,7 @@ seg_res_units = 1
 seg_batch_size = 16
 seg_lr = 0.01
 seg_steps = 200
+dose_shares = [0, 0.25, 1.0]
 
 # %% tags=["remove-input"]
 from IPython.display import display
@@ -57,7 +62,7 @@ quiet_notebook_tqdm()
 experiment = ch.open_experiment(runs_root, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, seg_channels=seg_channels,
                                 seg_strides=seg_strides, seg_res_units=seg_res_units, seg_batch_size=seg_batch_size,
                                 seg_lr=seg_lr, seg_steps=seg_steps, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
-                                sampler_steps=sampler_steps, device=device, workers=workers)
+                                sampler_steps=sampler_steps, device=device, workers=workers, dose_shares=dose_shares)
 ch.glue_facts(ch.experiment_facts(experiment))
 
 # %% [markdown]
@@ -69,15 +74,28 @@ ch.glue_facts(ch.experiment_facts(experiment))
 table(ch.table_inputs(experiment.inputs))
 
 # %% [markdown]
+# ## One segmenter for every arm, chosen on validation
+#
+# Every arm trains the same segmenter configuration. It is chosen before any arm is trained, on the validation
+# patients only (the test split is not read): each candidate (the intensity shift of ±70 HU on or off, which can
+# erase emphysema's −950 HU cue; the loss weighted by inverse square-root class frequency or not) trains on the real
+# training slices, and is scored by its rare-class Dice pooled per validation patient. The first candidate in the
+# order shown whose score is within one standard error of the best is chosen (`difflung.augment.choose_segmenter`).
+# The synthetic sets and arms are then built and trained:
+
+# %% tags=["hide-input"]
+res, syn, balance = ch.run_phantom(experiment, run_dir)
+table(ch.table_segmenter_choice(experiment))
+
+# %% [markdown]
 # ## Synthetic sets and the control's class balance
 #
-# `difflung.augment.experiment.run_experiment` synthesises the masks, paints them with each diffusion model, builds the
+# `difflung.augment.run_experiment` synthesises the masks, paints them with each diffusion model, builds the
 # arms, and trains and scores each arm once per training seed ({glue:text}`n_seeds` seeds, {glue:text}`seg_steps` steps
 # each). The mask synthesis, then each training set's rare-class share, which shows that `oversample` adds as many
 # rare-class pixels as the synthetic arms:
 
 # %% tags=["hide-input"]
-res, syn, balance = ch.run_phantom(experiment, run_dir)
 display(*ch.synthesis_tables(syn))
 table(balance)
 
@@ -90,7 +108,9 @@ metrics_path = ch.write_chapter_metrics(run_dir, [res, real], config=experiment.
 # ## Dice per class
 #
 # The unit of replication is the training run: seed $s$ of every arm shares its initial weights and augmentation
-# stream, so one Dice per class, arm and seed (the mean over held-out test slices) is one observation. Every seed
+# stream, so one Dice per class, arm and seed is one observation. That Dice is computed the same way for every
+# arm: per test patient, pooled over the patient's slices, then averaged over the test patients whose truth holds
+# the class. Every seed
 # is shown; an interval of the mean (a percentile bootstrap over seeds, which stays inside $[0, 1]$) only from
 # {glue:text}`min_interval_seeds` seeds, since an interval from fewer seeds says little. A class absent from the
 # test truth, or whose HU signature is lost at this image size (chapter 1), is *not measurable* and says why.
@@ -102,15 +122,22 @@ table(ch.table_results(run_dir, runs_root=runs_root))
 ch.figure_dice(run_dir, runs_root=runs_root, seed=seed)
 
 # %% [markdown]
-# {numref}`ch5-dice` shows each seed's Dice beside the poster's values.
+# {numref}`ch5-dice` shows each seed's Dice beside the poster's values. {numref}`ch5-dose` shows how Dice moves
+# with the share of Diff-Lung's synthetic slices in the training set.
+
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Dose-response of the Diff-Lung arm: Dice (pooled per test patient) against the synthetic share of the real training set, 0 being ref-UNet; one dot per training seed, the line through the means. Made by `difflung.chapters.segmentation_augmentation.figure_dose_response`.", "name": "ch5-dose"}}
+ch.figure_dose_response(run_dir, seed=seed)
+
+# %% [markdown]
 #
 # ## Comparisons between arms
 #
 # Each comparison "arm a > arm b" pairs the arms' Dice by training seed: the mean paired difference, an interval
 # from {glue:text}`min_interval_seeds` seeds, and a two-sided Wilcoxon signed-rank test over seeds
 # (`difflung.judging.stats.compare_seeds`). With $n$ seeds that test cannot give $p$ below $2/2^n$. The chapter compares
-# every arm with `ref`, and each synthetic arm with the `oversample` control; the $p$-values are adjusted by Holm's
-# method across the whole table, and the verdict follows the book's one rule (`difflung.judging.stats.verdict`):
+# every arm with `ref`, and each synthetic arm with the `oversample` and `copypaste` controls; the $p$-values are
+# adjusted by Holm's method across the whole table, and the verdict follows the book's one rule
+# (`difflung.judging.stats.verdict`):
 # *reproduced* needs a Holm-adjusted $p$ below {glue:text}`alpha` and an interval wholly above 0, *not reproduced*
 # an interval wholly below 0, anything else is *inconclusive*; a comparison whose class is not measurable or whose
 # generator did not meet its convergence criteria (chapters 3 and 4) is *not measurable*.

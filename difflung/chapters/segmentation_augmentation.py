@@ -108,23 +108,26 @@ class Experiment:
     """The chapter's experiment: its inputs, the segmenter's configuration, the training seeds and the settings
     `difflung.augment.experiment.run_experiment` takes for every dataset."""
     inputs: Inputs
-    config: SegConfig
+    config: SegConfig  # the profile's segmenter; `run_phantom` replaces it by the one chosen on validation
     seeds: list[int]
     settings: dict  # seed, mix_ratio, boost, sampler, sampler_steps, device, workers
+    dose_shares: tuple = ()  # synthetic shares of the Diff-Lung dose-response arms (phantom only)
+    choice: object = None  # `augment.SegChoice`, set by `run_phantom`
 
 
 def open_experiment(runs_root, *, seed: int, n_seeds: int, min_seeds: int, seg_channels, seg_strides,
                     seg_res_units: int, seg_batch_size: int, seg_lr: float, seg_steps: int, mix_ratio: float,
                     boost: float | dict, sampler: str, sampler_steps: int | None, device: str = "auto",
-                    workers: int = 1) -> Experiment:
-    """Find the run's inputs (`locate_inputs`), build the segmenter's `SegConfig` from the profile's `seg_*`
+                    workers: int = 1, dose_shares=()) -> Experiment:
+    """Find the run's inputs (`locate_inputs`), build the segmenter's base `SegConfig` from the profile's `seg_*`
     values and fix the training seeds (`augment.training_seeds`: an error below `min_seeds`)."""
     inputs = locate_inputs(runs_root)
     config = SegConfig.from_dict({"channels": seg_channels, "strides": seg_strides, "num_res_units": seg_res_units,
                                   "batch_size": seg_batch_size, "lr": seg_lr, "steps": seg_steps})
     seeds = A.training_seeds(seed, n_seeds, min_seeds)
     return Experiment(inputs, config, seeds, dict(seed=seed, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
-                                                  sampler_steps=sampler_steps, device=device, workers=workers))
+                                                  sampler_steps=sampler_steps, device=device, workers=workers),
+                      dose_shares=tuple(dose_shares))
 
 
 def experiment_facts(exp: Experiment) -> dict:
@@ -134,10 +137,49 @@ def experiment_facts(exp: Experiment) -> dict:
 
 
 def run_phantom(exp: Experiment, run_dir):
-    """The experiment on the phantom dataset (`augment.run_experiment`, tag "phantom"): returns (Results,
-    Synthesis, the training sets' rare-class balance)."""
+    """The experiment on the phantom dataset: first one segmenter configuration for every arm, chosen on the
+    validation patients (`augment.choose_segmenter`; the test split is not read), then `augment.run_experiment`
+    (tag "phantom") with it and the dose-response arms. Returns (Results, Synthesis, the training sets'
+    rare-class balance); `exp.config` becomes the chosen configuration, which the real-CT run reuses."""
+    exp.choice = A.choose_segmenter(exp.inputs.dataset, exp.config, run_dir, tag="phantom",
+                                    seed=exp.settings["seed"], device=exp.settings["device"])
+    exp.config = exp.choice.config
     return A.run_experiment(exp.inputs.dataset, run_dir, tag="phantom", models=exp.inputs.models,
-                            config=exp.config, seeds=exp.seeds, **exp.settings)
+                            config=exp.config, seeds=exp.seeds, dose_shares=exp.dose_shares, **exp.settings)
+
+
+def table_segmenter_choice(exp: Experiment) -> pd.DataFrame:
+    """Each candidate configuration's validation score (mean rare-class Dice pooled per validation patient) and
+    its standard error over patients; the chosen one marked (one-standard-error rule, `augment.choice`)."""
+    sc = exp.choice.scores
+    rows = sc.groupby("candidate", sort=False)[["score", "se"]].first()
+    out = pd.DataFrame({"validation Dice (rare classes)": [sig(v) for v in rows["score"]],
+                        "standard error": [sig(v) for v in rows["se"]],
+                        "chosen": ["yes" if n == exp.choice.name else "" for n in rows.index]}, index=rows.index)
+    out.index.name = "segmenter configuration"
+    return out
+
+
+def figure_dose_response(run_dir, *, dataset: str = "phantom", classes=None, seed: int = 0):
+    """Dice of the Diff-Lung arm against the synthetic share of the real training set (0 = ref-UNet), one dot
+    per training seed and the mean per share; None when the run had no dose-response arms."""
+    d = A.dose_response(_metrics(run_dir, dataset))
+    if d.empty:
+        return None
+    classes = [c for c in (classes or TABLE_CLASSES) if c in set(d["class"])]
+    fig, axes = plt.subplots(1, len(classes), figsize=(2.6 * len(classes), 2.8), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax, c in zip(axes[0], classes):
+        dc = d[d["class"] == c]
+        ax.plot(dc["share"], dc["value"], "o", alpha=0.5, color="tab:blue")
+        mean = dc.groupby("share")["value"].mean()
+        ax.plot(mean.index, mean.to_numpy(), "-", color="tab:blue")
+        ax.set_title(_header(c), fontsize=9)
+        ax.set_xlabel("synthetic share of the real set")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("Dice (pooled per test patient)")
+    save_figure(fig, Path(run_dir) / f"dose_response_{dataset}.png", config={"dataset": dataset}, seed=seed)
+    return fig
 
 
 def synthesis_tables(syn) -> list:
@@ -194,7 +236,8 @@ def _summary(m: pd.DataFrame) -> pd.DataFrame:
 
 
 def _arms(m: pd.DataFrame) -> list[str]:
-    return sorted(set(m.loc[m.metric == "dice", "model"]), key=A.arm_order)
+    """The registry's arms in metrics.csv (the dose-response arms have their own figure)."""
+    return sorted(set(m.loc[m.metric == "dice", "model"]) & set(ARMS), key=A.arm_order)
 
 
 def table_results(run_dir, dataset: str = "phantom", classes=None, *, runs_root,
