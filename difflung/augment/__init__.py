@@ -15,8 +15,8 @@ May import: every library package below the chapters (`core`, `data`, `diffusion
 """
 from difflung.augment.arms import (ARM_NAMES, ARMS, RARE_DEFAULT, SYNTHETIC_ARMS, Arm, ArmSpec, arm_label, arm_order,
                                    build_arms, class_balance_table, n_extra, rare_ids)
-from difflung.augment.comparisons import (arm_convergence, class_measurability, comparison_triples, judge_arms,
-                                          seed_scores, summarize_arms, validity)
+from difflung.augment.comparisons import (arm_convergence, arm_usable, class_measurability, comparison_triples,
+                                          judge_arms, seed_scores, summarize_arms, validity)
 from difflung.augment.experiment import (Results, example_slices, metric_rows, per_seed_dice, run_experiment,
                                          timing_record, train_and_evaluate, training_seeds)
 from difflung.augment.oversample import balance_weights, oversample_indices
@@ -25,8 +25,8 @@ from difflung.augment.synthetic import (Synthesis, SyntheticSet, describe_genera
 
 __all__ = [
     "ARM_NAMES", "ARMS", "RARE_DEFAULT", "SYNTHETIC_ARMS", "Arm", "ArmSpec", "arm_label", "arm_order", "build_arms",
-    "class_balance_table", "n_extra", "rare_ids", "arm_convergence", "class_measurability", "comparison_triples",
-    "judge_arms", "seed_scores", "summarize_arms", "validity", "Results", "example_slices", "metric_rows",
+    "class_balance_table", "n_extra", "rare_ids", "arm_convergence", "arm_usable", "class_measurability",
+    "comparison_triples", "judge_arms", "seed_scores", "summarize_arms", "validity", "Results", "example_slices", "metric_rows",
     "per_seed_dice", "run_experiment", "timing_record", "train_and_evaluate", "training_seeds", "balance_weights",
     "oversample_indices", "Synthesis", "SyntheticSet", "describe_generator", "inserted_sets", "paint_masks",
     "synthesize_masks",

@@ -271,7 +271,7 @@ def comparisons(scored: scoring.Scored, measurable, results, *, seed: int = 0, r
             cmps.append(stats.compare_slices(p["a"], p["b"], p["slice"], p["patient"], generator=gen,
                                              claim=f"{what}: {display_name(ref)} > {display_name(b)}",
                                              **criteria.validity([cls], measurable, converged, [ref, b])))
-    out = stats.judge_claims(cmps).drop(columns=["reported", "same order as reported", "unit"])
+    out = stats.judge_claims(cmps).drop(columns=["reported", "magnitude", "unit"])
     return out.assign(note=out["note"].where(~out["verdict"].str.startswith("not measurable"), ""))
 
 

@@ -341,7 +341,7 @@ def table_cost(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def comparisons(runs_root, seed: int = 0) -> pd.DataFrame:
     """The poster's image-quality claims as `difflung.judging.claims.comparisons` measures them from this chapter's
-    files (`stats.compare_slices`, unit test patient; validity from the generators' convergence criteria), so the
+    files (`stats.compare_slices`, unit test patient; convergence a note, never a gate), so the
     numbers equal the results chapter's, through `stats.judge_claims`. Only "not measurable" is final here: the verdicts
     are given once, in the results chapter, after Holm's correction across all the run's claims."""
     from difflung.judging import claims
@@ -356,11 +356,11 @@ def table_comparisons(t: pd.DataFrame) -> pd.DataFrame:
     """`comparisons` for the page: effect (a - b) with its patient interval beside the poster's, and the status; a
     comparison that is not measurable shows its reason and no numbers ("n/a")."""
     ok = ~t.status.str.startswith("not measurable")
-    same = t["same order as reported"].map({True: "yes", False: "no"}).fillna("n/a")
     return pd.DataFrame({"ours (a - b)": [interval(e, lo, hi) if m else "n/a"
                                           for e, lo, hi, m in zip(t.estimate, t.lo, t.hi, ok)],
                          "test patients": t.n, "reported (a - b)": t.reported.map(lambda v: f"{v:.3g}"),
-                         "same order as reported": same.where(ok, "n/a"), "status": t.status}).set_axis(t.claim)
+                         "magnitude": t.magnitude.where(ok, "n/a").fillna("n/a"), "status": t.status,
+                         "convergence (not a gate)": t.convergence}).set_axis(t.claim)
 
 
 def table_faithfulness(run_dir, s: pd.DataFrame) -> pd.DataFrame:

@@ -232,13 +232,13 @@ def table_comparisons(run_dir, dataset: str = "phantom", classes=None, *, runs_r
     classes, (measurable, converged) = _classes(m, classes), A.validity(m, runs_root, dataset)
     exclude = POSTER_TRIPLES if dataset == "phantom" else ()
     t = A.judge_arms(A.seed_scores(m), A.comparison_triples(classes, _arms(m), exclude), measurable=measurable,
-                     converged=converged, generator=np.random.default_rng(seed))
+                     usable=converged, convergence=A.arm_convergence(runs_root, _arms(m), dataset))
     ok = ~t.verdict.str.startswith("not measurable")  # those show their reason, not numbers
     interval = [("n/a" if not k else f"[{sig(lo)}, {sig(hi)}]" if np.isfinite(lo) else
                  f"none (fewer than {stats.MIN_SEEDS} seeds)") for k, lo, hi in zip(ok, t.lo, t.hi)]
     return pd.DataFrame({"comparison": t.claim, "difference": t.estimate.where(ok), "95 % interval": interval,
                          "seeds": t.n, "p": t.p.where(ok), "p (Holm)": t["p (Holm)"], "verdict": t.verdict,
-                         "why": t.note.where(ok, "")})
+                         "why": t.note.where(ok, ""), "convergence (not a gate)": t.convergence})
 
 
 def table_poster_claims(runs_root) -> pd.DataFrame:
