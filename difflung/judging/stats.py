@@ -10,8 +10,10 @@ Units of replication:
 
 Interval and test: Student's t, both from the same t-distribution. A test split has about 9 patients and a run
 about 9 training seeds; a percentile bootstrap over 9 units covers about 89 % where it claims 95 % (it cannot see
-variation beyond the sample's range), while the t-interval holds its level (checked by simulation in
-`tests/test_stats.py`). Per claim the one test is a two-sided t-test of the mean unit difference against the
+variation beyond the sample's range), while the t-interval holds its level (simulated in `tests/test_stats.py`,
+2,000 samples of 9: normal 95.3 % against the percentile's 88.9 %; chi-square(8), skewness 1, 94.1 % against
+88.0 %). Under strong skew it too runs low (exponential, skewness 2: 89 %), but unit differences here are means
+over many slices, which the central limit theorem pulls towards normal. Per claim the one test is a two-sided t-test of the mean unit difference against the
 claim's threshold (0, or the non-inferiority margin): on training seeds the one-sample t-test of per-seed
 differences; on patients its cluster-robust form (`cluster_t`: the mean over slices with a CR1 standard error and
 G - 1 degrees of freedom, which with equal slices per patient is the one-sample t-test of the patients' means).
