@@ -275,8 +275,8 @@ def test_results_prose_and_figure_quote_the_statistics_constants(tmp_path):
                            "family": ["poster", "poster"]})
     text = results.summary_markdown(claims, "laptop")
     assert "0 reproduced, 0 contradicted, 1 inconclusive, 1 not measurable" in text
-    assert f"needs at least {stats.min_units()} units per comparison to reach p < {stats.ALPHA:g}; this run has 1 test" \
-        in text
+    need = stats.min_units()
+    assert f"needs at least {need} units per comparison to reach p < {stats.ALPHA:g}; this run has 1 test" in text
     fig = results.figure_claims(claims, tmp_path)
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "ours (95 % interval)" in labels and (tmp_path / "claims.png").is_file()

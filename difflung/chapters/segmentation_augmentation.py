@@ -345,14 +345,11 @@ def figure_examples(res: Results, run_dir, *, seed: int = 0):
 # the scope box and the nnU-Net export
 
 def scope_lines(metrics: pd.DataFrame, runs_root, dataset: str, classes, exclude=()) -> tuple[list, list]:
-    """(can, cannot) sentences for the chapter's scope box: per-seed values, the interval floor, whether any
-    comparison can reach "reproduced" at this number of seeds (`stats.min_units` with Holm across the measurable
-    comparisons), classes not measurable and generators not converged, each with its reason."""
-    measurable, converged = A.validity(metrics, runs_root, dataset)
+    """(can, cannot) sentences for the chapter's scope box: per-seed values, the floor of seeds for an interval and
+    a test (`stats.MIN_SEEDS`), classes not measurable and arms whose main model never learned its masks, each with
+    its reason."""
+    measurable, converged = A.validity(metrics, runs_root, dataset)  # converged: arm -> (usable, reason)
     n = int(A.seed_scores(metrics).seed.nunique())
-    arms = sorted(set(metrics.loc[metrics.metric == "dice", "model"]), key=A.arm_order)
-    k = max(1, sum(measurable[c][0] and converged[a][0] and converged[b][0]
-                   for c, a, b in A.comparison_triples(classes, arms, exclude)))
     ok = [c for c in classes if measurable[c][0]]
     can = [f"Per-seed Dice of every arm on {', '.join(ok)}, on held-out test patients."] if ok else []
     cannot = []

@@ -120,7 +120,8 @@ CLAIMS: tuple[Claim, ...] = tuple(_quality_claims() + _segmentation_claims())
 # background kept exactly helps segmentation more than whole-image synthesis. We test that ordering with our
 # `+insert` arm (lesions inserted into real slices) against `+difflung` (whole synthetic slices), as its own
 # family of comparisons (Holm within the family), so it changes nothing in the verdicts on the poster's claims.
-TABLE_LEFUSION = "LeFusion (Zhang et al., ICLR 2025): lesion-focused generation, background kept (not a Diff-Lung claim)"
+TABLE_LEFUSION = ("LeFusion (Zhang et al., ICLR 2025): lesion-focused generation, background kept "
+                  "(not a Diff-Lung claim)")
 EXTENSION_CLAIMS: tuple[Claim, ...] = tuple(
     Claim(f"dice_{c}_insert_vs_difflung", "segmentation", "dice", c, "+insert", "+difflung", table=TABLE_LEFUSION)
     for c in ("emphysema", "fibrosis"))

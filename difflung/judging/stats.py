@@ -8,20 +8,21 @@ Units of replication:
 - Segmentation: the unit is the *training seed*. An interval is given only from at least `min_seeds` seeds
   (`seed_interval`); below that a chapter shows the per-seed dots and no interval.
 
-Interval and test: Student's t, both from the same t-distribution. A test split has about 9 patients and a run
-about 9 training seeds; a percentile bootstrap over 9 units covers about 89 % where it claims 95 % (it cannot see
+Interval and test: Student's t, both from the same t-statistic. A test split has about 9 patients and a run about
+9 training seeds; a percentile bootstrap over 9 units covers about 89 % where it claims 95 % (it cannot see
 variation beyond the sample's range), while the t-interval holds its level (simulated in `tests/test_stats.py`,
 2,000 samples of 9: normal 95.3 % against the percentile's 88.9 %; chi-square(8), skewness 1, 94.1 % against
 88.0 %). Under strong skew it too runs low (exponential, skewness 2: 89 %), but unit differences here are means
-over many slices, which the central limit theorem pulls towards normal. Per claim the one test is a two-sided t-test of the mean unit difference against the
-claim's threshold (0, or the non-inferiority margin): on training seeds the one-sample t-test of per-seed
-differences; on patients its cluster-robust form (`cluster_t`: the mean over slices with a CR1 standard error and
-G - 1 degrees of freedom, which with equal slices per patient is the one-sample t-test of the patients' means).
-Because the interval and the p-value come from the same t-statistic, a raw p < 0.05 holds exactly when the 95 %
-interval excludes the threshold. The *Holm-adjusted* p decides significance (Holm within each family of claims,
-over the claims that were tested); the interval is the unadjusted 95 % one, so after Holm a claim whose interval
-excludes the threshold can still be inconclusive (its note says so), but a significant claim's interval always
-lies on the side of its verdict.
+over many slices, which the central limit theorem pulls towards normal.
+
+The one test per claim is a two-sided t-test of the mean unit difference against the claim's threshold (0, or the
+non-inferiority margin): over training seeds the one-sample t-test of per-seed differences; over patients its
+cluster-robust form (`cluster_t`: the mean over slices with a CR1 standard error and G - 1 degrees of freedom,
+which with equal slices per patient is the one-sample t-test of the patients' means). Because interval and p come
+from the same t-statistic, a raw p < 0.05 holds exactly when the 95 % interval excludes the threshold. The
+*Holm-adjusted* p decides (Holm within each family of claims, over the claims that were tested); the interval is
+the unadjusted 95 % one, so after Holm a claim whose interval excludes the threshold can still be inconclusive (its
+note says so), but a significant claim's interval always lies on its verdict's side (`verdict` raises otherwise).
 
 Every claim goes through `verdict` (one rule for every chapter), after Holm's correction within its family
 (`holm`, or `judge_claims`, which does both).
