@@ -80,7 +80,7 @@ def test_a_baseline_that_missed_convergence_still_gets_a_verdict(tmp_path):
     t = claims.judge_run(tmp_path).set_index("key")
     assert t.loc["psnr_difflung_vs_segguided", "verdict"] == "reproduced"
     assert t.loc["psnr_difflung_vs_segguided", "convergence"] == (
-        "Seg-Guided-Diffusion: convergence criteria not met or not recorded")
+        "Seg-Guided-Diffusion missed its convergence criteria")
     assert t.loc["psnr_difflung_vs_spade", "verdict"] == "reproduced" and t.loc["psnr_difflung_vs_spade",
                                                                                 "convergence"] == ""
     assert t.loc["dice_lung_difflung_vs_ref", "verdict"] == "not measurable: chapter 5 did not run"

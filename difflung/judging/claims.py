@@ -85,8 +85,9 @@ def _validity(models, records: dict, measurable: tuple[bool, str] = (True, "")) 
     """`Comparison` validity kwargs: the gate (class measurable, main model learned its masks) and the convergence
     note of the generators `models` (never a gate)."""
     gate = measurable if not measurable[0] else main_learned(records) if MAIN in models else (True, "")
-    missed = [POSTER_NAMES.get(m, m) for m in dict.fromkeys(models) if not records.get(m, {}).get("converged")]
-    note = f"{', '.join(missed)}: convergence criteria not met or not recorded" if missed else ""
+    note = "; ".join(f"{POSTER_NAMES.get(m, m)} " + ("missed its convergence criteria" if m in records
+                                                      else "has no convergence record")
+                     for m in dict.fromkeys(models) if not records.get(m, {}).get("converged"))
     return {"convergence": note, **({} if gate[0] else {"measurable": False, "reason": gate[1]})}
 
 
