@@ -14,9 +14,9 @@ Diff-Lung of the main seed is chapter 3's model when it fits this dataset and se
 one k/255 mask channel) gets its network and budget, Pix2Pix and SPADE the same steps x batch. Scores follow
 `difflung.judging.scoring` (same slices and noise as chapter 3). Unit of every interval: the test patient
 (`stats.slice_intervals`). Classes are judged only where `criteria.measurable_classes` allows; whether each
-generator met its convergence criteria (`criteria.json`) is noted beside the comparisons, never a gate. `metrics.csv` rows: full-frame
-psnr/ssim (what `difflung.judging.claims` reads), psnr_body/ssim_body/psnr_lung/ssim_lung, dice, hu_w1 per class, and
-cost rows (slice -1); model window HU [-1000, 400] as [-1, 1] (data range 2.0).
+generator met its convergence criteria (`criteria.json`) is noted beside the comparisons, never a gate.
+`metrics.csv` rows: full-frame psnr/ssim (what `difflung.judging.claims` reads), psnr_body/ssim_body/psnr_lung/
+ssim_lung, dice, hu_w1 per class, and cost rows (slice -1); model window HU [-1000, 400] as [-1, 1] (data range 2.0).
 """
 from __future__ import annotations
 
