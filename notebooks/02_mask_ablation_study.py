@@ -108,7 +108,8 @@ table(ch.table_measurable(scored, measurable))
 # ### Did each strategy converge?
 #
 # The convergence criteria of chapter 3 (`difflung.judging.criteria`), measured for every strategy on the same test
-# masks. A strategy that misses any of them makes every comparison involving it *not measurable*.
+# masks. A strategy that misses any of them is still compared (the miss is noted beside the verdict); only CBMAT
+# never learning its masks (judge Dice ratio on lung below 0.8) makes the comparisons *not measurable*.
 
 # %% tags=["hide-input"]
 table(ch.table_criteria(results))
@@ -144,12 +145,13 @@ ch.glue_facts(ch.claim_facts(claims))
 
 # %% [markdown]
 # Each row compares CBMAT with another strategy on the same slices and seeds
-# (`difflung.judging.stats.compare_slices`): the estimate is the mean difference, its interval a patient-level
-# bootstrap, its p-value a sign-flip test over patients. The p-values are corrected with Holm's method over the
+# (`difflung.judging.stats.compare_slices`): the estimate is the mean difference, its interval and its p-value come
+# from one t-statistic over patients. The p-values are corrected with Holm's method over the
 # {glue:text}`n_claims` comparisons of this chapter, then every row goes through the book's one verdict rule
-# (`difflung.judging.stats.verdict`): *reproduced* needs an adjusted p below {glue:text}`alpha` and an interval on the
-# claimed side of zero. With this many comparisons that takes at least {glue:text}`min_patients` test patients; a
-# comparison involving a class or a strategy the run cannot measure reads *not measurable*, with the reason.
+# (`difflung.judging.stats.verdict`): *reproduced* when the adjusted p is below {glue:text}`alpha` in the claimed
+# direction, *contradicted* when it is in the other, *inconclusive* otherwise (at least {glue:text}`min_patients` test
+# patients are needed for a test); a comparison involving a class the run cannot measure, or a CBMAT model that never
+# learned its masks, reads *not measurable*, with the reason.
 #
 # ## Generation from partial masks
 #

@@ -126,9 +126,9 @@ table(ch.table_quality(summary))
 
 # %% [markdown]
 # The poster's image-quality claims, measured here as paired differences on the same slices and noise
-# (`difflung.judging.stats.compare_slices`). A claim involving a generator that misses its convergence criteria is not
-# measurable. The verdicts themselves are given once, in the results chapter, after Holm's correction across all
-# of the run's claims.
+# (`difflung.judging.stats.compare_slices`). A generator that misses its convergence criteria is still compared (the
+# miss is noted); only Diff-Lung never learning its masks makes a claim not measurable. The verdicts themselves are
+# given once, in the results chapter, after Holm's correction across the poster's claims.
 
 # %% tags=["hide-input"]
 table(ch.table_comparisons(ch.comparisons(runs_root, seed=seed)))

@@ -132,15 +132,15 @@ ch.figure_dose_response(run_dir, seed=seed)
 #
 # ## Comparisons between arms
 #
-# Each comparison "arm a > arm b" pairs the arms' Dice by training seed: the mean paired difference, an interval
-# from {glue:text}`min_interval_seeds` seeds, and a two-sided Wilcoxon signed-rank test over seeds
-# (`difflung.judging.stats.compare_seeds`). With $n$ seeds that test cannot give $p$ below $2/2^n$. The chapter compares
-# every arm with `ref`, and each synthetic arm with the `oversample` and `copypaste` controls; the $p$-values are
-# adjusted by Holm's method across the whole table, and the verdict follows the book's one rule
-# (`difflung.judging.stats.verdict`):
-# *reproduced* needs a Holm-adjusted $p$ below {glue:text}`alpha` and an interval wholly above 0, *not reproduced*
-# an interval wholly below 0, anything else is *inconclusive*; a comparison whose class is not measurable or whose
-# generator did not meet its convergence criteria (chapters 3 and 4) is *not measurable*.
+# Each comparison "arm a > arm b" pairs the arms' Dice by training seed: the mean paired difference, and from
+# {glue:text}`min_interval_seeds` seeds a t-interval and a two-sided t-test over seeds, both from one t-statistic
+# (`difflung.judging.stats.compare_seeds`). The chapter compares every arm with `ref`, and each synthetic arm with the
+# `oversample` and `copypaste` controls; the $p$-values are adjusted by Holm's method across the whole table, and the
+# verdict follows the book's one rule (`difflung.judging.stats.verdict`): *reproduced* when the Holm-adjusted $p$ is
+# below {glue:text}`alpha` with the difference above 0, *contradicted* when it is below 0, anything else is
+# *inconclusive*; a comparison whose class is not measurable, or whose arm paints with a Diff-Lung model that never
+# learned its masks, is *not measurable*. A generator that missed its convergence criteria (chapters 3 and 4) is
+# noted, not excluded.
 
 # %% tags=["hide-input"]
 table(ch.table_comparisons(run_dir, runs_root=runs_root, seed=seed), hide_index=True)

@@ -24,19 +24,21 @@
 #
 # **The verdict rule** (one function, `difflung.judging.stats.verdict`, used by every chapter): a claim "a beats b" is
 # tested on paired differences a - b with the right unit (test patients for image quality: each slice's score
-# averaged over sampling seeds, then a patient-level bootstrap interval and sign-flip test; training seeds for
-# segmentation: an interval only from at least {glue:text}`min_seeds` seeds, and a Wilcoxon signed-rank test).
-# The p-values of all claims of the run are adjusted together by Holm's method. A claim is
+# averaged over sampling seeds, then a patient-level t-statistic; training seeds for segmentation: a t-statistic
+# only from at least {glue:text}`min_seeds` seeds). Each claim's interval and its two-sided t-test come from the same
+# t-statistic, so they cannot disagree. The p-values are adjusted by Holm's method within each family of claims
+# (the poster's; the controls beyond it), over the claims that were tested. A claim is
 # - **not measurable** when an instrument failed (the judge below its floor), the class lost its HU signature at
-#   this image size or is absent from the test truth, or a generator involved did not meet its convergence
-#   criteria (chapter 3) -- the reason is given;
-# - **reproduced** when the adjusted p is below {glue:text}`alpha` and the interval lies on the claimed side of 0
-#   (of $-$margin for the one non-inferiority claim, whose margin `difflung.judging.reported` declares with its
-#   reason);
-# - **not reproduced** when the interval lies entirely on the other side;
+#   this image size or is absent from the test truth, or Diff-Lung never learned its masks (judge Dice ratio on
+#   lung below 0.8) -- the reason is given; a generator that missed its convergence criteria is still compared,
+#   with the miss noted;
+# - **reproduced** when the adjusted p is below {glue:text}`alpha` with the effect on the claimed side of 0 (of
+#   $-$margin for the non-inferiority claim, whose margin `difflung.judging.reported` declares with its reason; the
+#   poster's healthy-lung gain is tested beside it as a superiority claim);
+# - **contradicted** when the adjusted p is below {glue:text}`alpha` with the effect on the other side;
 # - **inconclusive** otherwise.
-# The last column says whether our effect is within an order of magnitude of the poster's (same sign,
-# {glue:md}`magnitude`).
+# Each verdict carries a magnitude note: *as reported* when our interval includes the poster's number, *smaller* or
+# *larger than reported* when it lies wholly below or above it.
 
 # %% tags=["parameters", "remove-input"]
 profile = "smoke"

@@ -23,7 +23,7 @@ from difflung.augment.arms import (ARM_NAMES, ARMS, CONTROL_ARMS, DOSE_ARM, RARE
                                    dose_arms, dose_share, n_extra, rare_ids)
 from difflung.augment.choice import (CANDIDATES, SegChoice, choice_path, choose_segmenter, one_se_choice,
                                     validation_score)
-from difflung.augment.comparisons import (arm_convergence, class_measurability, comparison_triples, dose_response,
+from difflung.augment.comparisons import (arm_convergence, arm_usable, class_measurability, comparison_triples, dose_response,
                                           judge_arms, seed_scores, summarize_arms, validity)
 from difflung.augment.copypaste import CopyPaste, Patch, copy_paste, patch_bank
 from difflung.augment.dice import (mean_over_patients, mean_over_truth_slices, per_image_dice,
@@ -39,7 +39,7 @@ __all__ = [
     "arm_order", "build_arms", "build_dose_arms", "class_balance_table", "dose_arm", "dose_arms", "dose_share",
     "n_extra", "rare_ids", "CANDIDATES", "SegChoice", "choice_path", "choose_segmenter", "one_se_choice",
     "validation_score",
-    "arm_convergence", "class_measurability", "comparison_triples", "dose_response",
+    "arm_convergence", "arm_usable", "class_measurability", "comparison_triples", "dose_response",
     "judge_arms", "seed_scores", "summarize_arms", "validity", "CopyPaste", "Patch", "copy_paste", "patch_bank",
     "mean_over_patients", "mean_over_truth_slices", "per_image_dice", "pooled_patient_dice", "Results",
     "example_slices", "metric_rows",

@@ -4,11 +4,13 @@ comparison is measurable, the chapter's comparisons and their verdicts.
 The unit of replication is the training seed. Per seed, the Dice of a class is the mean over test patients of the
 Dice pooled over each patient's slices (`difflung.augment.dice`, the same patients for every arm); seed s of every
 arm shares its initial weights and augmentation stream with seed s of every other arm, so arms are compared by
-paired tests over seeds (`compare_to_reference` -> `stats.compare_seeds`): an interval only from `stats.MIN_SEEDS` seeds (bounded
-bootstrap), Holm across the chapter's comparisons and the book's one verdict rule (`judge_arms`).
-A comparison is *not measurable* when its class is absent from the test truth or lost its HU signature at the run's
-size (`class_measurability`), or when a synthetic arm's generator did not meet its convergence criteria
-(`arm_convergence`, from the producing chapter's `criteria.json`).
+paired tests over seeds (`compare_to_reference` -> `stats.compare_seeds`): a t-interval and t-test only from
+`stats.MIN_SEEDS` seeds, Holm across the chapter's comparisons and the book's one verdict rule (`judge_arms`).
+A comparison is *not measurable* only when its class is absent from the test truth or lost its HU signature at the
+run's size (`class_measurability`), or when an arm paints with the main model and that model never learned its masks
+(`arm_usable`). Whether a synthetic arm's generator met its convergence criteria (`arm_convergence`, from the
+producing chapter's `criteria.json`) is a note beside the verdict, never a gate: a weaker generator's arm must stay
+comparable.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ def seed_scores(metrics: pd.DataFrame, dataset: str | None = None) -> pd.DataFra
 
 def summarize_arms(scores: pd.DataFrame, *, generator: np.random.Generator,
                    min_seeds: int = stats.MIN_SEEDS) -> pd.DataFrame:
-    """Per (class, model): mean Dice over training seeds, its percentile-bootstrap interval (`stats.seed_interval`,
-    inside [0, 1] by construction; NaN below `min_seeds` seeds) and the number of seeds with a score."""
+    """Per (class, model): mean Dice over training seeds, its t-interval (`stats.seed_interval`, clipped to [0, 1];
+    NaN below `min_seeds` seeds) and the number of seeds with a score."""
     rows = []
     for (cls, arm), g in scores.groupby(["class", "model"], sort=True):
         v = g["value"].to_numpy(np.float64)
@@ -79,10 +81,10 @@ def class_measurability(runs_root, test_pixels: dict[str, float]) -> dict[str, t
 
 
 def arm_convergence(runs_root, arms, dataset: str = "phantom") -> dict[str, tuple[bool, str]]:
-    """arm -> (converged, reason). Arms without a generator always pass. A synthetic arm passes only when its
-    generator met the convergence criteria its producing chapter wrote (`criteria.read_criteria`); a missing
-    criteria.json or generator key, or a generator trained on another dataset than the phantom (no criteria are
-    measured for it), fails with that reason."""
+    """arm -> (converged, note), for the convergence note beside a verdict (never a gate). Arms without a
+    generator pass. A synthetic arm passes when its generator met the convergence criteria its producing chapter
+    wrote (`criteria.read_criteria`); otherwise the note says it missed them or that no record exists (missing
+    criteria.json or generator key, or a generator trained on another dataset than the phantom)."""
     from difflung.judging.criteria import CRITERIA_FILE, read_criteria
 
     out = {}
@@ -105,13 +107,26 @@ def arm_convergence(runs_root, arms, dataset: str = "phantom") -> dict[str, tupl
     return out
 
 
+def arm_usable(runs_root, arms, dataset: str = "phantom") -> dict[str, tuple[bool, str]]:
+    """arm -> (usable, reason): the gate. An arm is unusable only when it paints with the main model
+    (`judging.claims.MAIN`) and that model never learned its masks (`judging.claims.main_learned`: judge Dice ratio
+    on lung below 0.8, or no record of it, as for a model trained on other data than the phantom). A baseline
+    generator's outcome never makes its arm unusable."""
+    from difflung.judging.claims import MAIN, _records, main_learned
+
+    learned = main_learned(_records(runs_root)) if dataset == "phantom" else (
+        False, f"no record of whether {MAIN} trained on {dataset} data learned its masks")
+    return {arm: learned if ARMS.get(arm) is not None and ARMS[arm].generator == MAIN else (True, "")
+            for arm in arms}
+
+
 def validity(metrics: pd.DataFrame, runs_root, dataset: str = "phantom") -> tuple[dict, dict]:
-    """(class -> (measurable, reason), arm -> (converged, reason)) for the arms and test truth of a chapter-5
-    metrics table (one dataset's rows)."""
+    """(class -> (measurable, reason), arm -> (usable, reason)) for the arms and test truth of a chapter-5 metrics
+    table (one dataset's rows): the gates of `judge_arms` (`class_measurability`, `arm_usable`)."""
     t = metrics[metrics.metric == "test_pixels"]
     arms = sorted(set(metrics.loc[metrics.metric == "dice", "model"]), key=arm_order)
     return (class_measurability(runs_root, dict(zip(t["class"], t.value))),
-            arm_convergence(runs_root, arms, dataset))
+            arm_usable(runs_root, arms, dataset))
 
 
 def comparison_triples(classes, arms, exclude=()) -> list[tuple[str, str, str]]:
@@ -129,25 +144,32 @@ def comparison_triples(classes, arms, exclude=()) -> list[tuple[str, str, str]]:
 
 
 def judge_arms(scores: pd.DataFrame, triples, *, measurable: dict[str, tuple[bool, str]],
-               converged: dict[str, tuple[bool, str]], generator: np.random.Generator,
-               alpha: float = stats.ALPHA) -> pd.DataFrame:
+               usable: dict[str, tuple[bool, str]], convergence: dict[str, tuple[bool, str]] | None = None,
+               generator: np.random.Generator | None = None, alpha: float = stats.ALPHA) -> pd.DataFrame:
     """Judge the comparisons `triples` with the book's one rule: `stats.compare_to_reference` (paired over
-    training seeds), then `stats.judge_claims` (Holm across these comparisons, `stats.verdict`).
+    training seeds, t-interval and t-test), then `stats.judge_claims` (Holm across these comparisons,
+    `stats.verdict`).
 
     Args:
-        scores: per-seed Dice (`seed_scores`). measurable: `class_measurability`. converged: `arm_convergence`.
+        scores: per-seed Dice (`seed_scores`).
+        measurable: `class_measurability` (a gate). usable: `arm_usable` (a gate).
+        convergence: `arm_convergence`: its misses become the convergence note, never a gate; None: no note.
+        generator: unused (nothing is drawn); kept for existing callers.
     Returns:
         One row per triple: class, model, vs and `stats.judge_claims`' columns (claim, estimate, lo, hi, n, unit,
-        reported, p, p (Holm), verdict, note, same order as reported).
+        reported, p, p (Holm), verdict, magnitude, note, convergence).
     """
-    def validity(cls, a, b):
-        ok, why = measurable.get(cls, (False, f"{cls} not scored"))
-        if not ok:
-            return {"measurable": False, "reason": why}
-        bad = [converged[x][1] for x in (a, b) if not converged.get(x, (True, ""))[0]]
-        return {"converged": False, "reason": "; ".join(bad)} if bad else {}
+    conv = convergence or {}
 
-    t = compare_to_reference(scores, generator=generator, pairs=list(triples), validity=validity,
+    def validity(cls, a, b):
+        note = "; ".join(conv[x][1] for x in (a, b) if not conv.get(x, (True, ""))[0])
+        ok, why = measurable.get(cls, (False, f"{cls} not scored"))
+        if ok:
+            bad = [usable[x][1] for x in (a, b) if not usable.get(x, (True, ""))[0]]
+            ok, why = (False, "; ".join(dict.fromkeys(bad))) if bad else (True, "")
+        return {"convergence": note, **({} if ok else {"measurable": False, "reason": why})}
+
+    t = compare_to_reference(scores, pairs=list(triples), validity=validity,
                              claim=lambda c, a, b: f"Dice {c}: {arm_label(a)} > {arm_label(b)}")
     judged = stats.judge_claims(t["comparison"].tolist(), alpha)
     return pd.concat([t[["class", "model", "vs"]], judged], axis=1)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from difflung.judging import criteria, scoring, stats
+from difflung.judging.claims import main_learned
 from difflung.core import runs
 from difflung import labels as L
 from difflung.diffusion import STRATEGIES, AblationSchedule, ablation_frequencies, to_hu, train_diffusion
@@ -259,10 +260,13 @@ def figure_dice(scored: scoring.Scored, measurable, run_dir, *, seed: int = 0):
 def comparisons(scored: scoring.Scored, measurable, results, *, seed: int = 0, ref: str = "cbmat") -> pd.DataFrame:
     """CBMAT against every other strategy on PSNR and on each rare class's Dice (full masks): paired by sampling
     seed and slice, patient-level interval and sign-flip test (`stats.compare_slices`), Holm's correction over
-    all of them and the book's one verdict rule (`stats.judge_claims`); validity from `criteria.validity`."""
+    all of them and the book's one verdict rule (`stats.judge_claims`); validity from `criteria.validity` (a missed
+    convergence criterion is a note) and `claims.main_learned` (CBMAT never learned its masks: not measurable)."""
     rows = scored.rows
     rare = [L.BY_ID[c].name for c in L.PATHOLOGY_IDS if (scored.labels == c).any()]
     converged = {m: r["converged"] for m, r in results.items()}
+    learned = main_learned({ref: results.get(ref, {})}, ref)  # the gate: convergence itself is only a note
+    gate = {} if learned[0] else {"measurable": False, "reason": learned[1]}
     gen, cmps = np.random.default_rng(seed), []
     for b in [m for m in _order(rows["model"], real=False) if m != ref]:
         for metric, cls in [("psnr", "all")] + [("dice", c) for c in rare]:
@@ -270,8 +274,9 @@ def comparisons(scored: scoring.Scored, measurable, results, *, seed: int = 0, r
             what = "PSNR" if metric == "psnr" else f"{cls} Dice"
             cmps.append(stats.compare_slices(p["a"], p["b"], p["slice"], p["patient"], generator=gen,
                                              claim=f"{what}: {display_name(ref)} > {display_name(b)}",
-                                             **criteria.validity([cls], measurable, converged, [ref, b])))
-    out = stats.judge_claims(cmps).drop(columns=["reported", "same order as reported", "unit"])
+                                             **{**criteria.validity([cls], measurable, converged, [ref, b]),
+                                                **gate}))
+    out = stats.judge_claims(cmps).drop(columns=["reported", "magnitude", "unit"])
     return out.assign(note=out["note"].where(~out["verdict"].str.startswith("not measurable"), ""))
 
 

@@ -83,17 +83,18 @@ def sentence(name: str, result: dict) -> str:
         return f"{name} met all {len(t)} convergence criteria."
     missed = t.loc[~t["met"], "criterion"].tolist()
     return (f"{name} did **not** meet its convergence criteria ({len(missed)} of {len(t)} missed: "
-            f"{'; '.join(missed)}), so every comparison involving it is *not measurable*.")
+            f"{'; '.join(missed)}); its comparisons are still judged, with this noted beside each verdict.")
 
 
 def cannot_show(measurable: dict[str, tuple[bool, str]], results: dict[str, dict],
                 names: dict[str, str] | None = None) -> list[str]:
-    """"Cannot show" lines for a `scope.Scope`: classes not measurable and generators that did not converge."""
+    """"Cannot show" lines for a `scope.Scope`: classes not measurable and generators that did not converge (a
+    note: convergence never gates a verdict)."""
     names = names or {}
     out = [f"Faithfulness of {c}: not measurable: {why}." for c, (ok, why) in measurable.items() if not ok]
     for m, r in results.items():
         if not r["converged"]:
             k = int((~r["table"]["met"]).sum())
-            out.append(f"Any comparison involving {names.get(m, m)}: not measurable: it missed {k} of "
-                       f"{len(r['table'])} convergence criteria.")
+            out.append(f"{names.get(m, m)} at its best: it missed {k} of {len(r['table'])} convergence criteria "
+                       f"(its comparisons are judged anyway, with this note).")
     return out

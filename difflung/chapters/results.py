@@ -24,7 +24,7 @@ from difflung.judging.reported import IMAGE_QUALITY, LABEL, SEGMENTATION_DICE, c
 from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 from difflung.judging import stats
 from difflung.judging.metrics import DATA_RANGE
-from difflung.judging.stats import cluster_bootstrap, min_units, seed_interval, unit_means
+from difflung.judging.stats import cluster_interval, min_units, seed_interval, unit_means
 from difflung import labels as L
 
 CONFIDENCE = f"{100 * stats.CONFIDENCE:g} %"  # the intervals' level, as the page writes it
@@ -34,11 +34,9 @@ ARMS = ("ref", "oversample", "+segguided", "+difflung")
 
 def page_facts() -> dict:
     """The statistics' and the model's constants the page's prose quotes (glued, never typed): the verdict's
-    alpha, the interval level, the fewest training seeds for an interval, the order-of-magnitude band
-    (`difflung.judging.stats`), and the HU window PSNR and SSIM are computed on with its data range."""
-    lo, hi = stats.MAGNITUDE_RANGE
-    return {"alpha": stats.ALPHA, "confidence": CONFIDENCE,
-            "min_seeds": stats.MIN_SEEDS, "magnitude": f"{lo:g}x-{hi:g}x",
+    alpha, the interval level, the fewest training seeds for an interval (`difflung.judging.stats`), and the HU
+    window PSNR and SSIM are computed on with its data range."""
+    return {"alpha": stats.ALPHA, "confidence": CONFIDENCE, "min_seeds": stats.MIN_SEEDS,
             "model_window": "HU [{:g}, {:g}]".format(*L.MODEL_WINDOW), "data_range": DATA_RANGE}
 
 
@@ -67,7 +65,8 @@ def judge(runs_root, run_dir, seed: int = 0) -> pd.DataFrame:
 
 
 def table_claims(claims: pd.DataFrame) -> pd.DataFrame:
-    """The claims for the page: ours with its interval and unit, the poster's effect, Holm p and the verdict."""
+    """The claims for the page: ours with its interval and unit, the poster's effect, Holm p, the verdict with its
+    magnitude note, and the convergence note (never a gate)."""
     out = pd.DataFrame({
         "claim": claims["claim"],
         "reported": [sig(v) for v in claims["reported"]],
@@ -75,8 +74,9 @@ def table_claims(claims: pd.DataFrame) -> pd.DataFrame:
         "n": [f"{int(n)} {u.split()[-1]}" if n else "" for n, u in zip(claims["n"], claims["unit"])],
         "p (Holm)": [sig(p) if np.isfinite(p) else "" for p in claims["p (Holm)"]],
         "verdict": claims["verdict"],
-        "same order as reported": claims["same order as reported"].map({True: "yes", False: "no"}).fillna("")
-        .where(~claims["verdict"].str.startswith("not measurable"), ""),
+        # an archive written before the magnitude and convergence notes has neither column
+        "magnitude": claims["magnitude"].fillna("") if "magnitude" in claims else "",
+        "convergence (not a gate)": claims["convergence"].fillna("") if "convergence" in claims else "",
     })
     return out.set_index("claim")
 
@@ -88,10 +88,9 @@ def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
     counts = label.value_counts()
     n_tested = int((~label.eq("not measurable")).sum())
     parts = [f"In this **{profile}** run, of {len(claims)} claims of the poster, "
-             + ", ".join(f"{int(counts.get(k, 0))} {k}" for k in ("reproduced", "not reproduced", "inconclusive",
-                                                                  "not measurable")) + "."]
-    for k, head in (("reproduced", "Reproduced"), ("not reproduced", "Not reproduced (our result disagrees with the "
-                                                                       "poster: the interval lies on the other side)")):
+             + ", ".join(f"{int(counts.get(k, 0))} {k}" for k in stats.VERDICTS) + "."]
+    for k, head in (("reproduced", "Reproduced"), ("contradicted", "Contradicted (significant in the other "
+                                                                     "direction from the poster's)")):
         rows = claims[label == k]
         if len(rows):
             parts.append(f"{head}: " + "; ".join(rows["claim"]) + ".")
@@ -104,8 +103,8 @@ def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
         need = min_units(n_tested)
         short = [f"{int(n)} {u}" for u, n in units.items() if n < need]
         if short:
-            parts.append(f"With {n_tested} claims tested, Holm's correction needs at least {need} units per "
-                         f"comparison for an exact paired test to reach p < {stats.ALPHA:g}; this run has "
+            parts.append(f"With {n_tested} claims tested, a paired t-test needs at least {need} units per "
+                         f"comparison to reach p < {stats.ALPHA:g}; this run has "
                          f"{' and '.join(short)}, so those claims can be at best inconclusive, whatever the data.")
     ext = all_claims[all_claims["family"] == "extension"] if "family" in all_claims else all_claims.iloc[:0]
     if len(ext):
@@ -157,7 +156,7 @@ def table_image_quality(runs_root, seed: int = 0) -> pd.DataFrame:
             x = mm[(mm.metric == metric) & (mm["slice"].astype(int) >= 0)]
             if len(x):
                 means, cl, _ = unit_means(x["value"], x["slice"], x["patient"].astype(str))
-                iv = cluster_bootstrap(means, cl, generator=np.random.default_rng(seed))
+                iv = cluster_interval(means, cl)
                 row[metric.upper()] = _ci(iv.estimate, iv.lo, iv.hi)
         g = mm.loc[mm.metric == "gflops_per_image", "value"]
         row["GFLOPs/image"] = sig(g.iloc[0]) if len(g) else "n/a"
@@ -246,7 +245,7 @@ def provenance_table(runs_root) -> pd.DataFrame:
 def scope(claims: pd.DataFrame, profile: str, ref) -> Scope:
     label = claims["verdict"].str.split(":").str[0]
     can = [f"{int((label == k).sum())} claims {k}, each by the one verdict rule with Holm's correction"
-           for k in ("reproduced", "not reproduced") if (label == k).any()]
+           for k in ("reproduced", "contradicted") if (label == k).any()]
     cannot = [f"{c}: {v.split(': ', 1)[1]}" for c, v in zip(claims["claim"], claims["verdict"])
               if v.startswith("not measurable")]
     cannot += [f"{c}: inconclusive at this number of units" for c, v in zip(claims["claim"], claims["verdict"])

@@ -275,13 +275,13 @@ def table_comparisons(run_dir, dataset: str = "phantom", classes=None, *, runs_r
     classes, (measurable, converged) = _classes(m, classes), A.validity(m, runs_root, dataset)
     exclude = POSTER_TRIPLES if dataset == "phantom" else ()
     t = A.judge_arms(A.seed_scores(m), A.comparison_triples(classes, _arms(m), exclude), measurable=measurable,
-                     converged=converged, generator=np.random.default_rng(seed))
+                     usable=converged, convergence=A.arm_convergence(runs_root, _arms(m), dataset))
     ok = ~t.verdict.str.startswith("not measurable")  # those show their reason, not numbers
     interval = [("n/a" if not k else f"[{sig(lo)}, {sig(hi)}]" if np.isfinite(lo) else
                  f"none (fewer than {stats.MIN_SEEDS} seeds)") for k, lo, hi in zip(ok, t.lo, t.hi)]
     return pd.DataFrame({"comparison": t.claim, "difference": t.estimate.where(ok), "95 % interval": interval,
                          "seeds": t.n, "p": t.p.where(ok), "p (Holm)": t["p (Holm)"], "verdict": t.verdict,
-                         "why": t.note.where(ok, "")})
+                         "why": t.note.where(ok, ""), "convergence (not a gate)": t.convergence})
 
 
 def table_poster_claims(runs_root) -> pd.DataFrame:
@@ -388,24 +388,18 @@ def figure_examples(res: Results, run_dir, *, seed: int = 0):
 # the scope box and the nnU-Net export
 
 def scope_lines(metrics: pd.DataFrame, runs_root, dataset: str, classes, exclude=()) -> tuple[list, list]:
-    """(can, cannot) sentences for the chapter's scope box: per-seed values, the interval floor, whether any
-    comparison can reach "reproduced" at this number of seeds (`stats.min_units` with Holm across the measurable
-    comparisons), classes not measurable and generators not converged, each with its reason."""
-    measurable, converged = A.validity(metrics, runs_root, dataset)
+    """(can, cannot) sentences for the chapter's scope box: per-seed values, the floor of seeds for an interval and
+    a test (`stats.MIN_SEEDS`), classes not measurable and arms whose main model never learned its masks, each with
+    its reason."""
+    measurable, converged = A.validity(metrics, runs_root, dataset)  # converged: arm -> (usable, reason)
     n = int(A.seed_scores(metrics).seed.nunique())
-    arms = sorted(set(metrics.loc[metrics.metric == "dice", "model"]), key=A.arm_order)
-    k = max(1, sum(measurable[c][0] and converged[a][0] and converged[b][0]
-                   for c, a, b in A.comparison_triples(classes, arms, exclude)))
     ok = [c for c in classes if measurable[c][0]]
     can = [f"Per-seed Dice of every arm on {', '.join(ok)}, on held-out test patients."] if ok else []
     cannot = []
     if n < stats.MIN_SEEDS:
-        cannot.append(f"An interval for any Dice or difference: {n} training seeds, fewer than the "
-                      f"{stats.MIN_SEEDS} an interval needs; the page shows the per-seed values only.")
-    if n < stats.min_units(k):
-        cannot.append(f"A comparison that reaches \"reproduced\": with {n} training seeds the signed-rank test's "
-                      f"smallest p is 2/2^{n}, and Holm across {k} measurable comparison(s) needs at least "
-                      f"{stats.min_units(k)} seeds; no claim can reach \"reproduced\" at this number of seeds.")
+        cannot.append(f"An interval or a test for any Dice or difference: {n} training seeds, fewer than the "
+                      f"{stats.MIN_SEEDS} an interval and a test need; the page shows the per-seed values only, "
+                      f"and no comparison can be more than inconclusive.")
     cannot += [f"Dice of {c}: not measurable ({measurable[c][1]})." for c in classes if not measurable[c][0]]
     cannot += [f"Whether {A.arm_label(a)}'s synthetic slices help: not measurable ({why})."
                for a, (good, why) in converged.items() if not good]

@@ -11,9 +11,12 @@ Sources, per claim kind:
   initial noise, so rows pair on (training seed, sampling seed, slice).
 - segmentation (unit: training seed): chapter 5's per-seed Dice rows (model = arm, seed = training seed >= 0), on
   the phantom dataset.
-Validity, with the reason carried into the verdict "not measurable: <reason>": the generators involved met their
-convergence criteria (`criteria.json` of chapters 3 and 4); the class is present in the test truth and keeps its
-HU signature at the run's size (chapter 1's `hu_signature.json`); the chapter ran at all.
+Validity: a claim is "not measurable: <reason>" only when an instrument failed or the main model never learned its
+masks -- the class is absent from the test truth or lost its HU signature at the run's size (chapter 1's
+`hu_signature.json`), the chapter did not run, or Diff-Lung's judge Dice ratio on lung is below
+`instruments.DICE_RATIO_MIN` (`main_learned`, chapter 3's record). Whether each generator met its convergence
+criteria (`criteria.json` of chapters 3 and 4) is a note beside the verdict, never a gate: a weaker baseline must
+stay comparable.
 """
 from __future__ import annotations
 
@@ -24,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 from difflung.core import runs
-from difflung.judging.criteria import read_criteria, validity
-from difflung.judging.instruments import read_signature
+from difflung.judging.criteria import read_criteria
+from difflung.judging.instruments import DICE_RATIO_MIN, read_signature
 from difflung.core.metrics_csv import read_metrics
-from difflung.judging.reported import CLAIMS, EXTENSION_CLAIMS, Claim
+from difflung.judging.reported import CLAIMS, EXTENSION_CLAIMS, POSTER_NAMES, Claim
 from difflung.judging.stats import Comparison, compare_seeds, compare_slices, judge_claims
 
-ARM_GENERATOR = {"+difflung": "difflung", "+segguided": "segguided", "+insert": "difflung"}  # synthetic arm -> the generator it paints with
+# synthetic arm -> the generator it paints with
+ARM_GENERATOR = {"+difflung": "difflung", "+segguided": "segguided", "+insert": "difflung"}
 
 
 def _metrics(runs_root, stem: str) -> pd.DataFrame | None:
@@ -38,16 +42,53 @@ def _metrics(runs_root, stem: str) -> pd.DataFrame | None:
     return read_metrics(p) if p.is_file() else None
 
 
-def _converged(runs_root) -> dict[str, bool]:
-    """Generator key -> met its convergence criteria (chapter 4's record, chapter 3's for the main model)."""
+MAIN = "difflung"  # the poster's model: when it never learned its masks, no claim about it can be measured
+LUNG_RATIO = "judge Dice ratio, lung"  # its criterion row (`instruments.convergence`)
+
+
+def _records(runs_root) -> dict:
+    """Generator key -> {"converged": bool, "table": criteria table}; chapter 3's record of the main model (every
+    test slice) overrides chapter 4's."""
     out = {}
-    # chapter 3 last: its record of the main model (every test slice) is the one that counts
     for stem in (runs.BASELINE_COMPARISON, runs.CBMAT_TRAINING):
         try:
-            out.update(read_criteria(runs.chapter_dir(runs_root, stem))["converged"])
+            crit = read_criteria(runs.chapter_dir(runs_root, stem))
         except FileNotFoundError:
             continue
+        out.update({k: {"converged": v, "table": crit["tables"].get(k)} for k, v in crit["converged"].items()})
     return out
+
+
+def main_learned(records: dict, model: str = MAIN) -> tuple[bool, str]:
+    """(learned, reason): whether the main model learned its masks, i.e. its judge Dice ratio on lung is at least
+    `instruments.DICE_RATIO_MIN`. Without a record, or with lung not judged (judge below its floor), it cannot be
+    told: not measurable either.
+
+    Args:
+        records: `_records(runs_root)`.
+        model: the main model's key.
+    """
+    name = POSTER_NAMES.get(model, model)
+    table = records.get(model, {}).get("table")
+    if table is None or not len(table):
+        return False, f"no record of whether {name} learned its masks (chapters 3 and 4 wrote no criteria for it)"
+    row = table[table["criterion"] == LUNG_RATIO]["value"].astype(float)
+    if not len(row) or not np.isfinite(row.iloc[0]):
+        return False, f"{name}'s masks could not be checked (no judge Dice ratio on lung)"
+    if row.iloc[0] < DICE_RATIO_MIN:
+        return False, (f"{name} never learned its masks (judge Dice ratio on lung {row.iloc[0]:.3g} "
+                       f"< {DICE_RATIO_MIN:g})")
+    return True, ""
+
+
+def _validity(models, records: dict, measurable: tuple[bool, str] = (True, "")) -> dict:
+    """`Comparison` validity kwargs: the gate (class measurable, main model learned its masks) and the convergence
+    note of the generators `models` (never a gate)."""
+    gate = measurable if not measurable[0] else main_learned(records) if MAIN in models else (True, "")
+    note = "; ".join(f"{POSTER_NAMES.get(m, m)} " + ("missed its convergence criteria" if m in records
+                                                      else "has no convergence record")
+                     for m in dict.fromkeys(models) if not records.get(m, {}).get("converged"))
+    return {"convergence": note, **({} if gate[0] else {"measurable": False, "reason": gate[1]})}
 
 
 def _signature(runs_root) -> dict[str, tuple[bool, str]]:
@@ -63,7 +104,7 @@ def _missing(c: Claim, reason: str) -> Comparison:
                       unit="test patients" if c.kind == "image quality" else "training seeds")
 
 
-def _quality(c: Claim, m4: pd.DataFrame, converged: dict, rng: np.random.Generator) -> Comparison:
+def _quality(c: Claim, m4: pd.DataFrame, records: dict) -> Comparison:
     x = m4[(m4.metric == c.metric) & (m4["condition"] == "full")] if "condition" in m4 else m4[m4.metric == c.metric]
     keys = ["train_seed", "seed", "slice"]
     a = x[x.model == c.a].set_index(keys)
@@ -72,15 +113,13 @@ def _quality(c: Claim, m4: pd.DataFrame, converged: dict, rng: np.random.Generat
     if len(both) == 0:
         return _missing(c, f"chapter 4 has no paired {c.metric} scores of {c.a} and {c.b}")
     a, b = a.loc[both], b.loc[both]
-    flags = validity(["all"], {}, converged, [c.a, c.b])
     return compare_slices(a["value"].to_numpy(float), b["value"].to_numpy(float),
                           both.get_level_values("slice").to_numpy(), a["patient"].astype(str).to_numpy(),
-                          claim=c.text, generator=rng, direction=c.direction, margin=c.margin, reported=c.reported,
-                          **flags)
+                          claim=c.text, direction=c.direction, margin=c.margin, reported=c.reported,
+                          **_validity([c.a, c.b], records))
 
 
-def _segmentation(c: Claim, m5: pd.DataFrame, converged: dict, signature: dict,
-                  rng: np.random.Generator) -> Comparison:
+def _segmentation(c: Claim, m5: pd.DataFrame, records: dict, signature: dict) -> Comparison:
     if "dataset" in m5:
         m5 = m5[m5["dataset"].astype(str) == "phantom"]
     x = m5[(m5.metric == "dice") & (m5["class"] == c.cls) & (m5.seed >= 0)]
@@ -89,27 +128,30 @@ def _segmentation(c: Claim, m5: pd.DataFrame, converged: dict, signature: dict,
     if len(both) == 0:
         return _missing(c, f"chapter 5 has no per-seed Dice of {c.a} and {c.b} for {c.cls}")
     present = m5[(m5.metric == "test_pixels") & (m5["class"] == c.cls)]["value"]
-    measurable = dict(signature)
+    measurable = signature.get(c.cls, (True, ""))
     if len(present) and float(present.max()) <= 0:
-        measurable[c.cls] = (False, f"{c.cls} absent from the test truth")
-    measurable.setdefault(c.cls, (True, ""))
+        measurable = (False, f"{c.cls} absent from the test truth")
     gens = [ARM_GENERATOR[k] for k in (c.a, c.b) if k in ARM_GENERATOR]
-    flags = validity([c.cls], measurable, converged, gens)
-    return compare_seeds(a[both].to_numpy(float), b[both].to_numpy(float), claim=c.text, generator=rng,
-                         direction=c.direction, margin=c.margin, reported=c.reported, **flags)
+    return compare_seeds(a[both].to_numpy(float), b[both].to_numpy(float), claim=c.text,
+                         direction=c.direction, margin=c.margin, reported=c.reported,
+                         **_validity(gens, records, measurable))
 
 
 def comparisons(runs_root, seed: int = 0, claims=CLAIMS) -> list[Comparison]:
-    """One `Comparison` per claim, in `claims` order (chapters that did not run give "not measurable")."""
+    """One `Comparison` per claim, in `claims` order (chapters that did not run give "not measurable").
+
+    Args:
+        runs_root: `runs/<profile>`.
+        seed: unused (the t-tests draw nothing); kept for existing callers.
+    """
     m4, m5 = _metrics(runs_root, runs.BASELINE_COMPARISON), _metrics(runs_root, runs.SEGMENTATION_AUGMENTATION)
-    converged, signature = _converged(runs_root), _signature(runs_root)
+    records, signature = _records(runs_root), _signature(runs_root)
     out = []
-    for i, c in enumerate(claims):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, i]))  # per claim: independent of the others
+    for c in claims:
         if c.kind == "image quality":
-            out.append(_quality(c, m4, converged, rng) if m4 is not None else _missing(c, "chapter 4 did not run"))
+            out.append(_quality(c, m4, records) if m4 is not None else _missing(c, "chapter 4 did not run"))
         else:
-            out.append(_segmentation(c, m5, converged, signature, rng) if m5 is not None
+            out.append(_segmentation(c, m5, records, signature) if m5 is not None
                        else _missing(c, "chapter 5 did not run"))
     return out
 
@@ -119,11 +161,12 @@ FAMILIES = {"poster": CLAIMS, "extension": EXTENSION_CLAIMS}  # Holm is applied 
 
 def judge_run(runs_root, seed: int = 0) -> pd.DataFrame:
     """The claims table of a run: each claim with its family, kind, key, our estimate, interval, n, p, Holm p,
-    verdict (`stats.judge_claims`: Holm across the family's measurable claims, then `stats.verdict`) and source.
+    verdict, magnitude note, note and convergence note (`stats.judge_claims`: Holm within the family over its
+    measurable, tested claims, then `stats.verdict`) and source.
 
     Args:
         runs_root: `runs/<profile>`.
-        seed: seeds the bootstrap and permutation draws (one stream per claim and family).
+        seed: unused (nothing is drawn); kept for existing callers.
     """
     parts = []
     for k, (family, claims) in enumerate(FAMILIES.items()):

@@ -4,7 +4,8 @@ Two questions come before any verdict (`difflung.judging.stats.verdict`):
 - *Measurable classes.* A class can be judged only when the judge segmenter meets its floor on the real test
   slices (`instruments.judge_validity`) and the class keeps its HU signature at the run's image size (chapter 1's
   `hu_signature.json`, `instruments.read_signature`). `measurable_classes` merges the two, with the reason.
-- *Convergence.* A generator's comparisons count only when it meets the convergence criteria on the test masks
+- *Convergence.* Whether a generator meets the convergence criteria on the test masks, noted beside each verdict
+  and never a gate (`stats.Comparison`; only the main model never learning its masks gates, `claims.main_learned`)
   (`instruments.convergence`): judge Dice on generated slices at least 0.8 of that on real slices for each
   measurable class, per-class HU Wasserstein-1 at most 50 HU, at least 95 % of slices with their air within 30 HU
   of the real slice's, and a real-vs-generated classifier no better than 0.8 on held-out patients. `measure`
@@ -131,8 +132,9 @@ def validity(classes: list[str], measurable: dict[str, tuple[bool, str]], conver
              models: list[str]) -> dict:
     """`stats.Comparison` validity flags for a comparison of `models` on `classes` ("all" for image quality).
 
-    A comparison is not measurable when a class is not measurable (its reason) or a generator involved did not
-    meet its convergence criteria (generators without a record count as not converged).
+    A comparison is not measurable when a class is not measurable (its reason). A generator involved that did not
+    meet its convergence criteria (or has no record) gives converged=False, which `stats.verdict` shows as a note,
+    never as a gate.
     """
     for c in classes:
         if c != "all" and not measurable.get(c, (False, f"{c}: not scored in this run"))[0]:
