@@ -211,3 +211,29 @@ def test_judge_feature_distances_sit_beside_the_criteria(tmp_path):
     criteria.write_criteria(tmp_path, {"m": res}, {})
     back = criteria.read_criteria(tmp_path)["instruments"]["m"]
     assert back["features"]["generated"]["coverage"] == 1.0 and back["controls"] == res["controls"]
+
+
+def test_pages_show_the_instruments_power_and_name_a_missed_control_as_the_instruments_failure():
+    from difflung.chapters import criteria_tables
+
+    table = I.convergence(dice_ratio={"lung": 0.9}, hu_w1={"lung": 10.0}, air_share=1.0, classifier_accuracy=0.55,
+                          controls={"lung +40 HU": 0.5, "Gaussian blur 1 px": 1.0})
+    feats = {"generated": {"frechet": 2.5, "precision": 0.9, "recall": 0.8, "density": 0.95, "coverage": 0.875},
+             "lung +40 HU": {"frechet": 0.4, "precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}}
+    res = {"table": table, "converged": I.converged(table), "controls": {"lung +40 HU": 0.5,
+                                                                         "Gaussian blur 1 px": 1.0}, "features": feats}
+    p = criteria_tables.power_table(res)
+    assert p.index.tolist() == ["generated slices", "control: lung +40 HU", "control: Gaussian blur 1 px"]
+    assert p["classifier reading"].tolist() == ["cannot tell (criterion met)", "missed: the classifier lacks power",
+                                                "detected"]
+    assert p.loc["generated slices", "coverage"] == 0.875 and np.isnan(p.loc["control: Gaussian blur 1 px", "density"])
+    s = criteria_tables.sentence("M", res)
+    assert "missed its positive control (lung +40 HU)" in s and "of 5 missed" not in s
+    assert criteria_tables.cannot_show({}, {"m": res}, {"m": "M"}) == [
+        "Any comparison involving M: not measurable: the classifier missed its positive control (lung +40 HU)."]
+    wide = criteria_tables.wide_table({"m": res}, {"m": "M"})
+    assert wide.loc["Fréchet distance, judge features", "M"] == "2.50" and wide.loc["converged", "M"] == "no"
+    assert wide.loc["coverage, judge features", "threshold"] == "reported"
+    assert wide.loc["classifier detects positive control: lung +40 HU", "M"] == "0.500 (missed)"
+    plain = {k: v for k, v in res.items() if k != "features"}
+    assert "Fréchet distance, judge features" not in criteria_tables.wide_table({"m": plain}).index
