@@ -222,7 +222,10 @@ def test_pages_show_the_instruments_power_and_name_a_missed_control_as_the_instr
              "lung +40 HU": {"frechet": 0.4, "precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}}
     res = {"table": table, "converged": I.converged(table), "controls": {"lung +40 HU": 0.5,
                                                                          "Gaussian blur 1 px": 1.0}, "features": feats}
+    from difflung.chapters import cbmat_training
+
     p = criteria_tables.power_table(res)
+    assert cbmat_training.table_power({"difflung": res}).data.equals(p)  # chapter 3's cell shows it
     assert p.index.tolist() == ["generated slices", "control: lung +40 HU", "control: Gaussian blur 1 px"]
     assert p["classifier reading"].tolist() == ["cannot tell (criterion met)", "missed: the classifier lacks power",
                                                 "detected"]
