@@ -125,7 +125,8 @@ ch.glue_facts(ch.criteria_facts(results))
 # the classifier criterion's own bound, or the model is not called converged. The judge's own features (its
 # bottleneck, averaged per slice; no outside weights) give a Fréchet distance and precision, recall, density and
 # coverage ("Reliable Fidelity and Diversity Metrics for Generative Models", Naeem et al. 2020) of each set against
-# the real slices: reported, not criteria, and read against the controls' values on the same slices.
+# the real test slices: reported, not criteria. With this few slices they are biased, so read them against the floor
+# (as many real training slices, from other patients) and the controls, all scored on the same slices.
 
 # %% tags=["hide-input"]
 ch.table_power(results)

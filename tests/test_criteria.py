@@ -202,7 +202,8 @@ def test_judge_feature_distances_sit_beside_the_criteria(tmp_path):
                                             generator=torch.Generator().manual_seed(0), classifier_steps=5, **kw)
     res = measure(judge=seg)
     f = res["features"]
-    assert list(f) == ["generated", "lung +40 HU", "Gaussian blur 1 px"]
+    assert list(f) == ["generated", "real training slices", "lung +40 HU", "Gaussian blur 1 px"]
+    assert f["real training slices"]["frechet"] == pytest.approx(0.0, abs=1e-6)  # train=s.real: the same slices
     assert f["generated"]["frechet"] == pytest.approx(0.0, abs=1e-6)
     assert f["generated"]["density"] == 1.0 and f["generated"]["coverage"] == 1.0 and f["generated"]["n_real"] == 16
     assert all(f[c]["frechet"] > 1e-4 for c in ("lung +40 HU", "Gaussian blur 1 px"))
@@ -226,9 +227,11 @@ def test_pages_show_the_instruments_power_and_name_a_missed_control_as_the_instr
 
     p = criteria_tables.power_table(res)
     assert cbmat_training.table_power({"difflung": res}).data.equals(p)  # chapter 3's cell shows it
-    assert p.index.tolist() == ["generated slices", "control: lung +40 HU", "control: Gaussian blur 1 px"]
-    assert p["classifier reading"].tolist() == ["cannot tell (criterion met)", "missed: the classifier lacks power",
-                                                "detected"]
+    assert p.index.tolist() == ["generated slices", "real training slices (floor)", "control: lung +40 HU",
+                                "control: Gaussian blur 1 px"]
+    assert p["classifier reading"].tolist() == ["cannot tell (criterion met)",
+                                                "not tested (reference for the distances)",
+                                                "missed: the classifier lacks power", "detected"]
     assert p.loc["generated slices", "coverage"] == 0.875 and np.isnan(p.loc["control: Gaussian blur 1 px", "density"])
     s = criteria_tables.sentence("M", res)
     assert "missed its positive control (lung +40 HU)" in s and "of 5 missed" not in s

@@ -12,6 +12,7 @@ from inspect import signature
 
 from difflung import labels as L
 from difflung.judging import instruments as I
+from difflung.judging.criteria import REAL_FLOOR
 from difflung.judging.realism import memorisation
 from difflung.plots import sig, summary_cell
 
@@ -78,15 +79,17 @@ def wide_table(results: dict[str, dict], names: dict[str, str] | None = None) ->
 
 def power_table(result: dict) -> pd.DataFrame:
     """Whether the instruments can see known flaws, for one generator's `criteria.measure` result: per image set
-    (the generator's slices, then each positive control: the real test slices with a known perturbation), the
-    real-vs-that classifier's held-out accuracy with its reading, and the judge-feature distances to the real
-    slices (Fréchet distance, precision, recall, density, coverage; "n/a" without a judge)."""
+    (the generator's slices, as many real training slices as the floor of the distances, then each positive
+    control: the real test slices with a known perturbation), the real-vs-that classifier's held-out accuracy with
+    its reading, and the judge-feature distances to the real test slices (Fréchet distance, precision, recall,
+    density, coverage; "n/a" without a judge)."""
     t = result["table"].set_index("criterion")
     a = t.loc["real-vs-generated classifier accuracy", "value"]
     sets = [("generated slices", "generated", a,
              "cannot tell (criterion met)" if a <= I.CLASSIFIER_ACCURACY_MAX else "tells apart (criterion missed)")]
     sets += [(f"control: {c}", c, a, "detected" if a > I.CONTROL_ACCURACY_MIN else "missed: the classifier lacks power")
              for c, a in result.get("controls", {}).items()]
+    sets.insert(1, (f"{REAL_FLOOR} (floor)", REAL_FLOOR, float("nan"), "not tested (reference for the distances)"))
     rows = []
     for name, key, acc, reading in sets:
         f = result.get("features", {}).get(key, {})

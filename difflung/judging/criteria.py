@@ -32,6 +32,7 @@ from difflung import labels as L
 from difflung.core.provenance import write_json_atomic
 
 CRITERIA_FILE = "criteria.json"
+REAL_FLOOR = "real training slices"  # the judge-feature distances' reference set beside the generated one
 
 
 def measurable_classes(scored, signature: dict[str, tuple[bool, str]] | None = None) -> dict[str, tuple[bool, str]]:
@@ -94,12 +95,13 @@ def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tupl
         train_labels: (N, S, S) masks of `train`: each lesion's HU contrast with healthy lung is measured there
             (`instruments.hu_contrast`) and its W1 is also judged against it. None: absolute W1 only.
         judge: the judge `Segmenter` (or its folder) whose bottleneck features give the Fréchet distance,
-            precision, recall, density and coverage of the generated and of each control's slices against the real
-            ones (`features.feature_distances`). None: no "features".
+            precision, recall, density and coverage against the scored real slices (`features.feature_distances`)
+            of the generated slices, of as many real training slices (`REAL_FLOOR`: what other real patients
+            score) and of each control's slices. None: no "features".
     Returns:
         {"table": DataFrame (criterion, value, threshold, met), "converged": bool, "memorisation": dict,
         "controls": {control: accuracy}, "contrast": {class: HU} (with train_labels), "features":
-        {"generated" or control: feature_distances dict} (with a judge)}.
+        {"generated", REAL_FLOOR or a control: feature_distances dict} (with a judge)}.
     """
     from difflung.diffusion.sample import to_hu
     from difflung.judging.realism import (air_check, classifier_two_sample, hu_wasserstein, memorisation, perturb,
@@ -135,8 +137,12 @@ def measure(scored, model: str, *, train: np.ndarray, measurable: dict[str, tupl
     if seg is not None:
         from difflung.judging.features import feature_distances, judge_features
 
+        from difflung.judging.scoring import subset_indices
+
         real_f = judge_features(seg, scored.real)
-        sets = {"generated": gen, **{c: perturb(scored.real, scored.labels, c) for c in CONTROLS}}
+        # the floor: as many real training slices (other patients, evenly spread) as there are scored slices
+        sets = {"generated": gen, REAL_FLOOR: np.asarray(train)[subset_indices(len(train), len(scored.real))],
+                **{c: perturb(scored.real, scored.labels, c) for c in CONTROLS}}
         out["features"] = {name: feature_distances(real_f, judge_features(seg, x)) for name, x in sets.items()}
     return {**out, "air": air, "classifier": clf} if details else out
 
