@@ -11,8 +11,9 @@ Every arm trains the same model (`--preset`, one-hot masks, CBMAT ablation) on t
 the cosine schedule over `--horizon` steps), and the newest checkpoint's weights are judged by the chapters'
 one rule (`difflung.judging.criteria.measure` on a `scoring.generate_and_score` of every `--split` mask, with the
 chapters' judge `scoring.judge`): the judge Dice ratio per measurable class (the judge's floor on the real slices
-and chapter 1's HU-signature check at `--size`), per-class HU Wasserstein-1, the share of slices with air within
-30 HU, and the real-vs-generated classifier accuracy. The split is `val` by default, so a recipe is chosen without
+and chapter 1's HU-signature check at `--size`; two-sided), per-class HU Wasserstein-1 (for lesions also over
+their HU contrast with lung in the training slices), the share of slices with air within 30 HU, and the
+real-vs-generated classifier accuracy with its positive controls. The split is `val` by default, so a recipe is chosen without
 looking at the test patients. The criteria use `--sampler` (DPM-Solver++ 20; repeat it, e.g. `--sampler dpm
 --sampler dpm-sde`, to score more samplers, the first deciding time to quality), plus the air share with DDIM-50,
 the judge's false positives of each judged rare class on real and generated slices (`fp/ggo=real/generated`
@@ -104,7 +105,7 @@ def evaluate(model_dir, ds, judge, sig, args) -> list[dict]:
     from difflung.judging.criteria import measurable_classes, measure
     from difflung.judging.scoring import generate_and_score
 
-    train = ds.split("train").images
+    train, train_labels = ds.split("train").images, ds.split("train").labels  # labels: lesions' HU contrast
     rows = []
     for ema in (True, False):
         unet, meta = checkpoint_model(model_dir, ds, ema=ema)
@@ -116,6 +117,7 @@ def evaluate(model_dir, ds, judge, sig, args) -> list[dict]:
                                     split=args.split)
         measurable = measurable_classes(scored, sig)
         res = {g.key: measure(scored, g.key, train=train, measurable=measurable, signature=sig, details=True,
+                              train_labels=train_labels,
                               generator=torch.Generator().manual_seed(args.seed),
                               classifier_steps=1 if g.key == DDIM50 else args.classifier_steps) for g in gens}
         judged = [c for c, (ok, _) in measurable.items() if ok]
@@ -163,7 +165,9 @@ def short(row: dict) -> str:
     parts = []
     for name, (v, met) in row["criteria"].items():
         tag = (name.replace("judge Dice ratio, ", "dice/").replace("HU Wasserstein-1, ", "W1/").replace(" (HU)", "")
-               .replace("slices with air within 30 HU", "air").replace("real-vs-generated classifier accuracy", "clf"))
+               .replace("slices with air within 30 HU", "air").replace("real-vs-generated classifier accuracy", "clf")
+               .replace("HU Wasserstein-1 / contrast with lung, ", "W1rel/")
+               .replace("classifier detects positive control: ", "ctrl/"))
         parts.append(f"{tag}={v:.3g}{'' if met else '*'}")
     parts.append(f"air_ddim50={row['air_share_ddim50']:.2f} air_mean={row['air_mean_hu']:.0f}HU")
     parts += [f"fp/{c}={r}/{g}" for c, (r, g) in row.get("false_positives", {}).items()]

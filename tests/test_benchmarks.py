@@ -130,7 +130,8 @@ def test_convergence_judges_a_checkpoint_by_the_chapters_rule_on_the_validation_
     scored = scoring.generate_and_score([g], ds, judge, n_test=10**6, seeds=[0], split="val")
     assert len(scored.index) == len(ds.split("val"))
     res = criteria.measure(scored, "dpm", train=tr.images, measurable=criteria.measurable_classes(scored, {}),
-                           generator=torch.Generator().manual_seed(0), classifier_steps=3, signature={})
+                           generator=torch.Generator().manual_seed(0), classifier_steps=3, signature={},
+                           train_labels=tr.labels)
     want = {t.criterion: [t.value, bool(t.met)] for t in res["table"].itertuples()}
     got = rows[0]["criteria"]
     assert got.keys() == want.keys() and "real-vs-generated classifier accuracy" in got

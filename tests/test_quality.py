@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from difflung import labels as L
+from difflung.judging.instruments import CONTROL_ACCURACY_MIN
 from difflung.judging.metrics import psnr_ssim
-from difflung.judging.realism import (air_check, false_positive_sources, texture, classifier_two_sample, hu_wasserstein, masked_psnr_ssim, memorisation,
-                              region_quality, split_patients)
+from difflung.judging.realism import (CONTROLS, air_check, classifier_two_sample, false_positive_sources,
+                                      hu_wasserstein, masked_psnr_ssim, memorisation, perturb, positive_controls,
+                                      region_quality, split_patients, texture)
 
 
 def _slices(n=3, s=24, seed=0):
@@ -84,6 +86,42 @@ def test_classifier_two_sample():
     assert r2["accuracy"] > 0.95
     r3 = classifier_two_sample(real, same, pats, pats, generator=torch.Generator().manual_seed(0), **kw)
     assert r3 == r  # same generator, same result
+
+
+def _anatomy(n=24, s=16, seed=0):
+    """Toy slices with a lung square that moves between patients, HU noise of 10 HU."""
+    from difflung.data.dataset import window
+
+    rng = np.random.default_rng(seed)
+    lab = np.full((n, s, s), L.BODY, np.uint8)
+    lab[:, :2] = L.BACKGROUND
+    for i in range(n):
+        o = i % 4
+        lab[i, 3 + o:11 + o, 3:11] = L.LUNG
+    lab[::3, 5:7, 5:7] = L.GGO
+    hu = np.select([lab == L.BACKGROUND, lab == L.LUNG, lab == L.GGO], [-1000.0, -850.0, -500.0], 40.0)
+    return window(hu + rng.normal(0, 10, hu.shape)), lab, np.repeat(np.arange(6), n // 6)
+
+
+def test_positive_controls_perturb_what_they_say():
+    real, lab, _ = _anatomy()
+    up = perturb(real, lab, "lung +40 HU")
+    inside = np.isin(lab, L.LUNG_IDS)
+    assert np.allclose((up - real)[inside], 40 * 2 / 1400, atol=1e-6) and np.array_equal(up[~inside], real[~inside])
+    blur = perturb(real, lab, "Gaussian blur 1 px")
+    assert blur.shape == real.shape and blur.dtype == np.float32 and blur.std() < real.std()
+    assert np.allclose(blur.mean(), real.mean(), atol=1e-3)
+    with pytest.raises(ValueError, match="unknown positive control"):
+        perturb(real, lab, "lung +41 HU")
+
+
+def test_the_classifier_detects_its_positive_controls_at_toy_size():
+    real, lab, pats = _anatomy()
+    acc = positive_controls(real, lab, pats, generator=torch.Generator().manual_seed(0), steps=300, width=8)
+    assert set(acc) == set(CONTROLS) and all(a > CONTROL_ACCURACY_MIN for a in acc.values()), acc
+    # with too few steps the classifier misses the lung offset: the check can fail, and then flags the instrument
+    weak = positive_controls(real, lab, pats, generator=torch.Generator().manual_seed(0), steps=20, width=8)
+    assert weak["lung +40 HU"] <= CONTROL_ACCURACY_MIN, weak
 
 
 def test_memorisation_flags_an_exact_copy():

@@ -296,8 +296,8 @@ def table_instruments(run_dir, s: pd.DataFrame) -> pd.DataFrame:
 def _results(run_dir) -> dict:
     """criteria.json back in `criteria.check`'s form: {key: {"table", "converged", "memorisation"}}."""
     crit = criteria.read_criteria(run_dir)
-    return {k: {"table": crit["tables"][k], "converged": crit["converged"][k], "memorisation": crit["memorisation"][k]}
-            for k in MODELS}
+    return {k: {"table": crit["tables"][k], "converged": crit["converged"][k], "memorisation": crit["memorisation"][k],
+                **crit["instruments"][k]} for k in MODELS}
 
 
 def table_criteria(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:

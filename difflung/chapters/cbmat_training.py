@@ -7,6 +7,7 @@ Each function is one section of `notebooks/03_cbmat_training.py`:
     ch.write_cost(result, run_dir); ch.table_training(result); ch.figure_loss(result, run_dir)
     scored = ch.evaluate(runs_root, run_dir, result, judge_steps=..., n_test=..., sampler=..., seeds=...)
     measurable, results = ch.check(runs_root, run_dir, scored, sampler=..., steps=..., seed=seed)
+    ch.table_criteria(results); ch.table_power(results); ch.table_memorisation(results)
     ch.table_judge_errors(runs_root, scored, measurable, judge_steps=..., seed=seed); ch.table_texture(scored)
     ch.table_regions(scored); ch.figure_samples(scored, run_dir); ch.figure_hu(scored, run_dir)
     ch.scope(profile, scored, measurable, results)
@@ -184,6 +185,13 @@ def run_facts(scored: scoring.Scored) -> dict:
 def table_criteria(results) -> pd.DataFrame:
     """The main model's convergence criteria: value, threshold, met."""
     return results[MODEL]["table"].set_index("criterion")
+
+
+def table_power(results) -> pd.DataFrame:
+    """Whether the instruments can see known flaws (`criteria_tables.power_table`): the real-vs-generated classifier
+    on the main model's slices and on each positive control (real test slices 40 HU brighter inside the lung;
+    blurred), with the judge-feature Fréchet distance, precision, recall, density and coverage of each set."""
+    return table(criteria_tables.power_table(results[MODEL]))
 
 
 def criteria_facts(results) -> dict:

@@ -90,6 +90,8 @@ def check(runs_root, run_dir, scored: scoring.Scored, models: Sequence[str], *, 
     """
     ds = dataset if dataset is not None else open_dataset(runs_root)
     sig = signature if signature is not None else hu_signature(runs_root)
-    return criteria.check(scored, list(models), train=ds.split("train").images, signature=sig, seed=seed,
-                          classifier_steps=classifier_steps, run_dir=run_dir, **meta)
+    train = ds.split("train")
+    return criteria.check(scored, list(models), train=train.images, signature=sig, seed=seed,
+                          classifier_steps=classifier_steps, run_dir=run_dir, train_labels=train.labels,
+                          judge=runs.judge_dir(runs_root), **meta)
 

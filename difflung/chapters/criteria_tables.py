@@ -12,6 +12,7 @@ from inspect import signature
 
 from difflung import labels as L
 from difflung.judging import instruments as I
+from difflung.judging.criteria import REAL_FLOOR
 from difflung.judging.realism import memorisation
 from difflung.plots import sig, summary_cell
 
@@ -47,19 +48,54 @@ def measurable_table(scored, measurable: dict[str, tuple[bool, str]]) -> pd.Data
                                         for c in dice.index]}).rename_axis("class")
 
 
+CONTROL_PREFIX = "classifier detects positive control: "
+# judge-feature distances (`judging.features`), reported beside the criteria: key -> words
+FEATURE_WORDS = {"frechet": "Fréchet distance", "precision": "precision", "recall": "recall", "density": "density",
+                 "coverage": "coverage"}
+
+
+def _value(v) -> str:
+    return "no contrast" if v == float("inf") else sig(v)  # W1 over a zero contrast (`instruments.relative_w1`)
+
+
 def wide_table(results: dict[str, dict], names: dict[str, str] | None = None) -> pd.DataFrame:
     """Criteria of several generators side by side: one row per criterion, its threshold, and per generator
-    "value (met)" or "value (missed)" at 3 significant figures; a last row says whether each converged."""
+    "value (met)" or "value (missed)" at 3 significant figures; a row says whether each converged. Where `results`
+    carry judge-feature distances (`criteria.measure`'s "features"), the Fréchet distance, density and coverage of
+    the generated slices follow as reported rows (not criteria)."""
     names = names or {}
     cols = {}
+    feats = [k for k in ("frechet", "density", "coverage") if any("features" in r for r in results.values())]
     for m, r in results.items():
         t = r["table"].set_index("criterion")
-        cols[names.get(m, m)] = [f"{sig(v)} ({'met' if ok else 'missed'})" for v, ok in zip(t["value"], t["met"])]
+        cols[names.get(m, m)] = [f"{_value(v)} ({'met' if ok else 'missed'})" for v, ok in zip(t["value"], t["met"])]
         cols[names.get(m, m)].append("yes" if r["converged"] else "no")
+        cols[names.get(m, m)] += [sig(r.get("features", {}).get("generated", {}).get(k)) for k in feats]
     first = next(iter(results.values()))["table"]
-    index = [*first["criterion"], "converged"]
-    return pd.DataFrame({"threshold": [*first["threshold"], "all met"], **cols},
+    index = [*first["criterion"], "converged", *(f"{FEATURE_WORDS[k]}, judge features" for k in feats)]
+    return pd.DataFrame({"threshold": [*first["threshold"], "all met", *(["reported"] * len(feats))], **cols},
                         index=pd.Index(index, name="criterion"))
+
+
+def power_table(result: dict) -> pd.DataFrame:
+    """Whether the instruments can see known flaws, for one generator's `criteria.measure` result: per image set
+    (the generator's slices, as many real training slices as the floor of the distances, then each positive
+    control: the real test slices with a known perturbation), the real-vs-that classifier's held-out accuracy with
+    its reading, and the judge-feature distances to the real test slices (Fréchet distance, precision, recall,
+    density, coverage; "n/a" without a judge)."""
+    t = result["table"].set_index("criterion")
+    a = t.loc["real-vs-generated classifier accuracy", "value"]
+    sets = [("generated slices", "generated", a,
+             "cannot tell (criterion met)" if a <= I.CLASSIFIER_ACCURACY_MAX else "tells apart (criterion missed)")]
+    sets += [(f"control: {c}", c, a, "detected" if a > I.CONTROL_ACCURACY_MIN else "missed: the classifier lacks power")
+             for c, a in result.get("controls", {}).items()]
+    sets.insert(1, (f"{REAL_FLOOR} (floor)", REAL_FLOOR, float("nan"), "not tested (reference for the distances)"))
+    rows = []
+    for name, key, acc, reading in sets:
+        f = result.get("features", {}).get(key, {})
+        rows.append({"image set": name, "classifier accuracy": acc, "classifier reading": reading,
+                     **{w: f.get(k, float("nan")) for k, w in FEATURE_WORDS.items()}})
+    return pd.DataFrame(rows).set_index("image set")
 
 
 # the share the memorisation check flags, worded with `realism.memorisation`'s own percentile (what `measure` uses)
@@ -76,14 +112,28 @@ def memorisation_table(results: dict[str, dict], names: dict[str, str] | None = 
     } for m, r in results.items()}).T.rename_axis("model")
 
 
+def _missed(result: dict) -> tuple[list[str], list[str]]:
+    """(missed generator criteria, positive controls the classifier missed) of a `measure` result."""
+    missed = result["table"].loc[~result["table"]["met"], "criterion"].tolist()
+    return ([c for c in missed if not c.startswith(CONTROL_PREFIX)],
+            [c.removeprefix(CONTROL_PREFIX) for c in missed if c.startswith(CONTROL_PREFIX)])
+
+
 def sentence(name: str, result: dict) -> str:
-    """Whether a generator met its convergence criteria, in one sentence for the page."""
+    """Whether a generator met its convergence criteria, in one sentence for the page (a positive control the
+    classifier missed is named as the instrument's failure, not the generator's)."""
     t = result["table"]
     if result["converged"]:
         return f"{name} met all {len(t)} convergence criteria."
-    missed = t.loc[~t["met"], "criterion"].tolist()
-    return (f"{name} did **not** meet its convergence criteria ({len(missed)} of {len(t)} missed: "
-            f"{'; '.join(missed)}); its comparisons are still judged, with this noted beside each verdict.")
+    missed, controls = _missed(result)
+    parts = []
+    if missed:
+        parts.append(f"{len(missed)} of {len(t)} missed: {'; '.join(missed)}")
+    if controls:
+        parts.append(f"the real-vs-generated classifier missed its positive control ({', '.join(controls)}), so "
+                     f"its reading cannot certify convergence")
+    return (f"{name} did **not** meet its convergence criteria ({'; '.join(parts)}); its comparisons are still "
+            f"judged, with this noted beside each verdict.")
 
 
 def cannot_show(measurable: dict[str, tuple[bool, str]], results: dict[str, dict],
@@ -94,7 +144,9 @@ def cannot_show(measurable: dict[str, tuple[bool, str]], results: dict[str, dict
     out = [f"Faithfulness of {c}: not measurable: {why}." for c, (ok, why) in measurable.items() if not ok]
     for m, r in results.items():
         if not r["converged"]:
-            k = int((~r["table"]["met"]).sum())
-            out.append(f"{names.get(m, m)} at its best: it missed {k} of {len(r['table'])} convergence criteria "
-                       f"(its comparisons are judged anyway, with this note).")
+            missed, controls = _missed(r)
+            why = [f"it missed {len(missed)} of {len(r['table'])} convergence criteria"] if missed else []
+            why += [f"the classifier missed its positive control ({', '.join(controls)})"] if controls else []
+            out.append(f"{names.get(m, m)} at its best: {'; '.join(why)} (its comparisons are judged anyway, with "
+                       f"this note).")
     return out

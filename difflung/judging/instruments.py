@@ -5,7 +5,10 @@ Everything a chapter needs to call a class or a generator "not measurable" is st
   slices means anything (lung and the large anatomy 0.7, every rarer class present 0.3; the aim is 0.5);
 - a class whose HU signature does not survive resampling to the run's image size cannot be judged on texture;
 - a generator meets its convergence criteria (judge Dice ratio, HU distance, air, real-vs-generated classifier)
-  before comparisons involving it are judged.
+  before comparisons involving it are judged;
+- an instrument must have power: the judge's ratio is bounded on both sides (a lesion far easier to find than a
+  real one is a caricature), a class's HU distance is read against its contrast with healthy lung, and the
+  classifier must detect known perturbations of real slices (positive controls) before its "cannot tell" counts.
 """
 from __future__ import annotations
 
@@ -31,10 +34,16 @@ EMPHYSEMA_MIN_SHARE = 0.2  # share of emphysema pixels below the threshold that 
 
 # convergence criteria of the main generator
 DICE_RATIO_MIN = 0.8  # judge Dice on generated / on real, per measurable class
+DICE_RATIO_MAX = 1.25  # = 1 / 0.8: lesions much easier to find than real ones are caricatures
 HU_W1_MAX = 50.0  # per-class Wasserstein-1 between generated and real HU
+# W1 / |median HU(class) - median HU(lung)|: 1 = lesion drawn as lung, 0.5 = halfway there; a quarter keeps a margin
+HU_W1_CONTRAST_MAX = 0.25
 AIR_TOLERANCE_HU = 30.0  # a generated slice's air mean within this of the real slice's
 AIR_SHARE_MIN = 0.95  # share of generated slices whose air passes
 CLASSIFIER_ACCURACY_MAX = 0.8  # real-vs-generated classifier on held-out patients
+# a positive control counts as detected when the classifier would fail a generator that made it, so the bound is
+# the criterion's own: accuracy above CLASSIFIER_ACCURACY_MAX
+CONTROL_ACCURACY_MIN = CLASSIFIER_ACCURACY_MAX
 
 
 def judge_floor(cls: str) -> float:
@@ -119,26 +128,69 @@ def dice_ratios(generated_dice: Mapping[str, float], real_dice: Mapping[str, flo
     return out
 
 
+def hu_contrast(hu, labels, classes) -> dict[str, float]:
+    """Each class's HU contrast with healthy lung: |median HU of the class - median HU of lung| (`labels.LUNG`).
+
+    Measure it on the real *training* slices at the run's size (never the test slices the criteria judge).
+
+    Args:
+        hu: (..., S, S) HU. labels: same shape, project ids. classes: names or ids.
+    Returns:
+        class name -> contrast in HU; NaN where the class or lung is absent (lung itself: 0).
+    """
+    hu, labels = np.asarray(hu, dtype=np.float64), np.asarray(labels)
+    if hu.shape != labels.shape:
+        raise ValueError(f"hu {hu.shape} and labels {labels.shape} must have the same shape")
+    lung = hu[labels == L.LUNG]
+    ref = float(np.median(lung)) if lung.size else math.nan
+    out = {}
+    for c in classes:
+        x = hu[labels == L.class_id(c)]
+        out[L.BY_ID[L.class_id(c)].name] = abs(float(np.median(x)) - ref) if x.size else math.nan
+    return out
+
+
+def relative_w1(hu_w1: Mapping[str, float], contrast: Mapping[str, float]) -> dict[str, float]:
+    """HU W1 over the class's contrast with healthy lung (`hu_contrast`), for each pathology class with a W1 and a
+    finite contrast: a lesion is told from lung by that contrast, so its HU error counts against it (anatomy keeps
+    the absolute HU_W1_MAX). A zero contrast gives inf: no W1 is small against it."""
+    out = {}
+    for c, w in hu_w1.items():
+        k = contrast.get(c, math.nan)
+        if not L.BY_NAME[c].pathology or k is None or not np.isfinite(k):
+            continue
+        out[c] = float(w) / k if k > 0 else math.inf
+    return out
+
+
 def convergence(*, dice_ratio: Mapping[str, float], hu_w1: Mapping[str, float], air_share: float,
-                classifier_accuracy: float) -> pd.DataFrame:
+                classifier_accuracy: float, hu_w1_relative: Mapping[str, float] | None = None,
+                controls: Mapping[str, float] | None = None) -> pd.DataFrame:
     """The main generator's convergence criteria as a table (criterion, value, threshold, met).
 
     Args:
         dice_ratio: class -> judge Dice on generated slices / judge Dice on the real slices, for lung and each
-            rare class that is measurable (pass only those).
+            rare class that is measurable (pass only those); met inside DICE_RATIO_MIN .. DICE_RATIO_MAX.
         hu_w1: class -> Wasserstein-1 distance (HU) between generated and real HU within the class.
         air_share: share of generated slices whose air (background) mean is within 30 HU of the real slice's.
         classifier_accuracy: held-out accuracy of the real-vs-generated classifier.
+        hu_w1_relative: class -> W1 over the class's contrast with healthy lung (`relative_w1`); None: no rows.
+        controls: positive control name -> the classifier's accuracy on real against perturbed-real slices; each
+            must exceed CONTROL_ACCURACY_MIN (the classifier has power) for the table to be met. None: no rows.
     Returns:
         One row per criterion; `met` is False for a missing (NaN) value.
     """
-    rows = [(f"judge Dice ratio, {c}", v, f">= {DICE_RATIO_MIN:g}", v >= DICE_RATIO_MIN)
-            for c, v in dice_ratio.items()]
+    rows = [(f"judge Dice ratio, {c}", v, f"{DICE_RATIO_MIN:g} .. {DICE_RATIO_MAX:g}",
+             DICE_RATIO_MIN <= v <= DICE_RATIO_MAX) for c, v in dice_ratio.items()]
     rows += [(f"HU Wasserstein-1, {c} (HU)", v, f"<= {HU_W1_MAX:g}", v <= HU_W1_MAX) for c, v in hu_w1.items()]
+    rows += [(f"HU Wasserstein-1 / contrast with lung, {c}", v, f"<= {HU_W1_CONTRAST_MAX:g}",
+              v <= HU_W1_CONTRAST_MAX) for c, v in (hu_w1_relative or {}).items()]
     rows.append((f"slices with air within {AIR_TOLERANCE_HU:g} HU", air_share, f">= {AIR_SHARE_MIN:g}",
                  air_share >= AIR_SHARE_MIN))
     rows.append(("real-vs-generated classifier accuracy", classifier_accuracy, f"<= {CLASSIFIER_ACCURACY_MAX:g}",
                  classifier_accuracy <= CLASSIFIER_ACCURACY_MAX))
+    rows += [(f"classifier detects positive control: {c}", v, f"> {CONTROL_ACCURACY_MIN:g}",
+              v > CONTROL_ACCURACY_MIN) for c, v in (controls or {}).items()]
     df = pd.DataFrame(rows, columns=["criterion", "value", "threshold", "met"])
     df["value"] = df["value"].astype(float)
     df["met"] = df["met"].astype(bool) & np.isfinite(df["value"])

@@ -212,6 +212,55 @@ def classifier_two_sample(real, generated, real_patients, generated_patients, *,
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# positive controls: known flaws the classifier two-sample test must detect before its "cannot tell" counts
+
+CONTROL_OFFSET_HU = 40.0  # a lung W1 of 40 HU passes HU_W1_MAX (50): only the classifier can catch this flaw
+CONTROL_BLUR_PX = 1.0  # Gaussian sigma: removes the CT noise and fine texture a too-smooth generator loses
+CONTROLS = (f"lung +{CONTROL_OFFSET_HU:g} HU", f"Gaussian blur {CONTROL_BLUR_PX:g} px")
+
+
+def perturb(real, labels, control: str) -> np.ndarray:
+    """A known perturbation of real slices (a positive control of `CONTROLS`).
+
+    - "lung +40 HU": every pixel inside the lung (lung and the in-lung lesion classes) raised by CONTROL_OFFSET_HU;
+    - "Gaussian blur 1 px": each slice blurred with sigma CONTROL_BLUR_PX pixels (nothing else changes).
+
+    Args:
+        real: (N, S, S) slices in [-1, 1]. labels: (N, S, S) their masks. control: one of `CONTROLS`.
+    Returns:
+        (N, S, S) float32 in [-1, 1].
+    """
+    from scipy import ndimage
+
+    x = np.asarray(real, dtype=np.float64)
+    if control == CONTROLS[0]:
+        inside = np.isin(np.asarray(labels).reshape(x.shape), L.LUNG_IDS)
+        step = CONTROL_OFFSET_HU * 2.0 / (L.MODEL_WINDOW[1] - L.MODEL_WINDOW[0])  # HU -> window units
+        out = x + step * inside
+    elif control == CONTROLS[1]:
+        out = ndimage.gaussian_filter(x, sigma=(0,) * (x.ndim - 2) + (CONTROL_BLUR_PX,) * 2, mode="nearest")
+    else:
+        raise ValueError(f"unknown positive control {control!r}; expected one of {CONTROLS}")
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+def positive_controls(real, labels, patients, *, generator: torch.Generator, controls=CONTROLS,
+                      **classifier) -> dict[str, float]:
+    """The classifier two-sample test on real slices against perturbed copies of the same slices (`perturb`): a
+    valid instrument tells them apart (accuracy above `instruments.CONTROL_ACCURACY_MIN`).
+
+    Args:
+        real: (N, S, S) real slices in [-1, 1]. labels: (N, S, S) masks. patients: (N,) patient ids.
+        generator: CPU torch.Generator, drawn from once per control in order (split, weights, batches).
+        controls: names from `CONTROLS`. classifier: `classifier_two_sample` settings (steps, width, ...).
+    Returns:
+        control name -> held-out balanced accuracy.
+    """
+    return {c: classifier_two_sample(real, perturb(real, labels, c), patients, patients, generator=generator,
+                                     **classifier)["accuracy"] for c in controls}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # memorisation
 
 def nearest_distances(queries, references, chunk: int = 256) -> np.ndarray:
