@@ -236,7 +236,8 @@ def test_pages_show_the_instruments_power_and_name_a_missed_control_as_the_instr
     s = criteria_tables.sentence("M", res)
     assert "missed its positive control (lung +40 HU)" in s and "of 5 missed" not in s
     assert criteria_tables.cannot_show({}, {"m": res}, {"m": "M"}) == [
-        "Any comparison involving M: not measurable: the classifier missed its positive control (lung +40 HU)."]
+        "M at its best: the classifier missed its positive control (lung +40 HU) (its comparisons are judged anyway, "
+        "with this note)."]
     wide = criteria_tables.wide_table({"m": res}, {"m": "M"})
     assert wide.loc["Fréchet distance, judge features", "M"] == "2.50" and wide.loc["converged", "M"] == "no"
     assert wide.loc["coverage, judge features", "threshold"] == "reported"
