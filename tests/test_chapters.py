@@ -263,7 +263,7 @@ def test_page_facts_are_the_library_constants():
     assert (f["n_timesteps"], f["beta_schedule"], f["rare_floor"]) == (1000, "linear", instruments.JUDGE_FLOOR_RARE)
     assert f["parent_recipe"] == "AdamW at 0.0001 with 500 warm-up steps, epsilon prediction, no EMA, batch 16, fp32"
     f = baseline_comparison.page_facts()
-    assert f["hu_w1_max"] == instruments.HU_W1_MAX and f["confidence"] == "95 %" and len(f) == 8
+    assert f["hu_w1_max"] == instruments.HU_W1_MAX and f["confidence"] == "95 %" and len(f) == 10
 
 
 def test_results_prose_and_figure_quote_the_statistics_constants(tmp_path):
