@@ -48,6 +48,11 @@ class InsertConfig:
         batch_size: windows per UNet batch.
         spacing_mm: the patch spacing the model must have been trained at.
         seed: seeds the sampler and the lesion synthesis.
+        z_guide: continuity in z: share of the reverse steps (the noisiest first) during which the painted texture
+            of the slice below (k - 1) is the known part of slice k's window where both are painted (RePaint's
+            known-region mechanism, so the layout continues and the fine texture stays the model's own).
+        z_rho: correlation of the initial noise of adjacent slices (an AR(1) field in z on the scan's frame).
+            z_guide = z_rho = 0 paints every slice independently, in batched rounds (the earlier behaviour).
     """
 
     steps: int = 50
@@ -59,6 +64,18 @@ class InsertConfig:
     batch_size: int = 16
     spacing_mm: float = PATCH_SPACING_MM
     seed: int = 0
+    z_guide: float = 0.3
+    z_rho: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= self.z_guide <= 1.0:
+            raise ValueError(f"InsertConfig.z_guide={self.z_guide}: must lie in [0, 1]")
+        if not 0.0 <= self.z_rho < 1.0:
+            raise ValueError(f"InsertConfig.z_rho={self.z_rho}: must lie in [0, 1)")
+
+    @property
+    def z_continuous(self) -> bool:
+        return self.z_guide > 0 or self.z_rho > 0
 
 
 def condition(labels: np.ndarray, classes, lesions: np.ndarray | None = None) -> np.ndarray:
@@ -108,8 +125,9 @@ def paint(hu: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing, unet,
           generator, *, device=None, progress: bool = False) -> tuple[np.ndarray, dict]:
     """Repaint the `region` voxels of `hu` (z, y, x) with the model, conditioned on `labels` (project ids).
 
-    Windows of all slices are painted in rounds (round r: the r-th window of every slice, one `inpaint` call,
-    batched), so a later window of a slice sees the earlier ones' result as known context.
+    With `cfg.z_continuous` (the default), windows are painted in z order, each conditioned on the slice below
+    (`paint_z`). Otherwise windows of all slices are painted in rounds (round r: the r-th window of every slice,
+    one `inpaint` call, batched), so a later window of a slice sees the earlier ones' result as known context.
     Returns (float32 HU, a copy of `hu` changed only on `region`; info dict).
     """
     from tqdm import tqdm
@@ -123,6 +141,10 @@ def paint(hu: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing, unet,
     work = hu.astype(np.float32, copy=True)
     plans = {int(k): plan_windows(region[k], sp, size, out_mm, cfg.context)
              for k in np.flatnonzero(region.any(axis=(1, 2)))}
+    if cfg.z_continuous:
+        from difflung.insertion.zpaint import paint_z
+
+        return paint_z(work, cond, region, plans, sp, unet, meta, cfg, generator, device=device, progress=progress)
     rounds = max((len(p) for p in plans.values()), default=0)
     for r in tqdm(range(rounds), disable=not show_progress(progress), desc="insert", unit="round"):
         items = [(k, plans[k][r]) for k in sorted(plans) if r < len(plans[k])]
