@@ -70,6 +70,24 @@ def phantom_truth_case(patient_id: str, rng: np.random.Generator, config) -> Tru
     return TruthCase(truth, base, lesions, np.isin(base.labels, L.LUNG_IDS))
 
 
+def crop_z(case: TruthCase, start: int, stop: int) -> TruthCase:
+    """The slices start:stop of a case (both renders, lesions and lung field): a slab of the same patient."""
+    def vol(v: Volume) -> Volume:
+        meta = {**v.meta, "z": v.meta["z"][start:stop]}
+        return Volume(v.patient, v.hu[start:stop], v.labels[start:stop], v.spacing, source=v.source, meta=meta)
+
+    return TruthCase(vol(case.truth), vol(case.base), case.lesions[start:stop], case.lung[start:stop])
+
+
+def densest_slab(mask: np.ndarray, n: int) -> tuple[int, int]:
+    """(start, stop) of the n consecutive slices holding most of `mask` (z, y, x)."""
+    per = np.asarray(mask).reshape(len(mask), -1).sum(axis=1)
+    n = min(int(n), len(per))
+    sums = np.convolve(per, np.ones(n, dtype=np.int64), mode="valid")
+    start = int(np.argmax(sums))
+    return start, start + n
+
+
 def insert_into_case(case: TruthCase, unet, meta: dict, cfg, generator, *, null: bool = False,
                      device=None) -> tuple[np.ndarray, np.ndarray]:
     """Paint the truth's lesion labels into the lesion-free render, as `insert_lesions` paints a scan.
