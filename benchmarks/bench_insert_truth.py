@@ -35,7 +35,8 @@ from difflung import labels as L  # noqa: E402
 from difflung.core.provenance import provenance, write_json_atomic  # noqa: E402
 from difflung.insertion import checks as C  # noqa: E402
 from difflung.insertion.painting import InsertConfig  # noqa: E402
-from difflung.insertion.truth import crop_z, densest_slab, insert_into_case, phantom_truth_case, truth_table  # noqa: E402
+from difflung.insertion.truth import (crop_z, densest_slab, insert_into_case, phantom_truth_case,  # noqa: E402
+                                     truth_table)
 
 CLASSES = [L.BACKGROUND, L.BODY, L.LUNG, L.AIRWAY, L.EMPHYSEMA, L.GGO, L.FIBROSIS]
 LESIONS = (L.EMPHYSEMA, L.GGO, L.FIBROSIS)
@@ -68,6 +69,8 @@ def model_dir(args, px: float, work: Path) -> Path:
 
     if args.model is not None:
         return args.model
+    if (work / "model" / "difflung_config.json").is_file():  # --work: trained by an earlier run
+        return work / "model"
     if not args.train_steps:
         return save_untrained_model(work / "model", CLASSES, args.patch, spacing_mm=px, seed=args.seed)
     from difflung.diffusion.recipes import recipe_config
@@ -107,6 +110,7 @@ def main() -> int:
     p.add_argument("--jump-n-sample", type=int, default=1)
     p.add_argument("--z-guide", type=float, default=InsertConfig.z_guide)
     p.add_argument("--z-rho", type=float, default=InsertConfig.z_rho)
+    p.add_argument("--work", type=Path, default=None, help="keep the tiny model here (reused when present)")
     p.add_argument("--real", type=Path, default=None, help="a real CT for the real-lung z-continuity")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -122,7 +126,7 @@ def main() -> int:
     flat = replace(cfg, z_guide=0.0, z_rho=0.0)
     tables = []
     with tempfile.TemporaryDirectory() as tmp:
-        unet, meta = load_model(model_dir(args, px, Path(tmp)), device="cpu")
+        unet, meta = load_model(model_dir(args, px, args.work or Path(tmp)), device="cpu")
         for cls in LESIONS:
             case = held_out_case(cls, args)
             gen = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731  one seed for all three

@@ -5,9 +5,11 @@
     shapes     lesion shapes: 3D phantom lesions placed on healthy lung (`synthesize_lesions`), a mask's new lesions
     region     the one edit region (`edit_region`) of both scan and whole-slice insertion
     painting   RePaint into a scan window by window and into whole slices (the `+insert` arm), one `condition`
+    zpaint     painting continuous in z: each slice guided by the slice below, initial noise correlated in z
     patches    the patch model's data (resampling on the patch grid, patch datasets); the model itself is trained
                and saved by `difflung.diffusion.patch_model`
-    checks     the measurements of an insertion, from the files it wrote
+    checks     the measurements of an insertion, from the files it wrote (z-continuity and texture spread too)
+    truth      ground truth from the phantom: a patient rendered with and without its lesions, compared
 
 May import: `difflung.core`, `difflung.data`, `difflung.labels`, `difflung.phantom`, `difflung.diffusion`,
 `difflung.judging`.

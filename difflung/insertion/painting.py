@@ -5,7 +5,9 @@ way (`condition`) and repaint only the edit region (`difflung.insertion.region.e
 
 A scan: slice by slice, at the scan's own resolution, the region is covered by windows (`plan_windows`); each
 window is resampled to the model's patch grid (`PATCH_SPACING_MM`, `difflung.insertion.patches.sample_plane`),
-painted with the window's label map as condition, and resampled back only at the region's voxels.
+painted with the window's label map as condition, and resampled back only at the region's voxels. By default
+(`InsertConfig.z_guide`, `z_rho`) slices are painted in z order, each window guided by what the slice below got
+and started from noise correlated with it (`difflung.insertion.zpaint`), so a lesion's texture continues in z.
 
 Whole slices: the `+difflung` arm paints whole synthetic slices from synthesised masks. `+insert` keeps the slice
 the mask was built on (a real or phantom training slice, `MaskSynthesis.source_index`) and lets the whole-slice,
