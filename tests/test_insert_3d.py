@@ -132,7 +132,7 @@ def test_painting_guided_by_the_slice_below_continues_in_z_and_keeps_the_rest(mo
     inner = ndi.binary_erosion(lesions > 0, structure=np.ones((1, 3, 3), bool))
     zc = {k: C.z_continuity(v, inner, sp, min_pairs=5) for k, v in out.items()}
     assert zc["guided"] > 0.9 > zc["independent"] + 0.3  # guided all the way: slice k repeats slice k - 1
-    assert zc["guided"] > zc["default"] > zc["independent"]
+    assert zc["default"] > zc["independent"] + 0.3  # the default paints continuously in z
     again, _ = paint(hu, lab, region, sp, unet, meta, InsertConfig(steps=4, jump_length=2, jump_n_sample=1,
                                                                    spacing_mm=3.0), torch.Generator().manual_seed(0))
     assert np.array_equal(again, out["default"])  # seeded
