@@ -81,6 +81,12 @@ def test_z_continuity_reads_the_correlation_of_adjacent_slices():
     assert C.z_continuity(same, mask, sp) == pytest.approx(1.0)
     ramp = white + np.arange(shape[0])[:, None, None] * 50.0  # a shift per slice is not texture
     assert C.z_continuity(ramp, mask, sp) == pytest.approx(0.0, abs=0.03)
+    from difflung.data.dataset import Volume
+
+    lab = np.full(shape, L.GGO, np.uint8)
+    vols = [Volume("a", 100 * ar - 800, lab, sp), Volume("b", 100 * white - 800, lab, sp)]
+    pooled = C.z_continuity_of(vols, L.GGO)  # the pairs of both volumes in one correlation
+    assert pooled == pytest.approx(0.4, abs=0.05) and np.isnan(C.z_continuity_of(vols, L.FIBROSIS))
     one = np.zeros(shape, bool)
     one[5] = True
     assert np.isnan(C.z_continuity(ar, one, sp))  # no pair of adjacent slices in the mask
