@@ -155,8 +155,8 @@ def lesion_mask_3d(ext: dict, spacing, rng: np.random.Generator, *, scale: float
         for c, rr in zip(centres, r):
             ci = np.clip(np.rint(c / sp).astype(int) + half, 0, 2 * half)
             reach = np.ceil(rr / sp).astype(int)
-            lo, hi = np.maximum(ci - reach, 0), np.minimum(ci + reach + 1, 2 * half + 1)
-            box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            b0, b1 = np.maximum(ci - reach, 0), np.minimum(ci + reach + 1, 2 * half + 1)
+            box = tuple(slice(int(a), int(b)) for a, b in zip(b0, b1))
             dd = sum(((ax[bx] - cc) ** 2).reshape([-1 if i == j else 1 for j in range(3)])
                      for i, (ax, bx, cc) in enumerate(zip(axes, box, c)))
             mask[box] |= dd <= rr * rr
@@ -291,10 +291,9 @@ def synthesize_lesions(labels: np.ndarray, cls: int, target_ml: float, spacing, 
         sub = "fibrosis" if ext["kind"] == "fibrosis" else ext.get("type")
         if sub in _SUBPLEURAL:
             key = (sub, _SUBPLEURAL[sub])
-        else:  # wholly inside: centres at least the lesion's smallest semi-axis (less the grid's slack) from the rest
-            r_min = s * min(float(ext["R"]) * math.sqrt(min(limits.aspect)) / math.sqrt(max(limits.aspect)),
-                            float(ext.get("Rz", ext["R"])))
-            key = ("clear", float(max(0.0, 2.0 * math.floor(max(0.0, 0.7 * r_min - host.slack) / 2.0))))
+        else:  # wholly inside: centres about its smallest semi-axis (less the grid's slack, in 2 mm bins) clear
+            r_min = float(_radii(ext, s, shape_kw["aspect"]).min())
+            key = ("clear", 2.0 * math.floor(max(0.0, 0.7 * r_min - host.slack) / 2.0))
         cands = host.candidates(key)
         if not cands.size:
             fails += 1
