@@ -56,6 +56,8 @@ def test_synthesized_lesions_are_3d_on_healthy_lung_within_target_and_seeded(cls
 
     les = place(0)
     assert set(np.unique(les)) == {0, cls}
+    y = C.coronal_row(les, cls)
+    assert (les[:, y, :] == cls).sum() == (les == cls).sum(axis=(0, 2)).max()
     assert (labels[les > 0] == L.LUNG).all()  # every lesion voxel on healthy lung
     assert 0.9 * target <= (les > 0).sum() * voxel_ml <= target
     assert max(_spans(les)) >= 3  # 3D: lesions cross slices (2.5 mm apart)

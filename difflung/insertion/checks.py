@@ -7,6 +7,7 @@
     check_table(ins, phantom, seed=0)                  # the three checks per inserted class, one table
     z_continuity(ins.after, ins.lesions == c, ins.spacing)  # texture correlation of adjacent slices in a mask
     z_continuity_of(volumes, cls)                      # the same on the phantom's lesions, or real lung (cls=2)
+    coronal_row(ins.lesions, c)                        # the coronal plane through most of a class's lesions
     judge_table(run_dir, ins, steps=..., seed=0)       # a judge at the patch scale on windows around the lesions
     cost_table(summary, train_seconds)                 # what the run cost, per lesion and per UNet call
     write_outputs(run_dir, checks, cost, summary, model="insert-patch", seed=0)  # metrics.csv + cost.json
@@ -189,6 +190,12 @@ def lesion_hu_w1(ins: Insertion, phantom_hu: dict[int, np.ndarray]) -> list[dict
 def show_slice(ins: Insertion, cls: int) -> int:
     """The slice with the most inserted voxels of class `cls`."""
     return int(np.argmax((ins.lesions == cls).sum(axis=(1, 2))))
+
+
+def coronal_row(lesions: np.ndarray, cls: int) -> int:
+    """The coronal plane (row y of the (z, y, x) volume) through the most voxels of class `cls`: show
+    `volume[:, y, :]` (with the z spacing as aspect) to see lesions span slices."""
+    return int(np.argmax((np.asarray(lesions) == cls).sum(axis=(0, 2))))
 
 
 def crop_box(mask2d: np.ndarray, spacing_yx, half_mm: float = 40.0) -> tuple[slice, slice]:
