@@ -113,6 +113,8 @@ def test_synthesize_lands_within_ten_percent_of_the_target(tmp_path, model):
     assert s["lesion_ml"]["ggo"] == pytest.approx(ml) and s["target_ml"] == 20.0
     hu_in = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))
     assert np.all(hu_in[lab > 0] < -500)  # pasted on (toy) healthy lung only
+    comp, n = ndi.label(lab > 0, structure=np.ones((3, 3, 3), bool))
+    assert n == s["lesions"] and max(np.ptp(np.nonzero(comp == i)[0]) + 1 for i in range(1, n + 1)) >= 3  # 3D
 
 
 def _bad_cases(tmp_path, ct, mask):

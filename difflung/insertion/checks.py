@@ -5,6 +5,9 @@
     seam_scores(ins)                                   # |grad HU| on the region's boundary / in healthy lung
     lesion_hu_w1(ins, phantom_hu)                      # inserted lesion HU against the phantom's, Wasserstein-1
     check_table(ins, phantom, seed=0)                  # the three checks per inserted class, one table
+    z_continuity(ins.after, ins.lesions == c, ins.spacing)  # texture correlation of adjacent slices in a mask
+    z_continuity_of(volumes, cls)                      # the same on the phantom's lesions, or real lung (cls=2)
+    coronal_row(ins.lesions, c)                        # the coronal plane through most of a class's lesions
     judge_table(run_dir, ins, steps=..., seed=0)       # a judge at the patch scale on windows around the lesions
     cost_table(summary, train_seconds)                 # what the run cost, per lesion and per UNet call
     write_outputs(run_dir, checks, cost, summary, model="insert-patch", seed=0)  # metrics.csv + cost.json
@@ -109,6 +112,62 @@ def seam_scores(ins: Insertion, cls: int | None = None, ring_px: int = 1, clear_
     return {"seam_after": ratio(g_after), "seam_before": ratio(g_before)}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# texture and its continuity in z
+
+TEXTURE_SIGMA_MM = 3.0  # in-plane local mean removed from HU before texture statistics (Gaussian sigma, mm)
+
+
+def texture(hu: np.ndarray, spacing, sigma_mm: float = TEXTURE_SIGMA_MM) -> np.ndarray:
+    """HU minus its in-plane local mean (each slice on its own, so no correlation in z is made by the filter).
+
+    Args:
+        hu: (z, y, x) HU; spacing: (z, y, x) mm; sigma_mm: the local mean's Gaussian sigma.
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    return hu - ndi.gaussian_filter(hu, (0.0, sigma_mm / spacing[1], sigma_mm / spacing[2]), mode="nearest")
+
+
+def z_pairs(hu: np.ndarray, mask: np.ndarray, spacing, sigma_mm: float = TEXTURE_SIGMA_MM):
+    """Texture values (a, b) of voxel pairs (k, y, x), (k + 1, y, x) that are both in `mask`."""
+    tex, mask = texture(hu, spacing, sigma_mm), np.asarray(mask, bool)
+    both = mask[:-1] & mask[1:]
+    return tex[:-1][both], tex[1:][both]
+
+
+def _corr(a: np.ndarray, b: np.ndarray, min_pairs: int) -> float:
+    if a.size < min_pairs or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1])
+
+
+def z_continuity(hu: np.ndarray, mask: np.ndarray, spacing, *, sigma_mm: float = TEXTURE_SIGMA_MM,
+                 min_pairs: int = 20) -> float:
+    """Continuity in z of the texture inside `mask`: the Pearson correlation of `texture` between adjacent slices
+    over voxel pairs both in the mask (1: the same texture on every slice, 0: independent slices). NaN with
+    fewer than `min_pairs` pairs. Depends on the slice spacing: compare volumes at the same spacing.
+
+    Args:
+        hu: (z, y, x) HU; mask: (z, y, x) bool (e.g. the inserted lesions); spacing: (z, y, x) mm.
+    """
+    return _corr(*z_pairs(hu, mask, spacing, sigma_mm), min_pairs)
+
+
+def z_continuity_of(volumes, cls: int, *, sigma_mm: float = TEXTURE_SIGMA_MM, min_pairs: int = 20) -> float:
+    """`z_continuity` pooled over the voxel pairs of class `cls` in several volumes (`Volume`: hu, labels,
+    spacing): the phantom's own lesions of a class, or real lung (`L.LUNG` of prepared real scans)."""
+    pairs = [z_pairs(v.hu, v.labels == cls, v.spacing, sigma_mm) for v in volumes]
+    if not pairs:
+        return float("nan")
+    return _corr(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs]), min_pairs)
+
+
+def texture_spread(hu: np.ndarray, mask: np.ndarray, spacing, sigma_mm: float = TEXTURE_SIGMA_MM) -> float:
+    """Standard deviation (HU) of `texture` inside `mask`: how rough the texture is, whatever its mean."""
+    t = texture(hu, spacing, sigma_mm)[np.asarray(mask, bool)]
+    return float(t.std()) if t.size else float("nan")
+
+
 def phantom_lesion_hu(volumes, cls: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """Up to `n` HU values drawn (without replacement) from the phantom volumes' voxels of class `cls`."""
     hu = np.concatenate([v.hu[v.labels == cls].ravel() for v in volumes]).astype(np.float32)
@@ -131,6 +190,12 @@ def lesion_hu_w1(ins: Insertion, phantom_hu: dict[int, np.ndarray]) -> list[dict
 def show_slice(ins: Insertion, cls: int) -> int:
     """The slice with the most inserted voxels of class `cls`."""
     return int(np.argmax((ins.lesions == cls).sum(axis=(1, 2))))
+
+
+def coronal_row(lesions: np.ndarray, cls: int) -> int:
+    """The coronal plane (row y of the (z, y, x) volume) through the most voxels of class `cls`: show
+    `volume[:, y, :]` (with the z spacing as aspect) to see lesions span slices."""
+    return int(np.argmax((np.asarray(lesions) == cls).sum(axis=(0, 2))))
 
 
 def crop_box(mask2d: np.ndarray, spacing_yx, half_mm: float = 40.0) -> tuple[slice, slice]:

@@ -6,8 +6,9 @@
 CT is a NIfTI/NRRD/MHA/MHD volume or a DICOM series folder (read like `prepare`). The lesion mask holds project
 class ids (`difflung.labels`: 4 emphysema, 5 ggo, 6 fibrosis, ...), or any non-zero value with
 `--lesion-class NAME`; it must have the CT's geometry and lie inside the lung field that `difflung.data.ct_anatomy`
-segments. `--synthesize` places lesion shapes of the phantom (drawn at the scan's pixel size) in healthy lung
-with `difflung.data.masksynth`'s pasting until they add up to `--target-ml` (within 10 %, never above).
+segments. `--synthesize` places 3D lesions of the phantom (its lesions' extents, built on the scan's voxel grid,
+scaled and rotated within limits) wholly on healthy lung until they add up to `--target-ml` (within 10 %, never
+above; `shapes`).
 
 How, one module per step: the scan and the mask are read and checked (`scan_io`); `--synthesize` places lesion
 shapes (`shapes`); the edit region is the lesions dilated in-plane by `margin_mm` within the lung field
@@ -36,7 +37,7 @@ from difflung.insertion.painting import InsertConfig, paint
 from difflung.insertion.region import edit_region
 from difflung.insertion.scan_io import (InsertError, cast_like, check_in_lung, check_paths, lesion_class_id,
                                         lesions_path, read_ct, read_lesion_mask, write_checked)
-from difflung.insertion.shapes import phantom_lesion_sources, synthesize_lesions
+from difflung.insertion.shapes import phantom_lesion_extents, synthesize_lesions
 
 
 def load_insert_model(model_dir, spacing_mm: float = PATCH_SPACING_MM, device="cpu"):
@@ -102,8 +103,8 @@ def insert_lesions(ct, out, model_dir, *, lesion_mask=None, lesion_class=None, s
     else:
         t = time.perf_counter()
         rng_bank, rng_place = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(2))
-        donors = phantom_lesion_sources(cls, float(np.mean(vol.spacing[1:])), rng_bank)
-        lesions = synthesize_lesions(anat.labels(), cls, float(target_ml), vol.voxel_ml, donors, rng_place)
+        extents = phantom_lesion_extents(cls, rng_bank)
+        lesions = synthesize_lesions(anat.labels(), cls, float(target_ml), vol.spacing, extents, rng_place)
         sec["synthesis"] = time.perf_counter() - t
     region = edit_region(lesions, anat.lung, vol.spacing, cfg.margin_mm)
     t = time.perf_counter()

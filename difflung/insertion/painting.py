@@ -5,7 +5,9 @@ way (`condition`) and repaint only the edit region (`difflung.insertion.region.e
 
 A scan: slice by slice, at the scan's own resolution, the region is covered by windows (`plan_windows`); each
 window is resampled to the model's patch grid (`PATCH_SPACING_MM`, `difflung.insertion.patches.sample_plane`),
-painted with the window's label map as condition, and resampled back only at the region's voxels.
+painted with the window's label map as condition, and resampled back only at the region's voxels. By default
+(`InsertConfig.z_guide`, `z_rho`) slices are painted in z order, each window guided by what the slice below got
+and started from noise correlated with it (`difflung.insertion.zpaint`), so a lesion's texture continues in z.
 
 Whole slices: the `+difflung` arm paints whole synthetic slices from synthesised masks. `+insert` keeps the slice
 the mask was built on (a real or phantom training slice, `MaskSynthesis.source_index`) and lets the whole-slice,
@@ -48,6 +50,11 @@ class InsertConfig:
         batch_size: windows per UNet batch.
         spacing_mm: the patch spacing the model must have been trained at.
         seed: seeds the sampler and the lesion synthesis.
+        z_guide: continuity in z: share of the reverse steps (the noisiest first) during which the painted texture
+            of the slice below (k - 1) is the known part of slice k's window where both are painted (RePaint's
+            known-region mechanism, so the layout continues and the fine texture stays the model's own).
+        z_rho: correlation of the initial noise of adjacent slices (an AR(1) field in z on the scan's frame).
+            z_guide = z_rho = 0 paints every slice independently, in batched rounds (the earlier behaviour).
     """
 
     steps: int = 50
@@ -59,6 +66,21 @@ class InsertConfig:
     batch_size: int = 16
     spacing_mm: float = PATCH_SPACING_MM
     seed: int = 0
+    # benchmarks/bench_insert_truth.py (16 px model trained 300 steps, 3 mm slices, 10 steps): z-continuity of the
+    # inserted lesions 0.24-0.25 independent, 0.41-0.51 at z_guide 0.85, 0.65-0.91 at 0.9 (phantom truth: GGO
+    # 0.68, emphysema 0.84; real lung2 at 5 mm: 0.51); z_rho 0.5 -> 0.9 moves it by 0.01-0.05
+    z_guide: float = 0.85
+    z_rho: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= self.z_guide <= 1.0:
+            raise ValueError(f"InsertConfig.z_guide={self.z_guide}: must lie in [0, 1]")
+        if not 0.0 <= self.z_rho < 1.0:
+            raise ValueError(f"InsertConfig.z_rho={self.z_rho}: must lie in [0, 1)")
+
+    @property
+    def z_continuous(self) -> bool:
+        return self.z_guide > 0 or self.z_rho > 0
 
 
 def condition(labels: np.ndarray, classes, lesions: np.ndarray | None = None) -> np.ndarray:
@@ -108,8 +130,9 @@ def paint(hu: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing, unet,
           generator, *, device=None, progress: bool = False) -> tuple[np.ndarray, dict]:
     """Repaint the `region` voxels of `hu` (z, y, x) with the model, conditioned on `labels` (project ids).
 
-    Windows of all slices are painted in rounds (round r: the r-th window of every slice, one `inpaint` call,
-    batched), so a later window of a slice sees the earlier ones' result as known context.
+    With `cfg.z_continuous` (the default), windows are painted in z order, each conditioned on the slice below
+    (`paint_z`). Otherwise windows of all slices are painted in rounds (round r: the r-th window of every slice,
+    one `inpaint` call, batched), so a later window of a slice sees the earlier ones' result as known context.
     Returns (float32 HU, a copy of `hu` changed only on `region`; info dict).
     """
     from tqdm import tqdm
@@ -123,6 +146,10 @@ def paint(hu: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing, unet,
     work = hu.astype(np.float32, copy=True)
     plans = {int(k): plan_windows(region[k], sp, size, out_mm, cfg.context)
              for k in np.flatnonzero(region.any(axis=(1, 2)))}
+    if cfg.z_continuous:
+        from difflung.insertion.zpaint import paint_z
+
+        return paint_z(work, cond, region, plans, sp, unet, meta, cfg, generator, device=device, progress=progress)
     rounds = max((len(p) for p in plans.values()), default=0)
     for r in tqdm(range(rounds), disable=not show_progress(progress), desc="insert", unit="round"):
         items = [(k, plans[k][r]) for k in sorted(plans) if r < len(plans[k])]
