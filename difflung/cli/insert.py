@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-SAMPLER_OPTIONS = ("steps", "jump_length", "jump_n_sample", "eta", "margin_mm", "batch_size", "spacing_mm", "seed")
+SAMPLER_OPTIONS = ("steps", "jump_length", "jump_n_sample", "eta", "margin_mm", "batch_size", "spacing_mm", "seed",
+                   "z_guide", "z_rho")
 
 
 def configure_parser(p) -> None:
@@ -33,7 +34,9 @@ def configure_parser(p) -> None:
     helps = {"steps": "RePaint reverse steps", "jump_length": "RePaint jump length j",
              "jump_n_sample": "RePaint resamplings r (1: none)", "eta": "0 DDIM, 1 DDPM steps",
              "margin_mm": "in-plane dilation of lesions into the edit region", "batch_size": "windows per UNet batch",
-             "spacing_mm": "patch spacing the model must have", "seed": "sampler/synthesis seed"}
+             "spacing_mm": "patch spacing the model must have", "seed": "sampler/synthesis seed",
+             "z_guide": "share of the noisiest steps guided by the slice below (0: slices painted independently)",
+             "z_rho": "correlation of adjacent slices' initial noise"}
     for name in SAMPLER_OPTIONS:
         v = getattr(d, name)
         p.add_argument("--" + name.replace("_", "-"), type=type(v), default=v, help=f"{helps[name]} (default {v})")
