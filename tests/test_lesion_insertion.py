@@ -163,3 +163,25 @@ def test_z_continuity_table_coronal_figure_and_metrics_rows(case, tmp_path):
     assert len(rows) == len(plain) + len(ch.ZCONT_METRICS) * len(zc)  # the old rows, unchanged, plus the new
     keys = ["metric", "class"]
     assert plain.set_index(keys)["value"].equals(rows.set_index(keys)["value"].loc[plain.set_index(keys).index])
+
+
+def test_insertion_against_phantom_ground_truth_on_a_held_out_patient(tmp_path):
+    from difflung.insertion.truth import LAA_HU
+
+    px = 350.0 / 40
+    model = save_untrained_model(tmp_path / "model", CLASSES, 16, spacing_mm=px)
+    case = ch.truth_case(L.GGO, dz_mm=10.0, fraction=0.15, seed=0, slices=3, pixel_mm=px)
+    assert case.truth.patient.startswith("truth-ggo") and case.base.hu.shape == (3, 40, 40)
+    assert case.base.spacing == (10.0, px, px) and (case.lesions == L.GGO).sum() >= 50
+    m = case.lesions == L.GGO
+    tt = ch.truth(model, classes=["ggo"], dz_mm=10.0, fraction=0.15, insert_steps=2, jump_length=1, jump_n_sample=1,
+                  margin_mm=2.0, seed=0, slices=3, pixel_mm=px, device="cpu")
+    assert list(tt.index) == ["ggo"]
+    r = tt.loc["ggo"]
+    assert r["voxels"] == m.sum()
+    assert r["w1_base_to_truth"] == pytest.approx(wasserstein_distance(case.base.hu[m], case.truth.hu[m]))
+    assert r["laa950_truth"] == pytest.approx(100.0 * (case.truth.hu[m] < LAA_HU).mean())
+    lo, hi = sorted((r["seam_null"], r["seam_truth"]))
+    assert r["seam_in_band"] == (lo <= r["seam_inserted"] <= hi)
+    html = ch.table_truth(tt).to_html()
+    assert "seam within null .. truth" in html and "HU W1 to truth" in html

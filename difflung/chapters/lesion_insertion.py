@@ -271,6 +271,83 @@ def table_z_continuity(zc: pd.DataFrame):
     return table(zc.rename(columns=ZCONT_NAMES), percent=[ZCONT_NAMES["relative_difference"]])
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# ground truth from the phantom
+
+TRUTH_HELD_OUT = 10_000  # patient streams child_rng(seed + TRUTH_HELD_OUT, class, i): no training patient's
+TRUTH_SLICES = 3  # slices of each held-out patient kept (the densest in its class)
+TRUTH_FRACTION = 0.04  # the held-out patients' pathology knob: small lesions keep the section under a minute
+TRUTH_NAMES = {"voxels": "voxels", "w1_to_truth": "HU W1 to truth", "w1_base_to_truth": "HU W1, lesion-free render",
+               "mean_hu_inserted": "mean HU inserted", "mean_hu_truth": "mean HU truth",
+               "laa950_inserted": "LAA-950 inserted (%)", "laa950_truth": "LAA-950 truth (%)",
+               "spread_inserted": "texture spread inserted", "spread_truth": "texture spread truth",
+               "zcont_inserted": "z-continuity inserted", "zcont_truth": "z-continuity truth",
+               "seam_null": "seam, null insertion", "seam_inserted": "seam, inserted", "seam_truth": "seam, truth",
+               "seam_in_band": "seam within null .. truth"}
+
+
+def truth_case(cls: int, *, dz_mm: float, fraction: float, seed: int, slices: int = TRUTH_SLICES,
+               pixel_mm: float = PATCH_SPACING_MM, max_tries: int = 20):
+    """The first held-out phantom patient holding class `cls` (`truth.phantom_truth_case` at `pixel_mm`, the patch
+    model's spacing, over 350 mm; slices `dz_mm` apart), cut to the `slices` slices holding most of it."""
+    from difflung.phantom import PhantomConfig
+    from difflung.phantom.config import child_rng
+    from difflung.insertion.truth import crop_z, densest_slab, phantom_truth_case
+
+    size = int(round(350.0 / pixel_mm))
+    knobs = {L.BY_ID[c].name: (fraction if c == cls else 0.0) for c in LESIONS}
+    cfg = PhantomConfig(size=size, fov_mm=size * pixel_mm, slices_per_patient=int(np.ceil(300.0 / dz_mm)),
+                        slice_thickness_mm=dz_mm, **knobs)  # covers any patient's lungs
+    for i in range(max_tries):
+        case = phantom_truth_case(f"truth-{L.BY_ID[cls].name}{i}", child_rng(seed + TRUTH_HELD_OUT, cls, i), cfg)
+        if (case.lesions == cls).sum() >= 50:
+            return crop_z(case, *densest_slab(case.lesions == cls, slices))
+    raise RuntimeError(f"no held-out phantom patient with {L.BY_ID[cls].name} in {max_tries} draws")
+
+
+def truth(model_dir, *, classes, dz_mm: float, insert_steps: int, jump_length: int,
+          jump_n_sample: int, margin_mm: float, seed: int, fraction: float = TRUTH_FRACTION,
+          slices: int = TRUTH_SLICES, pixel_mm: float = PATCH_SPACING_MM, device: str = "auto") -> pd.DataFrame:
+    """Insertion against ground truth (`difflung.insertion.truth.truth_table`): per class, one held-out phantom
+    patient (`truth_case`) rendered with and without its lesions; its lesion labels inserted into the lesion-free
+    render by the chapter's patch model, and the same region repainted with no label (the null insertion, one
+    seed for both). `seam_in_band`: the insertion's seam score lies between the null insertion's and the truth's.
+
+    Args:
+        model_dir: the patch model; classes: class names; dz_mm: slice spacing of the renders (the target scan's);
+        fraction: the phantom's pathology knob; slices: slices per patient (`truth_case`); pixel_mm: the patch
+        model's spacing (the renders' pixel size); the rest as `insert_all`.
+    """
+    import torch
+
+    from difflung.core.provenance import resolve_device
+    from difflung.diffusion.train import load_model
+    from difflung.insertion.truth import insert_into_case, truth_table
+
+    cfg = InsertConfig(steps=insert_steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
+                       margin_mm=margin_mm, spacing_mm=pixel_mm, seed=seed)
+    device = resolve_device(device)
+    unet, meta = load_model(model_dir, device=device)
+    tables = []
+    for cls in (L.BY_NAME[c].id for c in classes):
+        case = truth_case(cls, dz_mm=dz_mm, fraction=fraction, seed=seed, slices=slices, pixel_mm=pixel_mm)
+        inserted, region = insert_into_case(case, unet, meta, cfg, torch.Generator().manual_seed(seed),
+                                            device=device)
+        null, _ = insert_into_case(case, unet, meta, cfg, torch.Generator().manual_seed(seed), null=True,
+                                   device=device)
+        t = truth_table(case, inserted, null, region, margin_mm=margin_mm).loc[[L.BY_ID[cls].name]]
+        lo, hi = sorted((t["seam_null"].iloc[0], t["seam_truth"].iloc[0]))
+        t["seam_in_band"] = bool(lo <= t["seam_inserted"].iloc[0] <= hi)
+        tables.append(t)
+    return pd.concat(tables)
+
+
+def table_truth(tt: pd.DataFrame):
+    """`truth` for the page: one row per comparison, one column per class."""
+    cells = tt.rename(columns=TRUTH_NAMES).apply(lambda col: col.map(sig))
+    return table(cells.T.rename_axis("inserted against rendered truth"))
+
+
 def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int, steps: int,
           judged: pd.DataFrame | None) -> Scope:
     """The chapter's "What this run can and cannot show" box, from its own numbers."""
