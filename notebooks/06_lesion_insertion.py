@@ -168,6 +168,33 @@ judged = ch.judge(run_dir, ins, steps=patch_judge_steps, seed=seed, device=devic
 ch.show_judge(judged)
 
 # %% [markdown]
+# ### Against ground truth
+#
+# The phantom can render one patient with and without its lesions: the same anatomy, vessels and noise voxel for
+# voxel (`difflung.insertion.truth`). For each class, one held-out phantom patient (drawn from streams no training
+# patient uses), at the patch spacing and `lung2`'s slice spacing, is cut to the few slices holding most of the
+# class; its lesion labels are inserted into the lesion-free render by this chapter's model and compared with the
+# render that has them, inside the lesions: HU W1 to truth (and of the lesion-free render, the do-nothing
+# reference), mean HU, LAA-950 (share below -950 HU), texture spread and z-continuity. The same region repainted
+# with no lesion label (the null insertion) gives the seam score's floor; the truth render's own seam is the
+# natural lesion edge, and an insertion's seam should lie between them.
+
+# %% tags=["hide-input"]
+truthed = ch.truth(result.model_dir, classes=lesion_classes, dz_mm=ins.spacing[0], insert_steps=insert_steps,
+                   jump_length=jump_length, jump_n_sample=jump_n_sample, margin_mm=margin_mm, seed=seed,
+                   device=device)
+ch.table_truth(truthed)
+
+# %% tags=["remove-input"]
+ch.glue_facts(ch.truth_facts(truthed))
+
+# %% [markdown]
+# The issue's targets on these patients: HU W1 to truth at most 30 HU is met for {glue:text}`truth_w1_met`
+# (worst class {glue:text}`truth_w1_worst:.3g` HU); inserted emphysema's LAA-950 is
+# {glue:text}`truth_laa_gap:.3g` points from the truth's (target: within 5). The seam score lies between the null
+# insertion and the natural edge for {glue:text}`truth_seam_in_band`.
+
+# %% [markdown]
 # ## Cost
 
 # %% tags=["hide-input"]
@@ -183,7 +210,8 @@ ch.glue_facts(ch.cost_facts(cost, summary))
 # `metrics.csv` and `cost.json`.
 
 # %% tags=["remove-input"]
-metrics = ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=judged, zcont=zcont)
+metrics = ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=judged, zcont=zcont,
+                          truthed=truthed)
 
 # %% tags=["remove-input"]
 ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, steps=steps, judged=judged)

@@ -2,6 +2,7 @@
 (outside differences, seam score, lesion HU W1), several classes placed in one mask, the chapter's tables,
 figure, metrics and scope. The real pyradiomics run is the notebook's."""
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 from scipy.stats import wasserstein_distance
@@ -185,3 +186,13 @@ def test_insertion_against_phantom_ground_truth_on_a_held_out_patient(tmp_path):
     assert r["seam_in_band"] == (lo <= r["seam_inserted"] <= hi)
     html = ch.table_truth(tt).to_html()
     assert "seam within null .. truth" in html and "HU W1 to truth" in html
+    f = ch.truth_facts(tt)
+    assert f["truth_n_classes"] == 1 and f["truth_w1_worst"] == r["w1_to_truth"] and np.isnan(f["truth_laa_gap"])
+    assert f["truth_w1_met"] == ("ggo" if r["w1_to_truth"] <= 30 else "none")
+    assert f["truth_seam_in_band"] == ("ggo" if r["seam_in_band"] else "none")
+    checks = pd.DataFrame({"w1_after": [1.0]}, index=pd.Index(["ggo"], name="class"))
+    s = {"lesion_ml": {"ggo": 1.0}, "seconds_by_stage": {"painting": 1.0}, "seconds_placement": 0.0, "seconds": 1.0,
+         "lesions": 1, "windows": 1, "network_calls_per_window": 2, "device": "cpu", "config": {}}
+    rows = ch.write_outputs(tmp_path, checks, C.cost_table(s, 0.0), s, seed=0, judged=None, truthed=tt)
+    got = rows.set_index("metric")["value"]
+    assert got["truth_w1_to_truth"] == r["w1_to_truth"] and got["truth_seam_in_band"] == float(r["seam_in_band"])

@@ -8,7 +8,9 @@ the files written. Each function is one section of `notebooks/06_lesion_insertio
     checks = ch.checks(ins, phantom, seed=seed); ch.table_checks(checks)
     zc = ch.z_continuity(ins, phantom, real); ch.table_z_continuity(zc)
     ch.show_judge(ch.judge(run_dir, ins, steps=..., seed=seed))
-    cost = ch.cost(summary, s); ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=..., zcont=zc)
+    tt = ch.truth(model, classes=[...], dz_mm=ins.spacing[0], insert_steps=..., seed=seed); ch.table_truth(tt)
+    cost = ch.cost(summary, s)
+    ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=..., zcont=zc, truthed=tt)
     ch.scope(profile, checks, ...)      # the *_facts functions give the values the prose quotes (glued)
 
 Train on lung1, insert into lung2: the scan a lesion goes into was never a training source.
@@ -137,11 +139,15 @@ def cost_facts(cost: pd.DataFrame, summary: dict) -> dict:
 
 
 def write_outputs(run_dir, checks: pd.DataFrame, cost: pd.DataFrame, summary: dict, *, seed: int,
-                  judged: pd.DataFrame | None, zcont: pd.DataFrame | None = None) -> pd.DataFrame:
+                  judged: pd.DataFrame | None, zcont: pd.DataFrame | None = None,
+                  truthed: pd.DataFrame | None = None) -> pd.DataFrame:
     """metrics.csv (no timings: a seeded CPU run writes the same bytes) and cost.json (`checks.write_outputs`);
-    with `zcont` (`z_continuity`), its numeric columns (`ZCONT_METRICS`) as further rows per class."""
+    with `zcont` (`z_continuity`), its numeric columns (`ZCONT_METRICS`) as further rows per class, and with
+    `truthed` (`truth`), its columns as rows "truth_<column>" per class."""
     if zcont is not None:
         checks = checks.join(zcont[list(ZCONT_METRICS)].astype(float))
+    if truthed is not None:
+        checks = checks.join(truthed.add_prefix("truth_").astype(float))
     return C.write_outputs(run_dir, checks, cost, summary, model=MODEL, seed=seed, judged=judged)
 
 
@@ -340,6 +346,17 @@ def truth(model_dir, *, classes, dz_mm: float, insert_steps: int, jump_length: i
         t["seam_in_band"] = bool(lo <= t["seam_inserted"].iloc[0] <= hi)
         tables.append(t)
     return pd.concat(tables)
+
+
+def truth_facts(tt: pd.DataFrame) -> dict:
+    """For the prose: the issue's targets on the held-out patients (emphysema's LAA-950 within 5 points of truth,
+    HU W1 to truth at most 30 HU) and the classes whose seam score lies in the band null .. truth."""
+    w1_ok = tt.index[tt["w1_to_truth"] <= 30.0].tolist()
+    laa = (abs(tt.loc["emphysema", "laa950_inserted"] - tt.loc["emphysema", "laa950_truth"])
+           if "emphysema" in tt.index else float("nan"))
+    return {"truth_w1_met": ", ".join(w1_ok) or "none", "truth_n_classes": len(tt),
+            "truth_w1_worst": float(tt["w1_to_truth"].max()), "truth_laa_gap": float(laa),
+            "truth_seam_in_band": ", ".join(tt.index[tt["seam_in_band"].astype(bool)]) or "none"}
 
 
 def table_truth(tt: pd.DataFrame):
