@@ -127,28 +127,6 @@ ch.table_checks(checks)
 # %% tags=["remove-input"]
 ch.glue_facts(ch.check_facts(checks))
 
-# %% [markdown]
-# ### Is the texture continuous in z?
-#
-# Painting conditions each slice on what is already painted on the slice below and starts from noise correlated
-# across slices (`difflung.insertion.zpaint`). The check is the Pearson correlation of the texture (HU minus its
-# in-plane local mean) between adjacent slices over voxel pairs inside the lesions
-# (`difflung.insertion.checks.z_continuity`): 1 is the same texture on every slice, 0 independent slices. Beside it,
-# the same statistic on the phantom's own lesions of the class, on the real `lung1` lung and on `lung2`'s own lung
-# before insertion; the target (issue 26) is the inserted lesions within 20 % of the phantom's own.
-
-# %% tags=["hide-input"]
-zcont = ch.z_continuity(ins, phantom, real)
-ch.table_z_continuity(zcont)
-
-# %% tags=["remove-input"]
-ch.glue_facts(ch.z_continuity_facts(zcont, ins, phantom))
-
-# %% [markdown]
-# {glue:text}`n_zcont_met` of {glue:text}`n_zcont_classes` classes meet the target. The statistic depends on the
-# slice spacing: `lung2`'s slices are {glue:text}`scan_dz_mm` mm apart, the phantom patients' (a few slices spread
-# over the lungs) {glue:text}`phantom_dz_mm` mm, so the phantom's own value is a reference at another spacing,
-# and `lung2`'s lung before insertion is the one at the same spacing.
 
 # %% [markdown]
 # {glue:text}`outside` voxels outside the edit region differ from the input. The inserted lesions are closer to
@@ -193,6 +171,31 @@ ch.glue_facts(ch.truth_facts(truthed))
 # (worst class {glue:text}`truth_w1_worst:.3g` HU); inserted emphysema's LAA-950 is
 # {glue:text}`truth_laa_gap:.3g` points from the truth's (target: within 5). The seam score lies between the null
 # insertion and the natural edge for {glue:text}`truth_seam_in_band`.
+
+# %% [markdown]
+# ### Is the texture continuous in z?
+#
+# Painting conditions each slice on what is already painted on the slice below and starts from noise correlated
+# across slices (`difflung.insertion.zpaint`). The check is the Pearson correlation of the texture (HU minus its
+# in-plane local mean) between adjacent slices over voxel pairs inside the lesions
+# (`difflung.insertion.checks.z_continuity`): 1 is the same texture on every slice, 0 independent slices. Beside it,
+# the same statistic on the phantom's own lesions of the class, on the real `lung1` lung and on `lung2`'s own lung
+# before insertion, and on the ground-truth renders above (the phantom's lesions at `lung2`'s slice spacing); the
+# target (issue 26) is the inserted lesions within 20 % of the phantom's own.
+
+# %% tags=["hide-input"]
+zcont = ch.z_continuity(ins, phantom, real, truthed)
+ch.table_z_continuity(zcont)
+
+# %% tags=["remove-input"]
+ch.glue_facts(ch.z_continuity_facts(zcont, ins, phantom))
+
+# %% [markdown]
+# {glue:text}`n_zcont_met` of {glue:text}`n_zcont_classes` classes meet the target against the training phantom's
+# lesions, {glue:text}`n_zcont_met_scan_dz` against the truth renders. The statistic depends on the slice spacing:
+# `lung2`'s slices are {glue:text}`scan_dz_mm` mm apart, the training phantom patients' (a few slices spread over
+# the lungs) {glue:text}`phantom_dz_mm` mm, so the truth renders at `lung2`'s spacing are the fair reference, and
+# `lung2`'s own lung before insertion the real one at the same spacing.
 
 # %% [markdown]
 # ## Cost

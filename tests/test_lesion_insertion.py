@@ -140,7 +140,14 @@ def test_z_continuity_table_coronal_figure_and_metrics_rows(case, tmp_path):
     html = ch.table_z_continuity(zc).to_html()
     assert "within 20% of phantom" in html and ">met<" in html and "0 %" in html
     f = ch.z_continuity_facts(other, ins, own)
-    assert f == {"n_zcont_met": 0, "n_zcont_classes": 2, "scan_dz_mm": 5.0, "phantom_dz_mm": 5.0}
+    assert f == {"n_zcont_met": 0, "n_zcont_classes": 2, "n_zcont_met_scan_dz": 0, "scan_dz_mm": 5.0,
+                 "phantom_dz_mm": 5.0}
+    truthed = pd.DataFrame({"zcont_truth": [zc.loc["ggo", "zcont_inserted"] * 1.1, 0.0]}, index=["ggo", "fibrosis"])
+    both = ch.z_continuity(ins, shuffled, real, truthed)  # the truth renders at the scan's spacing as reference
+    assert both["target_scan_dz"].tolist() == ["met", "not measurable"] and (both["target"] == "missed").all()
+    assert both.loc["ggo", "zcont_phantom_scan_dz"] == truthed.loc["ggo", "zcont_truth"]
+    assert ch.z_continuity_facts(both, ins, own)["n_zcont_met_scan_dz"] == 1
+    assert "target against it" in ch.table_z_continuity(both).to_html()
 
     fig = ch.figure_coronal(ins, tmp_path, seed=0)
     assert (tmp_path / "figures" / "insertions_coronal.png").is_file()

@@ -6,9 +6,9 @@ the files written. Each function is one section of `notebooks/06_lesion_insertio
     summary, ins = ch.insert_all(run_dir, model, classes=[...], target_ml=..., insert_steps=..., seed=seed)
     ch.figure_insertions(ins, run_dir, seed=seed); ch.figure_coronal(ins, run_dir, seed=seed)
     checks = ch.checks(ins, phantom, seed=seed); ch.table_checks(checks)
-    zc = ch.z_continuity(ins, phantom, real); ch.table_z_continuity(zc)
     ch.show_judge(ch.judge(run_dir, ins, steps=..., seed=seed))
     tt = ch.truth(model, classes=[...], dz_mm=ins.spacing[0], insert_steps=..., seed=seed); ch.table_truth(tt)
+    zc = ch.z_continuity(ins, phantom, real, tt); ch.table_z_continuity(zc)
     cost = ch.cost(summary, s)
     ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=..., zcont=zc, truthed=tt)
     ch.scope(profile, checks, ...)      # the *_facts functions give the values the prose quotes (glued)
@@ -235,33 +235,47 @@ def slices_per_lesion(lesions: np.ndarray, cls: int) -> float:
     return float(np.median([s[0].stop - s[0].start for s in ndi.find_objects(comp)]))
 
 
-def z_continuity(ins: C.Insertion, phantom, real) -> pd.DataFrame:
+def _verdict(got: float, ref: float) -> tuple[float, str]:
+    """Relative difference to `ref` and the issue's verdict on it ("met", "missed", "not measurable")."""
+    rel = abs(got - ref) / abs(ref) if ref else float("nan")
+    return rel, "not measurable" if np.isnan(rel) else "met" if rel <= ZCONT_TARGET else "missed"
+
+
+def z_continuity(ins: C.Insertion, phantom, real, truthed: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per inserted class, the texture correlation between adjacent slices (`checks.z_continuity`) inside the
     inserted lesions, beside the same statistic on the phantom's own lesions of that class (`z_continuity_of`),
     on real lung (`real`: prepared real volumes, class lung) and on the target scan's own lung before insertion
     (same spacing as the inserted lesions, lesions left out), with the target of issue 26 (within `ZCONT_TARGET`
     of the phantom's own): "met", "missed", or "not measurable" (too few voxel pairs in adjacent slices).
+    With `truthed` (`truth`, rendered at the scan's slice spacing), also its truth renders' value
+    (`zcont_phantom_scan_dz`) and the target against it (`target_scan_dz`): the statistic depends on the spacing.
 
     Args:
-        ins: the insertion (`insert_all`); phantom: the phantom volumes; real: real volumes with anatomy labels.
+        ins: the insertion (`insert_all`); phantom: the phantom volumes; real: real volumes with anatomy labels;
+        truthed: optional `truth` table.
     """
     real_lung = C.z_continuity_of(real, L.LUNG)
     scan_lung = C.z_continuity(ins.before, ins.lung & (ins.lesions == 0), ins.spacing)
     rows = []
     for c in (int(v) for v in np.unique(ins.lesions) if v):
         got, own = C.z_continuity(ins.after, ins.lesions == c, ins.spacing), C.z_continuity_of(phantom, c)
-        rel = abs(got - own) / abs(own) if own else float("nan")
-        verdict = "not measurable" if np.isnan(rel) else "met" if rel <= ZCONT_TARGET else "missed"
-        rows.append({"class": L.BY_ID[c].name, "zcont_inserted": got, "zcont_phantom": own,
-                     "zcont_real_lung": real_lung, "zcont_scan_lung": scan_lung,
-                     "slices_per_lesion": slices_per_lesion(ins.lesions, c), "relative_difference": rel,
-                     "target": verdict})
+        rel, verdict = _verdict(got, own)
+        row = {"class": L.BY_ID[c].name, "zcont_inserted": got, "zcont_phantom": own,
+               "zcont_real_lung": real_lung, "zcont_scan_lung": scan_lung,
+               "slices_per_lesion": slices_per_lesion(ins.lesions, c), "relative_difference": rel, "target": verdict}
+        if truthed is not None:
+            ref = float(truthed["zcont_truth"].get(L.BY_ID[c].name, np.nan))
+            row["zcont_phantom_scan_dz"] = ref
+            row["target_scan_dz"] = _verdict(got, ref)[1]
+        rows.append(row)
     return pd.DataFrame(rows).set_index("class")
 
 
 def z_continuity_facts(zc: pd.DataFrame, ins: C.Insertion, phantom) -> dict:
     """For the prose: classes meeting the z-continuity target, and the slice spacings the statistic depends on."""
+    same = zc["target_scan_dz"] if "target_scan_dz" in zc else pd.Series(dtype=str)
     return {"n_zcont_met": int((zc["target"] == "met").sum()), "n_zcont_classes": len(zc),
+            "n_zcont_met_scan_dz": int((same == "met").sum()),
             "scan_dz_mm": round(float(ins.spacing[0]), 2),
             "phantom_dz_mm": round(float(np.median([v.spacing[0] for v in phantom])), 2)}
 
@@ -269,7 +283,9 @@ def z_continuity_facts(zc: pd.DataFrame, ins: C.Insertion, phantom) -> dict:
 ZCONT_NAMES = {"zcont_inserted": "inserted", "zcont_phantom": "phantom's own lesions",
                "zcont_real_lung": f"real lung ({TRAIN_SCAN})", "zcont_scan_lung": f"{TARGET_SCAN} lung, before",
                "slices_per_lesion": "slices per lesion (median)", "relative_difference": "inserted vs phantom",
-               "target": f"target: within {ZCONT_TARGET:.0%} of phantom"}
+               "target": f"target: within {ZCONT_TARGET:.0%} of phantom",
+               "zcont_phantom_scan_dz": "phantom truth at the scan's spacing",
+               "target_scan_dz": "target against it"}
 
 
 def table_z_continuity(zc: pd.DataFrame):
