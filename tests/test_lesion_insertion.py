@@ -2,7 +2,9 @@
 (outside differences, seam score, lesion HU W1), several classes placed in one mask, the chapter's tables,
 figure, metrics and scope. The real pyradiomics run is the notebook's."""
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import ndimage as ndi
 from scipy.stats import wasserstein_distance
 
 from _ct_fixtures import toy_chest
@@ -106,3 +108,98 @@ def test_the_patch_judge_reads_windows_around_each_inserted_lesion(case, tmp_pat
     box = ch.scope("standard", C.check_table(ins, phantom, seed=0), per_class=2, patch_size=16, steps=4,
                    judged=judged).html()
     assert "patch judge" in box
+
+
+def test_z_continuity_table_coronal_figure_and_metrics_rows(case, tmp_path):
+    from difflung.data.dataset import Volume
+
+    _, ct, _, s = case
+    ins = C.read_insertion(ct, s)
+    lab = np.where(ins.lesions > 0, ins.lesions, np.where(ins.lung, L.LUNG, L.BODY)).astype(np.uint8)
+    own = [Volume("same", ins.after, lab, ins.spacing)]  # the inserted lesions as "phantom": target met
+    rng = np.random.default_rng(0)
+    shuffled = [Volume("noise", rng.normal(-700, 50, ins.after.shape).astype(np.float32), lab, ins.spacing)]
+    real = [Volume("real", ins.before, lab, ins.spacing)]
+    zc = ch.z_continuity(ins, own, real)
+    assert list(zc.index) == ["ggo", "fibrosis"]
+    for name, c in (("ggo", L.GGO), ("fibrosis", L.FIBROSIS)):
+        m = ins.lesions == c
+        assert zc.loc[name, "zcont_inserted"] == pytest.approx(C.z_continuity(ins.after, m, ins.spacing))
+        assert zc.loc[name, "zcont_inserted"] == zc.loc[name, "zcont_phantom"]
+        comp, n = ndi.label(m, structure=np.ones((3, 3, 3), bool))
+        spans = [sl[0].stop - sl[0].start for sl in ndi.find_objects(comp)]
+        assert zc.loc[name, "slices_per_lesion"] == np.median(spans) and max(spans) > 1  # 3D lesions
+    assert (zc["relative_difference"] == 0).all() and (zc["target"] == "met").all()
+    assert zc["zcont_real_lung"].iloc[0] == pytest.approx(C.z_continuity(ins.before, lab == L.LUNG, ins.spacing))
+    assert zc["zcont_scan_lung"].iloc[0] == pytest.approx(
+        C.z_continuity(ins.before, ins.lung & (ins.lesions == 0), ins.spacing))
+    other = ch.z_continuity(ins, shuffled, real)  # independent noise: correlation near 0, far from inserted
+    assert (other["target"] == "missed").all() and (other["relative_difference"] > ch.ZCONT_TARGET).all()
+    few = ch.z_continuity(ins, [Volume("none", ins.after, np.full_like(lab, L.BODY), ins.spacing)], real)
+    assert few["zcont_phantom"].isna().all() and (few["target"] == "not measurable").all()
+    html = ch.table_z_continuity(zc).to_html()
+    assert "within 20% of phantom" in html and ">met<" in html and "0 %" in html
+    f = ch.z_continuity_facts(other, ins, own)
+    assert f == {"n_zcont_met": 0, "n_zcont_classes": 2, "n_zcont_met_scan_dz": 0, "scan_dz_mm": 5.0,
+                 "phantom_dz_mm": 5.0}
+    truthed = pd.DataFrame({"zcont_truth": [zc.loc["ggo", "zcont_inserted"] * 1.1, 0.0]}, index=["ggo", "fibrosis"])
+    both = ch.z_continuity(ins, shuffled, real, truthed)  # the truth renders at the scan's spacing as reference
+    assert both["target_scan_dz"].tolist() == ["met", "not measurable"] and (both["target"] == "missed").all()
+    assert both.loc["ggo", "zcont_phantom_scan_dz"] == truthed.loc["ggo", "zcont_truth"]
+    assert ch.z_continuity_facts(both, ins, own)["n_zcont_met_scan_dz"] == 1
+    assert "target against it" in ch.table_z_continuity(both).to_html()
+
+    fig = ch.figure_coronal(ins, tmp_path, seed=0)
+    assert (tmp_path / "figures" / "insertions_coronal.png").is_file()
+    ct_axes = [ax for ax in fig.axes if ax.images]
+    assert len(ct_axes) == 6 and all(ax.get_aspect() == pytest.approx(5.0 / 4.0) for ax in ct_axes)
+    y = C.coronal_row(ins.lesions, L.GGO)
+    assert ct_axes[0].get_title() == f"ggo: before (coronal row {y})"
+    assert ct_axes[0].images[0].get_array().shape[0] == ins.before.shape[0]  # every slice in z
+    assert any("lung window" in ax.get_ylabel() for ax in fig.axes)  # the HU bar
+
+    checks = C.check_table(ins, own, seed=0)
+    cost = C.cost_table(s, 2.0)
+    rows = ch.write_outputs(tmp_path, checks, cost, s, seed=0, judged=None, zcont=zc)
+    z = rows[rows["metric"] == "zcont_inserted"].set_index("class")["value"]
+    assert z.to_dict() == pytest.approx(zc["zcont_inserted"].to_dict())
+    assert set(ch.ZCONT_METRICS) <= set(rows["metric"]) and "target" not in set(rows["metric"])
+    first = (tmp_path / "metrics.csv").read_bytes()
+    ch.write_outputs(tmp_path, checks, cost, s, seed=0, judged=None, zcont=ch.z_continuity(ins, own, real))
+    assert (tmp_path / "metrics.csv").read_bytes() == first
+    plain = ch.write_outputs(tmp_path / "plain", checks, cost, s, seed=0, judged=None)
+    assert len(rows) == len(plain) + len(ch.ZCONT_METRICS) * len(zc)  # the old rows, unchanged, plus the new
+    keys = ["metric", "class"]
+    assert plain.set_index(keys)["value"].equals(rows.set_index(keys)["value"].loc[plain.set_index(keys).index])
+
+
+def test_insertion_against_phantom_ground_truth_on_a_held_out_patient(tmp_path):
+    from difflung.insertion.truth import LAA_HU
+
+    px = 350.0 / 40
+    model = save_untrained_model(tmp_path / "model", CLASSES, 16, spacing_mm=px)
+    case = ch.truth_case(L.GGO, dz_mm=10.0, fraction=0.15, seed=0, slices=3, pixel_mm=px)
+    assert case.truth.patient.startswith("truth-ggo") and case.base.hu.shape == (3, 40, 40)
+    assert case.base.spacing == (10.0, px, px) and (case.lesions == L.GGO).sum() >= 50
+    m = case.lesions == L.GGO
+    tt = ch.truth(model, classes=["ggo"], dz_mm=10.0, fraction=0.15, insert_steps=2, jump_length=1, jump_n_sample=1,
+                  margin_mm=2.0, seed=0, slices=3, pixel_mm=px, device="cpu")
+    assert list(tt.index) == ["ggo"]
+    r = tt.loc["ggo"]
+    assert r["voxels"] == m.sum()
+    assert r["w1_base_to_truth"] == pytest.approx(wasserstein_distance(case.base.hu[m], case.truth.hu[m]))
+    assert r["laa950_truth"] == pytest.approx(100.0 * (case.truth.hu[m] < LAA_HU).mean())
+    lo, hi = sorted((r["seam_null"], r["seam_truth"]))
+    assert r["seam_in_band"] == (lo <= r["seam_inserted"] <= hi)
+    html = ch.table_truth(tt).to_html()
+    assert "seam within null .. truth" in html and "HU W1 to truth" in html
+    f = ch.truth_facts(tt)
+    assert f["truth_n_classes"] == 1 and f["truth_w1_worst"] == r["w1_to_truth"] and np.isnan(f["truth_laa_gap"])
+    assert f["truth_w1_met"] == ("ggo" if r["w1_to_truth"] <= 30 else "none")
+    assert f["truth_seam_in_band"] == ("ggo" if r["seam_in_band"] else "none")
+    checks = pd.DataFrame({"w1_after": [1.0]}, index=pd.Index(["ggo"], name="class"))
+    s = {"lesion_ml": {"ggo": 1.0}, "seconds_by_stage": {"painting": 1.0}, "seconds_placement": 0.0, "seconds": 1.0,
+         "lesions": 1, "windows": 1, "network_calls_per_window": 2, "device": "cpu", "config": {}}
+    rows = ch.write_outputs(tmp_path, checks, C.cost_table(s, 0.0), s, seed=0, judged=None, truthed=tt)
+    got = rows.set_index("metric")["value"]
+    assert got["truth_w1_to_truth"] == r["w1_to_truth"] and got["truth_seam_in_band"] == float(r["seam_in_band"])
