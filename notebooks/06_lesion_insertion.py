@@ -93,17 +93,17 @@ ch.glue_facts(ch.insertion_facts(summary))
 
 # %% [markdown]
 # {glue:text}`n_lesions` lesions were inserted on {glue:text}`n_slices_edited` slices of `lung2`.
-# {numref}`ch7-insertions` shows, for each class, the slice holding most of it, in the {glue:md}`lung_window`.
+# {numref}`ch6-insertions` shows, for each class, the slice holding most of it, in the {glue:md}`lung_window`.
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Lesions inserted into the real lung2 CT, one row per class on the slice holding most of it: the input, the edited scan, their difference (the edit region; zero everywhere else) and the inserted lesion labels. Grey bar: HU in the lung window; the difference has its own bar. Made by `difflung.chapters.lesion_insertion.figure_insertions`.", "name": "ch7-insertions"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Lesions inserted into the real lung2 CT, one row per class on the slice holding most of it: the input, the edited scan, their difference (the edit region; zero everywhere else) and the inserted lesion labels. Grey bar: HU in the lung window; the difference has its own bar. Made by `difflung.chapters.lesion_insertion.figure_insertions`.", "name": "ch6-insertions"}}
 ch.figure_insertions(ins, run_dir, seed=seed)
 
 # %% [markdown]
-# Each placed lesion is a 3D shape of the phantom, so it spans the slices its size implies. {numref}`ch7-coronal`
+# Each placed lesion is a 3D shape of the phantom, so it spans the slices its size implies. {numref}`ch6-coronal`
 # cuts the scan the other way: for each class, the coronal plane through most of its lesions, every slice drawn as
 # tall as the slice spacing, so a lesion one slice thick would show as a thin streak.
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Coronal view of the inserted lung2 CT, one row per class on the coronal plane (row of the volume) through most of its lesions: the input, the edited scan and the inserted lesion labels, with the slice spacing as the aspect. Grey bar: HU in the lung window. Made by `difflung.chapters.lesion_insertion.figure_coronal`.", "name": "ch7-coronal"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Coronal view of the inserted lung2 CT, one row per class on the coronal plane (row of the volume) through most of its lesions: the input, the edited scan and the inserted lesion labels, with the slice spacing as the aspect. Grey bar: HU in the lung window. Made by `difflung.chapters.lesion_insertion.figure_coronal`.", "name": "ch6-coronal"}}
 ch.figure_coronal(ins, run_dir, seed=seed)
 
 # %% [markdown]

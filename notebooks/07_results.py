@@ -64,11 +64,11 @@ table(ch.table_claims(claims))
 # %% tags=["remove-input"]
 Markdown(ch.summary_markdown(claims, profile))
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Our paired effects with their 95 % intervals (dots; grey: not measurable) against the poster's reported differences (diamonds), per unit of replication; made by `difflung.chapters.results.figure_claims`.", "name": "ch6-claims"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Our paired effects with their 95 % intervals (dots; grey: not measurable) against the poster's reported differences (diamonds), per unit of replication; made by `difflung.chapters.results.figure_claims`.", "name": "ch7-claims"}}
 ch.figure_claims(claims, run_dir, seed=seed)
 
 # %% [markdown]
-# {numref}`ch6-claims` shows the same table as effects: where a dot's interval crosses 0 the run cannot tell.
+# {numref}`ch7-claims` shows the same table as effects: where a dot's interval crosses 0 the run cannot tell.
 #
 # ## The archived reference run
 #
