@@ -23,8 +23,8 @@ from difflung.augment.arms import (ARM_NAMES, ARMS, CONTROL_ARMS, DOSE_ARM, RARE
                                    dose_arms, dose_share, n_extra, rare_ids)
 from difflung.augment.choice import (CANDIDATES, SegChoice, choice_path, choose_segmenter, one_se_choice,
                                     validation_score)
-from difflung.augment.comparisons import (arm_convergence, arm_usable, class_measurability, comparison_triples, dose_response,
-                                          judge_arms, seed_scores, summarize_arms, validity)
+from difflung.augment.comparisons import (arm_convergence, arm_usable, class_measurability, comparison_triples,
+                                          dose_response, judge_arms, seed_scores, summarize_arms, validity)
 from difflung.augment.copypaste import CopyPaste, Patch, copy_paste, patch_bank
 from difflung.augment.dice import (mean_over_patients, mean_over_truth_slices, per_image_dice,
                                    pooled_patient_dice)

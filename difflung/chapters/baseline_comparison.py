@@ -254,8 +254,9 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
 # ---------------------------------------------------------------------------------------------------------------
 # tables (DataFrames of text or numbers; the notebook shows them through `plots.table`)
 
+# `difflung.judging.instruments`' thresholds the page quotes
 INSTRUMENT_FACTS = ("JUDGE_FLOOR_ANATOMY", "JUDGE_FLOOR_RARE", "DICE_RATIO_MIN", "DICE_RATIO_MAX", "HU_W1_MAX",
-                    "HU_W1_CONTRAST_MAX", "AIR_TOLERANCE_HU", "AIR_SHARE_MIN", "CLASSIFIER_ACCURACY_MAX")  # `difflung.judging.instruments`' thresholds
+                    "HU_W1_CONTRAST_MAX", "AIR_TOLERANCE_HU", "AIR_SHARE_MIN", "CLASSIFIER_ACCURACY_MAX")
 
 
 def page_facts() -> dict:
