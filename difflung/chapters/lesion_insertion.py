@@ -204,7 +204,8 @@ def figure_coronal(ins: C.Insertion, run_dir, *, seed: int, half_mm: float = 40.
     aspect (a lesion spanning slices shows as tall as it is), lung window with its HU bar."""
     ids = [int(c) for c in np.unique(ins.lesions) if c]
     dz, dx = ins.spacing[0], ins.spacing[2]
-    fig, axes = plt.subplots(len(ids), 3, figsize=(8.0, 2.6 * len(ids)), squeeze=False, layout="constrained")
+    # narrow: the slices' aspect makes each panel tall and thin, and a wide figure leaves the HU bar over them
+    fig, axes = plt.subplots(len(ids), 3, figsize=(6.0, 2.6 * len(ids)), squeeze=False, layout="constrained")
     for row, c in zip(axes, ids):
         y = C.coronal_row(ins.lesions, c)
         xs = np.flatnonzero((ins.lesions[:, y, :] == c).any(axis=0))
@@ -214,7 +215,7 @@ def figure_coronal(ins: C.Insertion, run_dir, *, seed: int, half_mm: float = 40.
         lab = np.where(ins.lesions[:, y, :] > 0, ins.lesions[:, y, :], L.BODY)[box]
         show_ct(row[0], ins.before[:, y, :][box], title=f"{L.BY_ID[c].name}: before (coronal row {y})")
         show_ct(row[1], ins.after[:, y, :][box], title="after")
-        show_ct(row[2], ins.after[:, y, :][box], lab, alpha=0.45, title="inserted lesions")
+        show_ct(row[2], ins.after[:, y, :][box], lab, alpha=0.45, title="lesions")
         for ax in row:
             ax.set_aspect(dz / dx)  # one slice drawn as tall as its spacing
     hu_colorbar(fig, axes, shrink=0.6)
