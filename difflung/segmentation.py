@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difflung.core.progress import show_progress
+from difflung.progress import show_progress
 from difflung import labels as L
 from difflung.core.provenance import provenance
 from difflung.core.training import (BatchOrder, FolderSpec, LossLog, RunFolder, load_state_dict, open_folder, rng_scope, run_key,

@@ -53,7 +53,7 @@ sample_seeds = [0, 1]
 strategies = ["none", "uniform", "cbmat", "cbmat-constant", "cbmat-inverse"]
 
 # %% tags=["remove-input"]
-from difflung.core.progress import quiet_notebook_tqdm
+from difflung.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 

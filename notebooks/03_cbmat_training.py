@@ -41,7 +41,7 @@ sampler_steps = 10
 sample_seeds = [0, 1]
 
 # %% tags=["remove-input"]
-from difflung.core.progress import quiet_notebook_tqdm
+from difflung.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 

@@ -47,7 +47,7 @@ sample_seeds = [0, 1]
 # %% tags=["remove-input"]
 from IPython.display import display
 
-from difflung.core.progress import quiet_notebook_tqdm
+from difflung.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()  # before difflung's GAN trainer imports tqdm.auto
 from difflung.chapters import baseline_comparison as ch  # noqa: E402

@@ -56,7 +56,7 @@ from IPython.display import display
 
 from difflung.chapters import segmentation_augmentation as ch
 from difflung.plots import table
-from difflung.core.progress import quiet_notebook_tqdm
+from difflung.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 experiment = ch.open_experiment(runs_root, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, seg_channels=seg_channels,

@@ -50,7 +50,7 @@ patch_judge_steps = 0
 # %% tags=["remove-input"]
 from difflung.chapters import lesion_insertion as ch
 from difflung.plots import table
-from difflung.core.progress import quiet_notebook_tqdm
+from difflung.progress import quiet_notebook_tqdm
 
 quiet_notebook_tqdm()
 ch.glue_facts(ch.page_facts(patch_size=patch_size, per_class=per_class, steps=steps, target_ml=target_ml,

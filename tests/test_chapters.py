@@ -307,7 +307,7 @@ def test_lesion_insertion_facts_from_its_tables():
 
 
 SHARED = {"common", "scope", "criteria_tables"}  # chapter-layer modules every chapter may import
-ALLOWED_IN_NOTEBOOKS = {"difflung.plots", "difflung.core.progress", "IPython", "myst_nb"}
+ALLOWED_IN_NOTEBOOKS = {"difflung.plots", "difflung.progress", "IPython", "myst_nb"}
 
 
 def _imported(tree, package: str = "difflung.chapters") -> list[str]:
@@ -401,7 +401,7 @@ def test_notebooks_import_only_their_chapter():
 def test_the_notebook_import_check_catches_library_imports():
     chapters = {"ablation_study", "results"}
     good = ("from IPython.display import Markdown, display\nfrom myst_nb import glue\nimport json\n"
-            "from difflung.core.progress import quiet_notebook_tqdm\nfrom difflung.plots import table\n"
+            "from difflung.progress import quiet_notebook_tqdm\nfrom difflung.plots import table\n"
             "from difflung.chapters import ablation_study as ch\n")
     assert notebook_import_problems(good, chapters) == []
     assert notebook_import_problems(good + "from difflung.judging import stats\n", chapters) == [

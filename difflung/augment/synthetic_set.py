@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from difflung import labels as L
-from difflung.core.progress import show_progress
+from difflung.progress import show_progress
 from difflung.core.provenance import atomic_dir, provenance, resolve_device, sha256_file, write_json_atomic
 from difflung.data.dataset import Dataset, unwindow
 from difflung.data.nnunet import GENERATED_FILE, GENERATED_FORMAT, write_slice_nifti

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from difflung.core.progress import show_progress
+from difflung.progress import show_progress
 from difflung.core.provenance import provenance
 from difflung.core.training import (BatchOrder, FolderSpec, RunFolder, load_state_dict, open_folder, rng_scope, run_key,
                         state_dict_writer)

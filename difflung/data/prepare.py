@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from difflung.core.progress import show_progress
+from difflung.progress import show_progress
 from difflung import labels as L
 from difflung.data.ct_anatomy import Anatomy, AnatomyConfig, AnatomyError, place_lesions, segment, segment_body, \
     split_lungs

@@ -22,7 +22,7 @@ import contextlib
 import numpy as np
 import torch
 
-from difflung.core.progress import show_progress
+from difflung.progress import show_progress
 from difflung.diffusion.model import channel_index, check_size, encode_mask
 
 

@@ -19,7 +19,7 @@ import contextlib
 import numpy as np
 import torch
 
-from difflung.core.progress import show_progress
+from difflung.progress import show_progress
 from difflung.data.dataset import unwindow
 from difflung.diffusion.model import UNSPECIFIED, channel_index, check_size, encode_mask
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from difflung.core.progress import show_progress
+from difflung.progress import show_progress
 from difflung import labels as L
 from difflung.data.dataset import Dataset
 from difflung.core.provenance import device_description, provenance

@@ -137,7 +137,7 @@ def paint(hu: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing, unet,
     """
     from tqdm import tqdm
 
-    from difflung.core.progress import show_progress
+    from difflung.progress import show_progress
     from difflung.diffusion.inpaint import inpaint
 
     size, out_mm = int(meta["sample_size"]), float(meta[SPACING_KEY])

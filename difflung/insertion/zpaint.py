@@ -89,7 +89,7 @@ def paint_z(work: np.ndarray, cond: np.ndarray, region: np.ndarray, plans: dict,
     Returns (work, info)."""
     from tqdm import tqdm
 
-    from difflung.core.progress import show_progress
+    from difflung.progress import show_progress
 
     size, out_mm = int(meta["sample_size"]), float(meta[SPACING_KEY])
     level = window_levels(plans, sp, size, out_mm)
