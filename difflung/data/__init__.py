@@ -3,6 +3,7 @@ a dataset (`prepare`, `classmap`, the classical lung segmentation `ct_anatomy`),
 offline (`realdata`, `realct`), the phantom cohort as a dataset (`phantom_dataset`), new masks for rare classes
 (`masksynth`) and the nnU-Net export (`nnunet`).
 
-May import: `difflung.core`, `difflung.labels`, `difflung.phantom`, and the judging package's leaf
-`instruments` (chapter 1's HU-signature checks).
+May import: `difflung.core`, `difflung.labels`, `difflung.progress`, `difflung.phantom` (which takes only the
+`Volume` type from here), and for chapter 1's measurements the leaves `difflung.judging.instruments` (HU
+signatures), `difflung.diffusion.ablation` (CBMAT's class frequencies) and `difflung.plots` (a percentage format).
 """
