@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage as ndi
 from scipy.signal import correlate
 
 from difflung import labels as L
+from difflung.data.masksynth import components
 
 
 @dataclass
@@ -47,17 +47,8 @@ def patch_bank(images: np.ndarray, labels: np.ndarray, classes, min_pixels: int 
     """Connected components (8-connected, >= `min_pixels`) of each class in `labels` (N, S, S), with the
     matching `images` values."""
     bank: dict[int, list[Patch]] = {int(c): [] for c in classes}
-    eight = np.ones((3, 3), bool)
-    for i, lab in enumerate(labels):
-        for c in bank:
-            m = lab == c
-            if not m.any():
-                continue
-            comp, _ = ndi.label(m, structure=eight)
-            for k, sl in enumerate(ndi.find_objects(comp)):
-                piece = comp[sl] == k + 1
-                if piece.sum() >= min_pixels:
-                    bank[c].append(Patch(c, i, piece, np.where(piece, images[i][sl], 0).astype(np.float32)))
+    for c, i, sl, piece in components(labels, list(bank), min_pixels):
+        bank[c].append(Patch(c, i, piece, np.where(piece, images[i][sl], 0).astype(np.float32)))
     return bank
 
 

@@ -39,12 +39,12 @@ class MaskSynthesis:
     pastes: list[dict] = field(default_factory=list)  # one dict per pasted lesion (mask, class, donor, angle, ...)
 
 
-def lesion_bank(sources: np.ndarray, classes, min_pixels: int = 4) -> dict[int, list[Lesion]]:
-    """Connected components (8-connected, >= min_pixels) of each class in `sources` (N, S, S)."""
-    bank: dict[int, list[Lesion]] = {int(c): [] for c in classes}
+def components(sources: np.ndarray, classes, min_pixels: int = 4):
+    """Yield (class, slice index, bounding-box slices, cropped bool mask) for every 8-connected component of
+    >= `min_pixels` pixels of each class in `sources` (N, S, S), slice by slice, classes in the given order."""
     eight = np.ones((3, 3), bool)
     for i, lab in enumerate(np.asarray(sources)):
-        for c in bank:
+        for c in classes:
             m = lab == c
             if not m.any():
                 continue
@@ -52,7 +52,14 @@ def lesion_bank(sources: np.ndarray, classes, min_pixels: int = 4) -> dict[int, 
             for k, sl in enumerate(ndi.find_objects(comp)):
                 piece = comp[sl] == k + 1
                 if piece.sum() >= min_pixels:
-                    bank[c].append(Lesion(c, i, piece))
+                    yield int(c), i, sl, piece
+
+
+def lesion_bank(sources: np.ndarray, classes, min_pixels: int = 4) -> dict[int, list[Lesion]]:
+    """Connected components (8-connected, >= min_pixels) of each class in `sources` (N, S, S)."""
+    bank: dict[int, list[Lesion]] = {int(c): [] for c in classes}
+    for c, i, _, piece in components(sources, list(bank), min_pixels):
+        bank[c].append(Lesion(c, i, piece))
     return bank
 
 
