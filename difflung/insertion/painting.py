@@ -153,20 +153,31 @@ def paint(hu: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing, unet,
     rounds = max((len(p) for p in plans.values()), default=0)
     for r in tqdm(range(rounds), disable=not show_progress(progress), desc="insert", unit="round"):
         items = [(k, plans[k][r]) for k in sorted(plans) if r < len(plans[k])]
-        imgs, known, labs = [], [], []
-        for k, (c, ys, xs) in items:
-            mask = np.zeros(region.shape[1:], np.float32)
-            mask[ys, xs] = 1.0
-            imgs.append(window(sample_plane(work[k], c, sp, size, out_mm)))
-            labs.append(sample_plane(cond[k], c, sp, size, out_mm, order=0, cval=L.BACKGROUND))
-            known.append(sample_plane(mask, c, sp, size, out_mm, cval=0.0) <= 1e-6)
+        imgs, known, labs = map(list, zip(*(window_inputs(work, cond, k, plan, sp, size, out_mm)
+                                             for k, plan in items)))
         out = inpaint(unet, meta, np.stack(imgs), np.stack(known), np.stack(labs), generator=generator,
                       steps=cfg.steps, jump_length=cfg.jump_length, jump_n_sample=cfg.jump_n_sample, eta=cfg.eta,
                       batch_size=cfg.batch_size, device=device)
-        for (k, (c, ys, xs)), o in zip(items, out):
-            gi, gj = to_grid_index(ys, xs, c, sp, size, out_mm)
-            work[k, ys, xs] = unwindow(ndi.map_coordinates(o, [gi, gj], order=1, mode="nearest"))
+        write_back(work, items, out, sp, size, out_mm)
     return work, {"slices_edited": len(plans), "windows": sum(len(p) for p in plans.values()), "rounds": rounds}
+
+
+def window_inputs(work, cond, k: int, plan, sp, size: int, out_mm: float):
+    """One window's model inputs on slice k: the image in [-1, 1], its condition labels and the known mask
+    (True outside the window's planned pixels `plan` = (centre, ys, xs))."""
+    c, ys, xs = plan
+    mask = np.zeros(work.shape[1:], np.float32)
+    mask[ys, xs] = 1.0
+    img = window(sample_plane(work[k], c, sp, size, out_mm))
+    lab = sample_plane(cond[k], c, sp, size, out_mm, order=0, cval=L.BACKGROUND)
+    return img, lab, sample_plane(mask, c, sp, size, out_mm, cval=0.0) <= 1e-6
+
+
+def write_back(work, items, out, sp, size: int, out_mm: float) -> None:
+    """Resample each painted window `out` back onto its planned pixels of `work` (HU), in place."""
+    for (k, (c, ys, xs)), o in zip(items, out):
+        gi, gj = to_grid_index(ys, xs, c, sp, size, out_mm)
+        work[k, ys, xs] = unwindow(ndi.map_coordinates(o, [gi, gj], order=1, mode="nearest"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

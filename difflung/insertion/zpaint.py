@@ -24,12 +24,11 @@ import contextlib
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
-from difflung import labels as L
-from difflung.data.dataset import unwindow, window
+from difflung.data.dataset import window
 from difflung.diffusion.patch_model import SPACING_KEY
-from difflung.insertion.patches import sample_plane, to_grid_index
+from difflung.insertion.painting import window_inputs, write_back
+from difflung.insertion.patches import sample_plane
 
 
 def window_levels(plans: dict, sp, size: int, out_mm: float) -> dict:
@@ -99,11 +98,10 @@ def paint_z(work: np.ndarray, cond: np.ndarray, region: np.ndarray, plans: dict,
         items = [(k, plans[k][r]) for (k, r), v in sorted(level.items()) if v == lv]
         imgs, known, labs, guide, guided, noise = [], [], [], [], [], []
         for k, (c, ys, xs) in items:
-            mask = np.zeros(region.shape[1:], np.float32)
-            mask[ys, xs] = 1.0
-            imgs.append(window(sample_plane(work[k], c, sp, size, out_mm)))
-            labs.append(sample_plane(cond[k], c, sp, size, out_mm, order=0, cval=L.BACKGROUND))
-            known.append(sample_plane(mask, c, sp, size, out_mm, cval=0.0) <= 1e-6)
+            img, lab, kn = window_inputs(work, cond, k, (c, ys, xs), sp, size, out_mm)
+            imgs.append(img)
+            labs.append(lab)
+            known.append(kn)
             below = k - 1 in plans  # slice k - 1 painted (before this level): its painted part guides
             guide.append(window(sample_plane(work[k - 1], c, sp, size, out_mm)) if below else imgs[-1])
             was = sample_plane(region[k - 1].astype(np.float32), c, sp, size, out_mm, cval=0.0) if below else 0.0
@@ -111,9 +109,7 @@ def paint_z(work: np.ndarray, cond: np.ndarray, region: np.ndarray, plans: dict,
             noise.append(window_noise(fields, origin, k, c, sp, size, out_mm))
         out = repaint_guided(unet, meta, np.stack(imgs), np.stack(known), np.stack(labs), np.stack(guide),
                              np.stack(guided), torch.stack(noise), generator=generator, cfg=cfg, device=device)
-        for (k, (c, ys, xs)), o in zip(items, out):
-            gi, gj = to_grid_index(ys, xs, c, sp, size, out_mm)
-            work[k, ys, xs] = unwindow(ndi.map_coordinates(o, [gi, gj], order=1, mode="nearest"))
+        write_back(work, items, out, sp, size, out_mm)
     return work, {"slices_edited": len(plans), "windows": sum(len(p) for p in plans.values()), "rounds": n_levels}
 
 
