@@ -176,22 +176,30 @@ def short(row: dict) -> str:
 
 
 def run_arm(label: str, rec: str, over: dict, ds, judge, sig, args) -> list[dict]:
+    from difflung.core.checkpoint import latest_checkpoint
     from difflung.diffusion.recipes import recipe_config
     from difflung.diffusion.train import train_diffusion
 
     out = Path(args.out) / label
     out.mkdir(parents=True, exist_ok=True)
     log = out / "evals.jsonl"
-    if log.is_file() and not args.fresh:
-        done = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-        if done and done[-1].get("final"):
-            return done
-    log.write_text("")
-    shutil.rmtree(out / "model", ignore_errors=True)  # every arm starts from step 0
     cfg = recipe_config(rec, **{"preset": args.preset, "strategy": "cbmat", "steps": args.horizon, "seed": args.seed,
                                 "checkpoint_every": 10**9, **over})
-    cpu = wall = 0.0
-    rows, step = [], 0
+    done = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+    ckpt = latest_checkpoint(out / "model" / "checkpoints")
+    at_log = ckpt is not None and done and ckpt.name == f"step_{done[-1]['step']:08d}.pt"  # else CPU time is lost
+    if done and not args.fresh and done[-1]["config"] == cfg.result_key() and (done[-1].get("final") or at_log):
+        if done[-1].get("final"):
+            return done
+        # an interrupted arm: training resumes bit-exactly from the checkpoint `stop_after` left, with the CPU
+        # and wall minutes of the evaluations already logged
+        rows, step, cpu, wall = done, done[-1]["step"], done[-1]["cpu_min"] * 60, done[-1]["wall_min"] * 60
+        print(f"[{label}] resuming at step {step} ({cpu / 60:.2f} CPU min)", flush=True)
+    else:
+        log.write_text("")
+        shutil.rmtree(out / "model", ignore_errors=True)  # every arm starts from step 0
+        cpu = wall = 0.0
+        rows, step = [], 0
     while step < args.horizon:
         step = min(step + args.eval_every, args.horizon)
         c0, w0 = cpu_seconds(), time.perf_counter()
