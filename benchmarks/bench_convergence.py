@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import resource
 import shutil
 import sys
@@ -56,7 +57,7 @@ def parse_arm(text: str) -> tuple[str, str, dict]:
     label, _, rest = text.partition("=") if "=" in text.split(":")[0] else (text.split(":")[0], "", text)
     rec, _, fields = rest.partition(":")
     over = {}
-    for item in filter(None, fields.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", fields)):  # commas inside [...] belong to a list
         k, _, v = item.partition("=")
         over[k] = None if v == "None" else json.loads(v) if v[:1] in "-0123456789[{" else v
     return label, rec or label, over
