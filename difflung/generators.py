@@ -233,3 +233,23 @@ def load_generator(path, *, key: str | None = None, device: str = "cpu", sampler
     if key is not None and _spec(key).kind != g.kind:
         raise ValueError(f"{path}: holds a {g.kind} model, but {key!r} is a {_spec(key).kind} generator")
     return g
+
+
+def checkpoint_generator(path, *, key: str, dataset, device: str = "cpu", sampler: str = "dpm",
+                         sampler_steps: int | None = None) -> Generator:
+    """The newest checkpoint of a generator still in training (or its finished model), behind the same interface,
+    so training curves score every generator kind the same way. `.config["step"]` is the checkpoint's step.
+
+    Args: as `load_generator`; `key` and `dataset` are required (a checkpoint holds no class list of its own).
+    """
+    path = Path(path)
+    if _spec(key).kind == DIFFUSION:
+        from difflung.diffusion.train import checkpoint_model
+
+        module, config = checkpoint_model(path, dataset)
+        return Generator(key, DIFFUSION, path, config, module.to(device), sampler, sampler_steps, device)
+    from difflung.baselines.gan_train import checkpoint_generator as gan_checkpoint
+
+    module = gan_checkpoint(path, dataset, device)
+    config = {**module.difflung_config, "step": module.difflung_config["train"]["step"]}
+    return Generator(key, GAN, path, config, module, sampler, sampler_steps, device)

@@ -172,7 +172,8 @@ def test_two_processes_train_the_same_model_as_one(ds, tmp_path):
 def test_new_recipe_fields_at_their_defaults_keep_the_run_key():
     from dataclasses import fields
 
-    new = {"prediction_type", "snr_gamma", "lesion_weight", "lesion_classes", "beta_schedule", "low_t_share"}
+    new = {"prediction_type", "snr_gamma", "lesion_weight", "lesion_classes", "beta_schedule", "low_t_share",
+           "init_from"}
     old = {f.name for f in fields(TrainConfig)} - new - {"checkpoint_every", "keep_checkpoints", "log_every"}
     assert set(TrainConfig(prediction_type="epsilon").result_key()) == old
     assert TrainConfig().result_key()["prediction_type"] == "v_prediction"  # the default since the benchmark

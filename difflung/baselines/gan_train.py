@@ -4,6 +4,7 @@ Training folder layout (`train_gan(dataset, config, out_dir)`):
     checkpoints/step_XXXXXXXX.pt  training state (both nets, optimisers, LR schedules, generators, loss log)
     losses.csv                    one row every `log_every` steps
     generator/model.safetensors   final generator weights
+    generator/discriminator.safetensors  final discriminator weights (a warm restart, `init_from`, starts from both)
     generator/config.json         model config, training config, classes, provenance (written last)
 
 The training shell is `difflung.core.training`: data order is its `BatchOrder` with per-epoch generators seeded by
@@ -16,6 +17,7 @@ The budget is counted as the diffusion models' is: `steps` optimisation steps of
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ from difflung.baselines.registry import build_generator, build_models, model_con
 FORMAT = "difflung-gan/1"
 FOLDER = FolderSpec(FORMAT, "config.json", "model.safetensors", "a trained baseline generator")
 _EXECUTION_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "device")
+_OPTIONAL_FIELDS = {"init_from": None}  # added after models were saved: keyed only when set
+DISCRIMINATOR_FILE = "discriminator.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -68,6 +72,8 @@ class GanTrainConfig:
         checkpoint_every, keep_checkpoints, log_every: checkpoint and loss-log cadence.
         vgg_weights: SPADE only: path to VGG19 weights for the perceptual loss; None (default) = off.
         device: "cpu", "cuda", ...
+        init_from: a finished training folder whose generator and discriminator start this run (a warm restart
+            with fresh optimisers and LR schedule); keyed by the parent's run key, not its path.
     """
 
     model: str = "pix2pix-S"
@@ -80,6 +86,7 @@ class GanTrainConfig:
     log_every: int = 10
     vgg_weights: str | None = None
     device: str = "cpu"
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -87,7 +94,10 @@ class GanTrainConfig:
 
     def fingerprint(self) -> dict:
         """What must match for a checkpoint to be resumed (not the cadence or device)."""
-        return run_key(self, "", execution=_EXECUTION_FIELDS)["config"]
+        key = run_key(self, "", execution=_EXECUTION_FIELDS, optional=_OPTIONAL_FIELDS)["config"]
+        if self.init_from is not None:  # what the warm restart starts from, wherever that folder lies
+            key["init_from"] = _stored_key(open_folder(_generator_folder(self.init_from), FOLDER))
+        return key
 
 
 def _lr_lambda(steps: int, decay_from: float):
@@ -129,8 +139,8 @@ def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, 
     """
     slices = dataset.split("train")
     cfg = model_config(config.model, dataset.size, dataset.classes)
-    run = RunFolder(out_dir, run_key(config, dataset.manifest["splits"]["train"]["sha256"],
-                                     execution=_EXECUTION_FIELDS, model=cfg),
+    run = RunFolder(out_dir, {"config": config.fingerprint(), "dataset_sha256": dataset.manifest["splits"]["train"]["sha256"],
+                              "model": json.loads(json.dumps(cfg))},
                     FOLDER, keep=config.keep_checkpoints, log_name="losses.csv", model_subdir="generator",
                     stored_key=_stored_key)
     if run.finished() is not None:
@@ -140,6 +150,8 @@ def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, 
     device = torch.device(config.device)
     with rng_scope(torch.Generator().manual_seed(config.seed)):
         G, D = build_models(cfg)
+    if config.init_from is not None:
+        _warm_start(G, D, cfg, config.init_from)
     G, D = G.to(device).train(), D.to(device).train()
     opts = _optimisers(cfg, G, D, config)
     vgg = spade.VGGLoss(config.vgg_weights).to(device) if (cfg["kind"] == "spade" and config.vgg_weights) else None
@@ -182,7 +194,8 @@ def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, 
     run.log.write()
     if end < config.steps:
         return run.model_dir
-    return run.save(state_dict_writer(G, FOLDER.weights_file), {  # weights, then config.json (marks finished)
+    write_g, write_d = state_dict_writer(G, FOLDER.weights_file), state_dict_writer(D, DISCRIMINATOR_FILE)
+    return run.save(lambda folder: (write_g(folder), write_d(folder)), {  # weights, then config.json (marks finished)
         "model": cfg, "train": asdict(config),
         "fingerprint": {"model": cfg, "train": config.fingerprint(), "dataset_sha256": run.key["dataset_sha256"]},
         "steps": config.steps, "images_seen": config.steps * config.batch_size,
@@ -192,6 +205,25 @@ def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, 
         "vgg_loss": bool(vgg is not None), "dataset": str(dataset.root),
         "provenance": provenance(config={"model": cfg, "train": asdict(config)}, seed=config.seed, device=device),
     })
+
+
+def _generator_folder(path) -> Path:
+    path = Path(path)
+    return path / "generator" if (path / "generator" / FOLDER.meta_file).is_file() else path
+
+
+def _warm_start(G, D, cfg: dict, parent) -> None:
+    """Load a finished run's generator and discriminator into G and D (same model config)."""
+    folder = _generator_folder(parent)
+    meta = open_folder(folder, FOLDER)
+    if meta["model"] != json.loads(json.dumps(cfg)):
+        raise ValueError(f"init_from={parent}: holds {meta['model'].get('name', meta['model'].get('kind'))}, "
+                         f"not this run's model config")
+    if not (folder / DISCRIMINATOR_FILE).is_file():
+        raise FileNotFoundError(f"init_from={parent}: no {DISCRIMINATOR_FILE} (saved before warm restarts "
+                                f"existed); retrain it")
+    load_state_dict(G, folder / FOLDER.weights_file, folder / FOLDER.meta_file)
+    load_state_dict(D, folder / DISCRIMINATOR_FILE, folder / FOLDER.meta_file)
 
 
 def read_loss_log(out_dir):
@@ -220,6 +252,30 @@ def load_generator(path, device="cpu") -> torch.nn.Module:
         G = build_generator(meta["model"])
     load_state_dict(G, path / FOLDER.weights_file, path / FOLDER.meta_file)
     G.difflung_config = meta
+    return G.to(device).eval()
+
+
+def checkpoint_generator(out_dir, dataset, device="cpu") -> torch.nn.Module:
+    """The generator of a training folder's newest checkpoint (or its finished generator), in eval mode with
+    `.difflung_config` ({"model", "train": {"seed", "step"}}), so a run stopped with `train_gan(stop_after=...)`
+    can be scored before it finishes."""
+    from difflung.core.checkpoint import latest_checkpoint
+
+    out_dir = Path(out_dir)
+    if (out_dir / "generator" / FOLDER.meta_file).is_file():
+        G = load_generator(out_dir, device)
+        G.difflung_config = {**G.difflung_config, "train": {**G.difflung_config["train"],
+                                                             "step": G.difflung_config["steps"]}}
+        return G
+    ckpt = latest_checkpoint(out_dir / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{out_dir}: no finished generator and no checkpoint to evaluate")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    key = state["extra"]["run_key"]
+    with rng_scope(0):  # the init is overwritten; keep the global RNG untouched
+        G = build_generator(key["model"])
+    G.load_state_dict(state["modules"]["G"])
+    G.difflung_config = {"model": key["model"], "train": {"seed": key["config"]["seed"], "step": int(state["step"])}}
     return G.to(device).eval()
 
 

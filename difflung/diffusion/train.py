@@ -43,7 +43,7 @@ NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0
 _EXECUTION_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every")
 # fields added after models were saved: in the run key only when they differ from these defaults
 _OPTIONAL_FIELDS = {"prediction_type": "epsilon", "snr_gamma": None, "lesion_weight": 0.0, "lesion_classes": (),
-                    "beta_schedule": "linear", "low_t_share": 0.0}
+                    "beta_schedule": "linear", "low_t_share": 0.0, "init_from": None}
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")  # diffusers' names; every sampler of difflung supports both
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 FOLDER = FolderSpec(FORMAT, META_FILE, WEIGHTS_FILE, "a finished difflung diffusion model", ("config.json",))
@@ -87,6 +87,9 @@ class TrainConfig:
             are already pure noise at small sizes). Stored in the model's noise schedule, like prediction_type.
         low_t_share: share of each batch's timesteps drawn from the lowest tenth of the schedule (the least noisy
             images, where CT noise and fine texture are resolved), the rest uniform (`draw_timesteps`); 0: uniform.
+        init_from: a finished model folder whose (EMA) weights start this run instead of a random init: a warm
+            restart (Loshchilov & Hutter, SGDR) that trains a model on with a fresh LR schedule and, for CBMAT, a
+            fresh annealing over `steps`. The run key holds the parent's run key, not its path.
         The last six enter the run key only when they differ from the values models had before they existed
         (epsilon, no min-SNR, no lesion weight, linear betas), so older keys stay valid and a v model never reuses
         an eps one.
@@ -116,6 +119,7 @@ class TrainConfig:
     lesion_classes: tuple[int, ...] = ()
     beta_schedule: str = "linear"
     low_t_share: float = 0.0
+    init_from: str | None = None
 
     def __post_init__(self):
         self.lesion_classes = tuple(int(c) for c in self.lesion_classes)  # lists from JSON or the CLI
@@ -139,7 +143,11 @@ class TrainResult:
 
 
 def _key(cfg: TrainConfig, data_sha: str) -> dict:
-    return run_key(cfg, data_sha, execution=_EXECUTION_FIELDS, optional=_OPTIONAL_FIELDS)
+    key = run_key(cfg, data_sha, execution=_EXECUTION_FIELDS, optional=_OPTIONAL_FIELDS)
+    parent = key["config"].get("init_from")
+    if isinstance(parent, str):  # a warm restart is keyed by what it starts from, wherever that folder lies
+        key["config"]["init_from"] = _stored_key(open_folder(Path(parent), FOLDER))
+    return key
 
 
 def _stored_key(meta: dict) -> dict:
@@ -317,6 +325,8 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     batches = _Batches(ds, cfg, gens, acc)
     with rng_scope(gens["init"].initial_seed()):  # nn.Module initialisers draw from the global RNG
         unet = build_unet(len(ds.classes), ds.size, cfg.mask_mode, cfg.preset)
+    if cfg.init_from is not None:
+        _warm_start(unet, cfg, ds)
     unet.to(acc.device, memory_format=batches.mem_format)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # not passed to accelerate.prepare, which would step it once per process: stepped once per global step
@@ -358,6 +368,16 @@ def train_diffusion(data, config: TrainConfig, out_dir, device: str = "auto", *,
     if not result.wall_s:  # unfinished, or not the main process
         result.wall_s = time.perf_counter() - t_start
     return result
+
+
+def _warm_start(unet, cfg: TrainConfig, ds: Dataset) -> None:
+    """Load `cfg.init_from`'s weights into `unet` (a checkpoint resumed later overrides them)."""
+    parent, meta = load_model(cfg.init_from, ds)
+    tc = meta.get("train_config", {})
+    if (tc.get("mask_mode"), tc.get("preset")) != (cfg.mask_mode, cfg.preset):
+        raise ValueError(f"init_from={cfg.init_from}: a {tc.get('preset')} model with {tc.get('mask_mode')} masks "
+                         f"cannot start a {cfg.preset} model with {cfg.mask_mode} masks")
+    unet.load_state_dict(parent.state_dict())
 
 
 def _reused(run: RunFolder, meta: dict) -> TrainResult:
