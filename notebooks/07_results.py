@@ -24,7 +24,9 @@
 #
 # **The verdict rule** (one function, `difflung.judging.stats.verdict`, used by every chapter): a claim "a beats b" is
 # tested on paired differences a - b with the right unit (test patients for image quality: each slice's score
-# averaged over sampling seeds, then a patient-level t-statistic; training seeds for segmentation: a t-statistic
+# averaged over sampling seeds and slices into one value per test patient and training seed, then a t-statistic
+# whose error adds the spread over test patients and over each generator's training seeds; training seeds for
+# segmentation: a t-statistic
 # only from at least {glue:text}`min_seeds` seeds). Each claim's interval and its two-sided t-test come from the same
 # t-statistic, so they cannot disagree. The p-values are adjusted by Holm's method within each family of claims
 # (the poster's; the controls beyond it), over the claims that were tested. A claim is

@@ -116,8 +116,14 @@ def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
     return "\n\n".join(parts)
 
 
+def _unit_family(unit: str) -> str:
+    """Image-quality claims (test patients, or test patients x training seeds) share a panel; segmentation its own."""
+    return "test patients" if str(unit).startswith("test patients") else str(unit)
+
+
 def figure_claims(claims: pd.DataFrame, run_dir, *, seed: int = 0):
     """Our effects with intervals (dots; grey when not measurable) against the poster's (diamonds), per unit."""
+    claims = claims.assign(unit=claims["unit"].map(_unit_family))
     units = [u for u in ("test patients", "training seeds") if (claims["unit"] == u).any()] or ["test patients"]
     fig, axes = plt.subplots(1, len(units), figsize=(5.5 * len(units), 0.42 * max(len(claims) / len(units), 4) + 1.4),
                              squeeze=False, layout="constrained")

@@ -31,7 +31,7 @@ from difflung.judging.criteria import read_criteria
 from difflung.judging.instruments import DICE_RATIO_MIN, read_signature
 from difflung.core.metrics_csv import read_metrics
 from difflung.judging.reported import CLAIMS, EXTENSION_CLAIMS, POSTER_NAMES, Claim
-from difflung.judging.stats import Comparison, compare_seeds, compare_slices, judge_claims
+from difflung.judging.stats import Comparison, compare_generators, compare_seeds, judge_claims
 
 # synthetic arm -> the generator it paints with
 ARM_GENERATOR = {"+difflung": "difflung", "+segguided": "segguided", "+insert": "difflung"}
@@ -106,17 +106,14 @@ def _missing(c: Claim, reason: str) -> Comparison:
 
 def _quality(c: Claim, m4: pd.DataFrame, records: dict) -> Comparison:
     x = m4[(m4.metric == c.metric) & (m4["condition"] == "full")] if "condition" in m4 else m4[m4.metric == c.metric]
-    keys = ["train_seed", "seed", "slice"]
-    a = x[x.model == c.a].set_index(keys)
-    b = x[x.model == c.b].set_index(keys)
-    both = a.index.intersection(b.index)
-    if len(both) == 0:
-        return _missing(c, f"chapter 4 has no paired {c.metric} scores of {c.a} and {c.b}")
-    a, b = a.loc[both], b.loc[both]
-    return compare_slices(a["value"].to_numpy(float), b["value"].to_numpy(float),
-                          both.get_level_values("slice").to_numpy(), a["patient"].astype(str).to_numpy(),
-                          claim=c.text, direction=c.direction, margin=c.margin, reported=c.reported,
-                          **_validity([c.a, c.b], records))
+    x = x[(x["class"] == "all") & (x["slice"] >= 0)] if "class" in x else x[x["slice"] >= 0]
+    a, b = x[x.model == c.a], x[x.model == c.b]
+    if a.empty or b.empty or not set(a["slice"]) & set(b["slice"]):
+        return _missing(c, f"chapter 4 has no {c.metric} scores of {c.a} and {c.b} on the same test slices")
+    shared = sorted(set(a["slice"]) & set(b["slice"]))
+    a, b = a[a["slice"].isin(shared)], b[b["slice"].isin(shared)]
+    return compare_generators(a, b, claim=c.text, direction=c.direction, margin=c.margin, reported=c.reported,
+                              **_validity([c.a, c.b], records))
 
 
 def _segmentation(c: Claim, m5: pd.DataFrame, records: dict, signature: dict) -> Comparison:

@@ -384,6 +384,64 @@ def compare_slices(a, b, slices, patients, *, claim: str, generator: np.random.G
                       reported=reported, n=t.n, unit="test patients", **validity)
 
 
+def crossed_t(a: pd.DataFrame, b: pd.DataFrame) -> TStat:
+    """Difference of two generators' mean scores with test patients AND training seeds as random units.
+
+    Each generator's scores are averaged over sampling seeds and slices into one value per (training seed,
+    patient): matrices A (nA x G) and B (nB x G) over the G patients both were scored on. The estimate is the mean
+    over patients of (mean over A's seeds - mean over B's seeds). Its variance adds three parts, each a mean's
+    variance over its own units: patients, var(D_g) / G with D_g the patient's difference; A's training seeds,
+    var(A's seed means) / nA; B's, likewise (a part with one unit cannot be estimated and counts 0, which the
+    claim's unit names). The degrees of freedom are Welch-Satterthwaite's. The seed parts also carry some
+    patient-by-seed noise, so the interval errs wide, never narrow. Training seeds are never paired across
+    generators: seed k of one model has nothing in common with seed k of another.
+
+    Args:
+        a, b: long rows with columns train_seed, seed, slice, patient, value (one generator each).
+    Returns:
+        TStat(estimate, se, df (rounded down, at least 1), G).
+    """
+    def matrix(rows):
+        per_slice = rows.groupby(["train_seed", "slice", "patient"], sort=True)["value"].mean().reset_index()
+        return per_slice.groupby(["train_seed", "patient"])["value"].mean().unstack("patient")
+    A, B = matrix(a.dropna(subset=["value"])), matrix(b.dropna(subset=["value"]))
+    patients = A.columns.intersection(B.columns)
+    A, B = A[patients].dropna(axis=0), B[patients].dropna(axis=0)
+    G, na, nb = len(patients), len(A), len(B)
+    if G == 0 or na == 0 or nb == 0:
+        return TStat(math.nan, math.nan, 0, 0)
+    d = A.mean(axis=0).to_numpy() - B.mean(axis=0).to_numpy()  # (G,) per patient
+    est = float(d.mean())
+    parts = [(float(np.var(d, ddof=1)) / G, G - 1) if G > 1 else (math.nan, 0)]
+    for m, n in ((A, na), (B, nb)):
+        if n > 1:
+            parts.append((float(np.var(m.mean(axis=1).to_numpy(), ddof=1)) / n, n - 1))
+    if G < MIN_TEST_UNITS:
+        return TStat(est, math.nan, 0, G)
+    var = sum(v for v, _ in parts)
+    if var <= 1e-24:
+        return TStat(est, 0.0, G - 1, G)
+    df = var ** 2 / sum(v ** 2 / k for v, k in parts if v > 0)
+    return TStat(est, math.sqrt(var), max(1, int(df)), G)
+
+
+def compare_generators(a: pd.DataFrame, b: pd.DataFrame, *, claim: str, direction: str = "greater",
+                       margin: float = 0.0, reported: float = math.nan, **validity) -> Comparison:
+    """Image-quality comparison of two generators over every training seed of each (`crossed_t`: test patients x
+    training seeds); the interval and the p of "difference == threshold" come from the one t-statistic.
+
+    Args:
+        a, b: long rows (train_seed, seed, slice, patient, value) of the two generators on the same test slices.
+        claim, direction, margin, reported, **validity: as in `Comparison`.
+    """
+    t = crossed_t(a, b)
+    lo, hi = t.interval()
+    na, nb = a["train_seed"].nunique(), b["train_seed"].nunique()
+    return Comparison(claim, t.estimate, lo, hi, p_value=t.pvalue(threshold(direction, margin)), direction=direction,
+                      margin=margin, reported=reported, n=t.n,
+                      unit=f"test patients x training seeds ({na} and {nb})", **validity)
+
+
 def compare_seeds(a, b, *, claim: str, generator: np.random.Generator | None = None, direction: str = "greater",
                   margin: float = 0.0, reported: float = math.nan, bounds: tuple[float, float] = (-1.0, 1.0),
                   min_seeds: int = MIN_SEEDS, **validity) -> Comparison:
