@@ -42,9 +42,9 @@ def test_convergence_benchmark_builds_then_reuses_its_dataset(tmp_path):
 
 def test_convergence_summary_reports_each_sampler_and_a_ratio_per_parent_arm(capsys):
     bench = _load("bench_convergence")
-    crit = {"judge Dice ratio, ggo": [0.7, False]}
     row = lambda rec, step, w, smp, ok, cpu, final=False: {
-        "recipe": rec, "step": step, "weights": w, "sampler": smp, "converged": ok, "criteria": crit,
+        "recipe": rec, "step": step, "weights": w, "sampler": smp, "converged": ok,
+        "criteria": {"judge Dice ratio, ggo": [0.9 if ok else 0.7, ok]},
         "air_share_ddim50": 1.0, "air_mean_hu": -980.0, "cpu_min": cpu, "final": final}
     d, p = lambda *a, **k: row("difflung", *a, **k), lambda *a, **k: row("parent", *a, **k)
     arms = {"difflung": [d(500, "ema", "dpm", False, 1.0), d(500, "ema", "dpm-sde", False, 1.0),
@@ -138,3 +138,14 @@ def test_convergence_judges_a_checkpoint_by_the_chapters_rule_on_the_validation_
     assert all(np.isclose(got[k][0], want[k][0], equal_nan=True) and got[k][1] == want[k][1] for k in want)
     assert rows[0]["converged"] == res["converged"] and rows[0]["memorisation"] == res["memorisation"]
     assert 0.0 <= rows[0]["air_share_ddim50"] <= 1.0
+
+
+def test_time_to_quality_counts_generator_criteria_not_the_classifiers_controls():
+    bench = _load("bench_convergence")
+    row = {"converged": False, "criteria": {"judge Dice ratio, lung": [0.95, True],
+                                            "classifier detects positive control: lung +40 HU": [0.5, False]}}
+    assert bench.quality(row)
+    row["criteria"]["judge Dice ratio, ggo"] = [0.7, False]
+    assert not bench.quality(row)
+    assert bench.parse_arm("l=difflung:lesion_classes=[4,5,6],lr=0.001")[2] == {"lesion_classes": [4, 5, 6],
+                                                                              "lr": 0.001}
