@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -77,6 +79,8 @@ class CurveResult:
     seed: int
     points: list[dict] = field(default_factory=list)
     folder: Path | None = None  # the final model (the last phase's folder)
+    folders: list[str] = field(default_factory=list)  # every phase's folder, in order
+    reused: bool = True  # every phase was read back from an earlier run (nothing trained now)
     plateaued: bool = False
     phases: int = 0
 
@@ -95,9 +99,11 @@ def _cpu_seconds() -> float:
 
 
 def _stops(steps: int, evals: int) -> list[int]:
-    """Evaluation steps of one phase: evenly spaced multiples of steps // evals, the last at `steps`."""
-    if evals < 2 or steps < evals:
-        raise ValueError(f"evals={evals} per phase of {steps} steps: need 2 <= evals <= steps")
+    """Evaluation steps of one phase: evenly spaced multiples of steps // evals, the last at `steps` (a budget of
+    fewer steps than `evals` is scored at each step)."""
+    if evals < 1 or steps < 1:
+        raise ValueError(f"evals={evals} per phase of {steps} steps: both must be at least 1")
+    evals = min(evals, steps)
     every = steps // evals
     return [every * k for k in range(1, evals)] + [steps]
 
@@ -151,31 +157,40 @@ def train_curve(job: CurveJob) -> CurveResult:
     result = CurveResult(job.key, seed)
     budget = int(job.config.steps)
     for phase in range(1, job.max_phases + 1):
-        folder = phase_folder(job, phase)
-        if phase == 1 and _model_key(folder) is not None and _cached(folder) is None:
-            # a finished model trained without its curve (another chapter, an older run): its checkpoints are gone,
-            # so this curve trains its own copy rather than score one final model four times
-            folder = job.folder = Path(job.later or job.folder).with_name(f"{Path(job.later or job.folder).name}-curve")
+        folder, cfg = phase_folder(job, phase), _phase_config(job, phase)
+        want = expected_key(job.key, cfg, ds)
+        if model_key(folder) not in (None, want) or (model_key(folder) == want and _cached(folder) is None):
+            if phase == 1 and job.later is not None and Path(job.later) != Path(job.folder):
+                # another chapter's model that does not fit (or has no curve: its checkpoints are gone): this
+                # chapter trains its own rather than score one final model several times or touch that folder
+                job.folder = str(job.later)
+                folder, cfg = phase_folder(job, phase), _phase_config(job, phase)
+                want = expected_key(job.key, cfg, ds)
+            if model_key(folder) is not None and (model_key(folder) != want or _cached(folder) is None):
+                shutil.rmtree(folder)  # this job's own folder, holding a stale model: retrained with its curve
         points = _cached(folder)
         if points is None:
             if seg is None:
                 seg = scoring.judge(ds, job.judge.folder, steps=job.judge.steps, seed=job.judge.seed,
                                     device=job.device)
-            cfg, points = _phase_config(job, phase), []
+            points, result.reused = [], False
             for stop in _stops(budget, job.evals):
-                c0 = _cpu_seconds()
+                c0, w0 = _cpu_seconds(), time.perf_counter()
                 _train_until(job, cfg, folder, ds, stop)
-                cpu = _cpu_seconds() - c0
+                cpu, wall = _cpu_seconds() - c0, time.perf_counter() - w0
                 score, step = _score(job, folder, ds, seg)
                 points.append({"model": job.key, "seed": seed, "phase": phase, "step": (phase - 1) * budget + step,
                                "images": ((phase - 1) * budget + step) * int(job.config.batch_size),
-                               "cpu_s": cpu, "score": score.mean, "se": score.se, "patients": score.patients,
-                               "classes": list(score.classes), "judge_ok": score.measurable})
-            _write_json(folder / CURVE_FILE, {"points": points, "run_key": _model_key(folder), "rule": plateau.RULE,
+                               "cpu_s": cpu, "wall_s": wall, "score": score.mean, "se": score.se,
+                               "patients": score.patients, "classes": list(score.classes),
+                               "judge_ok": score.measurable, "per_patient": [list(x) for x in score.per_patient]})
+            _write_json(folder / CURVE_FILE, {"points": points, "run_key": model_key(folder), "rule": plateau.RULE,
                                               "score": plateau.SCORE})
         result.points += points
         result.folder, result.phases = folder, phase
-        scores = [plateau.Score(p["score"], p["se"], p["patients"], tuple(p["classes"])) for p in result.points]
+        result.folders.append(str(folder))
+        scores = [plateau.Score(p["score"], p["se"], p["patients"], tuple(p["classes"]),
+                                per_patient=tuple(tuple(x) for x in p.get("per_patient", ()))) for p in result.points]
         if plateau.plateaued(scores):
             result.plateaued = True
             break
@@ -186,7 +201,18 @@ def train_curve(job: CurveJob) -> CurveResult:
     return result
 
 
-def _model_key(folder: Path) -> dict | None:
+def expected_key(key: str, cfg, ds) -> dict:
+    """The run key a training of generator `key` with `cfg` on `ds` stores with its model."""
+    from difflung.generators import DIFFUSION, _spec
+
+    if _spec(key).kind == DIFFUSION:
+        from difflung.diffusion.train import run_key_of
+    else:
+        from difflung.baselines.gan_train import run_key_of
+    return run_key_of(cfg, ds)
+
+
+def model_key(folder: Path) -> dict | None:
     """The run key stored with a finished model in `folder` (diffusion or GAN), None when unfinished."""
     for meta in (folder / "difflung_config.json", folder / "generator" / "config.json"):
         if meta.is_file():
@@ -196,11 +222,16 @@ def _model_key(folder: Path) -> dict | None:
 
 def _cached(folder: Path) -> list[dict] | None:
     """The points of a finished phase, when its curve was written for the model the folder holds now."""
-    path, key = folder / CURVE_FILE, _model_key(folder)
+    path, key = folder / CURVE_FILE, model_key(folder)
     if key is None or not path.is_file():
         return None
     data = json.loads(path.read_text())
     return data["points"] if data.get("run_key") == key else None
+
+
+def has_curve(folder) -> bool:
+    """Whether `folder` holds a finished model with the curve it was trained with."""
+    return _cached(Path(folder)) is not None
 
 
 def _write_json(path: Path, data: dict) -> None:

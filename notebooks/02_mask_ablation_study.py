@@ -41,6 +41,8 @@ runs_root = "runs/smoke"
 device = "auto"
 workers = 2  # models trained at once on a CPU, one thread each
 judge_steps = 300
+curve_evals = 2
+n_val = 8
 preset = "small"
 steps = 200
 batch_size = 8
@@ -81,8 +83,9 @@ ch.figure_schedules(runs_root, run_dir, steps=steps, strategies=strategies, seed
 
 # %% tags=["hide-input"]
 table(ch.train_strategies(runs_root, run_dir, steps=steps, batch_size=batch_size, preset=preset, lr=lr,
-                          strategies=strategies,
-                          warmup=warmup, seed=seed, device=device, workers=workers))
+                          strategies=strategies, warmup=warmup, seed=seed, device=device, workers=workers,
+                          judge_steps=judge_steps, n_val=n_val, curve_evals=curve_evals, sampler=sampler,
+                          sampler_steps=sampler_steps))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Training loss per strategy (running mean). Made by `difflung.chapters.ablation_study.figure_losses`.", "name": "ch2-losses"}}
 ch.figure_losses(run_dir, strategies=strategies, seed=seed)

@@ -29,6 +29,8 @@ run_dir = "runs/smoke/03_cbmat_training"
 runs_root = "runs/smoke"
 device = "auto"
 judge_steps = 300
+curve_evals = 2
+n_val = 8
 preset = "small"
 steps = 600
 batch_size = 8
@@ -55,7 +57,8 @@ ch.glue_facts(ch.page_facts())
 
 # %% tags=["hide-input"]
 result = ch.train_main(runs_root, steps=steps, batch_size=batch_size, preset=preset, lr=lr, warmup=warmup, seed=seed,
-                       device=device)
+                       device=device, judge_steps=judge_steps, n_val=n_val, curve_evals=curve_evals, sampler=sampler,
+                       sampler_steps=sampler_steps)
 ch.write_cost(result, run_dir)
 table(ch.table_training(result))
 

@@ -50,6 +50,7 @@ seg_batch_size = 16
 seg_lr = 0.01
 seg_steps = 200
 dose_shares = [0, 0.25, 1.0]
+max_budgets = 1
 
 # %% tags=["remove-input"]
 from IPython.display import display
@@ -62,7 +63,8 @@ quiet_notebook_tqdm()
 experiment = ch.open_experiment(runs_root, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, seg_channels=seg_channels,
                                 seg_strides=seg_strides, seg_res_units=seg_res_units, seg_batch_size=seg_batch_size,
                                 seg_lr=seg_lr, seg_steps=seg_steps, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
-                                sampler_steps=sampler_steps, device=device, workers=workers, dose_shares=dose_shares)
+                                sampler_steps=sampler_steps, device=device, workers=workers, dose_shares=dose_shares,
+                                max_budgets=max_budgets)
 ch.glue_facts(ch.experiment_facts(experiment))
 
 # %% [markdown]
@@ -88,10 +90,19 @@ res, syn, balance = ch.run_phantom(experiment, run_dir)
 table(ch.table_segmenter_choice(experiment))
 
 # %% [markdown]
+# The chosen configuration is then trained to its own plateau, again on validation only: at 1, 2, ... times the
+# profile's steps until its validation score stops improving (the book's one plateau rule, the one chapter 4 applies
+# to the generators), and every arm trains with the steps where it stopped:
+
+# %% tags=["hide-input"]
+ch.glue_facts(ch.arm_facts(experiment))
+table(ch.table_segmenter_steps(experiment))
+
+# %% [markdown]
 # ## Synthetic sets and the control's class balance
 #
 # `difflung.augment.run_experiment` synthesises the masks, paints them with each diffusion model, builds the
-# arms, and trains and scores each arm once per training seed ({glue:text}`n_seeds` seeds, {glue:text}`seg_steps` steps
+# arms, and trains and scores each arm once per training seed ({glue:text}`n_seeds` seeds, {glue:text}`arm_steps` steps
 # each). The mask synthesis, then each training set's rare-class share, which shows that `oversample` adds as many
 # rare-class pixels as the synthetic arms:
 

@@ -134,7 +134,7 @@ def test_comparisons_one_rule_holm_and_validity(tmp_path):
     assert t.loc["Dice ggo: DiffLung-UNet > ref-UNet", "verdict"] == "not measurable: no ggo in the test truth"
     # Seg-Guided has no convergence record: a note beside its verdict, never a gate
     seg = t.loc["Dice emphysema: Seg-Guided-UNet > ref-UNet"]
-    assert seg.verdict == "reproduced" and seg["convergence (not a gate)"].startswith("segguided has no convergence")
+    assert seg.verdict == "reproduced" and seg["training notes (not a gate)"].startswith("segguided has no convergence")
     assert t.loc["Dice lung: oversample-UNet > ref-UNet", "verdict"] == "inconclusive"  # a tie: no evidence
     tested = t["p (Holm)"].notna()
     # Holm over the 4 tested emphysema comparisons only (lung ties and ggo, not measurable, are not counted)
@@ -160,7 +160,7 @@ def test_non_converged_generator_gets_a_verdict_and_lost_signature_is_not_measur
     root, run_dir, _ = _chapter(tmp_path, difflung_converged=False, emphysema_signature=False)
     t = ch5.table_comparisons(run_dir, runs_root=root).set_index("comparison")
     r = t.loc["Dice lung: DiffLung-UNet > oversample-UNet"]  # a tie on lung, but judged, not gated
-    assert r.verdict == "inconclusive" and r["convergence (not a gate)"] == (
+    assert r.verdict == "inconclusive" and r["training notes (not a gate)"] == (
         "difflung did not meet its convergence criteria (chapter 3 (03_cbmat_training))")
     assert t.loc["Dice emphysema: oversample-UNet > ref-UNet", "verdict"] == (
         "not measurable: at 32 px: HU signature lost")

@@ -205,3 +205,21 @@ def test_dose_response_curve_from_metrics():
     assert curve.share.tolist() == [0, 0, 0.5, 0.5, 1, 1] and curve.value.tolist() == pytest.approx(
         [0.1, 1.1, 0.3, 1.3, 0.5, 1.5])
     assert A.dose_response(pd.DataFrame(rows[:2])).empty  # no dose-response arm: no curve
+
+
+def test_chosen_segmenter_trains_to_its_own_plateau_on_validation(toy_ds, tmp_path, monkeypatch):
+    from difflung.augment import choice as C
+
+    _no_test(monkeypatch)
+    fixed = {"x": {"shift_prob": 0.0, "class_weighting": "none"}}
+    scores = iter([(0.30, 0.01), (0.40, 0.01), (0.405, 0.01)])  # 1x, 2x, 3x the steps: plateau at 3x
+    monkeypatch.setattr(C, "validation_score", lambda *a: (*next(scores), {}))
+    ch = A.choose_segmenter(toy_ds.root, TINY, tmp_path, tag="phantom", candidates=fixed, max_budgets=3)
+    rec = json.loads(A.choice_path(tmp_path, "phantom").read_text())
+    assert [b["steps"] for b in rec["steps_curve"]] == [3, 6, 9]
+    assert ch.config.steps == 6 and [b.get("chosen", False) for b in rec["steps_curve"]] == [False, True, False]
+    scores = iter([(0.30, 0.01), (0.40, 0.01), (0.50, 0.01)])  # still improving at the cap: the last
+    ch = A.choose_segmenter(toy_ds.root, TINY, None, candidates=fixed, max_budgets=3)
+    assert ch.config.steps == 9
+    scores = iter([(0.30, 0.01)])
+    assert A.choose_segmenter(toy_ds.root, TINY, None, candidates=fixed).config.steps == 3  # one budget: as given

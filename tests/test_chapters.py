@@ -35,7 +35,8 @@ def test_ablation_chapter_sections(runs_root):
     run = runs.chapter_dir(runs_root, runs.MASK_ABLATION)
     assert ch.table_probabilities(runs_root, steps=10).loc[("cbmat", "t=T"), "fibrosis"] == 0
     ch.figure_schedules(runs_root, run, steps=10)
-    kw = dict(steps=3, batch_size=4, preset="tiny", strategies=("none", "cbmat"), device="cpu")
+    kw = dict(steps=3, batch_size=4, preset="tiny", strategies=("none", "cbmat"), device="cpu", judge_steps=3,
+              n_val=3, curve_evals=2, sampler_steps=2)
     assert not ch.train_strategies(runs_root, run, **kw)["reused from an earlier run"].any()
     assert ch.train_strategies(runs_root, run, **kw)["reused from an earlier run"].all()  # same config and data: reused
     ch.figure_losses(run, strategies=("none", "cbmat"))
@@ -85,7 +86,8 @@ def _chapter3(runs_root):
     from difflung.chapters import cbmat_training as ch
 
     run = runs.chapter_dir(runs_root, runs.CBMAT_TRAINING)
-    r = ch.train_main(runs_root, steps=3, batch_size=2, preset="tiny", device="cpu")
+    r = ch.train_main(runs_root, steps=3, batch_size=2, preset="tiny", device="cpu", judge_steps=3, n_val=3,
+                      curve_evals=2, sampler_steps=2)
     return ch, run, r
 
 
@@ -140,10 +142,18 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     with pytest.raises(ValueError, match="at least 3"):
         bc.open_comparison(runs_root, run, seed=0, n_seeds=1, min_seeds=3, gan_size="T")
     cmp = bc.open_comparison(runs_root, run, seed=0, n_seeds=1, gan_size="T", device="cpu")
-    models = bc.train_models(cmp)
+    curve = dict(judge_steps=3, n_val=3, curve_evals=2, sampler="dpm", sampler_steps=2)
+    tuned = bc.tune_segguided(cmp, levers=["shared", "half-lr"], **curve)
+    assert list(tuned.index) == [bc.SEGGUIDED_LEVERS["shared"], bc.SEGGUIDED_LEVERS["half-lr"]]
+    assert (tuned["chosen"] == "yes").sum() == 1 and cmp.segguided_lever in ("shared", "half-lr")
+    models = bc.train_models(cmp, max_budgets=1, **curve)
     assert models.groupby("model")["source"].first()["Diff-Lung (CBMAT)"] == "chapter 3"
-    assert cmp.budget == {"steps": 3, "batch_size": 2}  # chapter 3's budget, given to every model
-    seg_meta = json.loads((run / "models" / "segguided" / "difflung_config.json").read_text())
+    assert cmp.budget == {"steps": 3, "batch_size": 2, "max_budgets": 1}  # chapter 3's budget, for every model
+    assert set(models["budgets"]) == {1} and (run / "training_curves.csv").is_file()
+    bc.figure_curves(cmp)
+    cap = bc.check_capacity(cmp, steps=2, n_slices=2, judge_steps=3, sampler_steps=2)
+    assert len(cap) == 4 and set(cap["passed"]) <= {"yes", "no: a defect to find"}
+    seg_meta = json.loads((cmp.models["segguided"][0] / "difflung_config.json").read_text())
     assert (seg_meta["mask_mode"], seg_meta["train_config"]["strategy"]) == ("single", "uniform")
     assert models["images seen"].tolist() == [6, 6, 6, 6]  # same steps x batch for every generator
     assert len(bc.table_models(models)) == 4
@@ -194,8 +204,9 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     assert (run / "samples.png").is_file() and (run / "quality_vs_cost.json").is_file()
     box = bc.scope("smoke", run)
     assert any("convergence criteria" in c for c in box.cannot) and "What this run" in box.html()
+    assert "training seed" in bc.table_realism_by_seed(run).index.names
     before = (run / "models" / "spade" / "generator" / "model.safetensors").stat().st_mtime_ns
-    bc.train_models(cmp)  # a second pass reuses every model
+    bc.train_models(cmp, max_budgets=1, **curve)  # a second pass reuses every model
     assert (run / "models" / "spade" / "generator" / "model.safetensors").stat().st_mtime_ns == before
 
 
@@ -231,8 +242,8 @@ def test_a_generator_failing_its_criteria_is_still_compared(runs_root):
     shown = bc.table_comparisons(bc.comparisons(runs_root))
     status, spade = shown["status"], shown.index.str.contains("SPADE")
     assert spade.sum() == 2 and (status == bc.MEASURED).all()
-    assert (shown.loc[spade, "convergence (not a gate)"] == "SPADE missed its convergence criteria").all()
-    assert (shown.loc[~spade, "convergence (not a gate)"] == "").all()
+    assert (shown.loc[spade, "training notes (not a gate)"] == "SPADE missed its convergence criteria").all()
+    assert (shown.loc[~spade, "training notes (not a gate)"] == "").all()
     assert shown["ours (a - b)"].str.contains(r"\[").all()
     if ch3.is_file():  # the main model never learned its masks: now every claim is not measurable
         for k in main["generators"]:

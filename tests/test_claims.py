@@ -128,3 +128,21 @@ def test_main_model_record_is_chapter_3s(tmp_path):
     assert {k: v["converged"] for k, v in rec.items()} == {"difflung": True, "segguided": False}
     assert claims.main_learned(rec) == (True, "")
     assert claims.main_learned({})[0] is False and "no record" in claims.main_learned({})[1]
+
+
+def test_a_failed_capacity_check_is_a_defect_and_an_unfinished_plateau_a_note(tmp_path):
+    import json
+
+    _ch4(tmp_path)
+    _ch5(tmp_path)
+    d = runs.chapter_dir(tmp_path, runs.BASELINE_COMPARISON)
+    rows = {g: {"model": g, "seed": 0, "slices": 8, "steps": 100, "lung ratio": 0.5 if g == "segguided" else 0.97,
+                "passed": g != "segguided"} for g in GENS}
+    (d / "capacity.json").write_text(json.dumps({"threshold": 0.9, "rows": rows}))
+    (d / "training_plateau.json").write_text(json.dumps({"budget": {"max_budgets": 3}, "curves": {
+        "spade": {"0": {"plateaued": False, "budgets": 3}}, "difflung": {"0": {"plateaued": True, "budgets": 1}}}}))
+    t = claims.judge_run(tmp_path).set_index("key")
+    v = t.loc["psnr_difflung_vs_segguided", "verdict"]
+    assert v.startswith("not measurable: Seg-Guided-Diffusion failed its capacity check (judge lung-Dice ratio 0.5 on 8")
+    s = t.loc["psnr_difflung_vs_spade"]
+    assert s.verdict == "reproduced" and "SPADE still improving at 3x budget" in s.convergence

@@ -48,8 +48,9 @@ def test_validation_score_is_the_patient_mean_of_per_class_ratios():
 def test_phase_stops_are_even_and_end_at_the_budget():
     assert _stops(8, 4) == [2, 4, 6, 8]
     assert _stops(10, 4) == [2, 4, 6, 10]
+    assert _stops(3, 4) == [1, 2, 3] and _stops(1, 4) == [1]
     with pytest.raises(ValueError):
-        _stops(3, 4)
+        _stops(3, 0)
 
 
 def _job(key, cfg, folder, toy_ds, tmp_path, **kw):
@@ -103,3 +104,26 @@ def test_a_generator_still_improving_trains_on_from_its_weights_up_to_the_cap(to
     assert train["init_from"] == str(tmp_path / "later" / f"{key}-phase2")
     assert isinstance(stored["run_key"]["config"]["init_from"], dict)  # keyed by the parent's key, not its path
     assert plateau.status(r.plateaued, r.phases, 3) == "still improving at 3x budget"
+
+
+def test_a_stale_model_is_never_scored_for_another_config(toy_ds, tmp_path):
+    a = diffusion_config("difflung", preset="tiny", steps=2, batch_size=2, seed=0, warmup=1)
+    b = diffusion_config("difflung", preset="tiny", steps=2, batch_size=2, seed=3, warmup=1)
+    ra = train_curve(_job("difflung", a, tmp_path / "m", toy_ds, tmp_path, max_phases=1))
+    rb = train_curve(_job("difflung", b, tmp_path / "m", toy_ds, tmp_path, max_phases=1))  # own folder: retrained
+    assert json.loads((tmp_path / "m" / "difflung_config.json").read_text())["seed"] == 3
+    assert [p["seed"] for p in rb.points] == [3, 3] and [p["seed"] for p in ra.points] == [0, 0]
+    # another chapter's model of another config is left alone: the job trains its own copy in `later`
+    other = train_curve(_job("difflung", a, tmp_path / "m", toy_ds, tmp_path, max_phases=1,
+                             later=str(tmp_path / "own")))
+    assert other.folder == tmp_path / "own" and (tmp_path / "m" / "difflung_config.json").is_file()
+    assert json.loads((tmp_path / "m" / "difflung_config.json").read_text())["seed"] == 3
+
+
+def test_plateau_rule_pairs_evaluations_by_patient():
+    # every patient gains 0.02: far below the spread between patients, yet a real, steady gain
+    before = Score(0.5, 0.1, 3, ("lung",), per_patient=(("a", 0.3), ("b", 0.5), ("c", 0.7)))
+    after = Score(0.52, 0.1, 3, ("lung",), per_patient=(("a", 0.32), ("b", 0.52), ("c", 0.72 + 1e-3)))
+    assert not plateau.plateaued([before, after])  # unpaired, 0.02 < 0.1 would have called it a plateau
+    mixed = Score(0.5, 0.1, 3, ("lung",), per_patient=(("a", 0.35), ("b", 0.45), ("c", 0.7)))
+    assert plateau.plateaued([before, mixed])  # gains and losses that cancel: no gain

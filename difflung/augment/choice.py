@@ -29,6 +29,7 @@ from difflung.augment.arms import rare_ids
 from difflung.augment.dice import mean_over_patients, pooled_patient_dice
 from difflung.core.provenance import provenance, resolve_device, write_json_atomic
 from difflung.data.dataset import Dataset
+from difflung.judging.plateau import one_se_choice
 from difflung.segmentation import SegConfig, fit_segmenter, train_segmenter
 
 CHOICE_FORMAT = "difflung-segmenter-choice/1"
@@ -75,22 +76,10 @@ def validation_score(pred, val, classes, rare) -> tuple[float, float, dict[str, 
     return float(np.mean(list(vals.values()))), se, vals
 
 
-def one_se_choice(scores: dict[str, tuple[float, float]]) -> str:
-    """The first name (dict order: preference) whose score is within one standard error of the best score.
-
-    Args:
-        scores: name -> (score, se); an unknown se (NaN) counts as 0, so the best score wins.
-    """
-    if not scores:
-        raise ValueError("one_se_choice: no scores")
-    best = max(scores, key=lambda k: scores[k][0])  # the first of equal scores
-    se = scores[best][1] if np.isfinite(scores[best][1]) else 0.0
-    return next(k for k, (v, _) in scores.items() if v >= scores[best][0] - se)
-
-
 def choose_segmenter(dataset, base: SegConfig, run_dir=None, *, tag: str = "phantom", seed: int = 0,
                      candidates: dict | None = None, steps: int | None = None, rare_classes=None,
-                     device: str = "auto", keep_models: bool = True, progress: bool = False) -> SegChoice:
+                     device: str = "auto", keep_models: bool = True, progress: bool = False,
+                     max_budgets: int = 1) -> SegChoice:
     """Train each candidate configuration on the training split and pick the best on the validation split.
 
     Args:
@@ -107,6 +96,10 @@ def choose_segmenter(dataset, base: SegConfig, run_dir=None, *, tag: str = "phan
         rare_classes: the classes to choose on (as `run_experiment`'s; None: emphysema/GGO/fibrosis or the
             dataset's lesion classes).
         device: "auto", "cpu" or "cuda".
+        max_budgets: the chosen configuration is then trained to its own plateau: at 2, 3, ... times `base.steps`
+            (each a fresh training: the LR schedule spans its steps) until the validation score stops improving
+            by the one plateau rule (`difflung.judging.plateau.plateaued`), at most this many budgets; every arm
+            then trains with the steps where it stopped. 1: `base.steps` as given.
     Returns:
         `SegChoice`: the chosen name (`one_se_choice`) and config, and every candidate's validation scores.
     """
@@ -134,6 +127,10 @@ def choose_segmenter(dataset, base: SegConfig, run_dir=None, *, tag: str = "phan
         rows += [{"candidate": name, "class": c, "dice": v, "score": score, "se": se} for c, v in per_class.items()]
     best = one_se_choice({k: (v["score"], v["se"]) for k, v in table.items()})
     chosen = replace(base, **candidates[best])
+    budgets = _own_plateau(chosen, table[best] if steps is None else None, max_budgets, train, val, ds, rare, seed,
+                           dev, None if run_dir is None or not keep_models else Path(run_dir) / tag / "choice",
+                           progress)
+    chosen = replace(chosen, steps=next(b["steps"] for b in budgets if b.get("chosen")))
     path = None
     if run_dir is not None:
         path = write_json_atomic(choice_path(run_dir, tag), {
@@ -142,11 +139,41 @@ def choose_segmenter(dataset, base: SegConfig, run_dir=None, *, tag: str = "phan
                     "chosen: the first candidate within one standard error (over patients) of the best score",
             "rare_classes": L.names(rare), "n_val_patients": len(set(val.patient.tolist())),
             "n_val_slices": len(val), "candidate_steps": int(steps if steps is not None else base.steps),
-            "chosen": best, "config": asdict(chosen),
+            "chosen": best, "config": asdict(chosen), "steps_curve": budgets,
             "candidates": [{"name": k, **v} for k, v in table.items()],  # in preference order
             "provenance": provenance(config={"base": asdict(base), "candidates": candidates}, seed=seed,
                                      device=dev)})
     return SegChoice(best, chosen, pd.DataFrame(rows, columns=["candidate", "class", "dice", "score", "se"]), path)
+
+
+def _own_plateau(cfg: SegConfig, first: dict | None, max_budgets: int, train, val, ds, rare, seed: int, dev,
+                 folder: Path | None, progress: bool) -> list[dict]:
+    """Validation scores of `cfg` at 1, 2, ... times its steps until the plateau rule holds or `max_budgets`; the
+    entry marked "chosen" (the best before the plateau, else the last) gives the steps every arm trains with.
+    `first`: the candidate's score at 1 budget, if known."""
+    from difflung.judging.plateau import Score, plateaued
+
+    out = []
+    for k in range(1, max(1, int(max_budgets)) + 1):
+        c = replace(cfg, steps=cfg.steps * k)
+        if k == 1 and first is not None:
+            score, se = first["score"], first["se"]
+        else:
+            if folder is not None:
+                seg = fit_segmenter(folder / f"steps-{c.steps}", train.images, train.labels, ds.classes, c, seed,
+                                    device=dev, dataset_sha256=ds.manifest["splits"]["train"]["sha256"],
+                                    progress=progress)
+            else:
+                seg = train_segmenter(train.images, train.labels, ds.classes, c, torch.Generator().manual_seed(seed),
+                                      device=dev, progress=progress)
+            score, se, _ = validation_score(seg.predict(val.images), val, ds.classes, rare)
+        out.append({"steps": c.steps, "score": score, "se": se})
+        if plateaued([Score(o["score"], o["se"], 0, ()) for o in out]):
+            # plateaued: the earlier budget that was as good is the plateau's own (fewer steps, same score)
+            out[max(range(len(out) - 1), key=lambda i: out[i]["score"])]["chosen"] = True
+            return out
+    out[-1]["chosen"] = True
+    return out
 
 
 def _folder_name(name: str) -> str:

@@ -124,6 +124,13 @@ def _optimisers(cfg: dict, G, D, config: GanTrainConfig) -> dict:
     return {"opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g, "sched_d": sched_d}
 
 
+def run_key_of(config: GanTrainConfig, dataset) -> dict:
+    """The run key a training of `config` on `dataset` stores with its generator (what reuse and resume compare)."""
+    cfg = model_config(config.model, dataset.size, dataset.classes)
+    return json.loads(json.dumps({"config": config.fingerprint(),
+                                  "dataset_sha256": dataset.manifest["splits"]["train"]["sha256"], "model": cfg}))
+
+
 def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, stop_after: int | None = None,
               progress: bool = True) -> Path:
     """Train a baseline on `dataset.split("train")`; return the generator folder (`out_dir/generator`).
@@ -139,8 +146,7 @@ def train_gan(dataset, config: GanTrainConfig, out_dir, *, resume: bool = True, 
     """
     slices = dataset.split("train")
     cfg = model_config(config.model, dataset.size, dataset.classes)
-    run = RunFolder(out_dir, {"config": config.fingerprint(), "dataset_sha256": dataset.manifest["splits"]["train"]["sha256"],
-                              "model": json.loads(json.dumps(cfg))},
+    run = RunFolder(out_dir, run_key_of(config, dataset),
                     FOLDER, keep=config.keep_checkpoints, log_name="losses.csv", model_subdir="generator",
                     stored_key=_stored_key)
     if run.finished() is not None:

@@ -85,8 +85,11 @@ def figure_schedules(runs_root, run_dir, *, steps: int, strategies=STRATEGIES, s
 
 def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset: str = "small", lr: float = 1e-4,
                      warmup: int | None = None, seed: int = 0, strategies=STRATEGIES, device: str = "auto",
-                     workers: int = 1, progress: bool = False) -> pd.DataFrame:
-    """Train (or reuse) one model per strategy with the same data, budget and seed.
+                     workers: int = 1, judge_steps: int = 300, n_val: int = 8, curve_evals: int = 4,
+                     sampler: str = "dpm", sampler_steps: int = 10) -> pd.DataFrame:
+    """Train (or reuse) one model per strategy with the same data, budget and seed, each scored on the validation
+    split `curve_evals` times while it trains (`difflung.training_curves`, one budget: whether it plateaued is
+    shown, not acted on here; chapter 4 trains generators on).
 
     Args:
         runs_root: folder of the profile's runs (holds chapter 1's dataset).
@@ -96,25 +99,40 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
         strategies: which strategies to train (registry keys of `difflung.generators`).
         device: "auto", "cpu" or "cuda".
         workers: models trained at once on a CPU, one thread each (`difflung.core.parallel.run_jobs`).
+        judge_steps, n_val, curve_evals, sampler, sampler_steps: how the training curves are scored.
 
     Returns:
-        One row per strategy: steps, batch, wall time, images/s, final loss, device, reused.
+        One row per strategy: steps, batch, wall time, images/s, final loss, validation score, device, reused.
     """
-    ds = open_dataset(runs_root)
+    import shutil
+
+    from difflung.diffusion.train import trained_with
+    from difflung.judging import plateau
+    from difflung.training_curves import has_curve, train_curve
+
+    ds, dev = open_dataset(runs_root), resolve_device(device)
     cfgs = {s: diffusion_config(s, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                                seed=seed, checkpoint_every=max(steps // 2, 1)) for s in strategies}
-    # a model of an earlier, different configuration in this chapter's folder is replaced
-    done = run_jobs(train_diffusion, [dict(data=ds.root, config=cfgs[s], out_dir=runs.model_dir(run_dir, s),
-                                           device=resolve_device(device), progress=progress and workers == 1,
-                                           overwrite=True) for s in strategies],
-                    workers=workers, device=resolve_device(device))
+                                seed=seed) for s in strategies}
+    for s in strategies:  # a model of an earlier, different configuration in this chapter's folder is replaced
+        folder = runs.model_dir(run_dir, s)
+        if (folder / "difflung_config.json").is_file() and not (trained_with(folder, ds, cfgs[s])
+                                                                and has_curve(folder)):
+            shutil.rmtree(folder)  # trained without its validation curve (an older run): retrained with it
+    curves = run_jobs(train_curve, [common.curve_job(
+        runs_root, s, cfgs[s], runs.model_dir(run_dir, s), judge_steps=judge_steps, seed=seed, n_val=n_val,
+        curve_evals=curve_evals, max_budgets=1, sampler=sampler, sampler_steps=sampler_steps, device=dev)
+        for s in strategies], workers=workers, device=dev)
     rows = []
-    for s, r in zip(strategies, done):
+    for s, c in zip(strategies, curves):
+        r = train_diffusion(ds, cfgs[s], c.folder, device=dev, progress=False)  # the finished model: reused
         loss = pd.read_csv(r.loss_csv)["loss"]
-        rows.append({"strategy": s, "steps": r.steps, "batch": batch_size, "wall time (s)": r.wall_s,
-                     "images / s": r.images_per_s, "final loss (mean of last 10 % of steps)":
-                     float(loss.tail(max(len(loss) // 10, 1)).mean()), "device": r.device,
-                     "reused from an earlier run": r.reused})
+        last = c.points[-1]
+        rows.append({"strategy": s, "steps": r.steps, "batch": batch_size,
+                     "wall time (s)": sum(p["wall_s"] for p in c.points), "images / s": r.images_per_s,
+                     "final loss (mean of last 10 % of steps)": float(loss.tail(max(len(loss) // 10, 1)).mean()),
+                     "validation judge-Dice ratio": last["score"], "plateau": plateau.status(c.plateaued, 1, 1)
+                     if c.plateaued else "still improving at the budget", "device": r.device,
+                     "reused from an earlier run": c.reused})
     return pd.DataFrame(rows).set_index("strategy")
 
 

@@ -21,6 +21,7 @@ ssim_lung, dice, hu_w1 per class, and cost rows (slice -1); model window HU [-10
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,9 @@ class Setup:
     models: dict = field(default_factory=dict)  # key -> {seed: folder}
     budget: dict = field(default_factory=dict)  # steps, batch_size shared by all models
     notes: dict = field(default_factory=dict)  # key -> how the model was obtained
+    curves: dict = field(default_factory=dict)  # key -> {seed: training_curves.CurveResult}
+    base_config: dict = field(default_factory=dict)  # the diffusion models' shared TrainConfig fields
+    segguided_lever: str = "shared"  # Seg-Guided's recipe lever chosen on validation (`tune_segguided`)
 
     @property
     def seed(self) -> int:
@@ -112,68 +116,234 @@ def _main_model(cmp: Setup):
     return (ch3, TrainConfig(**tc)) if fits else (None, None)
 
 
-def _train_one(kind: str, kwargs: dict):
-    """One training job of `train_models` (module level: worker processes import it by name)."""
-    return train_diffusion(**kwargs) if kind == "diffusion" else train_gan(**kwargs)
+def train_models(cmp: Setup, *, preset: str = "small", steps: int = 300, batch_size: int = 8, judge_steps: int = 300,
+                 n_val: int = 8, curve_evals: int = 4, max_budgets: int = 3, sampler: str = "dpm",
+                 sampler_steps: int = 10) -> pd.DataFrame:
+    """Find or train every generator and training seed of the chapter, each until it stops improving on the
+    validation split (`difflung.training_curves`: `curve_evals` evaluations per budget; a generator not plateaued
+    at its budget trains on, up to `max_budgets` budgets, and is compared wherever it stopped).
 
-
-def train_models(cmp: Setup, *, preset: str = "small", steps: int = 300, batch_size: int = 8,
-                 progress: bool = False) -> pd.DataFrame:
-    """Find or train every generator and training seed of the chapter; fix its training budget.
-
-    Diff-Lung's configuration is chapter 3's when its model fits this dataset and seed (then `preset`,
-    `steps` and `batch_size` are unused); Seg-Guided uses the same configuration with its registry settings;
-    Pix2Pix and SPADE get the same steps x batch (one GAN step updates the discriminator and the generator once
-    each, as in the originals). All jobs share one pool of `cmp.workers`, longest first (diffusion, then SPADE,
-    then Pix2Pix), so no worker idles while another trains (in the laptop run, separate diffusion and GAN pools of
-    two workers left one idle for a whole diffusion training: 17 of chapter 4's 78 minutes). A finished model is
-    reused, not retrained. Returns one row per model and seed: where it comes from, steps, batch, images seen,
-    parameters, training seconds.
+    Diff-Lung's configuration is chapter 3's when its model fits this dataset and seed (then `preset`, `steps` and
+    `batch_size` are unused, and its curve is chapter 3's first budget); Seg-Guided uses the same configuration
+    with its registry settings; Pix2Pix and SPADE get the same steps x batch per budget (one GAN step updates the
+    discriminator and the generator once each, as in the originals). All jobs share one pool of `cmp.workers`,
+    longest first (diffusion, then SPADE, then Pix2Pix). Finished curves are read back, not retrained. The curve
+    points go to `<run_dir>/training_curves.csv` (scores; deterministic) and `training_cpu.csv` (CPU seconds;
+    measured). Returns one row per model and seed: where it comes from, budgets trained, steps, batch, images
+    seen, parameters, training CPU minutes, how training ended.
     """
-    reused, base = _main_model(cmp)
-    base = asdict(base) if base else dict(preset=preset, steps=steps, batch_size=batch_size, seed=cmp.seed)
-    for k in ("mask_mode", "strategy"):
-        base.pop(k, None)
+    from difflung.judging import plateau
+    from difflung.training_curves import train_curve
+
+    reused, base = _fix_base(cmp, preset, steps, batch_size)
     steps, batch = base["steps"], base["batch_size"]
-    cmp.budget = {"steps": steps, "batch_size": batch}
+    cmp.budget = {"steps": steps, "batch_size": batch, "max_budgets": max_budgets}
     cmp.notes["difflung"] = ("chapter 3's model for the main seed" if reused else
                              "trained here (no chapter 3 model for this dataset and seed)")
-    cmp.notes["segguided"] = "trained here: Diff-Lung's network and budget, single k/255 mask channel, uniform p=0.5"
-    solo = progress and cmp.workers == 1
-    jobs = []  # (key, seed, config, folder, kind, kwargs), in the order of the table
+    cmp.notes["segguided"] = ("trained here: Diff-Lung's network and budget, single k/255 mask channel, uniform "
+                              f"p=0.5, {SEGGUIDED_LEVERS[cmp.segguided_lever]} (chosen on validation)")
+    curve = dict(judge_steps=judge_steps, seed=cmp.seed, n_val=n_val, curve_evals=curve_evals,
+                 max_budgets=max_budgets, sampler=sampler, sampler_steps=sampler_steps, device=cmp.device)
+    jobs = []  # (key, seed, CurveJob), in the order of the table
+    lever = _lever(cmp.segguided_lever, base)
     for key in ("difflung", "segguided"):
         for s in cmp.seeds:
-            cfg = diffusion_config(key, **{**base, "seed": s})
-            folder = reused if (key == "difflung" and s == cmp.seed and reused) else cmp.model_dir(key, s)
-            jobs.append((key, s, cfg, folder, "diffusion", dict(data=cmp.dataset.root, config=cfg, out_dir=folder,
-                                                                device=cmp.device, progress=solo)))
+            cfg = diffusion_config(key, **{**base, **(lever if key == "segguided" else {}), "seed": s})
+            own = cmp.model_dir(key, s)
+            first = (reused if (key == "difflung" and s == cmp.seed and reused) else
+                     _lever_folder(cmp, cmp.segguided_lever) if (key == "segguided" and s == cmp.seed) else own)
+            jobs.append((key, s, common.curve_job(cmp.runs_root, key, cfg, first, later=own, **curve)))
     for key in ("pix2pix", "spade"):
         for s in cmp.seeds:
             cfg = gan_config(key, cmp.gan_size, steps=steps, batch_size=batch, seed=s, device=cmp.device,
-                             checkpoint_every=max(1, steps // 2), log_every=max(1, steps // 50))
-            cmp.notes[key] = f"trained here ({cfg.model}), same steps x batch as the diffusion models"
-            jobs.append((key, s, cfg, cmp.model_dir(key, s), "gan",
-                         dict(dataset=cmp.dataset, config=cfg, out_dir=cmp.model_dir(key, s), progress=solo)))
+                             log_every=max(1, steps // 50))
+            cmp.notes[key] = f"trained here ({cfg.model}), same steps x batch as the diffusion models per budget"
+            jobs.append((key, s, common.curve_job(cmp.runs_root, key, cfg, cmp.model_dir(key, s), **curve)))
     rank = {"difflung": 0, "segguided": 0, "spade": 1, "pix2pix": 2}  # measured cost per step, largest first
     longest_first = sorted(range(len(jobs)), key=lambda i: rank[jobs[i][0]])
-    done = run_jobs(_train_one, [(jobs[i][4], jobs[i][5]) for i in longest_first], workers=cmp.workers,
-                    device=cmp.device)
+    done = run_jobs(train_curve, [jobs[i][2] for i in longest_first], workers=cmp.workers, device=cmp.device)
     results = dict(zip(longest_first, done))
     rows = []
-    for i, (key, s, cfg, folder, kind, _) in enumerate(jobs):
-        cmp.models.setdefault(key, {})[s] = folder
-        if kind == "diffusion":
-            rows.append({"model": display_name(key), "seed": s, "source": "chapter 3" if folder == reused else
-                         "this chapter", "setup": f"{cfg.preset}, {cfg.mask_mode} mask, {cfg.strategy} ablation",
-                         "steps": cfg.steps, "batch": cfg.batch_size, "images seen": cfg.steps * cfg.batch_size,
-                         "params (M)": load_generator(folder, key=key, dataset=cmp.dataset).params / 1e6,
-                         "train s": results[i].wall_s})
-        else:
-            meta = json.loads((results[i] / "config.json").read_text())
-            rows.append({"model": display_name(key), "seed": s, "source": "this chapter", "setup": cfg.model,
-                         "steps": steps, "batch": batch, "images seen": meta["images_seen"],
-                         "params (M)": meta["params_generator"] / 1e6, "train s": meta["train_seconds_last_session"]})
+    for i, (key, s, job) in enumerate(jobs):
+        r = results[i]
+        cmp.models.setdefault(key, {})[s] = r.folder
+        cmp.curves.setdefault(key, {})[s] = r
+        g = load_generator(r.folder, key=key, dataset=cmp.dataset)
+        from_ch3 = reused is not None and Path(r.folders[0]) == Path(reused)
+        rows.append({"model": display_name(key), "seed": s,
+                     "source": ("chapter 3" + (", trained on here" if r.phases > 1 else "")) if from_ch3
+                     else "this chapter",
+                     "budgets": r.phases, "steps": r.points[-1]["step"], "batch": job.config.batch_size,
+                     "images seen": r.points[-1]["images"], "params (M)": g.params / 1e6,
+                     "train CPU min": r.points[-1]["cpu_min"],
+                     "training ended": plateau.status(r.plateaued, r.phases, max_budgets)})
+    _write_curves(cmp)
     return pd.DataFrame(rows)
+
+
+def _fix_base(cmp: Setup, preset: str, steps: int, batch_size: int):
+    """(chapter 3's folder or None, the diffusion models' shared TrainConfig fields): chapter 3's configuration when
+    its model fits this dataset and seed, else the profile's; kept in `cmp.base_config`."""
+    reused, base = _main_model(cmp)
+    base = asdict(base) if base else dict(preset=preset, steps=steps, batch_size=batch_size, seed=cmp.seed)
+    for k in ("mask_mode", "strategy", "checkpoint_every", "init_from"):
+        base.pop(k, None)
+    cmp.base_config = dict(base)
+    return reused, base
+
+
+# Seg-Guided's tuning levers (at least those Diff-Lung's recipe was chosen over), in order of preference for the
+# one-standard-error rule: the shared recipe first, so a difference validation cannot resolve keeps it
+SEGGUIDED_LEVERS = {
+    "shared": "the shared recipe (Diff-Lung's)",
+    "uniform-t": "the shared recipe with timesteps uniform over the schedule (low_t_share 0)",
+    "half-lr": "the shared recipe at half the learning rate",
+    "parent": "the parent's published recipe (AdamW 1e-4, 500 warm-up steps at most, epsilon target, no EMA, "
+              "batch 16), over the same number of images",
+}
+
+
+def _lever(name: str, base: dict) -> dict:
+    """The TrainConfig fields a Seg-Guided lever changes on top of the shared `base`."""
+    from difflung.diffusion.recipes import recipe
+
+    if name == "shared":
+        return {}
+    if name == "uniform-t":
+        return {"low_t_share": 0.0}
+    if name == "half-lr":
+        return {"lr": base["lr"] / 2}
+    if name == "parent":
+        images = base["steps"] * base["batch_size"]
+        return {**recipe("parent"), "warmup": None, "steps": max(1, images // recipe("parent")["batch_size"])}
+    raise ValueError(f"unknown Seg-Guided lever {name!r}; known: {', '.join(SEGGUIDED_LEVERS)}")
+
+
+def _lever_folder(cmp: Setup, name: str) -> Path:
+    """The shared recipe's model is Seg-Guided's main-seed model; the other levers train beside it."""
+    return cmp.model_dir("segguided", cmp.seed) if name == "shared" else cmp.run_dir / "tuning" / f"segguided-{name}"
+
+
+def tune_segguided(cmp: Setup, *, levers=tuple(SEGGUIDED_LEVERS), preset: str = "small", steps: int = 300,
+                   batch_size: int = 8, judge_steps: int = 300, n_val: int = 8, curve_evals: int = 4,
+                   sampler: str = "dpm", sampler_steps: int = 10) -> pd.DataFrame:
+    """Give Seg-Guided the tuning Diff-Lung's recipe had: train it (main seed, one budget) with each of `levers`
+    (`SEGGUIDED_LEVERS`), score each on the validation patients while it trains (`difflung.training_curves`), and
+    keep the first lever within one standard error of the best final score (`plateau.one_se_choice`); every
+    Seg-Guided seed of `train_models` trains with it. The test split is not read. Written to
+    `<run_dir>/segguided_tuning.json`. Returns one row per lever."""
+    from difflung.judging.plateau import one_se_choice
+    from difflung.training_curves import train_curve
+
+    levers = list(levers)
+    if not levers:
+        raise ValueError("tune_segguided: no lever given")
+    _, base = _fix_base(cmp, preset, steps, batch_size)
+    jobs = [common.curve_job(cmp.runs_root, "segguided",
+                             diffusion_config("segguided", **{**base, **_lever(n, base), "seed": cmp.seed}),
+                             _lever_folder(cmp, n), judge_steps=judge_steps, seed=cmp.seed, n_val=n_val,
+                             curve_evals=curve_evals, max_budgets=1, sampler=sampler, sampler_steps=sampler_steps,
+                             device=cmp.device) for n in levers]
+    results = run_jobs(train_curve, jobs, workers=cmp.workers, device=cmp.device)
+    scores = {n: (r.points[-1]["score"], r.points[-1]["se"]) for n, r in zip(levers, results)}
+    cmp.segguided_lever = one_se_choice(scores)
+    write_json_atomic(cmp.run_dir / "segguided_tuning.json", {
+        "chosen": cmp.segguided_lever, "rule": "the first lever within one standard error of the best validation "
+        "score (levers in order of preference)", "levers": {n: {"description": SEGGUIDED_LEVERS[n],
+                                                                "score": v[0], "se": v[1]} for n, v in scores.items()},
+        "provenance": provenance(config={"base": base, "levers": levers}, seed=cmp.seed)})
+    rows = [{"lever": SEGGUIDED_LEVERS[n], "steps": r.points[-1]["step"], "images seen": r.points[-1]["images"],
+             "validation judge-Dice ratio": scores[n][0], "standard error": scores[n][1],
+             "chosen": "yes" if n == cmp.segguided_lever else ""} for n, r in zip(levers, results)]
+    return pd.DataFrame(rows).set_index("lever")
+
+
+def _write_curves(cmp: Setup) -> None:
+    from difflung.judging import plateau
+
+    points = pd.DataFrame([p for by_seed in cmp.curves.values() for r in by_seed.values() for p in r.points])
+    keep = ["model", "seed", "phase", "step", "images", "score", "se", "patients"]
+    write_json_atomic(cmp.run_dir / runs.PLATEAU_FILE, {
+        "rule": plateau.RULE, "score": plateau.SCORE,
+        "curves": {k: {str(s): {"plateaued": r.plateaued, "budgets": r.phases,
+                                "folder": os.path.relpath(r.folder, cmp.runs_root)}
+                       for s, r in by_seed.items()} for k, by_seed in cmp.curves.items()},
+        "budget": cmp.budget})
+    points[keep].sort_values(["model", "seed", "step"]).to_csv(cmp.run_dir / "training_curves.csv", index=False,
+                                                              float_format="%.6g")
+    points[["model", "seed", "step", "cpu_s", "wall_s", "cpu_min"]].sort_values(["model", "seed", "step"]).to_csv(
+        cmp.run_dir / "training_cpu.csv", index=False, float_format="%.6g")
+
+
+def check_capacity(cmp: Setup, *, steps: int, n_slices: int = 8, judge_steps: int = 300, sampler: str = "dpm",
+                   sampler_steps: int = 10) -> pd.DataFrame:
+    """Every generator's capacity check (`difflung.capacity`), main training seed: its own configuration trained for
+    `steps` on `n_slices` training slices, then the judge's lung Dice on its redrawn slices over that on the real
+    ones. Written to `<run_dir>/capacity.json`, which the claims read: a comparison involving a generator that fails
+    is a defect to find, not a result. Returns one row per generator."""
+    from difflung.capacity import CAPACITY_MIN, CapacityJob, capacity_check
+    from difflung.training_curves import JudgeSpec
+
+    base = {k: v for k, v in cmp.base_config.items() if k not in ("mask_mode", "strategy", "init_from")}
+    jobs = []
+    for key in MODELS:
+        lever = _lever(cmp.segguided_lever, base) if key == "segguided" else {}
+        cfg = (diffusion_config(key, **{**base, **lever, "steps": steps, "seed": cmp.seed})
+               if key in ("difflung", "segguided")
+               else gan_config(key, cmp.gan_size, steps=steps, batch_size=base["batch_size"], seed=cmp.seed,
+                               device=cmp.device, log_every=max(1, steps // 50)))
+        jobs.append(CapacityJob(key, cfg, str(cmp.run_dir / "capacity" / key), str(cmp.dataset.root),
+                                JudgeSpec(str(runs.judge_dir(cmp.runs_root)), judge_steps, cmp.seed),
+                                n_slices=n_slices, sampler=sampler, sampler_steps=sampler_steps, device=cmp.device))
+    rows = run_jobs(capacity_check, jobs, workers=cmp.workers, device=cmp.device)
+    write_json_atomic(cmp.run_dir / "capacity.json", {
+        "threshold": CAPACITY_MIN, "rows": {r["model"]: r for r in rows},
+        "provenance": provenance(config={"steps": steps, "n_slices": n_slices}, seed=cmp.seed)})
+    t = pd.DataFrame(rows)
+    t["model"] = t["model"].map(display_name)
+    t["passed"] = t["passed"].map({True: "yes", False: "no: a defect to find"})
+    return t.set_index("model")[["slices", "steps", "lung Dice real", "lung Dice generated", "lung ratio", "passed"]]
+
+
+def plateau_facts(cmp: Setup, *, capacity_steps: int, capacity_slices: int) -> dict:
+    """The plateau rule, the score, the cap and the capacity check's budget, for the prose."""
+    from difflung.judging import plateau
+
+    return {"plateau_rule": plateau.RULE, "plateau_score": plateau.SCORE,
+            "max_budgets": cmp.budget["max_budgets"], "curve_evals": _curve_evals(cmp),
+            "capacity_slices": capacity_slices, "capacity_steps": capacity_steps}
+
+
+def _curve_evals(cmp: Setup) -> int:
+    first = next(iter(next(iter(cmp.curves.values())).values()))
+    return sum(1 for p in first.points if p["phase"] == 1)
+
+
+def figure_curves(cmp: Setup):
+    """Validation score against training CPU minutes for every generator and training seed
+    (`difflung.judging.plateau`): each evaluation with its patient-level standard error; the point where training
+    stopped is a filled star when the generator plateaued, an open circle when it was still improving at the cap."""
+    from difflung.judging import plateau
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
+    colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for key in MODELS:
+        for k, (s, r) in enumerate(sorted(cmp.curves.get(key, {}).items())):
+            x = [p["cpu_min"] for p in r.points]
+            y = [p["score"] for p in r.points]
+            e = [0.0 if not np.isfinite(p["se"]) else p["se"] for p in r.points]
+            ax.errorbar(x, y, yerr=e, color=colors[key], lw=1, alpha=0.85, capsize=2,
+                        label=display_name(key) if k == 0 else None)
+            ax.plot(x[-1], y[-1], marker="*" if r.plateaued else "o", ms=11 if r.plateaued else 7,
+                    color=colors[key], mfc=colors[key] if r.plateaued else "white", zorder=3)
+    ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
+    ax.set(xlabel="training CPU minutes", ylabel="validation judge-Dice ratio\n(generated / real)")
+    ax.plot([], [], "k*", ms=9, label="plateaued (stopped)")
+    ax.plot([], [], "ko", mfc="white", label="still improving at the cap")
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    save_figure(fig, cmp.run_dir / "training_curves.png", seed=cmp.seed,
+                config={"rule": plateau.RULE, "score": plateau.SCORE, "budget": cmp.budget})
+    return fig
 
 
 def table_models(models: pd.DataFrame) -> pd.DataFrame:
@@ -185,7 +355,9 @@ def figure_gan_losses(cmp: Setup):
     """Training losses of Pix2Pix and SPADE (main seed): discriminator on real/fake, generator terms."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
     for ax, key in zip(axes, ("pix2pix", "spade")):
-        log = read_loss_log(cmp.models[key][cmp.seed])
+        r = cmp.curves[key][cmp.seed]  # every phase's log, steps counted from the first
+        log = pd.concat([read_loss_log(f).assign(step=lambda d, k=k: d["step"] + k * cmp.budget["steps"])
+                         for k, f in enumerate(r.folders)], ignore_index=True)
         for col in [c for c in log.columns if c.startswith(("d_", "g_"))]:
             ax.plot(log["step"], log[col], label=col, lw=1)
         ax.set(title=f"{display_name(key)} (seed {cmp.seed})", xlabel="step", ylabel="loss")
@@ -309,6 +481,38 @@ def table_criteria(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
             criteria_tables.memorisation_table(_results(run_dir), names))
 
 
+def table_realism_by_seed(run_dir) -> pd.DataFrame:
+    """The realism of every generator per training seed and pooled: the judge's Dice ratio (generated over real
+    slices) of each measurable class, and full-frame PSNR. Per seed: mean with its patient-level interval
+    (`stats.slice_intervals`; the ratio's interval is the Dice interval over the real slices' mean). Pooled: the
+    mean over seeds with a t-interval over training seeds (none below two seeds)."""
+    df = read_metrics(run_dir)
+    df = df[(df["slice"] >= 0) & (df["condition"] == "full")]
+    measurable = criteria.read_criteria(run_dir)["measurable"]
+    classes = [c for c, (ok, _) in measurable.items() if ok and c != "background"]
+    dice = df[(df["metric"] == "dice") & df["class"].isin(classes)]
+    real = dice[dice["model"] == "real"].groupby("class")["value"].mean()
+    per = stats.slice_intervals(dice[dice["model"].isin(MODELS)], ["model", "train_seed", "class"])
+    per[["mean", "lo", "hi"]] = per[["mean", "lo", "hi"]].div(per["class"].map(real), axis=0)
+    psnr = stats.slice_intervals(df[(df["metric"] == "psnr") & df["model"].isin(MODELS)], ["model", "train_seed"])
+    psnr["class"] = "PSNR (dB)"
+    per = pd.concat([per, psnr], ignore_index=True)
+    cols = [f"judge Dice ratio, {c}" for c in classes] + ["PSNR (dB)"]
+    name = lambda c: c if c == "PSNR (dB)" else f"judge Dice ratio, {c}"
+    rows = []
+    for k in MODELS:
+        sel = per[per["model"] == k]
+        for seed, g in sel.groupby("train_seed"):
+            rows.append({"model": display_name(k), "training seed": str(int(seed)),
+                         **{name(r["class"]): interval(r["mean"], r["lo"], r["hi"]) for _, r in g.iterrows()}})
+        pooled = {}
+        for c, g in sel.groupby("class"):
+            t = stats.seed_t(g["mean"].to_numpy())
+            pooled[name(c)] = interval(t.estimate, *t.interval())
+        rows.append({"model": display_name(k), "training seed": f"all {sel['train_seed'].nunique()}", **pooled})
+    return pd.DataFrame(rows).set_index(["model", "training seed"]).reindex(columns=cols).fillna("not measured")
+
+
 def table_quality(s: pd.DataFrame) -> pd.DataFrame:
     """PSNR and SSIM full-frame, in the body and in the lung: ours as mean [patient interval], the poster's
     reported full-frame values beneath (it reports no region scores)."""
@@ -361,7 +565,7 @@ def table_comparisons(t: pd.DataFrame) -> pd.DataFrame:
                                           for e, lo, hi, m in zip(t.estimate, t.lo, t.hi, ok)],
                          "test patients": t.n, "reported (a - b)": t.reported.map(lambda v: f"{v:.3g}"),
                          "magnitude": t.magnitude.where(ok, "n/a").fillna("n/a"), "status": t.status,
-                         "convergence (not a gate)": t.convergence}).set_axis(t.claim)
+                         "training notes (not a gate)": t.convergence}).set_axis(t.claim)
 
 
 def table_faithfulness(run_dir, s: pd.DataFrame) -> pd.DataFrame:

@@ -67,25 +67,40 @@ def train_facts(result: TrainResult) -> dict:
 
 
 def train_main(runs_root, *, steps: int, batch_size: int, preset: str = "small", lr: float = 1e-4,
-               warmup: int | None = None, seed: int = 0, device: str = "auto", checkpoint_every: int = 1000,
-               compile: bool = False, progress: bool = False) -> TrainResult:
-    """Train (or reuse) Diff-Lung with CBMAT on the training split: one-hot masks, cosine-annealed 1 - f_i.
+               warmup: int | None = None, seed: int = 0, device: str = "auto", judge_steps: int = 300,
+               n_val: int = 8, curve_evals: int = 4, sampler: str = "dpm", sampler_steps: int = 10,
+               compile: bool = False) -> TrainResult:
+    """Train (or reuse) Diff-Lung with CBMAT on the training split: one-hot masks, cosine-annealed 1 - f_i, scored on
+    the validation split `curve_evals` times while it trains (`difflung.training_curves`; chapter 4 reads that curve
+    and trains it on when it has not plateaued).
 
     Args:
         runs_root: the profile's runs folder (chapter 1's dataset); the model goes to `runs.main_model_dir`.
         steps, batch_size, preset, lr, warmup: `TrainConfig` fields (the profile's). seed: training seed.
         device: "auto" (GPU when there is one), "cpu" or "cuda"; bf16 and channels_last on GPU.
-        checkpoint_every: steps between resumable checkpoints. compile: torch.compile on GPU.
+        judge_steps, n_val, curve_evals, sampler, sampler_steps: how the curve is scored. compile: torch.compile
+            on GPU.
+    Returns:
+        the `TrainResult`, its `wall_s` the training's wall time summed over the curve's segments.
     """
+    from difflung.training_curves import has_curve, train_curve
+
+    dev = resolve_device(device)
     cfg = diffusion_config(MODEL, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                           seed=seed, checkpoint_every=checkpoint_every, compile=compile)
+                           seed=seed, compile=compile)
     ds, main = Dataset(runs.phantom_dataset_dir(runs_root)), runs.main_model_dir(runs_root)
     shared = runs.model_dir(runs.chapter_dir(runs_root, runs.MASK_ABLATION), "cbmat")
     if not trained_with(main, ds, cfg) and trained_with(shared, ds, cfg):
         with atomic_dir(main) as tmp:  # chapter 2's CBMAT run is this model: take it rather than train it again
             shutil.copytree(shared, tmp, dirs_exist_ok=True)
-    # a model of another configuration in this folder is replaced
-    return train_diffusion(ds, cfg, main, device=device, progress=progress, overwrite=True)
+    if (main / "difflung_config.json").is_file() and not (trained_with(main, ds, cfg) and has_curve(main)):
+        shutil.rmtree(main)  # a model of another configuration, or trained without its curve, is replaced
+    curve = train_curve(common.curve_job(runs_root, MODEL, cfg, main, judge_steps=judge_steps, seed=seed,
+                                         n_val=n_val, curve_evals=curve_evals, max_budgets=1, sampler=sampler,
+                                         sampler_steps=sampler_steps, device=dev))
+    result = train_diffusion(ds, cfg, curve.folder, device=dev, progress=False)
+    result.wall_s = float(sum(p["wall_s"] for p in curve.points))
+    return result
 
 
 def _final_loss(result: TrainResult) -> float:

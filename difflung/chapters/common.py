@@ -30,6 +30,18 @@ def hu_signature(runs_root) -> dict[str, tuple[bool, str]]:
     return I.read_signature(runs.chapter_dir(runs_root, runs.DATA_PREPARATION))
 
 
+def curve_job(runs_root, key: str, config, folder, *, judge_steps: int, seed: int, n_val: int, curve_evals: int,
+              max_budgets: int, sampler: str, sampler_steps: int, device: str, later=None):
+    """The `training_curves.CurveJob` of a chapter's generator: scored on validation by the run's judge (trained
+    once with `judge_steps` and `seed`, as `evaluate`'s), with chapter 1's HU signature for the measurable classes."""
+    from difflung.training_curves import CurveJob, JudgeSpec
+
+    return CurveJob(key=key, config=config, folder=str(folder), dataset=str(runs.phantom_dataset_dir(runs_root)),
+                    judge=JudgeSpec(str(runs.judge_dir(runs_root)), judge_steps, seed), n_val=n_val,
+                    evals=curve_evals, max_phases=max_budgets, sampler=sampler, sampler_steps=sampler_steps,
+                    signature=hu_signature(runs_root), device=device, later=None if later is None else str(later))
+
+
 @dataclass
 class Evaluation:
     """What `evaluate` made: the scored images, the generators that made them and the metrics file written."""

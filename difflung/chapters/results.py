@@ -76,7 +76,7 @@ def table_claims(claims: pd.DataFrame) -> pd.DataFrame:
         "verdict": claims["verdict"],
         # an archive written before the magnitude and convergence notes has neither column
         "magnitude": claims["magnitude"].fillna("") if "magnitude" in claims else "",
-        "convergence (not a gate)": claims["convergence"].fillna("") if "convergence" in claims else "",
+        "training notes (not a gate)": claims["convergence"].fillna("") if "convergence" in claims else "",
     })
     return out.set_index("claim")
 

@@ -39,6 +39,7 @@ from difflung.core.metrics_csv import read_metrics, write_metrics
 from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table, window_name
 from difflung.core.provenance import write_json_atomic
 from difflung.judging.reported import ALL_CLAIMS, LABEL, SEGMENTATION_DICE
+from difflung.core import runs
 from difflung.core.runs import phantom_dataset_dir, real_dataset_dir
 from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 from difflung.segmentation import SegConfig
@@ -71,8 +72,9 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
     root = Path(runs_root)
     ds = Path(dataset) if dataset is not None else phantom_dataset_dir(root)
     Dataset(ds)  # clear error if missing or malformed
-    chosen = ({k: root / ARMS[k].model for k in SYNTHETIC_ARMS} if models is None
-              else {arm: Path(p) for arm, p in models.items()})
+    # the generator chapter 4 compared (where its training stopped), else its producing chapter's folder
+    chosen = ({k: runs.compared_model_dir(root, ARMS[k].generator) or root / ARMS[k].model for k in SYNTHETIC_ARMS}
+              if models is None else {arm: Path(p) for arm, p in models.items()})
     for arm, p in chosen.items():
         if arm not in SYNTHETIC_ARMS:
             raise ValueError(f"models: unknown arm {arm!r}; synthetic arms are {SYNTHETIC_ARMS}")
@@ -113,12 +115,13 @@ class Experiment:
     settings: dict  # seed, mix_ratio, boost, sampler, sampler_steps, device, workers
     dose_shares: tuple = ()  # synthetic shares of the Diff-Lung dose-response arms (phantom only)
     choice: object = None  # `augment.SegChoice`, set by `run_phantom`
+    max_budgets: int = 1  # the chosen segmenter trains to its own validation plateau, up to this many budgets
 
 
 def open_experiment(runs_root, *, seed: int, n_seeds: int, min_seeds: int, seg_channels, seg_strides,
                     seg_res_units: int, seg_batch_size: int, seg_lr: float, seg_steps: int, mix_ratio: float,
                     boost: float | dict, sampler: str, sampler_steps: int | None, device: str = "auto",
-                    workers: int = 1, dose_shares=()) -> Experiment:
+                    workers: int = 1, dose_shares=(), max_budgets: int = 1) -> Experiment:
     """Find the run's inputs (`locate_inputs`), build the segmenter's base `SegConfig` from the profile's `seg_*`
     values and fix the training seeds (`augment.training_seeds`: an error below `min_seeds`)."""
     inputs = locate_inputs(runs_root)
@@ -127,7 +130,7 @@ def open_experiment(runs_root, *, seed: int, n_seeds: int, min_seeds: int, seg_c
     seeds = A.training_seeds(seed, n_seeds, min_seeds)
     return Experiment(inputs, config, seeds, dict(seed=seed, mix_ratio=mix_ratio, boost=boost, sampler=sampler,
                                                   sampler_steps=sampler_steps, device=device, workers=workers),
-                      dose_shares=tuple(dose_shares))
+                      dose_shares=tuple(dose_shares), max_budgets=int(max_budgets))
 
 
 def experiment_facts(exp: Experiment) -> dict:
@@ -136,16 +139,35 @@ def experiment_facts(exp: Experiment) -> dict:
             "alpha": stats.ALPHA}
 
 
+def arm_facts(exp: Experiment) -> dict:
+    """The steps every arm trains with (the chosen segmenter's own plateau), for the prose."""
+    return {"arm_steps": exp.config.steps}
+
+
 def run_phantom(exp: Experiment, run_dir):
     """The experiment on the phantom dataset: first one segmenter configuration for every arm, chosen on the
     validation patients (`augment.choose_segmenter`; the test split is not read), then `augment.run_experiment`
     (tag "phantom") with it and the dose-response arms. Returns (Results, Synthesis, the training sets'
     rare-class balance); `exp.config` becomes the chosen configuration, which the real-CT run reuses."""
     exp.choice = A.choose_segmenter(exp.inputs.dataset, exp.config, run_dir, tag="phantom",
-                                    seed=exp.settings["seed"], device=exp.settings["device"])
+                                    seed=exp.settings["seed"], device=exp.settings["device"],
+                                    max_budgets=exp.max_budgets)
     exp.config = exp.choice.config
     return A.run_experiment(exp.inputs.dataset, run_dir, tag="phantom", models=exp.inputs.models,
                             config=exp.config, seeds=exp.seeds, dose_shares=exp.dose_shares, **exp.settings)
+
+
+def table_segmenter_steps(exp: Experiment) -> pd.DataFrame:
+    """The chosen configuration trained to its own plateau: validation Dice at 1, 2, ... times the profile's steps
+    (`augment.choose_segmenter`, the plateau rule of `difflung.judging.plateau`); the steps every arm trains with
+    marked."""
+    import json
+
+    curve = json.loads(exp.choice.path.read_text())["steps_curve"] if exp.choice.path else []
+    return pd.DataFrame({"validation Dice (rare classes)": [sig(b["score"]) for b in curve],
+                         "standard error": [sig(b["se"]) for b in curve],
+                         "every arm trains with": ["yes" if b.get("chosen") else "" for b in curve]},
+                        index=pd.Index([b["steps"] for b in curve], name="steps"))
 
 
 def table_segmenter_choice(exp: Experiment) -> pd.DataFrame:
@@ -281,7 +303,7 @@ def table_comparisons(run_dir, dataset: str = "phantom", classes=None, *, runs_r
                  f"none (fewer than {stats.MIN_SEEDS} seeds)") for k, lo, hi in zip(ok, t.lo, t.hi)]
     return pd.DataFrame({"comparison": t.claim, "difference": t.estimate.where(ok), "95 % interval": interval,
                          "seeds": t.n, "p": t.p.where(ok), "p (Holm)": t["p (Holm)"], "verdict": t.verdict,
-                         "why": t.note.where(ok, ""), "convergence (not a gate)": t.convergence})
+                         "why": t.note.where(ok, ""), "training notes (not a gate)": t.convergence})
 
 
 def table_poster_claims(runs_root) -> pd.DataFrame:

@@ -56,6 +56,24 @@ def model_dir(run_dir, key: str, seed: int | None = None) -> Path:
     return Path(run_dir) / "models" / (key if seed is None else f"{key}-seed{seed}")
 
 
+PLATEAU_FILE = "training_plateau.json"  # chapter 4's record of where each generator's training stopped
+
+
+def compared_model_dir(runs_root, key: str) -> Path | None:
+    """The folder of generator `key` (main training seed) that chapter 4 compared: where its training stopped
+    (a later budget's folder when it trained on, Seg-Guided's chosen recipe), read from chapter 4's
+    `training_plateau.json`; None when chapter 4 has not recorded it."""
+    import json
+
+    path = chapter_dir(runs_root, BASELINE_COMPARISON) / PLATEAU_FILE
+    if not path.is_file():
+        return None
+    seeds = json.loads(path.read_text()).get("curves", {}).get(key, {})
+    if not seeds:
+        return None
+    return Path(runs_root) / seeds[min(seeds, key=int)]["folder"]  # stored relative to the run's root
+
+
 def judge_dir(runs_root) -> Path:
     """The judge segmenter of the run (`difflung.judging.scoring.judge`), one for every chapter."""
     return Path(runs_root) / "judge"

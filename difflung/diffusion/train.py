@@ -15,6 +15,7 @@ seed, dataset, run key, provenance, timings, written last: its presence means fi
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -148,6 +149,12 @@ def _key(cfg: TrainConfig, data_sha: str) -> dict:
     if isinstance(parent, str):  # a warm restart is keyed by what it starts from, wherever that folder lies
         key["config"]["init_from"] = _stored_key(open_folder(Path(parent), FOLDER))
     return key
+
+
+def run_key_of(cfg: TrainConfig, data) -> dict:
+    """The run key a training of `cfg` on `data` stores with its model (what reuse and resume compare)."""
+    ds = _open_dataset(data)
+    return json.loads(json.dumps(_key(cfg, _dataset_info(ds, cfg.split)["sha256"])))
 
 
 def _stored_key(meta: dict) -> dict:

@@ -47,15 +47,31 @@ LUNG_RATIO = "judge Dice ratio, lung"  # its criterion row (`instruments.converg
 
 
 def _records(runs_root) -> dict:
-    """Generator key -> {"converged": bool, "table": criteria table}; chapter 3's record of the main model (every
-    test slice) overrides chapter 4's."""
+    """Generator key -> {"converged": bool, "table": criteria table, "capacity": capacity-check row, "training":
+    how its training ended}; chapter 3's criteria of the main model (every test slice) override chapter 4's;
+    capacity and plateau come from chapter 4 (`capacity.json`, `training_plateau.json`)."""
+    import json
+
+    from difflung.judging.plateau import status
+
     out = {}
     for stem in (runs.BASELINE_COMPARISON, runs.CBMAT_TRAINING):
         try:
             crit = read_criteria(runs.chapter_dir(runs_root, stem))
         except FileNotFoundError:
             continue
-        out.update({k: {"converged": v, "table": crit["tables"].get(k)} for k, v in crit["converged"].items()})
+        for k, v in crit["converged"].items():
+            out.setdefault(k, {}).update({"converged": v, "table": crit["tables"].get(k)})
+    ch4 = runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON)
+    if (ch4 / "capacity.json").is_file():
+        for k, row in json.loads((ch4 / "capacity.json").read_text())["rows"].items():
+            out.setdefault(k, {})["capacity"] = row
+    if (ch4 / runs.PLATEAU_FILE).is_file():
+        pl = json.loads((ch4 / runs.PLATEAU_FILE).read_text())
+        cap = pl.get("budget", {}).get("max_budgets", 1)
+        for k, by_seed in pl["curves"].items():
+            ended = [status(r["plateaued"], r["budgets"], cap) for r in by_seed.values()]
+            out.setdefault(k, {})["training"] = [e for e in dict.fromkeys(ended) if not e.startswith("plateaued")]
     return out
 
 
@@ -85,10 +101,25 @@ def _validity(models, records: dict, measurable: tuple[bool, str] = (True, "")) 
     """`Comparison` validity kwargs: the gate (class measurable, main model learned its masks) and the convergence
     note of the generators `models` (never a gate)."""
     gate = measurable if not measurable[0] else main_learned(records) if MAIN in models else (True, "")
-    note = "; ".join(f"{POSTER_NAMES.get(m, m)} " + ("missed its convergence criteria" if m in records
-                                                      else "has no convergence record")
-                     for m in dict.fromkeys(models) if not records.get(m, {}).get("converged"))
-    return {"convergence": note, **({} if gate[0] else {"measurable": False, "reason": gate[1]})}
+    if gate[0]:
+        gate = capacity_gate(models, records)
+    notes = [f"{POSTER_NAMES.get(m, m)} " + ("missed its convergence criteria" if "converged" in records.get(m, {})
+                                             else "has no convergence record")
+             for m in dict.fromkeys(models) if not records.get(m, {}).get("converged")]
+    notes += [f"{POSTER_NAMES.get(m, m)} {e}" for m in dict.fromkeys(models) for e in records.get(m, {}).get("training", [])]
+    return {"convergence": "; ".join(notes), **({} if gate[0] else {"measurable": False, "reason": gate[1]})}
+
+
+def capacity_gate(models, records: dict) -> tuple[bool, str]:
+    """(ok, reason): a generator that failed its capacity check (`difflung.capacity`: it could not redraw a handful
+    of training masks) makes a comparison a defect to find, not a result; without a check nothing is gated."""
+    for m in dict.fromkeys(models):
+        row = records.get(m, {}).get("capacity")
+        if row is not None and not row["passed"]:
+            return False, (f"{POSTER_NAMES.get(m, m)} failed its capacity check (judge lung-Dice ratio "
+                           f"{row['lung ratio']:.3g} on {row['slices']} memorised training slices): a defect, "
+                           f"not a result")
+    return True, ""
 
 
 def _signature(runs_root) -> dict[str, tuple[bool, str]]:
