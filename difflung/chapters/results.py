@@ -71,7 +71,7 @@ def table_claims(claims: pd.DataFrame) -> pd.DataFrame:
         "claim": claims["claim"],
         "reported": [sig(v) for v in claims["reported"]],
         "ours [interval]": [_ci(e, lo, hi) for e, lo, hi in zip(claims["estimate"], claims["lo"], claims["hi"])],
-        "n": [f"{int(n)} {u.split()[-1]}" if n else "" for n, u in zip(claims["n"], claims["unit"])],
+        "n": [_n_text(n, u) for n, u in zip(claims["n"], claims["unit"])],
         "p (Holm)": [sig(p) if np.isfinite(p) else "" for p in claims["p (Holm)"]],
         "verdict": claims["verdict"],
         # an archive written before the magnitude and convergence notes has neither column
@@ -79,6 +79,19 @@ def table_claims(claims: pd.DataFrame) -> pd.DataFrame:
         "training notes (not a gate)": claims["convergence"].fillna("") if "convergence" in claims else "",
     })
     return out.set_index("claim")
+
+
+def _n_text(n, unit) -> str:
+    """The units behind an interval in words: "9 patients", "9 seeds", "9 patients x 3/3 seeds"."""
+    import re
+
+    if not n or not np.isfinite(n):
+        return ""
+    unit = str(unit)
+    seeds = re.search(r"\((\d+) and (\d+)\)", unit)
+    if unit.startswith("test patients") and seeds:
+        return f"{int(n)} patients x {seeds.group(1)}/{seeds.group(2)} seeds"
+    return f"{int(n)} {'patients' if unit.startswith('test patients') else 'seeds'}"
 
 
 def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
@@ -106,10 +119,12 @@ def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
             parts.append(f"With {n_tested} claims tested, a paired t-test needs at least {need} units per "
                          f"comparison to reach p < {stats.ALPHA:g}; this run has "
                          f"{' and '.join(short)}, so those claims can be at best inconclusive, whatever the data.")
-    ext = all_claims[all_claims["family"] == "extension"] if "family" in all_claims else all_claims.iloc[:0]
-    if len(ext):
-        parts.append("Beyond the poster (its own Holm family): " + "; ".join(
-            f"{c}: {v}" for c, v in zip(ext["claim"], ext["verdict"])) + ".")
+    for family, head in (("extension", "Beyond the poster (its own Holm family)"),
+                         ("controls", "Controls: the synthetic arm against rebalancing without a generator (its own "
+                                      "Holm family)")):
+        ext = all_claims[all_claims["family"] == family] if "family" in all_claims else all_claims.iloc[:0]
+        if len(ext):
+            parts.append(f"{head}: " + "; ".join(f"{c}: {v}" for c, v in zip(ext["claim"], ext["verdict"])) + ".")
     if profile == "smoke":
         parts.append("The smoke profile checks the pipeline; its verdicts do not test the paper. The archived "
                      "reference run below was made at a size and budget chosen to test it.")

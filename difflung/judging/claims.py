@@ -30,7 +30,7 @@ from difflung.core import runs
 from difflung.judging.criteria import read_criteria
 from difflung.judging.instruments import DICE_RATIO_MIN, read_signature
 from difflung.core.metrics_csv import read_metrics
-from difflung.judging.reported import CLAIMS, EXTENSION_CLAIMS, POSTER_NAMES, Claim
+from difflung.judging.reported import CLAIMS, CONTROL_CLAIMS, EXTENSION_CLAIMS, POSTER_NAMES, Claim
 from difflung.judging.stats import Comparison, compare_generators, compare_seeds, judge_claims
 
 # synthetic arm -> the generator it paints with
@@ -184,7 +184,7 @@ def comparisons(runs_root, seed: int = 0, claims=CLAIMS) -> list[Comparison]:
     return out
 
 
-FAMILIES = {"poster": CLAIMS, "extension": EXTENSION_CLAIMS}  # Holm is applied within each family
+FAMILIES = {"poster": CLAIMS, "extension": EXTENSION_CLAIMS, "controls": CONTROL_CLAIMS}  # Holm within each family
 
 
 def judge_run(runs_root, seed: int = 0) -> pd.DataFrame:
