@@ -300,11 +300,16 @@ def test_convergence_table():
 
 def test_claims_come_from_the_poster_tables():
     claims = {c.key: c for c in reported.CLAIMS}
-    assert len(claims) == len(reported.CLAIMS) == 13
+    assert len(claims) == len(reported.CLAIMS) == 22  # 10 image quality, 12 segmentation
     assert not any(w in c.text for c in claims.values() for w in ("GFLOP", "cost", "10x"))  # cost: ratios only
-    assert {c.table for c in claims.values()} == {reported.TABLE_QUALITY, reported.TABLE_SEGMENTATION}
+    assert {c.table for c in claims.values()} == {reported.TABLE_QUALITY, reported.TABLE_SEGMENTATION,
+                                                 reported.TABLE_GGO}
     m = [c for c in claims.values() if c.margin > 0]
-    assert [c.key for c in m] == ["dice_lung_difflung_vs_ref"] and len(m[0].margin_reason) > 20
+    assert [c.key for c in m] == ["dice_lung_difflung_vs_ref", "dice_lung_segguided_vs_ref"]
+    assert all(len(c.margin_reason) > 20 for c in m)
+    assert claims["psnr_spade_vs_pix2pix"].reported == pytest.approx(19.20 - 17.56)  # the order the table shows
+    assert np.isnan(claims["dice_ggo_difflung_vs_ref"].reported)  # GGO: named, no value reported
+    assert all(np.isnan(c.reported) for c in reported.CONTROL_CLAIMS)  # not the poster's claims
     # the poster reports a healthy-lung gain: the superiority test stands beside the non-inferiority one
     gain = claims["dice_lung_difflung_vs_ref_gain"]
     assert (gain.a, gain.b, gain.cls, gain.margin) == ("+difflung", "ref", "lung", 0.0)
