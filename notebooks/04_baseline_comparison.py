@@ -32,11 +32,11 @@ device = "auto"
 workers = 2  # models trained at once on a CPU, one thread each
 judge_steps = 300
 curve_evals = 2
-max_budgets = 2
+max_budgets = 1
 n_val = 8
-capacity_steps = 400
+capacity_steps = 300
 capacity_slices = 8
-segguided_levers = ["shared", "parent"]
+segguided_levers = ["shared"]
 min_seeds = 1
 gan_size = "S"
 n_seeds = 1
@@ -71,7 +71,7 @@ ch.glue_facts(ch.page_facts())
 # Equal steps are not equal effort: a weaker generator may simply need longer. So every generator is scored on the
 # validation patients {glue:text}`curve_evals` times per budget while it trains, and one rule decides whether it
 # has stopped improving: {glue:md}`plateau_rule`. One that has not trains on from its own weights (a warm restart
-# with a fresh learning-rate schedule), up to {glue:text}`max_budgets` budgets, and is compared wherever it
+# with a fresh learning-rate schedule), {glue:md}`train_on`, and is compared wherever it
 # stopped. The score is the {glue:md}`plateau_score`. The test patients are not read until the next section.
 
 # %% tags=["hide-input"]

@@ -310,7 +310,9 @@ def plateau_facts(cmp: Setup, *, capacity_steps: int, capacity_slices: int) -> d
     from difflung.judging import plateau
 
     return {"plateau_rule": plateau.RULE, "plateau_score": plateau.SCORE,
-            "max_budgets": cmp.budget["max_budgets"], "curve_evals": _curve_evals(cmp),
+            "train_on": (f"up to {cmp.budget['max_budgets']} budgets" if cmp.budget["max_budgets"] > 1 else
+                         "where a profile allows more than one budget (this one allows one, so here none does)"),
+            "curve_evals": _curve_evals(cmp),
             "capacity_slices": capacity_slices, "capacity_steps": capacity_steps}
 
 
