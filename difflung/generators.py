@@ -46,7 +46,7 @@ REGISTRY: dict[str, Spec] = {
 
 DISPLAY_NAMES = {
     "difflung": "Diff-Lung (CBMAT)", "segguided": "Seg-Guided", "pix2pix": "Pix2Pix", "spade": "SPADE",
-    "none": "no ablation", "uniform": "uniform p=0.5 (Seg-Guided)", "cbmat": "CBMAT (Diff-Lung)",
+    "none": "no ablation", "uniform": "uniform p=0.5 (the parent's ablation)", "cbmat": "CBMAT (Diff-Lung)",
     "cbmat-constant": "CBMAT, not annealed", "cbmat-inverse": "inverse CBMAT (P=f)",
     "real": "real slices",
 }

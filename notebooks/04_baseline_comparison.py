@@ -37,6 +37,7 @@ n_val = 8
 capacity_steps = 300
 capacity_slices = 8
 segguided_levers = ["shared"]
+comparators = []
 min_seeds = 1
 gan_size = "S"
 n_seeds = 1
@@ -76,7 +77,7 @@ ch.glue_facts(ch.page_facts())
 
 # %% tags=["hide-input"]
 cmp = ch.open_comparison(runs_root, run_dir, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, gan_size=gan_size,
-                         device=device, workers=workers)
+                         device=device, workers=workers, comparators=comparators)
 table(ch.tune_segguided(cmp, levers=segguided_levers, preset=preset, steps=steps, batch_size=batch_size,
                         judge_steps=judge_steps, n_val=n_val, curve_evals=curve_evals, sampler=sampler,
                         sampler_steps=sampler_steps))

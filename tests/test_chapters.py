@@ -69,7 +69,7 @@ def test_ablation_chapter_sections(runs_root):
     # is not measurable, with the reason (a missed convergence criterion alone would only be a note)
     assert not results["cbmat"]["converged"] and cmp["verdict"].str.startswith("not measurable").all()
     assert cmp.loc[cmp["claim"].str.contains("PSNR"), "verdict"].iloc[0] == (
-        "not measurable: cbmat's masks could not be checked (no judge Dice ratio on lung)")
+        "not measurable: CBMAT (cosine-annealed)'s masks could not be checked (no judge Dice ratio on lung)")
     ch.figure_dice(scored, measurable, run)
     ch.figure_partial(scored, measurable, run)
     ch.figure_samples(scored, run, n=2)
@@ -141,7 +141,9 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     run = runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON)
     with pytest.raises(ValueError, match="at least 3"):
         bc.open_comparison(runs_root, run, seed=0, n_seeds=1, min_seeds=3, gan_size="T")
-    cmp = bc.open_comparison(runs_root, run, seed=0, n_seeds=1, gan_size="T", device="cpu")
+    with pytest.raises(ValueError, match="comparators"):
+        bc.open_comparison(runs_root, run, seed=0, gan_size="T", comparators=["none"])
+    cmp = bc.open_comparison(runs_root, run, seed=0, n_seeds=1, gan_size="T", device="cpu", comparators=["uniform"])
     curve = dict(judge_steps=3, n_val=3, curve_evals=2, sampler="dpm", sampler_steps=2)
     tuned = bc.tune_segguided(cmp, levers=["shared", "parent"], **curve)
     assert list(tuned.index) == [bc.SEGGUIDED_LEVERS["shared"], bc.SEGGUIDED_LEVERS["parent"]]
@@ -157,8 +159,8 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     assert len(cap) == 4 and set(cap["passed"]) <= {"yes", "no: a defect to find"}
     seg_meta = json.loads((cmp.models["segguided"][0] / "difflung_config.json").read_text())
     assert (seg_meta["mask_mode"], seg_meta["train_config"]["strategy"]) == ("single", "uniform")
-    assert models["images seen"].tolist() == [6, 6, 6, 6]  # same steps x batch for every generator
-    assert len(bc.table_models(models)) == 4
+    assert models["images seen"].tolist() == [6, 6, 6, 6, 6]  # same steps x batch for every generator
+    assert len(bc.table_models(models)) == 5 and "uniform" in cmp.models  # the four and the comparator
     bc.figure_gan_losses(cmp)
     ev = {k: v for k, v in EVAL.items() if k != "device"}
     scored = bc.evaluate(cmp, judge_steps=3, timing_batch=2, timing_repeats=1, classifier_steps=2, **ev)
@@ -166,7 +168,7 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     bc.evaluate(cmp, judge_steps=3, timing_batch=2, timing_repeats=1, classifier_steps=2, **ev)
     assert all(p.read_bytes() == b for p, b in files.items())  # same seeds on CPU: byte-identical files
     df = read_metrics(run)
-    assert set(df["model"]) == {*bc.MODELS, "real"}  # keys, never display names
+    assert set(df["model"]) == {*cmp.keys, "real"}  # keys, never display names
     per_model = df[df["model"] != "real"].groupby("model")["metric"].apply(set)
     assert all(m == {*bc.QUALITY, "dice", "hu_w1", "gflops_per_image", "params"} for m in per_model)
     # the full-frame rows difflung.judging.claims reads: per (train_seed, sampling seed, slice, patient), class "all"
@@ -180,14 +182,14 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     assert len(a) == 2 * len(scored.index) and np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5)
     # every generator's criteria, written once; on a 3-step toy run none converges
     crit = criteria.read_criteria(run)
-    assert set(crit["converged"]) == set(bc.MODELS) and not any(crit["converged"].values())
+    assert set(crit["converged"]) == set(cmp.keys) and not any(crit["converged"].values())
     s = bc.summary(run)
     assert (s.loc[s.metric == "psnr", "patients"] == 2).all()  # the unit is the test patient
     quality = bc.table_quality(s)
     assert quality.loc[("Diff-Lung (CBMAT)", "reported (poster)"), "PSNR (dB)"] == "20.7"
     assert quality.loc[("SPADE", "reported (poster)"), "SSIM lung"] == "not reported"
     crit_table, memo = bc.table_criteria(run)
-    assert "(missed)" in crit_table.to_string() and len(memo) == len(bc.MODELS)
+    assert "(missed)" in crit_table.to_string() and len(memo) == len(cmp.keys)
     assert bc.page_run_facts(run)["n_patients"] == "2" and bc.page_run_facts(run)["size"] == "16"
     inst = bc.table_instruments(run, s)
     assert inst.loc["lung", "floor"] == 0.7
@@ -200,7 +202,7 @@ def test_baseline_chapter_reuses_chapter3_and_reports_its_psnr(runs_root):
     assert per_model.loc["SPADE", "GFLOPs/image, reported"] == 25 and len(ratios) == 4
     assert per_model.loc["Diff-Lung (CBMAT)", "GFLOPs/image, ours"] > 2 * per_model.loc["Pix2Pix", "GFLOPs/image, ours"]
     timings = json.loads((run / "metrics.json").read_text())["timings"]  # run-dependent: not in the CSV
-    assert set(timings) == set(bc.MODELS) and all(t["s_per_image"] > 0 for t in timings.values())
+    assert set(timings) == set(cmp.keys) and all(t["s_per_image"] > 0 for t in timings.values())
     bc.figure_samples(cmp, scored, n_masks=2)
     bc.figure_quality_cost(run, s)
     assert (run / "samples.png").is_file() and (run / "quality_vs_cost.json").is_file()

@@ -1,4 +1,6 @@
 """The poster's claims judged once per run: verdicts from toy chapter files, validity carried into the verdict."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,3 +155,36 @@ def test_a_failed_capacity_check_is_a_defect_and_an_unfinished_plateau_a_note(tm
     assert v.startswith("not measurable: Seg-Guided-Diffusion failed its capacity check (judge lung-Dice ratio 0.5 on 8")
     s = t.loc["psnr_difflung_vs_spade"]
     assert s.verdict == "reproduced" and "SPADE still improving at 3x budget" in s.convergence
+
+
+def test_cbmat_conclusions_read_chapter_4s_comparator_and_chapter_2s_strategies(tmp_path):
+    from difflung.judging.stats import crossed_t
+
+    _ch4(tmp_path)
+    d = runs.chapter_dir(tmp_path, runs.BASELINE_COMPARISON)
+    rng = np.random.default_rng(1)
+    rows = []
+    for g, off in (("difflung", 0.05), ("uniform", 0.0)):  # judge Dice on generated GGO, three training seeds each
+        for s in range(3):
+            for p in range(6):
+                for cls in ("ggo", "emphysema"):
+                    rows.append({"model": g, "train_seed": s, "condition": "full", "seed": 0, "slice": p,
+                                 "patient": f"p{p}", "metric": "dice", "class": cls,
+                                 "value": 0.4 + off + 0.02 * p + rng.normal(0, 0.01)})
+    from difflung.core.metrics_csv import read_metrics
+    write_metrics(d, pd.concat([read_metrics(d), pd.DataFrame(rows)], ignore_index=True))
+    doc = json.loads((d / "criteria.json").read_text())
+    doc["measurable"] = {"ggo": {"measurable": True, "reason": ""},
+                         "emphysema": {"measurable": False, "reason": "judge Dice on real emphysema 0.1 < floor 0.3"}}
+    (d / "criteria.json").write_text(json.dumps(doc))
+    t = claims.judge_run(tmp_path).set_index("key")
+    g = t.loc["dice_ggo_generated_cbmat_vs_uniform"]
+    df = pd.DataFrame(rows)
+    df = df[df["class"] == "ggo"]
+    want = crossed_t(df[df.model == "difflung"], df[df.model == "uniform"])
+    assert g.estimate == pytest.approx(want.estimate, rel=1e-4)  # metrics.csv keeps 6 significant digits
+    assert g.unit == "test patients x training seeds (3 and 3)"
+    assert g.verdict == "reproduced" and g.family == "poster"
+    assert t.loc["dice_emphysema_generated_cbmat_vs_uniform", "verdict"].startswith(
+        "not measurable: judge Dice on real emphysema")
+    assert t.loc["dice_ggo_generated_cosine_vs_constant", "verdict"] == "not measurable: chapter 2 did not run"

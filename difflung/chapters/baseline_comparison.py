@@ -44,7 +44,10 @@ from difflung.core.provenance import device_description, provenance, resolve_dev
 from difflung.chapters import common, criteria_tables
 from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 
-MODELS = ("pix2pix", "spade", "segguided", "difflung")
+MODELS = ("pix2pix", "spade", "segguided", "difflung")  # the poster's four
+# matched comparators a profile may add (`comparators`): "uniform" is Diff-Lung's network and one-hot masks with the
+# parent's uniform p = 0.5 ablation, which separates "one-hot against k/255" from "class-balanced against uniform"
+COMPARATORS = ("uniform",)
 QUALITY = {"psnr": "PSNR (dB)", "ssim": "SSIM", "psnr_body": "PSNR body (dB)", "ssim_body": "SSIM body",
            "psnr_lung": "PSNR lung (dB)", "ssim_lung": "SSIM lung"}
 MEASURED = "measured: verdict in the results chapter (Holm across the run's claims)"
@@ -67,6 +70,12 @@ class Setup:
     curves: dict = field(default_factory=dict)  # key -> {seed: training_curves.CurveResult}
     base_config: dict = field(default_factory=dict)  # the diffusion models' shared TrainConfig fields
     segguided_lever: str = "shared"  # Seg-Guided's recipe lever chosen on validation (`tune_segguided`)
+    comparators: tuple = ()  # matched comparators trained beside the four (`COMPARATORS`)
+
+    @property
+    def keys(self) -> tuple:
+        """Every generator of the chapter: the poster's four, then the comparators."""
+        return MODELS + tuple(self.comparators)
 
     @property
     def seed(self) -> int:
@@ -78,7 +87,7 @@ class Setup:
 
 
 def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seeds: int = 1, gan_size: str = "S",
-                    device: str = "auto", workers: int = 1) -> Setup:
+                    device: str = "auto", workers: int = 1, comparators=()) -> Setup:
     """Open the phantom dataset of chapter 1 and fix the seeds, GAN size and device of the chapter.
 
     Args:
@@ -88,7 +97,11 @@ def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seed
         gan_size: registry size of Pix2Pix and SPADE (`difflung.baselines.registry.BASELINES`: T, S, B, L).
         device: "auto", "cpu" or "cuda".
         workers: models trained at once on a CPU, one thread each (`difflung.core.parallel.run_jobs`).
+        comparators: matched comparators trained and scored beside the four (`COMPARATORS`), every seed.
     """
+    unknown = [c for c in comparators if c not in COMPARATORS]
+    if unknown:
+        raise ValueError(f"comparators {unknown}: known are {', '.join(COMPARATORS)}")
     if n_seeds < min_seeds:
         raise ValueError(f"n_seeds={n_seeds}: this profile needs at least {min_seeds} training seeds")
     runs_root, run_dir = Path(runs_root), Path(run_dir)
@@ -96,7 +109,7 @@ def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seed
     gan_config("pix2pix", gan_size)  # a clear error for an unknown size, before any training
     run_dir.mkdir(parents=True, exist_ok=True)
     return Setup(ds, runs_root, run_dir, list(range(seed, seed + n_seeds)), gan_size, resolve_device(device),
-                 int(workers))
+                 int(workers), comparators=tuple(comparators))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,13 +166,21 @@ def train_models(cmp: Setup, *, preset: str = "small", steps: int = 300, batch_s
             first = (reused if (key == "difflung" and s == cmp.seed and reused) else
                      _lever_folder(cmp, cmp.segguided_lever) if (key == "segguided" and s == cmp.seed) else own)
             jobs.append((key, s, common.curve_job(cmp.runs_root, key, cfg, first, later=own, **curve)))
+    ch2 = runs.chapter_dir(cmp.runs_root, runs.MASK_ABLATION)
+    for key in cmp.comparators:  # chapter 2's model of the main seed when it fits (train_curve checks), else its own
+        cmp.notes[key] = "Diff-Lung's network, recipe and budget, one-hot masks, uniform p=0.5 ablation"
+        for s in cmp.seeds:
+            own = cmp.model_dir(key, s)
+            first = runs.model_dir(ch2, key) if s == cmp.seed else own
+            jobs.append((key, s, common.curve_job(cmp.runs_root, key, diffusion_config(key, **{**base, "seed": s}),
+                                                  first, later=own, **curve)))
     for key in ("pix2pix", "spade"):
         for s in cmp.seeds:
             cfg = gan_config(key, cmp.gan_size, steps=steps, batch_size=batch, seed=s, device=cmp.device,
                              log_every=max(1, steps // 50))
             cmp.notes[key] = f"trained here ({cfg.model}), same steps x batch as the diffusion models per budget"
             jobs.append((key, s, common.curve_job(cmp.runs_root, key, cfg, cmp.model_dir(key, s), **curve)))
-    rank = {"difflung": 0, "segguided": 0, "spade": 1, "pix2pix": 2}  # measured cost per step, largest first
+    rank = {"difflung": 0, "segguided": 0, "uniform": 0, "spade": 1, "pix2pix": 2}  # cost per step, largest first
     longest_first = sorted(range(len(jobs)), key=lambda i: rank[jobs[i][0]])
     done = run_jobs(train_curve, [jobs[i][2] for i in longest_first], workers=cmp.workers, device=cmp.device)
     results = dict(zip(longest_first, done))
@@ -169,9 +190,11 @@ def train_models(cmp: Setup, *, preset: str = "small", steps: int = 300, batch_s
         cmp.models.setdefault(key, {})[s] = r.folder
         cmp.curves.setdefault(key, {})[s] = r
         g = load_generator(r.folder, key=key, dataset=cmp.dataset)
-        from_ch3 = reused is not None and Path(r.folders[0]) == Path(reused)
+        other = {"difflung": reused, "uniform": runs.model_dir(ch2, "uniform")}.get(key)
+        chapter = "chapter 3" if key == "difflung" else "chapter 2"
+        from_other = other is not None and Path(r.folders[0]) == Path(other)
         rows.append({"model": display_name(key), "seed": s,
-                     "source": ("chapter 3" + (", trained on here" if r.phases > 1 else "")) if from_ch3
+                     "source": (chapter + (", trained on here" if r.phases > 1 else "")) if from_other
                      else "this chapter",
                      "budgets": r.phases, "steps": r.points[-1]["step"], "batch": job.config.batch_size,
                      "images seen": r.points[-1]["images"], "params (M)": g.params / 1e6,
@@ -328,8 +351,8 @@ def figure_curves(cmp: Setup):
     from difflung.judging import plateau
 
     fig, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
-    colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for key in MODELS:
+    colors = dict(zip(cmp.keys, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for key in cmp.keys:
         for k, (s, r) in enumerate(sorted(cmp.curves.get(key, {}).items())):
             x = [p["cpu_min"] for p in r.points]
             y = [p["score"] for p in r.points]
@@ -385,7 +408,7 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
         timing_batch, timing_repeats: the s/image measurement (`cost.generator_cost`).
         batch_size: batch for generation. classifier_steps: the real-vs-generated classifier's training steps.
     """
-    missing = [k for k in MODELS if k not in cmp.models]
+    missing = [k for k in cmp.keys if k not in cmp.models]
     if missing:
         raise ValueError(f"models {missing} are not trained yet: run train_models(cmp)")
     ds = cmp.dataset
@@ -404,7 +427,7 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
                                            "value": c[m]} for m in ("gflops_per_image", "params")]))
         return pd.concat(rows, ignore_index=True)
 
-    folders = [(k, folder) for k in MODELS for folder in cmp.models[k].values()]
+    folders = [(k, folder) for k in cmp.keys for folder in cmp.models[k].values()]
     ev = common.evaluate(cmp.runs_root, cmp.run_dir, folders,
                          judge_steps=judge_steps, n_test=n_test, sampler=sampler, sampler_steps=sampler_steps,
                          seeds=seeds, seed=cmp.seed, batch_size=batch_size, device=cmp.device, dataset=ds,
@@ -412,7 +435,7 @@ def evaluate(cmp: Setup, *, judge_steps: int, n_test: int, sampler: str, sampler
     scored, path = ev.scored, ev.metrics
     settings = {"n_test": int(len(scored.index)), "sampler": sampler, "sampler_steps": sampler_steps,
                 "sample_seeds": list(seeds), "timing_batch": timing_batch, "timing_repeats": timing_repeats}
-    common.check(cmp.runs_root, cmp.run_dir, scored, MODELS, seed=cmp.seed,  # the main training seed
+    common.check(cmp.runs_root, cmp.run_dir, scored, list(cmp.keys), seed=cmp.seed,  # the main training seed
                  classifier_steps=classifier_steps, dataset=ds, signature=signature, sample_seed=list(seeds)[0])
     write_json_atomic(cmp.run_dir / "metrics.json", {
         "metrics_csv": path.name, "window_hu": list(L.MODEL_WINDOW), "data_range": DATA_RANGE, "size": ds.size,
@@ -468,17 +491,23 @@ def table_instruments(run_dir, s: pd.DataFrame) -> pd.DataFrame:
     return criteria_tables.judge_frame(s, criteria.read_criteria(run_dir)["measurable"])
 
 
+def _run_models(run_dir) -> list[str]:
+    """The generators a chapter 4 run scored, in the book's order: the poster's four, then its comparators."""
+    found = set(read_metrics(run_dir)["model"])
+    return [k for k in MODELS + COMPARATORS if k in found]
+
+
 def _results(run_dir) -> dict:
     """criteria.json back in `criteria.check`'s form: {key: {"table", "converged", "memorisation"}}."""
     crit = criteria.read_criteria(run_dir)
     return {k: {"table": crit["tables"][k], "converged": crit["converged"][k], "memorisation": crit["memorisation"][k],
-                **crit["instruments"][k]} for k in MODELS}
+                **crit["instruments"][k]} for k in _run_models(run_dir)}
 
 
 def table_criteria(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each generator's convergence criteria (criteria.json), one column per model, and the memorisation check
     beside them (not a criterion)."""
-    names = {k: display_name(k) for k in MODELS}
+    names = {k: display_name(k) for k in _run_models(run_dir)}
     return (criteria_tables.wide_table(_results(run_dir), names),
             criteria_tables.memorisation_table(_results(run_dir), names))
 
@@ -494,15 +523,16 @@ def table_realism_by_seed(run_dir) -> pd.DataFrame:
     classes = [c for c, (ok, _) in measurable.items() if ok and c != "background"]
     dice = df[(df["metric"] == "dice") & df["class"].isin(classes)]
     real = dice[dice["model"] == "real"].groupby("class")["value"].mean()
-    per = stats.slice_intervals(dice[dice["model"].isin(MODELS)], ["model", "train_seed", "class"])
+    keys = _run_models(run_dir)
+    per = stats.slice_intervals(dice[dice["model"].isin(keys)], ["model", "train_seed", "class"])
     per[["mean", "lo", "hi"]] = per[["mean", "lo", "hi"]].div(per["class"].map(real), axis=0)
-    psnr = stats.slice_intervals(df[(df["metric"] == "psnr") & df["model"].isin(MODELS)], ["model", "train_seed"])
+    psnr = stats.slice_intervals(df[(df["metric"] == "psnr") & df["model"].isin(keys)], ["model", "train_seed"])
     psnr["class"] = "PSNR (dB)"
     per = pd.concat([per, psnr], ignore_index=True)
     cols = [f"judge Dice ratio, {c}" for c in classes] + ["PSNR (dB)"]
     name = lambda c: c if c == "PSNR (dB)" else f"judge Dice ratio, {c}"
     rows = []
-    for k in MODELS:
+    for k in keys:
         sel = per[per["model"] == k]
         for seed, g in sel.groupby("train_seed"):
             rows.append({"model": display_name(k), "training seed": str(int(seed)),
@@ -573,14 +603,15 @@ def table_comparisons(t: pd.DataFrame) -> pd.DataFrame:
 def table_faithfulness(run_dir, s: pd.DataFrame) -> pd.DataFrame:
     """Mask faithfulness: the judge's Dice per class on each model's slices, mean [patient interval]; a class the
     judge cannot judge reads "not measurable" (its reason in the first column); real slices are the ceiling."""
-    return criteria_tables.dice_frame(s, criteria.read_criteria(run_dir)["measurable"], [*MODELS, "real"], display_name)
+    return criteria_tables.dice_frame(s, criteria.read_criteria(run_dir)["measurable"], [*_run_models(run_dir), "real"],
+                                      display_name)
 
 
 def table_hu(run_dir) -> pd.DataFrame:
     """Per-class HU Wasserstein-1 between generated and real slices (HU; mean over training and sampling seeds);
     the convergence criterion asks at most `instruments.HU_W1_MAX` for measurable classes."""
     df = read_metrics(run_dir)
-    w = df[df.metric == "hu_w1"].pivot_table("value", "class", "model").reindex(columns=list(MODELS))
+    w = df[df.metric == "hu_w1"].pivot_table("value", "class", "model").reindex(columns=_run_models(run_dir))
     return w.rename(columns=display_name).reindex([n for n in L.names(range(L.NUM_IDS)) if n in w.index])
 
 

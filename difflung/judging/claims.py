@@ -132,19 +132,38 @@ def _signature(runs_root) -> dict[str, tuple[bool, str]]:
 def _missing(c: Claim, reason: str) -> Comparison:
     return Comparison(c.text, math.nan, direction=c.direction, margin=c.margin, reported=c.reported,
                       measurable=False, reason=reason,
-                      unit="test patients" if c.kind == "image quality" else "training seeds")
+                      unit="training seeds" if c.kind == "segmentation" else "test patients")
 
 
-def _quality(c: Claim, m4: pd.DataFrame, records: dict) -> Comparison:
+def _quality(c: Claim, m4: pd.DataFrame, records: dict, measurable: dict | None = None, *,
+             chapter: str = "chapter 4", gate_models=None) -> Comparison:
+    """An image-quality or judge-Dice claim between two generators on the same test slices and noise, over every
+    training seed of each (`compare_generators`)."""
     x = m4[(m4.metric == c.metric) & (m4["condition"] == "full")] if "condition" in m4 else m4[m4.metric == c.metric]
-    x = x[(x["class"] == "all") & (x["slice"] >= 0)] if "class" in x else x[x["slice"] >= 0]
+    x = x[(x["class"] == c.cls) & (x["slice"] >= 0)] if "class" in x else x[x["slice"] >= 0]
     a, b = x[x.model == c.a], x[x.model == c.b]
     if a.empty or b.empty or not set(a["slice"]) & set(b["slice"]):
-        return _missing(c, f"chapter 4 has no {c.metric} scores of {c.a} and {c.b} on the same test slices")
+        return _missing(c, f"{chapter} has no {c.metric} scores of {c.a} and {c.b} on the same test slices")
     shared = sorted(set(a["slice"]) & set(b["slice"]))
     a, b = a[a["slice"].isin(shared)], b[b["slice"].isin(shared)]
+    ok = (True, "") if c.cls == "all" or measurable is None else measurable.get(
+        c.cls, (False, f"{c.cls}: not judged in {chapter}"))
     return compare_generators(a, b, claim=c.text, direction=c.direction, margin=c.margin, reported=c.reported,
-                              **_validity([c.a, c.b], records))
+                              **_validity([c.a, c.b] if gate_models is None else gate_models, records,
+                                          (bool(ok[0]), ok[1])))
+
+
+def _judge_floors(runs_root, stem: str) -> dict | None:
+    """A chapter's measurable classes (judge floors, HU signature) from its criteria.json; None without one."""
+    try:
+        return read_criteria(runs.chapter_dir(runs_root, stem))["measurable"]
+    except FileNotFoundError:
+        return None
+
+
+def _per_image(runs_root, stem: str) -> pd.DataFrame | None:
+    p = runs.chapter_dir(runs_root, stem) / "per_image.csv"
+    return read_metrics(p) if p.is_file() else None
 
 
 def _segmentation(c: Claim, m5: pd.DataFrame, records: dict, signature: dict) -> Comparison:
@@ -178,6 +197,13 @@ def comparisons(runs_root, seed: int = 0, claims=CLAIMS) -> list[Comparison]:
     for c in claims:
         if c.kind == "image quality":
             out.append(_quality(c, m4, records) if m4 is not None else _missing(c, "chapter 4 did not run"))
+        elif c.kind == "generation":
+            out.append(_quality(c, m4, records, _judge_floors(runs_root, runs.BASELINE_COMPARISON) or {})
+                       if m4 is not None else _missing(c, "chapter 4 did not run"))
+        elif c.kind == "ablation":  # chapter 2's strategy models: no main-model gate, the judge's floors only
+            m2 = _per_image(runs_root, runs.MASK_ABLATION)
+            out.append(_quality(c, m2, {}, _judge_floors(runs_root, runs.MASK_ABLATION) or {}, chapter="chapter 2",
+                                gate_models=[]) if m2 is not None else _missing(c, "chapter 2 did not run"))
         else:
             out.append(_segmentation(c, m5, records, signature) if m5 is not None
                        else _missing(c, "chapter 5 did not run"))

@@ -22,6 +22,8 @@ SOURCE = "Diff-Lung poster (Khiati, Brillet, Ispas, Fetita), ISBI 2025"
 TABLE_QUALITY = "Quantitative evaluation"
 TABLE_SEGMENTATION = "Comparison of data augmentation strategies for a baseline UNet model training"
 TABLE_GGO = "the poster's problem statement (ground-glass opacity named; no Dice reported)"
+TABLE_CONCLUSIONS = ("the poster's conclusions: class-balanced ablation emphasises the rare classes, its cosine "
+                     "annealing stabilises training (no number reported)")
 LABEL = "reported (poster)"  # how reported rows are marked in every table and figure
 
 # model -> metric -> value. Models are named as in our metrics files.
@@ -42,7 +44,8 @@ SEGMENTATION_DICE = {
 POSTER_NAMES = {"pix2pix": "Pix2Pix", "spade": "SPADE", "segguided": "Seg-Guided-Diffusion",
                 "difflung": "DiffLung (CBMAT)", "ref": "ref-UNet", "+segguided": "Seg-Guided-UNet",
                 "+difflung": "DiffLung-UNet", "+insert": "Insert-UNet", "oversample": "oversample-UNet",
-                "copypaste": "copy-paste-UNet"}
+                "copypaste": "copy-paste-UNet", "uniform": "uniform ablation (p = 0.5)",
+                "cbmat": "CBMAT (cosine-annealed)", "cbmat-constant": "CBMAT (constant)"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -64,8 +67,10 @@ class Claim:
     """One claim of the poster: "model `a` beats model `b` on `metric`" (a - b > 0, or > -margin).
 
     Attributes:
-        key: short unique id. kind: "image quality" (chapter 4, unit test patients) or "segmentation"
-            (chapter 5, unit training seeds). metric: psnr, ssim or dice. cls: class for Dice ("all" otherwise).
+        key: short unique id. kind: "image quality" (chapter 4, unit test patients x training seeds),
+            "generation" (the judge's Dice on generated slices of chapter 4, same unit), "ablation" (the same on
+            chapter 2's strategy models) or "segmentation" (chapter 5, unit training seeds). metric: psnr, ssim or
+            dice. cls: class for Dice ("all" otherwise).
         a, b: model keys as in IMAGE_QUALITY / SEGMENTATION_DICE. direction: "greater" (higher is better).
         margin, margin_reason: non-inferiority margin (0: superiority claim) and why.
         table: the poster table it comes from.
@@ -95,6 +100,8 @@ class Claim:
     def text(self) -> str:
         name = lambda k: POSTER_NAMES[k]
         what = f"Dice {self.cls}" if self.metric == "dice" else self.metric.upper()
+        if self.kind in ("generation", "ablation"):
+            what = f"judge Dice {self.cls} on generated slices"
         rel = f"not worse than (margin {self.margin:g})" if self.margin else ">"
         return f"{what}: {name(self.a)} {rel} {name(self.b)}"
 
@@ -129,7 +136,19 @@ def _segmentation_claims() -> list[Claim]:
     return out
 
 
-CLAIMS: tuple[Claim, ...] = tuple(_quality_claims() + _segmentation_claims())
+def _conclusion_claims() -> list[Claim]:
+    """The poster's conclusions about CBMAT, on the rare classes it is for: against the parent's uniform ablation
+    with Diff-Lung's network and one-hot masks (chapter 4's matched comparator, every training seed), and
+    cosine-annealed against constant CBMAT (chapter 2's strategies)."""
+    rare = ("emphysema", "ggo", "fibrosis")
+    out = [Claim(f"dice_{c}_generated_cbmat_vs_uniform", "generation", "dice", c, "difflung", "uniform",
+                 table=TABLE_CONCLUSIONS) for c in rare]
+    out += [Claim(f"dice_{c}_generated_cosine_vs_constant", "ablation", "dice", c, "cbmat", "cbmat-constant",
+                  table=TABLE_CONCLUSIONS) for c in rare]
+    return out
+
+
+CLAIMS: tuple[Claim, ...] = tuple(_quality_claims() + _segmentation_claims() + _conclusion_claims())
 
 # Beyond the poster: LeFusion (Zhang et al., ICLR 2025) reports that lesion-focused generation with the real
 # background kept exactly helps segmentation more than whole-image synthesis. We test that ordering with our
