@@ -122,6 +122,8 @@ def interval(est, lo=None, hi=None, digits: int = 3) -> str:
     """"mean [lo, hi]" at `digits` significant figures; the mean alone when there is no interval."""
     if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
         return sig(est, digits)
+    if sig(lo, digits) == sig(hi, digits):  # every unit agrees: a zero-width interval says nothing more
+        return f"{sig(est, digits)} (no spread)"
     return f"{sig(est, digits)} [{sig(lo, digits)}, {sig(hi, digits)}]"
 
 

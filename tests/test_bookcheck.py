@@ -42,3 +42,18 @@ def test_reprs_and_stderr_blocks_are_reported(tmp_path):
     assert "01_x.html: shows a raw Python repr (&lt;difflung.segmentation.Segmenter at 0x7f3a2c&gt;)" in text
     assert "01_x.html: shows a cell's stderr output" in text
     assert check_site(_site(tmp_path / "b"), ["01_x"], tmp_path / "b/runs") == []
+
+
+def test_tables_without_raw_values_identifiers_or_zero_width_intervals():
+    from difflung.plots import interval
+    from difflung.run.bookcheck import table_problems
+
+    bad = [("td", "True"), ("td", "None"), ("th", "gflops_per_image"), ("td", "21.4 [21.4, 21.4]"),
+           ("td", "nan")]
+    assert table_problems(bad) == ["a table shows the raw value 'True'", "a table shows the raw value 'None'",
+                                   "a table header shows the identifier 'gflops_per_image'",
+                                   "a table shows an interval of zero width (21.4 [21.4, 21.4])",
+                                   "a table shows the raw value 'nan'"]
+    good = [("th", "GFLOPs per image"), ("td", "21.4 [21.1, 21.7]"), ("td", "yes"), ("th", "judge Dice, lung"),
+            ("td", "metrics_csv is fine in a cell"), ("td", interval(0.0, 0.0, 0.0))]
+    assert table_problems(good) == [] and interval(0.0, 0.0, 0.0) == "0 (no spread)"

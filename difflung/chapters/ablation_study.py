@@ -44,10 +44,11 @@ open_dataset = common.open_dataset  # the phantom dataset of chapter 1; a clear 
 # schedules
 
 def table_probabilities(runs_root, *, steps: int, strategies=STRATEGIES) -> pd.DataFrame:
-    """P_i per class (columns) for each strategy at t = 0, T/2 and T (rows), below the f_i used (first row)."""
+    """P_i per class (columns) for each strategy at t = 0, T/2 and T (rows), below the class frequencies f used
+    (first row)."""
     ds = open_dataset(runs_root)
     freqs = ablation_frequencies(ds)
-    rows = {("f_i", ""): list(freqs.values())}
+    rows = {("frequency f", ""): list(freqs.values())}
     for s in strategies:
         sch = AblationSchedule(s, ds.classes, freqs, steps)
         for label, t in (("t=0", 0), ("t=T/2", steps // 2), ("t=T", steps)):

@@ -108,14 +108,30 @@ def _final_loss(result: TrainResult) -> float:
     return float(loss.tail(max(len(loss) // 10, 1)).mean())
 
 
+RECIPE_NAMES = {"lr": "learning rate (AdamW)", "warmup": "warm-up steps", "prediction_type": "prediction target",
+                "snr_gamma": "min-SNR loss weighting (gamma)", "ema_decay": "EMA of the weights (decay)",
+                "batch_size": "batch size", "mixed_precision": "precision", "weight_decay": "weight decay",
+                "grad_clip": "gradient clipping (max norm)",
+                "low_t_share": "share of timesteps from the least noisy tenth"}
+
+
+def _setting(key: str, value) -> str:
+    """A recipe value in words (no Python None, no identifiers)."""
+    if value is None:
+        return "10 % of the steps, at most 500" if key == "warmup" else "none"
+    words = {"v_prediction": "v (velocity)", "epsilon": "epsilon (the noise)", "auto": "bf16 on a GPU, fp32 on a CPU",
+             "no": "fp32", "bf16": "bf16"}
+    return words.get(value, sig(value) if isinstance(value, float) else str(value))
+
+
 def table_recipe(result: TrainResult) -> pd.DataFrame:
     """The main run's training settings against the parent's published recipe (`difflung.diffusion.recipes`),
     where they differ: what difflung changes, each lever measured by `benchmarks/bench_convergence.py`."""
     from difflung.diffusion.recipes import recipe
 
     tc, parent = load_generator(result.model_dir).config["train_config"], recipe("parent")
-    rows = [{"setting": k, "parent (Segmentation-Guided Diffusion)": str(v), "this run": str(tc.get(k))}
-            for k, v in parent.items() if tc.get(k) != v]
+    rows = [{"setting": RECIPE_NAMES.get(k, k), "parent (Segmentation-Guided Diffusion)": _setting(k, v),
+             "this run": _setting(k, tc.get(k))} for k, v in parent.items() if tc.get(k) != v]
     return pd.DataFrame(rows, columns=["setting", "parent (Segmentation-Guided Diffusion)", "this run"]
                         ).set_index("setting")
 

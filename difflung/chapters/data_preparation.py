@@ -30,8 +30,13 @@ def page_facts(*, size: int, phantom_size: int) -> dict:
 
 
 def table_labels():
-    """The label scheme (`difflung.labels`): id, name, colour, in lung, pathology, HU range."""
-    return L.legend_table()
+    """The label scheme (`difflung.labels`): id, name, colour, in lung, pathology, HU range (yes/no, not
+    True/False)."""
+    t = L.legend_table()
+    for c in t.columns:
+        if t[c].dtype == bool:
+            t[c] = t[c].map({True: "yes", False: "no"})
+    return t
 
 
 # ---------------------------------------------------------------------------------------------------------------

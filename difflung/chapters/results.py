@@ -19,7 +19,7 @@ from difflung.core import runs
 from difflung.run.archive import load_reference
 from difflung.generators import display_name
 from difflung.core.metrics_csv import read_metrics
-from difflung.plots import plt, save_figure, sig
+from difflung.plots import interval, plt, save_figure, sig
 from difflung.judging.reported import IMAGE_QUALITY, LABEL, SEGMENTATION_DICE, cost_ratio_frame
 from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 from difflung.judging import stats
@@ -53,7 +53,7 @@ def _json(path) -> dict:
 def _ci(est, lo=np.nan, hi=np.nan) -> str:
     if est is None or not np.isfinite(est):
         return "n/a"
-    return sig(est) if not (np.isfinite(lo) and np.isfinite(hi)) else f"{sig(est)} [{sig(lo)}, {sig(hi)}]"
+    return interval(est, lo, hi)
 
 
 # ---------------------------------------------------------------------------------------------------------------

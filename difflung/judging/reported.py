@@ -172,6 +172,7 @@ ALL_CLAIMS: tuple[Claim, ...] = CLAIMS + EXTENSION_CLAIMS + CONTROL_CLAIMS
 # ---------------------------------------------------------------------------------------------------------------
 # cost: the poster's ratios beside ours, no threshold (the poster states none)
 
+COST_METRIC_NAMES = {"gflops_per_image": "GFLOPs per image", "s_per_image": "seconds per image"}
 COST_RATIOS = (  # (numerator model, denominator model, metric)
     ("difflung", "pix2pix", "gflops_per_image"), ("difflung", "pix2pix", "s_per_image"),
     ("difflung", "segguided", "gflops_per_image"), ("difflung", "segguided", "s_per_image"),
@@ -190,7 +191,7 @@ def cost_ratio_frame(ours: dict[str, dict[str, float]] | None = None) -> pd.Data
     rows = []
     for a, b, k in COST_RATIOS:
         oa, ob = ours.get(a, {}).get(k, float("nan")), ours.get(b, {}).get(k, float("nan"))
-        rows.append({"comparison": f"{POSTER_NAMES[a]} / {POSTER_NAMES[b]}", "metric": k,
+        rows.append({"comparison": f"{POSTER_NAMES[a]} / {POSTER_NAMES[b]}", "metric": COST_METRIC_NAMES[k],
                      "reported ratio": IMAGE_QUALITY[a][k] / IMAGE_QUALITY[b][k],
                      "our ratio": oa / ob if ob else float("nan")})
     return pd.DataFrame(rows)

@@ -15,11 +15,19 @@ SCOPE_BOX = "What this run can and cannot show"  # the box every chapter ends wi
 TRACEBACK_MARKERS = ("Traceback (most recent call last)", "---------------------------------------------------------------------------\n")
 
 
+RAW_CELL = re.compile(r"^(None|True|False|nan|NaN|<NA>)$")  # a Python value shown as is
+SNAKE = re.compile(r"\b[a-z]+(?:_[a-z0-9]+)+\b")  # a config key or column id (gflops_per_image, snr_gamma)
+ZERO_WIDTH = re.compile(r"^\s*(-?[\d.,]+(?:e-?\d+)?)\s*\[\s*\1\s*,\s*\1\s*\]")  # "21.4 [21.4, 21.4]"
+
+
 class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
         self.images: list[str] = []
         self.tables = 0
+        self.cells: list[tuple[str, str]] = []  # (td or th, text) of every table cell
+        self._cell: list[str] | None = None
+        self._tag = ""
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -27,6 +35,31 @@ class _Page(HTMLParser):
             self.images.append(a["src"])
         elif tag == "table":
             self.tables += 1
+        elif tag in ("td", "th"):
+            self._cell, self._tag = [], tag
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.cells.append((self._tag, "".join(self._cell).strip()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def table_problems(cells: list[tuple[str, str]]) -> list[str]:
+    """What a reader should never see in a table: a Python value (None, True, nan), an identifier in a header
+    (snake_case: a config key or column id), an interval of zero width ("21.4 [21.4, 21.4]")."""
+    out = []
+    for tag, text in cells:
+        if RAW_CELL.match(text):
+            out.append(f"a table shows the raw value {text!r}")
+        elif tag == "th" and (m := SNAKE.search(text)):
+            out.append(f"a table header shows the identifier {m.group(0)!r}")
+        elif m := ZERO_WIDTH.match(text):
+            out.append(f"a table shows an interval of zero width ({m.group(0).strip()})")
+    return list(dict.fromkeys(out))
 
 
 def check_site(html_dir, chapters: list[str], runs_dir=None, scope_box: bool = True) -> list[str]:
@@ -54,6 +87,7 @@ def check_site(html_dir, chapters: list[str], runs_dir=None, scope_box: bool = T
             problems.append(f"{rel}: shows a cell's stderr output (warnings or progress bars)")
         parser = _Page()
         parser.feed(text)
+        problems += [f"{rel}: {p}" for p in table_problems(parser.cells)]
         for src in parser.images:
             u = urlparse(src)
             if u.scheme in ("data",) or src.startswith("data:"):
