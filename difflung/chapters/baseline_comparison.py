@@ -2,16 +2,23 @@
 
 Each function is one section of `notebooks/04_baseline_comparison.py`:
 
-    cmp = ch.open_comparison(runs_root, run_dir, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, gan_size=gan_size)
-    ch.table_models(ch.train_models(cmp, ...)); ch.figure_gan_losses(cmp)
+    cmp = ch.open_comparison(runs_root, run_dir, seed=seed, n_seeds=n_seeds, min_seeds=min_seeds, gan_size=gan_size,
+                             comparators=[...])
+    ch.tune_segguided(cmp, levers=[...], ...)     # Seg-Guided's recipe chosen on validation
+    ch.table_models(ch.train_models(cmp, ...))     # every generator to its validation plateau (up to max_budgets)
+    ch.check_capacity(cmp, steps=...); ch.figure_curves(cmp); ch.figure_gan_losses(cmp)
     scored = ch.evaluate(cmp, judge_steps=..., n_test=..., sampler=..., sampler_steps=..., seeds=..., ...)
     s = ch.summary(run_dir, seed); ch.table_instruments(run_dir, s); ch.table_criteria(run_dir)
-    ch.table_quality(s); ch.table_comparisons(ch.comparisons(runs_root, seed)); ch.table_faithfulness(run_dir, s)
+    ch.table_realism_by_seed(run_dir); ch.table_quality(s); ch.table_comparisons(ch.comparisons(runs_root, seed))
+    ch.table_faithfulness(run_dir, s)
     ch.table_hu(run_dir); ch.figure_samples(cmp, scored); ch.table_cost(run_dir); ch.figure_quality_cost(run_dir, s)
     ch.scope(profile, run_dir)    # the "What this run can and cannot show" box
 
 Diff-Lung of the main seed is chapter 3's model when it fits this dataset and seed; Seg-Guided (uniform p = 0.5,
-one k/255 mask channel) gets its network and budget, Pix2Pix and SPADE the same steps x batch. Scores follow
+one k/255 mask channel) gets its network and budget, with the recipe lever validation chose; Pix2Pix and SPADE the
+same steps x batch. Every generator is scored on the validation patients while it trains and trains on past its
+budget until it plateaus (`difflung.training_curves`, `difflung.judging.plateau`), up to the profile's cap; a
+generator that fails the capacity check (`difflung.capacity`) makes its comparisons a defect, not a result. Scores follow
 `difflung.judging.scoring` (same slices and noise as chapter 3). Unit of every interval: the test patient
 (`stats.slice_intervals`). Classes are judged only where `criteria.measurable_classes` allows; whether each
 generator met its convergence criteria (`criteria.json`) is noted beside the comparisons, never a gate.
@@ -31,9 +38,8 @@ import pandas as pd
 from difflung.judging import criteria, instruments, realism as quality, reported, scoring, stats
 from difflung.core import runs
 from difflung import labels as L
-from difflung.baselines import read_loss_log, train_gan
+from difflung.baselines import read_loss_log
 from difflung.data.dataset import Dataset
-from difflung.diffusion import train_diffusion
 from difflung.judging.cost import generator_cost
 from difflung.judging.metrics import DATA_RANGE
 from difflung.generators import diffusion_config, display_name, gan_config, load_generator
