@@ -29,11 +29,13 @@
 # segmentation: a t-statistic
 # only from at least {glue:text}`min_seeds` seeds). Each claim's interval and its two-sided t-test come from the same
 # t-statistic, so they cannot disagree. The p-values are adjusted by Holm's method within each family of claims
-# (the poster's; the controls beyond it), over the claims that were tested. A claim is
+# (the poster's; LeFusion's ordering beyond it; the controls without a generator), over the claims that were tested.
+# A claim is
 # - **not measurable** when an instrument failed (the judge below its floor), the class lost its HU signature at
-#   this image size or is absent from the test truth, or Diff-Lung never learned its masks (judge Dice ratio on
-#   lung below 0.8) -- the reason is given; a generator that missed its convergence criteria is still compared,
-#   with the miss noted;
+#   this image size or is absent from the test truth, Diff-Lung never learned its masks (judge Dice ratio on
+#   lung below 0.8), or a generator failed its capacity check (it could not redraw a handful of training masks: a
+#   defect, not a result) -- the reason is given; a generator that missed its convergence criteria, or was still
+#   improving when its training reached the cap, is still compared, with the note beside it;
 # - **reproduced** when the adjusted p is below {glue:text}`alpha` with the effect on the claimed side of 0 (of
 #   $-$margin for the non-inferiority claim, whose margin `difflung.judging.reported` declares with its reason; the
 #   poster's healthy-lung gain is tested beside it as a superiority claim);
@@ -57,10 +59,21 @@ from difflung.plots import table
 ch.glue_facts(ch.page_facts())
 
 # %% [markdown]
+# ## At a glance
+#
+# Each claim of the poster: what it reported, what we measured with its interval, the verdict, and why.
+
+# %% tags=["remove-input"]
+claims = ch.judge(runs_root, run_dir, seed=seed)
+ref, ref_claims = ch.reference()
+glance_text, glance = ch.glance_source(ref, claims, ref_claims, profile)
+display(Markdown(glance_text))
+table(ch.table_at_a_glance(glance))
+
+# %% [markdown]
 # ## The poster's claims in this run
 
 # %% tags=["hide-input"]
-claims = ch.judge(runs_root, run_dir, seed=seed)
 table(ch.table_claims(claims))
 
 # %% tags=["remove-input"]
@@ -79,7 +92,6 @@ ch.figure_claims(claims, run_dir, seed=seed)
 # build of the book carries a result. Its claims were judged by the same function when it ran.
 
 # %% tags=["remove-input"]
-ref, ref_claims = ch.reference()
 display(Markdown(ch.reference_markdown(ref)))
 if ref_claims is not None:
     display(table(ch.table_claims(ref_claims)))

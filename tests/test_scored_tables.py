@@ -73,3 +73,26 @@ def test_criteria_page_texts():
     assert w.loc["converged"].tolist() == ["all met", "yes", "no"]
     assert criteria.validity(["lung"], {"lung": (True, "")}, {"good": True, "bad": False}, ["good", "bad"]) == {
         "converged": False, "reason": "bad did not meet the convergence criteria"}
+
+
+def test_results_at_a_glance_marks_verdicts_and_says_why():
+    import math
+
+    import pandas as pd
+
+    from difflung.chapters import results as r
+
+    claims = pd.DataFrame({
+        "family": ["poster", "poster", "poster", "controls"],
+        "claim": ["a > b", "c > d", "e > f", "x > y"], "reported": [1.0, 0.5, math.nan, math.nan],
+        "estimate": [2.0, 0.1, 0.3, 0.2], "lo": [1.5, -0.2, 0.1, 0.1], "hi": [2.5, 0.4, 0.5, 0.3],
+        "verdict": ["reproduced", "inconclusive", "not measurable: judge below its floor", "reproduced"],
+        "magnitude": ["larger than reported", "as reported", "", ""]})
+    t = r.table_at_a_glance(claims)
+    assert list(t.index) == ["a > b", "c > d", "e > f"]  # the poster's family only
+    assert t.loc["a > b", "verdict"] == "✔ reproduced" and t.loc["a > b", "why"] == "larger than reported"
+    assert t.loc["e > f", "verdict"] == "– not measurable" and t.loc["e > f", "why"] == "judge below its floor"
+    assert t.loc["e > f", "ours [95 % interval]"] == "n/a" and t.loc["e > f", "reported"] == "not reported"
+    assert t.loc["a > b", "ours [95 % interval]"] == "2.00 [1.50, 2.50]"
+    text, shown = r.glance_source(None, claims, None, "smoke")
+    assert shown is claims and "no reference run" in text

@@ -94,6 +94,36 @@ def _n_text(n, unit) -> str:
     return f"{int(n)} {'patients' if unit.startswith('test patients') else 'seeds'}"
 
 
+VERDICT_MARKS = {"reproduced": "✔ reproduced", "contradicted": "✘ contradicted", "inconclusive": "? inconclusive",
+                 "not measurable": "– not measurable"}
+
+
+def table_at_a_glance(claims: pd.DataFrame) -> pd.DataFrame:
+    """The poster's claims in one table a reader takes in within a minute: reported, ours with its interval, the
+    verdict with a mark, and one short reason (why not measurable, or how our effect compares with the poster's)."""
+    poster = claims[claims["family"] == "poster"] if "family" in claims else claims
+    label = poster["verdict"].str.split(":").str[0]
+    reason = [v.split(": ", 1)[1] if lab == "not measurable" else (m if isinstance(m, str) and m else "")
+              for v, lab, m in zip(poster["verdict"], label,
+                                   poster["magnitude"] if "magnitude" in poster else [""] * len(poster))]
+    return pd.DataFrame({"claim": poster["claim"],
+                         "reported": [sig(v) if np.isfinite(v) else "not reported" for v in poster["reported"]],
+                         # a claim that cannot be measured shows no number (as chapters 4 and 5 show it)
+                         "ours [95 % interval]": ["n/a" if lab == "not measurable" else _ci(e, lo, hi) for
+                                                  lab, e, lo, hi in zip(label, poster["estimate"], poster["lo"],
+                                                                        poster["hi"])],
+                         "verdict": [VERDICT_MARKS.get(x, x) for x in label], "why": reason}).set_index("claim")
+
+
+def glance_source(ref, claims_here: pd.DataFrame, ref_claims, profile: str):
+    """(markdown line naming the run the opening table shows, its claims): the archived reference run when there is
+    one (the run made to test the paper), else this run."""
+    if ref is not None and ref_claims is not None:
+        return (f"Archived **{ref.label}** (the run made to test the paper; this build's own {profile} run "
+                f"follows below).", ref_claims)
+    return f"This build's **{profile}** run (no reference run is archived yet).", claims_here
+
+
 def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
     """The page's conclusion, generated from the verdicts (no number or profile fact is typed in the notebook)."""
     claims = all_claims[all_claims["family"] == "poster"] if "family" in all_claims else all_claims
