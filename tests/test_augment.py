@@ -108,8 +108,8 @@ def test_metrics_rows_and_results_table(tmp_path):
     assert g["n_slices"] == 0 and g["n_patients"] == 0 and np.isnan(g["dice_mean"])  # a false positive: no slice
     assert set(m[m.seed >= 0].metric) == {"dice", "dice_image"} and "synthetic_share" not in set(m.metric)
     t = ch5.table_results(run_dir, runs_root=root)
-    assert t.loc[("DiffLung-UNet", "ours"), "Dice emphysema"].startswith("0.640 [")
-    assert t.loc[("DiffLung-UNet", "reported (poster)"), "Dice emphysema"] == "0.80"
+    assert t.loc[("Diff-Lung-UNet", "ours"), "Dice emphysema"].startswith("0.640 [")
+    assert t.loc[("Diff-Lung-UNet", "reported (poster)"), "Dice emphysema"] == "0.80"
     assert t.loc[("ref-UNet", "reported (poster)"), "Dice GGO"] == "not reported"
     assert t.loc[("ref-UNet", "ours"), "Dice GGO"] == "not measurable: no ggo in the test truth"
     assert t.loc[("ref-UNet", "ours"), "seeds"] == 6
@@ -124,8 +124,8 @@ def test_comparisons_one_rule_holm_and_validity(tmp_path):
     t = ch5.table_comparisons(run_dir, runs_root=root).set_index("comparison")
     # the claims (the poster's, the extension's, the controls') are judged once for the run
     # (table_poster_claims), not here
-    assert "Dice emphysema: DiffLung-UNet > ref-UNet" not in t.index
-    assert "Dice emphysema: DiffLung-UNet > oversample-UNet" not in t.index
+    assert "Dice emphysema: Diff-Lung-UNet > ref-UNet" not in t.index
+    assert "Dice emphysema: Diff-Lung-UNet > oversample-UNet" not in t.index
     r = t.loc["Dice emphysema: Seg-Guided-UNet > oversample-UNet"]
     d = 0.07 + 0.0 * np.arange(6)
     assert r.difference == pytest.approx(0.07, abs=0.005) and r.seeds == 6 and r.verdict == "reproduced"
@@ -140,7 +140,7 @@ def test_comparisons_one_rule_holm_and_validity(tmp_path):
     assert t.loc[tested, "p (Holm)"].to_numpy() == pytest.approx(holm(t.loc[tested, "p"]))
     # the controls family, judged with the run's claims: the synthetic arm against oversampling, t over seeds
     claims = ch5.table_poster_claims(root).set_index("claim")
-    c = claims.loc["Dice emphysema: DiffLung-UNet > oversample-UNet"]
+    c = claims.loc["Dice emphysema: Diff-Lung-UNet > oversample-UNet"]
     d = 0.12 + 0.0005 * (np.arange(6) - 2.5)  # the per-seed differences of _fake_results
     assert c.family == "controls" and c.estimate == pytest.approx(0.12) and c.n == 6
     assert c.p == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue, rel=1e-4) and c.verdict == "reproduced"
@@ -150,7 +150,7 @@ def test_fewer_than_five_seeds_gives_no_interval_and_at_best_inconclusive(tmp_pa
     root, run_dir, _ = _chapter(tmp_path, n_seeds=4)
     m = read_metrics(run_dir)
     assert m[m.metric.isin(["dice_lo", "dice_hi"])].value.isna().all()
-    assert "[" not in ch5.table_results(run_dir, runs_root=root).loc[("DiffLung-UNet", "ours"), "Dice emphysema"]
+    assert "[" not in ch5.table_results(run_dir, runs_root=root).loc[("Diff-Lung-UNet", "ours"), "Dice emphysema"]
     t = ch5.table_comparisons(run_dir, runs_root=root)
     measured = ~t.verdict.str.startswith("not measurable")
     assert measured.any() and (t.loc[measured, "95 % interval"] == "none (fewer than 5 seeds)").all()
@@ -163,7 +163,7 @@ def test_fewer_than_five_seeds_gives_no_interval_and_at_best_inconclusive(tmp_pa
 def test_non_converged_generator_gets_a_verdict_and_lost_signature_is_not_measurable(tmp_path):
     root, run_dir, _ = _chapter(tmp_path, difflung_converged=False, emphysema_signature=False)
     t = ch5.table_comparisons(run_dir, runs_root=root).set_index("comparison")
-    r = t.loc["Dice lung: DiffLung-UNet > oversample-UNet"]  # a tie on lung, but judged, not gated
+    r = t.loc["Dice lung: Diff-Lung-UNet > oversample-UNet"]  # a tie on lung, but judged, not gated
     assert r.verdict == "inconclusive" and r["training notes (not a gate)"] == (
         "difflung did not meet its convergence criteria (chapter 3 (03_cbmat_training))")
     assert t.loc["Dice emphysema: oversample-UNet > ref-UNet", "verdict"] == (
@@ -173,16 +173,16 @@ def test_non_converged_generator_gets_a_verdict_and_lost_signature_is_not_measur
     assert ch5.table_results(run_dir, runs_root=root).loc[("ref-UNet", "ours"), "Dice emphysema"] == (
         "not measurable: at 32 px: HU signature lost")
     box = ch5.scope("standard", run_dir, runs_root=root)
-    assert not any("DiffLung-UNet" in c for c in box.cannot)
+    assert not any("Diff-Lung-UNet" in c for c in box.cannot)
     assert any(c.startswith("Dice of emphysema: not measurable") for c in box.cannot)
     # the main model never learned its masks (lung ratio 0.5 < 0.8): its arms' comparisons are not measurable
     root2, run2, _ = _chapter(tmp_path / "unlearned", lung_ratio=0.5)
     t2 = ch5.table_comparisons(run2, runs_root=root2).set_index("comparison")
-    assert t2.loc["Dice lung: DiffLung-UNet > oversample-UNet", "verdict"] == (
-        "not measurable: DiffLung (CBMAT) never learned its masks (judge Dice ratio on lung 0.5 < 0.8)")
+    assert t2.loc["Dice lung: Diff-Lung-UNet > oversample-UNet", "verdict"] == (
+        "not measurable: Diff-Lung (CBMAT) never learned its masks (judge Dice ratio on lung 0.5 < 0.8)")
     assert t2.loc["Dice emphysema: Seg-Guided-UNet > oversample-UNet", "verdict"] == "reproduced"
     box2 = ch5.scope("standard", run2, runs_root=root2)
-    assert any("DiffLung-UNet" in c and "never learned its masks" in c for c in box2.cannot)
+    assert any("Diff-Lung-UNet" in c and "never learned its masks" in c for c in box2.cannot)
     ours, poster = ch5.figure_dice(run_dir, runs_root=root).axes
     assert (run_dir / "dice_phantom.png").is_file()
     assert ours.get_title().startswith("ours (phantom): 6 training seeds") and ours.get_ylabel().startswith("Dice")
@@ -190,7 +190,7 @@ def test_non_converged_generator_gets_a_verdict_and_lost_signature_is_not_measur
                                                               "GGO\n(not measurable)"]
     assert len(ours.patches) == 2  # the grey band behind each class that is not measurable
     assert [t.get_text() for t in ours.get_legend().get_texts()] == ["ref-UNet", "oversample-UNet", "Seg-Guided-UNet",
-                                                                     "DiffLung-UNet"]
+                                                                     "Diff-Lung-UNet"]
     assert len(ours.collections[0].get_offsets()) == 6  # one dot per training seed
     assert poster.get_title().startswith("reported (poster)")
 
@@ -229,7 +229,7 @@ def test_chapter_experiment_end_to_end(tmp_path):
     assert len(syn.dose.images) == n_real and (run_dir / "phantom/synthetic_difflung-dose.npz").is_file()
     assert res.timings[-1]["n_train"] == 2 * n_real and {t["n_train"] for t in res.timings} == {
         n_real, n_real + n, 2 * n_real}
-    extra_arms = ["oversample-UNet", "copy-paste-UNet", "Seg-Guided-UNet", "DiffLung-UNet", "Insert-UNet"]
+    extra_arms = ["oversample-UNet", "copy-paste-UNet", "Seg-Guided-UNet", "Diff-Lung-UNet", "Insert-UNet"]
     assert (balance.loc[extra_arms, "images"] == len(ds.split("train")) + n).all()
     assert all(s.images.shape == (n, 32, 32) and np.array_equal(s.labels, syn.masks) for s in syn.sets.values())
     ch5.write_chapter_metrics(run_dir, [res], config=cfg, seed=0, synthetic=syn.sets)
@@ -253,9 +253,9 @@ def test_chapter_experiment_end_to_end(tmp_path):
     t = ch5.table_comparisons(run_dir, runs_root=tmp_path / "runs").set_index("comparison")
     # no criteria.json from chapters 3/4 (whether the main model learned its masks) and no HU signature from
     # chapter 1 in this toy run: not measurable
-    assert t.loc["Dice lung: DiffLung-UNet > oversample-UNet", "verdict"].startswith(
-        "not measurable: no record of whether DiffLung (CBMAT) learned its masks")
-    assert "Dice lung: DiffLung-UNet > copy-paste-UNet" in t.index  # the second control
+    assert t.loc["Dice lung: Diff-Lung-UNet > oversample-UNet", "verdict"].startswith(
+        "not measurable: no record of whether Diff-Lung (CBMAT) learned its masks")
+    assert "Dice lung: Diff-Lung-UNet > copy-paste-UNet" in t.index  # the second control
     assert not any("@" in c for c in t.index)  # the dose-response is a curve, not a comparison
     assert t.loc["Dice emphysema: oversample-UNet > ref-UNet", "verdict"].startswith(
         "not measurable: HU signature not checked")

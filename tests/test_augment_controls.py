@@ -186,7 +186,7 @@ def test_dose_response_arms_have_the_right_sizes():
     assert np.array_equal(arms["+difflung@0.5"].images[8:], dose.images[:4])  # nested: the smaller share's prefix
     assert np.array_equal(arms["+difflung@0.25"].images[:8], img)
     assert [A.dose_share(k) for k in ("ref", "+difflung@0.25", "+difflung", "oversample")] == [0.0, 0.25, None, None]
-    assert A.arm_label("+difflung@0.5") == "DiffLung-UNet @0.5"
+    assert A.arm_label("+difflung@0.5") == "Diff-Lung-UNet @0.5"
     assert sorted(["+difflung@1", "zzz", "+difflung@0.25", "+insert", "ref"], key=A.arm_order) == [
         "ref", "+insert", "+difflung@0.25", "+difflung@1", "zzz"]
     with pytest.raises(ValueError, match="share 2: 16 images"):

@@ -69,7 +69,7 @@ def test_ablation_chapter_sections(runs_root):
     # is not measurable, with the reason (a missed convergence criterion alone would only be a note)
     assert not results["cbmat"]["converged"] and cmp["verdict"].str.startswith("not measurable").all()
     assert cmp.loc[cmp["claim"].str.contains("PSNR"), "verdict"].iloc[0] == (
-        "not measurable: CBMAT (cosine-annealed)'s masks could not be checked (no judge Dice ratio on lung)")
+        "not measurable: CBMAT (Diff-Lung)'s masks could not be checked (no judge Dice ratio on lung)")
     ch.figure_dice(scored, measurable, run)
     ch.figure_partial(scored, measurable, run)
     ch.figure_samples(scored, run, n=2)
@@ -255,7 +255,7 @@ def test_a_generator_failing_its_criteria_is_still_compared(runs_root):
             _learned(main["generators"][k], 0.5)
         ch3.write_text(json.dumps(main))
         shown = bc.table_comparisons(bc.comparisons(runs_root))
-        main = shown.index.str.contains("DiffLung")  # the baselines' order does not involve the main model
+        main = shown.index.str.contains("Diff-Lung")  # the baselines' order does not involve the main model
         assert shown.loc[main, "status"].str.contains("never learned its masks").all()
         assert (shown.loc[main, "ours (a - b)"] == "n/a").all() and (shown.loc[~main, "status"] == bc.MEASURED).all()
 

@@ -88,7 +88,7 @@ def test_a_baseline_that_missed_convergence_still_gets_a_verdict(tmp_path):
     t = claims.judge_run(tmp_path).set_index("key")
     assert t.loc["psnr_difflung_vs_segguided", "verdict"] == "reproduced"
     assert t.loc["psnr_difflung_vs_segguided", "convergence"] == (
-        "Seg-Guided-Diffusion missed its convergence criteria")
+        "Seg-Guided missed its convergence criteria")
     assert t.loc["psnr_difflung_vs_spade", "verdict"] == "reproduced" and t.loc["psnr_difflung_vs_spade",
                                                                                 "convergence"] == ""
     assert t.loc["dice_lung_difflung_vs_ref", "verdict"] == "not measurable: chapter 5 did not run"
@@ -98,7 +98,7 @@ def test_a_main_model_that_never_learned_its_masks_makes_its_claims_not_measurab
     _ch4(tmp_path, lung_ratio=0.6)
     _ch5(tmp_path)
     t = claims.judge_run(tmp_path).set_index("key")
-    why = "not measurable: DiffLung (CBMAT) never learned its masks (judge Dice ratio on lung 0.6 < 0.8)"
+    why = "not measurable: Diff-Lung (CBMAT) never learned its masks (judge Dice ratio on lung 0.6 < 0.8)"
     assert t.loc["psnr_difflung_vs_spade", "verdict"] == why
     assert t.loc["dice_emphysema_difflung_vs_ref", "verdict"] == why
     main = t.index.str.contains("difflung")
@@ -152,7 +152,7 @@ def test_a_failed_capacity_check_is_a_defect_and_an_unfinished_plateau_a_note(tm
         "spade": {"0": {"plateaued": False, "budgets": 3}}, "difflung": {"0": {"plateaued": True, "budgets": 1}}}}))
     t = claims.judge_run(tmp_path).set_index("key")
     v = t.loc["psnr_difflung_vs_segguided", "verdict"]
-    assert v.startswith("not measurable: Seg-Guided-Diffusion failed its capacity check (judge lung-Dice ratio 0.5 on 8")
+    assert v.startswith("not measurable: Seg-Guided failed its capacity check (judge lung-Dice ratio 0.5 on 8")
     s = t.loc["psnr_difflung_vs_spade"]
     assert s.verdict == "reproduced" and "SPADE still improving at 3x budget" in s.convergence
 

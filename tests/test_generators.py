@@ -139,3 +139,12 @@ def test_slice_generator_and_subset_indices():
     assert scoring.subset_indices(9, 3).tolist() == [0, 4, 8]
     with pytest.raises(ValueError, match="empty"):
         scoring.subset_indices(0, 3)
+
+
+def test_one_name_per_model_on_every_page():
+    from difflung.augment.arms import ARM_NAMES
+    from difflung.generators import DISPLAY_NAMES
+    from difflung.judging.reported import POSTER_NAMES
+
+    for key, name in POSTER_NAMES.items():  # claims, chapters and figures say the same name
+        assert name == (DISPLAY_NAMES.get(key) or ARM_NAMES[key]), key

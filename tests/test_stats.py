@@ -125,10 +125,10 @@ def test_verdict_not_measurable_beats_a_clear_effect(flag):
 
 
 def test_a_baseline_that_missed_convergence_still_gets_a_verdict():
-    c = _c(converged=False, reason="Seg-Guided-Diffusion did not meet the convergence criteria")
+    c = _c(converged=False, reason="Seg-Guided did not meet the convergence criteria")
     t = judge_claims([c, _c(claim="B", estimate=-1.0, lo=-1.5, hi=-0.5, convergence="SPADE missed its criteria")])
     assert t["verdict"].tolist() == ["reproduced", "contradicted"]
-    assert t["convergence"].tolist() == ["Seg-Guided-Diffusion did not meet the convergence criteria",
+    assert t["convergence"].tolist() == ["Seg-Guided did not meet the convergence criteria",
                                          "SPADE missed its criteria"]
 
 
@@ -306,7 +306,7 @@ def test_claims_come_from_the_poster_tables():
                                                  reported.TABLE_GGO, reported.TABLE_CONCLUSIONS}
     cbmat = claims["dice_ggo_generated_cbmat_vs_uniform"]
     assert (cbmat.a, cbmat.b, cbmat.kind) == ("difflung", "uniform", "generation") and np.isnan(cbmat.reported)
-    assert cbmat.text == "judge Dice ggo on generated slices: DiffLung (CBMAT) > uniform ablation (p = 0.5)"
+    assert cbmat.text == "judge Dice ggo on generated slices: Diff-Lung (CBMAT) > uniform p=0.5 (the parent's ablation)"
     m = [c for c in claims.values() if c.margin > 0]
     assert [c.key for c in m] == ["dice_lung_difflung_vs_ref", "dice_lung_segguided_vs_ref"]
     assert all(len(c.margin_reason) > 20 for c in m)
@@ -316,7 +316,7 @@ def test_claims_come_from_the_poster_tables():
     # the poster reports a healthy-lung gain: the superiority test stands beside the non-inferiority one
     gain = claims["dice_lung_difflung_vs_ref_gain"]
     assert (gain.a, gain.b, gain.cls, gain.margin) == ("+difflung", "ref", "lung", 0.0)
-    assert gain.reported == pytest.approx(0.01) and gain.text == "Dice lung: DiffLung-UNet > ref-UNet"
+    assert gain.reported == pytest.approx(0.01) and gain.text == "Dice lung: Diff-Lung-UNet > ref-UNet"
     q = reported.IMAGE_QUALITY
     psnr = claims["psnr_difflung_vs_segguided"].reported
     assert psnr == pytest.approx(q["difflung"]["psnr"] - q["segguided"]["psnr"])

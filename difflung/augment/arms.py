@@ -55,7 +55,7 @@ ARMS = {a.key: a for a in (
     ArmSpec("copypaste", "copy-paste-UNet", "copypaste"),
     ArmSpec("+segguided", "Seg-Guided-UNet", "synthetic", f"{runs.BASELINE_COMPARISON}/models/segguided",
             f"chapter 4 ({runs.BASELINE_COMPARISON})", runs.BASELINE_COMPARISON, "segguided"),
-    ArmSpec("+difflung", "DiffLung-UNet", "synthetic", f"{runs.CBMAT_TRAINING}/model",
+    ArmSpec("+difflung", "Diff-Lung-UNet", "synthetic", f"{runs.CBMAT_TRAINING}/model",
             f"chapter 3 ({runs.CBMAT_TRAINING})", runs.CBMAT_TRAINING, "difflung"),
     ArmSpec("+insert", "Insert-UNet", "insert", f"{runs.CBMAT_TRAINING}/model",
             f"chapter 3 ({runs.CBMAT_TRAINING})", runs.CBMAT_TRAINING, "difflung"),
@@ -98,7 +98,7 @@ def arm_order(key: str) -> float:
 
 
 def arm_label(key: str) -> str:
-    """Display name of an arm: the registry's label, `DiffLung-UNet @0.25` for a dose-response arm, else its key."""
+    """Display name of an arm: the registry's label, `Diff-Lung-UNet @0.25` for a dose-response arm, else its key."""
     if key in ARMS:
         return ARMS[key].label
     share = dose_share(key)

@@ -41,11 +41,13 @@ SEGMENTATION_DICE = {
     "+difflung": {"lung": 0.92, "emphysema": 0.80, "fibrosis": 0.81},
 }
 
-POSTER_NAMES = {"pix2pix": "Pix2Pix", "spade": "SPADE", "segguided": "Seg-Guided-Diffusion",
-                "difflung": "DiffLung (CBMAT)", "ref": "ref-UNet", "+segguided": "Seg-Guided-UNet",
-                "+difflung": "DiffLung-UNet", "+insert": "Insert-UNet", "oversample": "oversample-UNet",
-                "copypaste": "copy-paste-UNet", "uniform": "uniform ablation (p = 0.5)",
-                "cbmat": "CBMAT (cosine-annealed)", "cbmat-constant": "CBMAT (constant)"}
+# the reader's name of every model and arm: the generators' are `difflung.generators.DISPLAY_NAMES`' (a test holds
+# them equal), the arms' `difflung.augment.arms.ARM_NAMES`'; one name per model on every page
+POSTER_NAMES = {"pix2pix": "Pix2Pix", "spade": "SPADE", "segguided": "Seg-Guided",
+                "difflung": "Diff-Lung (CBMAT)", "ref": "ref-UNet", "+segguided": "Seg-Guided-UNet",
+                "+difflung": "Diff-Lung-UNet", "+insert": "Insert-UNet", "oversample": "oversample-UNet",
+                "copypaste": "copy-paste-UNet", "uniform": "uniform p=0.5 (the parent's ablation)",
+                "cbmat": "CBMAT (Diff-Lung)", "cbmat-constant": "CBMAT, not annealed"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
