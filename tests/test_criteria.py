@@ -152,7 +152,7 @@ def test_tables_say_not_measurable_and_region_and_hu_rows_follow_the_schema():
 
     dice = criteria_tables.dice_frame(summary, meas, ["m", "real"])
     assert dice.loc["lung", "m"] == "not measurable" and dice.loc["lung", "judged"].startswith("not measurable: judge")
-    assert dice.loc["body", "m"] == "0.900 [0.900, 0.900]" and dice.loc["body", "judged"] == "yes"
+    assert dice.loc["body", "m"] == "0.900 (no spread)" and dice.loc["body", "judged"] == "yes"  # every slice agrees
     assert criteria_tables.judge_frame(summary, meas).loc["lung", "floor"] == 0.7
     region = quality.region_metric_rows(s)
     assert set(region["metric"]) == {"psnr_body", "ssim_body", "psnr_lung", "ssim_lung"}
