@@ -199,3 +199,17 @@ def test_done_when_lung2_emphysema_50ml(tmp_path, capsys):
     a = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))
     b = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert a.dtype == b.dtype and (a != b).sum() <= s["edit_region_voxels"]
+
+
+def test_a_synthesised_mask_keeps_the_cts_voxel_order_and_geometry(tmp_path):
+    from difflung.data.ctio import read_label, read_volume
+    from difflung.insertion import synthesize_mask_file
+
+    ct, _ = _write_case(tmp_path / "in")  # stored with z flipped against LPI
+    out = tmp_path / "synth_mask.nii.gz"
+    placed = synthesize_mask_file(ct, out, ["ggo"], 8.0, seed=0)
+    a, b = sitk.ReadImage(str(ct)), sitk.ReadImage(str(out))
+    assert (b.GetSpacing(), b.GetOrigin(), b.GetDirection()) == (a.GetSpacing(), a.GetOrigin(), a.GetDirection())
+    lpi = read_label(out, read_volume(ct))  # the mask read the way the CT is read: aligned
+    stored = sitk.GetArrayFromImage(b)
+    assert placed["ggo"] > 0 and lpi.any() and np.array_equal(stored, lpi[::-1])  # the file's own order

@@ -138,7 +138,7 @@ def cast_like(values: np.ndarray, dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def _image(arr: np.ndarray, vol: CTVolume, ref):
+def image_like(arr: np.ndarray, vol: CTVolume, ref):
     """A SimpleITK image of an LPI array, in the reference file's orientation and exact geometry when given."""
     import SimpleITK as sitk
 
@@ -165,7 +165,7 @@ def write_checked(edited: np.ndarray, lesions: np.ndarray, raw: np.ndarray, regi
     try:
         for arr, tmp in zip((edited, lesions), temps):
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            sitk.WriteImage(_image(arr, vol, ref), str(tmp), useCompression=volume_suffix(tmp) != ".nii")
+            sitk.WriteImage(image_like(arr, vol, ref), str(tmp), useCompression=volume_suffix(tmp) != ".nii")
         back = sitk.GetArrayFromImage(_orient(sitk.ReadImage(str(temps[0]))))
         if back.dtype != raw.dtype or back.shape != raw.shape:
             raise InsertError(f"{out}: read back as {back.dtype} {back.shape}, expected {raw.dtype} {raw.shape}")

@@ -350,10 +350,12 @@ def synthesize_mask_file(ct, out, classes, target_ml: float, *, seed: int = 0) -
         seed: seeds the phantom extents and the placement (class i uses the i-th child streams).
     Returns {class name: placed ml}.
     """
-    from difflung.data.ct_anatomy import segment
-    from difflung.data.ctio import write_volume
+    import SimpleITK as sitk
 
-    vol = read_volume(ct)
+    from difflung.data.ct_anatomy import segment
+    from difflung.insertion.scan_io import image_like, read_ct, volume_suffix
+
+    vol, _, ref = read_ct(ct)  # ref: the CT as stored, so the mask keeps its voxel order and geometry
     labels = segment(vol.hu, vol.spacing, name=str(ct)).labels()
     lesions, placed = np.zeros(labels.shape, np.uint8), {}
     streams = np.random.SeedSequence(seed).spawn(len(classes))
@@ -366,7 +368,7 @@ def synthesize_mask_file(ct, out, classes, target_ml: float, *, seed: int = 0) -
     out = Path(out)
     tmp = partial_path(out)
     try:
-        write_volume(tmp, lesions, vol.spacing, origin=tuple(vol.origin), direction=tuple(vol.direction))
+        sitk.WriteImage(image_like(lesions, vol, ref), str(tmp), useCompression=volume_suffix(tmp) != ".nii")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
