@@ -73,6 +73,10 @@ def test_outside_the_edit_region_every_voxel_is_the_input_and_geometry_is_kept(t
     assert s["differing_voxels_outside_region"] == 0 and s["slices_edited"] == 3
     assert s["lesion_ml"] == {"ggo": pytest.approx(les.sum() * np.prod(SPACING) / 1000)}
     assert s["lesions"] == 1 and s["edit_region_voxels"] >= les.sum()
+    (one,) = s["per_lesion"]  # requested against achieved, per lesion
+    assert one["class"] == "ggo" and one["requested_ml"] == pytest.approx(s["lesion_ml"]["ggo"], abs=1e-3)
+    assert 0 <= one["achieved_ml"] <= one["requested_ml"] and np.isfinite(one["mean_hu"])
+    assert one["slices"][1] - one["slices"][0] == 2  # the disk spans three slices
 
 
 def test_dicom_series_in_nifti_out_keeps_the_scan_geometry(tmp_path, model):
@@ -213,3 +217,19 @@ def test_a_synthesised_mask_keeps_the_cts_voxel_order_and_geometry(tmp_path):
     lpi = read_label(out, read_volume(ct))  # the mask read the way the CT is read: aligned
     stored = sitk.GetArrayFromImage(b)
     assert placed["ggo"] > 0 and lpi.any() and np.array_equal(stored, lpi[::-1])  # the file's own order
+
+
+def test_lesion_report_counts_each_lesion_and_the_share_painted_in_its_range():
+    from difflung.insertion.insert import lesion_report
+
+    les = np.zeros((4, 8, 8), np.uint8)
+    les[0:2, 1:3, 1:3] = L.GGO  # 8 voxels
+    les[2:4, 5:7, 5:7] = L.EMPHYSEMA  # 8 voxels
+    hu = np.full(les.shape, -850.0)
+    lo, hi = L.BY_ID[L.GGO].hu_range
+    hu[0, 1:3, 1:3] = (lo + hi) / 2  # half the GGO lesion in GGO's range
+    rep = lesion_report(les, hu, voxel_ml=0.5)
+    assert [r["class"] for r in rep] == ["emphysema", "ggo"] and all(r["requested_ml"] == 4.0 for r in rep)
+    ggo = rep[1]
+    assert ggo["achieved_ml"] == 2.0 and ggo["mean_hu"] == pytest.approx(((lo + hi) / 2 * 4 - 850 * 4) / 8, abs=0.1)
+    assert ggo["slices"] == [0, 1] and rep[0]["slices"] == [2, 3]

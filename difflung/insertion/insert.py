@@ -65,6 +65,31 @@ def paintable_classes(meta: dict) -> list[int]:
     return [int(c) for c in meta["classes"] if L.BY_ID[int(c)].in_lung and L.BY_ID[int(c)].pathology]
 
 
+def lesion_report(lesions: np.ndarray, hu: np.ndarray, voxel_ml: float) -> list[dict]:
+    """Per lesion (26-connected component of one class), requested against achieved: its volume in the mask, the
+    mean painted HU inside it, and the volume whose painted HU lies in the class's literature range
+    (`labels.ClassInfo.hu_range`; None where the class has none), so a lesion painted as something else shows.
+
+    Args:
+        lesions: (z, y, x) project ids of the inserted lesions, 0 elsewhere.
+        hu: (z, y, x) the painted scan in HU (LPI, as `lesions`).
+        voxel_ml: one voxel's volume in ml.
+    """
+    out = []
+    for c in (int(v) for v in np.unique(lesions) if v):
+        comp, n = ndi.label(lesions == c, structure=np.ones((3, 3, 3), bool))
+        lo_hi = L.BY_ID[c].hu_range
+        for k in range(1, n + 1):
+            inside = comp == k
+            values = hu[inside]
+            zs = np.flatnonzero(inside.any(axis=(1, 2)))
+            out.append({"class": L.BY_ID[c].name, "requested_ml": round(float(inside.sum()) * voxel_ml, 3),
+                        "achieved_ml": None if lo_hi is None else round(
+                            float(((values >= lo_hi[0]) & (values <= lo_hi[1])).sum()) * voxel_ml, 3),
+                        "mean_hu": round(float(values.mean()), 1), "slices": [int(zs.min()), int(zs.max())]})
+    return out
+
+
 def insert_lesions(ct, out, model_dir, *, lesion_mask=None, lesion_class=None, synthesize=None,
                    target_ml: float | None = None, config: InsertConfig | None = None, device: str = "auto",
                    progress: bool = False) -> dict:
@@ -117,7 +142,8 @@ def insert_lesions(ct, out, model_dir, *, lesion_mask=None, lesion_class=None, s
     t = time.perf_counter()
     differ = write_checked(edited, lesions, raw, region, vol, ref, out)
     sec["writing"] = time.perf_counter() - t
-    n_lesions = int(ndi.label(lesions > 0, structure=np.ones((3, 3, 3), bool))[1])
+    per_lesion = lesion_report(lesions, hu, vol.voxel_ml)
+    n_lesions = len(per_lesion)
     total = time.perf_counter() - t0
     return {
         "input": str(ct), "output": str(out), "lesions_output": str(lesions_path(out)), "model": str(model_dir),
@@ -125,7 +151,7 @@ def insert_lesions(ct, out, model_dir, *, lesion_mask=None, lesion_class=None, s
         "lesion_mask": str(lesion_mask) if lesion_mask is not None else None, "target_ml": target_ml,
         "lesion_ml": {L.BY_ID[c].name: round(float((lesions == c).sum()) * vol.voxel_ml, 3)
                       for c in np.unique(lesions) if c},
-        "lesions": n_lesions, "edit_region_voxels": int(region.sum()),
+        "lesions": n_lesions, "per_lesion": per_lesion, "edit_region_voxels": int(region.sum()),
         "differing_voxels_outside_region": differ, **info,
         "spacing_mm": list(vol.spacing), "model_pixel_spacing_mm": float(meta[SPACING_KEY]),
         "patch_size": int(meta["sample_size"]), "config": asdict(cfg),
