@@ -217,4 +217,5 @@ metrics = ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=jud
                           truthed=truthed)
 
 # %% tags=["remove-input"]
-ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, steps=steps, judged=judged)
+ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, steps=steps, judged=judged, zcont=zcont,
+         truthed=truthed)

@@ -203,3 +203,19 @@ def test_insertion_against_phantom_ground_truth_on_a_held_out_patient(tmp_path):
     rows = ch.write_outputs(tmp_path, checks, C.cost_table(s, 0.0), s, seed=0, judged=None, truthed=tt)
     got = rows.set_index("metric")["value"]
     assert got["truth_w1_to_truth"] == r["w1_to_truth"] and got["truth_seam_in_band"] == float(r["seam_in_band"])
+
+
+def test_scope_box_follows_z_continuity_and_truth():
+    import pandas as pd
+
+    checks = pd.DataFrame({"outside_differences": [0]})
+    zc = pd.DataFrame({"target": ["met", "missed"]}, index=pd.Index(["fibrosis", "ggo"], name="class"))
+    tt = pd.DataFrame({"w1_to_truth": [12.0, 80.0], "laa950_inserted": [float("nan"), 10.0],
+                       "laa950_truth": [float("nan"), 40.0], "seam_in_band": [True, False]},
+                      index=pd.Index(["fibrosis", "emphysema"], name="class"))
+    box = ch.scope("laptop", checks, per_class=2, patch_size=64, steps=10, judged=None, zcont=zc, truthed=tt)
+    assert any("inserted fibrosis is as continuous" in c for c in box.can)
+    assert any("for ggo: their z-continuity misses" in c for c in box.cannot)
+    assert any("HU W1 at most 30 HU for fibrosis" in c for c in box.can)
+    assert any("Inserted emphysema with the HU of the rendered truth" in c for c in box.cannot)
+    assert any("30 points off" in c for c in box.cannot)

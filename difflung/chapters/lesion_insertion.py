@@ -383,8 +383,10 @@ def table_truth(tt: pd.DataFrame):
 
 
 def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int, steps: int,
-          judged: pd.DataFrame | None) -> Scope:
-    """The chapter's "What this run can and cannot show" box, from its own numbers."""
+          judged: pd.DataFrame | None, zcont: pd.DataFrame | None = None,
+          truthed: pd.DataFrame | None = None) -> Scope:
+    """The chapter's "What this run can and cannot show" box, from its own numbers (with `zcont` and `truthed`:
+    whether z-continuity and the held-out truth met their targets, class by class)."""
     exact = int(checks["outside_differences"].sum()) == 0
     s = Scope(profile, facts={"training scans": f"{per_class * len(LESIONS)} phantom patients + {TRAIN_SCAN}",
                               "insertion scan": TARGET_SCAN, "patch": f"{patch_size} px at 1 mm",
@@ -405,5 +407,27 @@ def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int
                             "for that class on phantom test patches.")
         if len(bad) < len(judged):
             s.can.append("Whether the patch judge finds the inserted lesions of the classes it reads reliably.")
+    if zcont is not None and "target" in zcont:
+        verdicts = zcont["target"].to_dict()  # `z_continuity`'s own verdict per class
+        met = [c for c, v in verdicts.items() if v == "met"]
+        missed = [c for c, v in verdicts.items() if v == "missed"]
+        if met:
+            s.can.append(f"That inserted {', '.join(met)} is as continuous across slices as the phantom's own "
+                         f"(z-continuity within {ZCONT_TARGET:.0%}).")
+        if missed:
+            s.cannot.append(f"Lesions as continuous across slices as the phantom's for {', '.join(missed)}: their "
+                            f"z-continuity misses the {ZCONT_TARGET:.0%} target (table above).")
+    if truthed is not None and len(truthed):
+        f = truth_facts(truthed)
+        if f["truth_w1_met"] != "none":
+            s.can.append(f"How close inserted lesions come to the rendered truth on held-out phantom patients: HU W1 "
+                         f"at most 30 HU for {f['truth_w1_met']}.")
+        far = [c for c in truthed.index if truthed.loc[c, "w1_to_truth"] > 30.0]
+        if far:
+            s.cannot.append(f"Inserted {', '.join(far)} with the HU of the rendered truth: W1 to truth above 30 HU "
+                            f"(worst {f['truth_w1_worst']:.0f} HU).")
+        if np.isfinite(f["truth_laa_gap"]) and f["truth_laa_gap"] > 5.0:
+            s.cannot.append(f"Emphysema with the truth's share below -950 HU: {f['truth_laa_gap']:.0f} points off "
+                            "(target 5).")
     s.cannot += smoke_caveat(profile)
     return s
