@@ -200,7 +200,8 @@ table(ch.table_faithfulness(run_dir, summary))
 
 # %% [markdown]
 # Per-class HU distance (Wasserstein-1, in HU) between each model's slices and the real ones, pooled over the
-# scored slices; it needs no judge.
+# scored slices and averaged over every training and sampling seed; it needs no judge. (The criteria table above
+# measures the main training seed's first sampling seed, so its HU rows can differ from these.)
 
 # %% tags=["hide-input"]
 table(ch.table_hu(run_dir))

@@ -513,7 +513,7 @@ def _results(run_dir) -> dict:
 def table_criteria(run_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each generator's convergence criteria (criteria.json), one column per model, and the memorisation check
     beside them (not a criterion)."""
-    names = {k: display_name(k) for k in _run_models(run_dir)}
+    names = {k: f"{display_name(k)} (main seed)" for k in _run_models(run_dir)}
     return (criteria_tables.wide_table(_results(run_dir), names),
             criteria_tables.memorisation_table(_results(run_dir), names))
 
@@ -618,7 +618,8 @@ def table_hu(run_dir) -> pd.DataFrame:
     the convergence criterion asks at most `instruments.HU_W1_MAX` for measurable classes."""
     df = read_metrics(run_dir)
     w = df[df.metric == "hu_w1"].pivot_table("value", "class", "model").reindex(columns=_run_models(run_dir))
-    return w.rename(columns=display_name).reindex([n for n in L.names(range(L.NUM_IDS)) if n in w.index])
+    w = w.rename(columns=lambda k: f"{display_name(k)} (all seeds)")
+    return w.reindex([n for n in L.names(range(L.NUM_IDS)) if n in w.index])
 
 
 # ---------------------------------------------------------------------------------------------------------------
