@@ -34,8 +34,8 @@ judge_steps = 300
 curve_evals = 2
 max_budgets = 1
 n_val = 8
-capacity_steps = 300
-capacity_slices = 8
+capacity_steps = 150
+capacity_slices = 4
 segguided_levers = ["shared"]
 comparators = []
 min_seeds = 1
@@ -83,8 +83,9 @@ table(ch.tune_segguided(cmp, levers=segguided_levers, preset=preset, steps=steps
                         sampler_steps=sampler_steps))
 
 # %% [markdown]
-# Diff-Lung's recipe was chosen for Diff-Lung, so before the comparison Seg-Guided gets the same chance: the table
-# above trains it (main seed, one budget) with each recipe lever and scores it on the validation patients. Every
+# Diff-Lung's recipe was chosen for Diff-Lung, so before the comparison Seg-Guided gets the same chance: where the
+# profile lists several recipe levers, the table above trains it (main seed, one budget) with each and scores it on
+# the validation patients (a profile with one lever compares nothing). Every
 # Seg-Guided seed below trains with the lever marked chosen: the first, in the order listed, within one standard
 # error of the best score, so the shared recipe is kept unless validation can tell another one is better. Then the
 # four generators train:

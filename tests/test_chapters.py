@@ -455,3 +455,15 @@ def test_notebook_runs_clean_on_a_toy_runs_folder(runs_root, stem, tmp_path):
     outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] in ("stream", "error")]
     assert TITLE in "".join(cells[-1]["outputs"][0]["data"]["text/html"])
+
+
+def test_one_seg_guided_lever_compares_nothing(runs_root):
+    from difflung.chapters import baseline_comparison as bc
+
+    cmp = bc.open_comparison(runs_root, runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON) / "one", seed=0,
+                             gan_size="T", device="cpu")
+    t = bc.tune_segguided(cmp, levers=["half-lr"], steps=3, batch_size=2)
+    assert cmp.segguided_lever == "half-lr" and t["chosen"].iloc[0].startswith("yes (the profile gives one")
+    assert not (cmp.run_dir / "tuning").exists()  # nothing trained
+    with pytest.raises(ValueError, match="unknown Seg-Guided lever"):
+        bc.tune_segguided(cmp, levers=["fast"])

@@ -268,6 +268,11 @@ def tune_segguided(cmp: Setup, *, levers=tuple(SEGGUIDED_LEVERS), preset: str = 
     if not levers:
         raise ValueError("tune_segguided: no lever given")
     _, base = _fix_base(cmp, preset, steps, batch_size)
+    if len(levers) == 1:  # nothing to choose: the model trains with the others in `train_models`
+        _lever(levers[0], base)  # a clear error for an unknown lever
+        cmp.segguided_lever = levers[0]
+        return pd.DataFrame([{"lever": SEGGUIDED_LEVERS[levers[0]], "chosen": "yes (the profile gives one lever: "
+                              "nothing was compared)"}]).set_index("lever")
     jobs = [common.curve_job(cmp.runs_root, "segguided",
                              diffusion_config("segguided", **{**base, **_lever(n, base), "seed": cmp.seed}),
                              _lever_folder(cmp, n), judge_steps=judge_steps, seed=cmp.seed, n_val=n_val,
