@@ -241,7 +241,7 @@ def _lever(name: str, base: dict) -> dict:
     if name == "uniform-t":
         return {"low_t_share": 0.0}
     if name == "half-lr":
-        return {"lr": base["lr"] / 2}
+        return {"lr": base.get("lr", recipe("difflung")["lr"]) / 2}  # the shared recipe's unless the profile sets one
     if name == "parent":
         images = base["steps"] * base["batch_size"]
         return {**recipe("parent"), "warmup": None, "steps": max(1, images // recipe("parent")["batch_size"])}
