@@ -229,11 +229,6 @@ def _cached(folder: Path) -> list[dict] | None:
     return data["points"] if data.get("run_key") == key else None
 
 
-def has_curve(folder) -> bool:
-    """Whether `folder` holds a finished model with the curve it was trained with."""
-    return _cached(Path(folder)) is not None
-
-
 def _write_json(path: Path, data: dict) -> None:
     from difflung.core.provenance import write_json_atomic
 

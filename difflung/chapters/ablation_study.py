@@ -105,20 +105,12 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
     Returns:
         One row per strategy: steps, batch, wall time, images/s, final loss, validation score, device, reused.
     """
-    import shutil
-
-    from difflung.diffusion.train import trained_with
     from difflung.judging import plateau
-    from difflung.training_curves import has_curve, train_curve
+    from difflung.training_curves import train_curve
 
     ds, dev = open_dataset(runs_root), resolve_device(device)
     cfgs = {s: diffusion_config(s, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                                 seed=seed) for s in strategies}
-    for s in strategies:  # a model of an earlier, different configuration in this chapter's folder is replaced
-        folder = runs.model_dir(run_dir, s)
-        if (folder / "difflung_config.json").is_file() and not (trained_with(folder, ds, cfgs[s])
-                                                                and has_curve(folder)):
-            shutil.rmtree(folder)  # trained without its validation curve (an older run): retrained with it
     curves = run_jobs(train_curve, [common.curve_job(
         runs_root, s, cfgs[s], runs.model_dir(run_dir, s), judge_steps=judge_steps, seed=seed, n_val=n_val,
         curve_evals=curve_evals, max_budgets=1, sampler=sampler, sampler_steps=sampler_steps, device=dev)

@@ -83,7 +83,7 @@ def train_main(runs_root, *, steps: int, batch_size: int, preset: str = "small",
     Returns:
         the `TrainResult`, its `wall_s` the training's wall time summed over the curve's segments.
     """
-    from difflung.training_curves import has_curve, train_curve
+    from difflung.training_curves import train_curve
 
     dev = resolve_device(device)
     cfg = diffusion_config(MODEL, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
@@ -93,8 +93,6 @@ def train_main(runs_root, *, steps: int, batch_size: int, preset: str = "small",
     if not trained_with(main, ds, cfg) and trained_with(shared, ds, cfg):
         with atomic_dir(main) as tmp:  # chapter 2's CBMAT run is this model: take it rather than train it again
             shutil.copytree(shared, tmp, dirs_exist_ok=True)
-    if (main / "difflung_config.json").is_file() and not (trained_with(main, ds, cfg) and has_curve(main)):
-        shutil.rmtree(main)  # a model of another configuration, or trained without its curve, is replaced
     curve = train_curve(common.curve_job(runs_root, MODEL, cfg, main, judge_steps=judge_steps, seed=seed,
                                          n_val=n_val, curve_evals=curve_evals, max_budgets=1, sampler=sampler,
                                          sampler_steps=sampler_steps, device=dev))
