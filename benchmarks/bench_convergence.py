@@ -190,6 +190,44 @@ def quality(row: dict) -> bool:
     return all(met for name, (_, met) in crit.items() if not name.startswith(CONTROL_PREFIX))
 
 
+def badness(name: str, value: float) -> float:
+    """How far a criterion's value is from ideal, lower better: the judge ratio two-sided (|log ratio|), HU
+    distances and the classifier's accuracy as they are, the share of slices with air right negated."""
+    if name.startswith("judge Dice ratio"):
+        return abs(math.log(value)) if value > 0 else math.inf
+    return -value if name.startswith("slices with air") else value
+
+
+def matched(row: dict, target: dict | None) -> bool:
+    """The matched-quality event (`--target`): every criterion the target evaluation met is met, and every one it
+    missed is at least as close to ideal as the target's value there: the quality the target arm reached, not a
+    lowered criterion. Without a target, `quality`."""
+    if target is None:
+        return quality(row)
+    crit = row["criteria"]
+    for name, (tv, tmet) in target["criteria"].items():
+        if name.startswith(CONTROL_PREFIX):
+            continue
+        v, met = crit.get(name, (math.nan, False))
+        if not (met if tmet else badness(name, v) <= badness(name, tv)):
+            return False
+    return True
+
+
+def target_rows(args) -> dict | None:
+    """{(weights, sampler): the target arm's last evaluation} of `--target`'s finished arm in `--out`."""
+    if not args.target:
+        return None
+    log = Path(args.out) / args.target / "evals.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+    if not rows or not rows[-1].get("final"):
+        raise SystemExit(f"{log}: --target {args.target} needs that arm finished in --out first")
+    last = {}
+    for r in rows:
+        last[(r["weights"], r.get("sampler", "dpm"))] = r
+    return last
+
+
 def run_arm(label: str, rec: str, over: dict, ds, judge, sig, args) -> list[dict]:
     from difflung.core.checkpoint import latest_checkpoint
     from difflung.diffusion.recipes import recipe_config
@@ -222,7 +260,9 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, sig, args) -> list[dict
         cpu, wall = cpu + cpu_seconds() - c0, wall + time.perf_counter() - w0
         evals = evaluate(out / "model", ds, judge, sig, args)
         primary = [e for e in evals if e["sampler"] == args.samplers[0]]
-        stop = any(quality(e) for e in primary) or cpu / 60 >= args.cap_min or step >= args.horizon
+        tgt = target_rows(args)
+        stop = (any(matched(e, tgt and tgt.get((e["weights"], e["sampler"]))) for e in primary)
+                or cpu / 60 >= args.cap_min or step >= args.horizon)
         for e in evals:
             e.update(arm=label, recipe=rec, overrides=over, config=cfg.result_key(), cpu_min=cpu / 60,
                      wall_min=wall / 60, final=False)
@@ -235,6 +275,26 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, sig, args) -> list[dict
         if stop:
             break
     return rows
+
+
+def matched_summary(arms: dict[str, list[dict]], target: str, last: dict) -> None:
+    """CPU minutes until each arm is as good as `target`'s last evaluation (`matched`), per weights and sampler,
+    the target arm included (it may get there before its last evaluation), and the speed-up over the target."""
+    print(f"\ntime to {target}'s quality at its last evaluation (training CPU minutes; a criterion {target} met must "
+          "be met, one it missed must be at least as close to ideal)")
+    for (w, smp), t in last.items():
+        hit = {a: next((r for r in rows if r["weights"] == w and r.get("sampler", "dpm") == smp and matched(r, t)),
+                       None) for a, rows in arms.items()}
+        base = hit.get(target)
+        for a, rows in arms.items():
+            h = hit[a]
+            if h is None:
+                sel = [r for r in rows if r["weights"] == w and r.get("sampler", "dpm") == smp]
+                when = f"not reached in {sel[-1]['cpu_min']:.1f} min (step {sel[-1]['step']})" if sel else "no rows"
+                print(f"  {a:24s} {w} {smp:7s}: {when}")
+                continue
+            ratio = f"  speed-up {base['cpu_min'] / h['cpu_min']:.2f}x" if base is not None else ""
+            print(f"  {a:24s} {w} {smp:7s}: {h['cpu_min']:.1f} min (step {h['step']}){ratio}")
 
 
 def summary(arms: dict[str, list[dict]], cap: float) -> None:
@@ -295,6 +355,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="retrain arms that already finished in --out")
+    ap.add_argument("--target", help="a finished arm in --out: time to ITS quality at its last evaluation too "
+                                     "(`matched`), and arms stop once they match it (a lever against the recipe "
+                                     "when the recipe does not meet every criterion within its horizon)")
     ap.add_argument("--report", action="store_true", help="only print the table of the arms found in --out")
     args = ap.parse_args(argv)
     args.samplers = args.samplers or ["dpm"]
@@ -308,6 +371,8 @@ def main(argv=None) -> None:
         found = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
                  for p in sorted(Path(args.out).glob("*/evals.jsonl"))}
         summary({k: v for k, v in found.items() if v}, args.cap_min)
+        if args.target:
+            matched_summary({k: v for k, v in found.items() if v}, args.target, target_rows(args))
         return
     ds = dataset(args)
     sig = signature(args)
@@ -326,6 +391,10 @@ def main(argv=None) -> None:
         print("HU signature lost (not judged): " + "; ".join(lost), flush=True)
     arms = {label: run_arm(label, rec, over, ds, judge, sig, args) for label, rec, over in specs}
     summary(arms, args.cap_min)
+    if args.target:
+        found = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+                 for p in sorted(Path(args.out).glob("*/evals.jsonl"))}
+        matched_summary({**{k: v for k, v in found.items() if v}, **arms}, args.target, target_rows(args))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,8 @@ def test_bad_config_values(ds, tmp_path):
         train_diffusion(ds, TrainConfig(steps=3, warmup=5, **TINY), tmp_path / "m", device="cpu", progress=False)
     with pytest.raises(ValueError, match="steps=0"):
         train_diffusion(ds, TrainConfig(steps=0, **TINY), tmp_path / "m", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="low_res_steps=3"):
+        train_diffusion(ds, TrainConfig(steps=3, low_res_steps=3, **TINY), tmp_path / "m", device="cpu")
     with pytest.raises(FileNotFoundError, match="01_data_preparation"):
         train_diffusion(tmp_path / "nothing", TrainConfig(steps=2, **TINY), tmp_path / "m", device="cpu")
 
@@ -173,7 +175,7 @@ def test_new_recipe_fields_at_their_defaults_keep_the_run_key():
     from dataclasses import fields
 
     new = {"prediction_type", "snr_gamma", "lesion_weight", "lesion_classes", "beta_schedule", "low_t_share",
-           "init_from"}
+           "init_from", "low_res_steps"}
     old = {f.name for f in fields(TrainConfig)} - new - {"checkpoint_every", "keep_checkpoints", "log_every"}
     assert set(TrainConfig(prediction_type="epsilon").result_key()) == old
     assert TrainConfig().result_key()["prediction_type"] == "v_prediction"  # the default since the benchmark
@@ -302,3 +304,31 @@ def test_draw_timesteps_low_share():
     with pytest.raises(ValueError, match="low_t_share"):
         _check(TrainConfig(low_t_share=1.0))
     assert "low_t_share" not in TrainConfig().result_key() and TrainConfig(low_t_share=0.3).result_key()["low_t_share"] == 0.3
+
+
+def test_progressive_resolution_trains_half_size_first_then_full_size(ds, tmp_path):
+    from difflung.diffusion.train import _Batches, _accelerator
+    from difflung.core.training import seed_streams
+
+    cfg = TrainConfig(steps=4, low_res_steps=2, lesion_weight=1.0, lesion_classes=[4], **TINY)
+    batches = _Batches(ds, cfg, seed_streams(0, ("init", "data", "ablation", "noise")), _accelerator("cpu", "no"))
+    inp, t, target, lesion = batches.draw(0)
+    assert inp.shape[-2:] == target.shape[-2:] == lesion.shape[-2:] == (ds.size // 2, ds.size // 2)
+    assert inp[:, 1:].sum(1).max() <= 1 + 1e-6  # pooled one-hot: each class's share of a pixel
+    assert batches.draw(2)[0].shape[-1] == ds.size
+    r = train_diffusion(ds, cfg, tmp_path / "prog", device="cpu", progress=False)
+    plain = train_diffusion(ds, TrainConfig(steps=4, lesion_weight=1.0, lesion_classes=[4], **TINY), tmp_path / "p",
+                            device="cpu", progress=False)
+    assert r.finished and losses(r.loss_csv)[:2] != losses(plain.loss_csv)[:2]
+    assert TrainConfig(low_res_steps=2).result_key()["low_res_steps"] == 2
+
+
+def test_bf16_autocast_on_the_cpu_when_asked(ds, tmp_path):
+    from difflung.diffusion.train import _accelerator
+
+    assert _accelerator("cpu", "auto").mixed_precision == "no" and _accelerator("cpu", "bf16").mixed_precision == "bf16"
+    a = train_diffusion(ds, TrainConfig(steps=2, **TINY), tmp_path / "a", device="cpu", progress=False)
+    b = train_diffusion(ds, TrainConfig(steps=2, mixed_precision="bf16", **TINY), tmp_path / "b", device="cpu",
+                        progress=False)
+    la, lb = losses(a.loss_csv), losses(b.loss_csv)
+    assert la != lb and np.allclose(la, lb, rtol=0.05)  # bf16 rounding only
