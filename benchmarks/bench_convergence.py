@@ -254,7 +254,7 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, sig, args) -> list[dict
         cpu = wall = 0.0
         rows, step = [], 0
     while step < args.horizon:
-        step = min(step + args.eval_every, args.horizon)
+        step = min(max(step + args.eval_every, args.eval_from), args.horizon)
         c0, w0 = cpu_seconds(), time.perf_counter()
         train_diffusion(ds, cfg, out / "model", device="cpu", progress=False, stop_after=step)
         cpu, wall = cpu + cpu_seconds() - c0, wall + time.perf_counter() - w0
@@ -343,6 +343,8 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--horizon", type=int, default=6000, help="steps of the LR schedule (and the step cap)")
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-from", type=int, default=0,
+                    help="first step evaluated (an evaluation costs minutes: skip steps that cannot be in time)")
     ap.add_argument("--cap-min", type=float, default=60.0, help="training CPU minutes per arm")
     ap.add_argument("--sampler", dest="samplers", action="append",
                     help="sampler of the criteria (repeatable: each is scored, the first decides time to quality; "

@@ -109,3 +109,29 @@ def write_toy_case(folder, name="toy", *, suffix=".nrrd", layout="flat", lesion=
     write_volume(img, hu.astype(np.int16), spacing)
     write_volume(labp, (lab * label_value).astype(np.uint16), spacing)
     return img, labp, truth
+
+
+STANDIN_CODES = {"emphysema": 1, "ggo": 2, "fibrosis": 3}  # a user's own lesion label values
+
+
+def write_standin(folder, *, n_patients=10, slices=8, phantom_size=128, seed=0):
+    """A "your data" stand-in: phantom patients written as NIfTI `<case>_image.nii.gz` / `<case>_label.nii.gz`
+    with only the user's lesion labels (1 emphysema, 2 GGO, 3 fibrosis; anatomy is left to `prepare`), and the
+    class map `standin.yml` beside the cases folder. Returns (cases folder, class map path)."""
+    from difflung import labels as L
+    from difflung.data.ctio import write_volume
+    from difflung.phantom import PhantomConfig, phantom_cohort
+
+    folder = Path(folder)
+    cases = folder / "cases"
+    cases.mkdir(parents=True, exist_ok=True)
+    cfg = PhantomConfig(size=phantom_size, slices_per_patient=slices)
+    for v in phantom_cohort(n_patients, np.random.default_rng(seed), cfg):
+        lab = np.zeros(v.labels.shape, np.uint8)
+        for name, code in STANDIN_CODES.items():
+            lab[v.labels == L.BY_NAME[name].id] = code
+        write_volume(cases / f"{v.patient}_image.nii.gz", np.round(v.hu).astype(np.int16), v.spacing)
+        write_volume(cases / f"{v.patient}_label.nii.gz", lab, v.spacing)
+    classmap = folder / "standin.yml"
+    classmap.write_text("name: standin\nlabels:\n" + "".join(f"  {c}: {n}\n" for n, c in STANDIN_CODES.items()))
+    return cases, classmap

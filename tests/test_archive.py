@@ -45,6 +45,34 @@ def test_archive_copies_numbers_only_and_loads_with_provenance(tmp_path):
     assert archive.load_reference(tmp_path / "reference").meta["note"] == "resumed"
 
 
+def test_parts_are_archived_one_by_one_into_one_archive(tmp_path):
+    runs = _run(tmp_path)
+    prov_path = runs / "laptop" / "provenance.json"
+    prov = json.loads(prov_path.read_text())
+    with pytest.raises(archive.ArchiveError, match="no part 'gen' was run"):
+        archive.archive_run("laptop", runs_dir=runs, out_dir=tmp_path / "reference", part="gen")
+    prov["parts"] = {"gen": {"chapters": ["01_a"], "wall_s": 60.0, "started": "x", "git_revision": ["unknown"]}}
+    prov["notebooks"]["02_b"]["status"] = "failed"  # the second part has not run yet
+    prov_path.write_text(json.dumps(prov))
+    dest = archive.archive_run("laptop", runs_dir=runs, out_dir=tmp_path / "reference", part="gen", note="part 1")
+    meta = json.loads((dest / "archive.json").read_text())
+    assert meta["chapters"] == ["01_a"] and meta["files"] == ["01_a/cost.json", "01_a/metrics.csv", "provenance.json"]
+    assert meta["parts"]["gen"]["wall_s"] == 60.0 and meta["notes"] == {"gen": "part 1"}
+    # the second part, run later: its chapter joins the archive, the first part's files and provenance stay
+    (runs / "laptop" / "01_a" / "metrics.csv").unlink()
+    prov["notebooks"]["02_b"]["status"] = "ok"
+    prov["notebooks"]["01_a"]["wall_s"] = 1.0  # a later invocation's record of 01_a is not the archived one
+    prov["parts"] = {"seg": {"chapters": ["02_b"], "wall_s": 120.0, "started": "y", "git_revision": ["unknown"]}}
+    prov_path.write_text(json.dumps(prov))
+    dest = archive.archive_run("laptop", runs_dir=runs, out_dir=tmp_path / "reference", part="seg")
+    meta = json.loads((dest / "archive.json").read_text())
+    assert meta["chapters"] == CHAPTERS and set(meta["parts"]) == {"gen", "seg"}
+    assert (dest / "01_a" / "metrics.csv").is_file() and (dest / "02_b" / "metrics.csv").is_file()
+    assert meta["total_wall_s"] == 180.0 and meta["notes"] == {"gen": "part 1"}
+    ref = archive.load_reference(tmp_path / "reference")
+    assert ref.provenance["notebooks"]["01_a"]["wall_s"] == 60.0 and set(ref.provenance["parts"]) == {"gen", "seg"}
+
+
 def test_unfinished_or_oversized_runs_are_refused_and_nothing_written(tmp_path, monkeypatch):
     runs = _run(tmp_path, status="failed")
     with pytest.raises(archive.ArchiveError, match="not finished"):

@@ -72,6 +72,25 @@ def test_rerun_skips_unchanged_and_reruns_downstream_of_a_change(mini_book):
     assert sum(line.startswith("[ run  ]") for line in logs) == 2
 
 
+def test_a_part_runs_its_chapters_after_the_stale_ones_before_it_and_records_its_time(mini_book):
+    prof = mini_book / "profiles" / "tiny.yml"
+    prof.write_text(yaml.safe_dump({**yaml.safe_load(prof.read_text()),
+                                    "parts": {"data": ["01_a"], "use": ["02_b"]}}))
+    prov, logs = _run(mini_book, part="use")  # a fresh clone: 01_a is missing, so it runs first
+    assert any(line.startswith("[ note ] 01_a") for line in logs) and set(prov["parts"]) == {"use"}
+    assert prov["parts"]["use"]["chapters"] == ["02_b"]
+    assert prov["parts"]["use"]["wall_s"] == prov["notebooks"]["02_b"]["wall_s"]
+    _, logs = _run(mini_book, part="use", force=True)  # 01_a is current: kept, 02_b re-run
+    assert logs[0].startswith("[ same ] 01_a") and logs[1].startswith("[ run  ] 02_b"), logs
+    with pytest.raises(ProfileError, match="no part 'gen'"):
+        _run(mini_book, part="gen")
+    with pytest.raises(pipeline.PipelineError, match="choose one"):
+        _run(mini_book, part="use", only=["02_b"])
+    prof.write_text(yaml.safe_dump({**yaml.safe_load(prof.read_text()), "parts": {"a": ["01_a"], "b": ["01_a"]}}))
+    with pytest.raises(ProfileError, match="twice"):
+        _run(mini_book, part="a")
+
+
 def test_failing_notebook_names_cell_keeps_partial_and_book_page_untouched(mini_book):
     with pytest.raises(pipeline.PipelineError) as e:
         _run(mini_book, overrides=["fail=true"])

@@ -44,7 +44,11 @@ def table_labels():
 
 def build_phantom(run_dir, *, n_patients: int, slices_per_patient: int, phantom_size: int, size: int,
                   seed: int) -> tuple[Dataset, list[Volume]]:
-    """Draw the phantom cohort and write the dataset artifact (`phantom_dataset.build_phantom`)."""
+    """Draw the phantom cohort and write the dataset artifact (`phantom_dataset.build_phantom`); forget a prepared
+    dataset an earlier run in this folder used (`--set dataset=`), so the pages say phantom again."""
+    from difflung.data.own_dataset import SOURCE_FILE
+
+    (Path(run_dir) / SOURCE_FILE).unlink(missing_ok=True)
     return cohort.build_phantom(run_dir, n_patients=n_patients, slices_per_patient=slices_per_patient,
                                 phantom_size=phantom_size, size=size, seed=seed)
 

@@ -12,13 +12,15 @@ def configure_parser(p) -> None:
     p.add_argument("--runs-dir", default=str(REPO_ROOT / "runs"), help="parent folder of runs (default runs/)")
     p.add_argument("--out", default=str(REPO_ROOT / "reference"), help="parent folder of archives (reference/)")
     p.add_argument("--note", help="how the run was made, shown beside its label (e.g. that it was resumed)")
+    p.add_argument("--part", help="archive one part of the run (`run --part`); the other parts' chapters stay")
 
 
 def run_cli(args) -> int:
     from difflung.run.archive import ARCHIVE_FILE, ArchiveError, archive_run
 
     try:
-        dest = archive_run(args.profile, runs_dir=args.runs_dir, out_dir=args.out, note=args.note)
+        dest = archive_run(args.profile, runs_dir=args.runs_dir, out_dir=args.out, note=args.note,
+                           part=args.part)
     except ArchiveError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -11,6 +11,8 @@ def configure_parser(p) -> None:
                    help="override a profile parameter (common key, NOTEBOOK.key, or a notebook key); repeatable")
     p.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
     p.add_argument("--only", action="append", metavar="NOTEBOOK", help="run only this notebook (repeatable)")
+    p.add_argument("--part", help="run one part of the profile (its `parts:`), after the earlier chapters it needs "
+                                  "when they are missing or stale")
     p.add_argument("--runs-dir", default="runs", help="parent folder of the run's artifacts (default runs/)")
     p.add_argument("--notebooks-out", default=None,
                    help="where executed notebooks go (default book/chapters/, where the book renders them)")
@@ -31,7 +33,7 @@ def run_cli(args) -> int:
     from difflung.run.pipeline import PipelineError, run
 
     try:
-        run(args.profile, args.overrides, force=args.force, only=args.only, runs_dir=args.runs_dir,
+        run(args.profile, args.overrides, force=args.force, only=args.only, runs_dir=args.runs_dir, part=args.part,
             out_dir=Path(args.notebooks_out) if args.notebooks_out else None, log=terminal_log)
     except (PipelineError, P.ProfileError) as e:
         print(flush=True)  # end a "[ run  ]" line left open

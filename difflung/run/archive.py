@@ -35,7 +35,7 @@ class ArchiveError(ValueError):
 
 
 def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
-                out_dir: Path | str = REPO_ROOT / "reference", note: str | None = None) -> Path:
+                out_dir: Path | str = REPO_ROOT / "reference", note: str | None = None, part: str | None = None) -> Path:
     """Copy the numbers of `runs_dir/<profile>` into `out_dir/<profile>` (replacing an older archive atomically).
 
     Args:
@@ -44,6 +44,8 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
         out_dir: parent folder of archives (committed: `reference/`).
         note: what a reader must know about how the run was made (e.g. that it resumed an earlier invocation
             and reused its trained models, so its wall time is not the from-scratch cost); shown with the label.
+        part: archive one part of the run (`run --part`): its chapters replace theirs in the archive, the other
+            parts' chapters stay, and `parts` in archive.json records each part's wall time and revision.
 
     Returns:
         The archive folder. Raises ArchiveError, writing nothing, when the run is unfinished or too large.
@@ -54,16 +56,34 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
         raise ArchiveError(f"{prov_path}: missing; run `python -m difflung run --profile {profile}` first")
     prov = json.loads(prov_path.read_text())
     chapters = prov.get("chapters") or []
-    failed = [s for s in chapters if prov.get("notebooks", {}).get(s, {}).get("status") != "ok"]
-    if not chapters or failed:
+    dest = Path(out_dir) / profile
+    old_meta = json.loads((dest / ARCHIVE_FILE).read_text()) if part and (dest / ARCHIVE_FILE).is_file() else {}
+    if part is not None:
+        if part not in prov.get("parts", {}):
+            raise ArchiveError(f"{prov_path}: no part {part!r} was run (`python -m difflung run --profile {profile} "
+                               f"--part {part}`)")
+        own = prov["parts"][part]["chapters"]
+        kept = [s for s in old_meta.get("chapters", []) if s not in own]  # the other parts' chapters, as archived
+        chapters = [s for s in chapters if s in own or s in kept]
+    else:
+        own = kept = chapters
+        kept = []
+    failed = [s for s in own if prov.get("notebooks", {}).get(s, {}).get("status") != "ok"]
+    if not own or failed:
         raise ArchiveError(f"{prov_path}: the run is not finished (not ok: {', '.join(failed) or 'no chapters'})")
-    files = [prov_path]
-    for stem in chapters:
+    old_prov = json.loads((dest / "provenance.json").read_text()) if kept else {}
+    # the provenance of each chapter where it was made: this run for the part's chapters, the archive for the rest
+    notebooks = {s: (old_prov.get("notebooks", {}).get(s, {}) if s in kept else prov["notebooks"][s]) for s in chapters}
+    prov = {**prov, "notebooks": notebooks, "chapters": chapters,
+            **({"parts": {**old_prov.get("parts", {}), part: prov["parts"][part]}} if part else {})}
+    files = []
+    for stem in own:
         for p in sorted((run / stem).glob("*")):
             figure_sidecar = p.suffix == ".json" and p.with_suffix(".png").exists()
             if p.is_file() and p.suffix in SUFFIXES and not figure_sidecar and p.stat().st_size <= MAX_FILE_BYTES:
                 files.append(p)
-    total = sum(p.stat().st_size for p in files)
+    old_files = [dest / f for f in old_meta.get("files", []) if f.split("/")[0] in kept]
+    total = sum(p.stat().st_size for p in files + old_files)
     if total > MAX_BYTES:
         raise ArchiveError(f"{run}: its numbers take {total / 2**20:.2f} MB, above the archive's "
                            f"{MAX_BYTES / 2**20:.0f} MB limit")
@@ -75,13 +95,19 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
             # reports what its chapters cost, not what its last invocation took
             "total_wall_s": round(sum(prov["notebooks"][s].get("wall_s", 0.0) for s in chapters), 2),
             "chapters": chapters,
-            "files": [str(p.relative_to(run)) for p in files], "bytes": total, **({"note": note} if note else {})}
-    dest = Path(out_dir) / profile
+            "files": sorted(["provenance.json"] + [str(p.relative_to(run)) for p in files]
+                            + [str(p.relative_to(dest)) for p in old_files]),
+            "bytes": total, **({"note": note} if note else {})}
+    if part is not None:
+        notes = {**old_meta.get("notes", {}), **({part: note} if note else {})}
+        meta.pop("note", None)
+        meta.update(parts=prov["parts"], **({"notes": notes} if notes else {}))
     with atomic_dir(dest) as tmp:
-        for p in files:
-            target = tmp / p.relative_to(run)
+        for src, rel in [(p, p.relative_to(run)) for p in files] + [(p, p.relative_to(dest)) for p in old_files]:
+            target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(p, target)
+            shutil.copyfile(src, target)
+        write_json_atomic(tmp / "provenance.json", prov)
         write_json_atomic(tmp / ARCHIVE_FILE, meta)
     return dest
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import json
 import os
 import sys
@@ -90,7 +91,8 @@ def _failure_message(stem: str, err: Exception, nb_path: Path) -> str:
 
 
 def run(profile: str, overrides: list[str] | None = None, force: bool = False, only: list[str] | None = None,
-        root: Path = REPO_ROOT, out_dir: Path | None = None, runs_dir: str = "runs", log=print) -> dict:
+        root: Path = REPO_ROOT, out_dir: Path | None = None, runs_dir: str = "runs", log=print,
+        part: str | None = None) -> dict:
     """Execute the pipeline; return the provenance dict. Raises PipelineError naming the failing notebook.
 
     Args:
@@ -101,9 +103,20 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
         root: the repository (working directory of the notebooks).
         out_dir: where executed notebooks go (default `book/chapters`, where the book renders them).
         runs_dir: parent of the run's artifacts, `<runs_dir>/<profile>/<notebook>/` (relative to `root`).
+        part: run the chapters of this part of the profile (`parts:`), and before them any earlier chapter whose
+            artifacts are missing or stale (deterministically, as in one run), so a part runs on a fresh clone too.
+            The part's wall time (its own chapters) is recorded under `parts` in the provenance.
     """
     prof = P.apply_overrides(P.load_profile(profile, root / "profiles"), overrides or [])
+    if P.own_dataset(prof):  # a folder named on the command line is relative to where the command runs
+        prof["common"]["dataset"] = str(Path(P.own_dataset(prof)).resolve())
+    data_key = own_dataset_key(prof, root)  # a bad dataset stops the run here, before anything is written
     stems = toc_chapters(root)
+    if part is not None:
+        if only:
+            raise PipelineError("--part and --only together: choose one")
+        own = P.part_chapters(prof, part, stems)
+        only = stems[:stems.index(own[-1]) + 1]  # the part's chapters and, when not current, those before them
     if only:
         unknown = sorted(set(only) - set(stems))
         if unknown:
@@ -120,13 +133,13 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
         "common": prof["common"], "notebooks": prof["notebooks"]}})
     prov.setdefault("notebooks", {})
     code = code_digest(root)
-    upstream: list[str] = []
+    upstream: list[str] = [data_key]
     env_before = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # progress bars are for terminals, not for the rendered book
     total = time.perf_counter()
     try:
         for stem in stems:
-            nb = root / "notebooks" / f"{stem}.ipynb"
+            nb = root / "notebooks" / f"{P.source_notebook(prof, stem)}.ipynb"
             if not nb.is_file():
                 raise PipelineError(f"notebook {stem}: {nb} does not exist (listed in _toc.yml)")
             params = P.notebook_parameters(prof, stem, declared_parameters(nb), runs_root)
@@ -137,9 +150,12 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
             if only and stem not in only:
                 log(f"[ skip ] {stem:32s} (not in --only)")
                 continue
-            if not force and rec.get("input_key") == key and rec.get("status") == "ok" and out_nb.is_file():
+            current = rec.get("input_key") == key and rec.get("status") == "ok" and out_nb.is_file()
+            if current and (not force or (part is not None and stem not in own)):
                 log(f"[ same ] {stem:32s} inputs unchanged, kept ({rec.get('wall_s', 0):.1f} s last time)")
                 continue
+            if part is not None and stem not in own:
+                log(f"[ note ] {stem:32s} comes before part {part!r} and is not current: run first")
             log(f"[ run  ] {stem:32s} ...")
             rec = _run_notebook(stem, nb, out_nb, params, key, root, runs_root, prov, prov_path)
             log(f"[  ok  ] {stem:32s} {rec['wall_s']:7.1f} s")
@@ -150,12 +166,35 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
             os.environ["TQDM_DISABLE"] = env_before
     prov["total_wall_s"] = round(time.perf_counter() - total, 2)
     prov["chapters"] = stems
+    if part is not None:  # what the part's own chapters took, and at which revision (the archive checks it)
+        recs = [prov["notebooks"][s] for s in own]
+        prov.setdefault("parts", {})[part] = {
+            "chapters": own, "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs), 2),
+            "started": min(r.get("started", "") for r in recs),
+            "git_revision": sorted({str(r.get("git_revision")) for r in recs})}
     write_json_atomic(prov_path, prov)
     if out_dir == root / "book" / "chapters":  # the book's own run: its Reproduction page and banner
         write_reproduction_pages(prov, root / "book" / "_generated", root / runs_root)
     log(f"pipeline: {len(stems)} notebooks, {prov['total_wall_s']:.1f} s; provenance in "
         f"{os.path.relpath(prov_path, root)}, kernel messages in {os.path.relpath(prov_path.parent / 'pipeline.log', root)}")
     return prov
+
+
+def own_dataset_key(prof: dict, root: Path) -> str:
+    """"" for the phantom; for a run on a prepared dataset (`--set dataset=DIR`), the dataset checked before
+    anything runs (PipelineError naming the folder) and its manifest's sha256, so a changed dataset re-runs all."""
+    folder = P.own_dataset(prof)
+    if not folder:
+        return ""
+    from difflung.data.dataset import DatasetError
+    from difflung.data import own_dataset
+
+    path = Path(folder)
+    try:
+        own_dataset.check(path, size=int(prof["common"].get("size", 0)))
+    except DatasetError as e:
+        raise PipelineError(f"--set dataset={folder}: {e}") from e
+    return own_dataset.dataset_sha256(path)
 
 
 @contextlib.contextmanager
@@ -185,10 +224,18 @@ def _noise_to(log_path: Path, stem: str):
 
 
 def banner_text(profile: str, runs_root: Path | None = None) -> str | None:
-    """The announcement every page of the book carries for this profile (None: no banner). For smoke it names the
-    classes whose HU signature the run's image size erases (chapter 1's check), which no smoke number can show."""
+    """The announcement every page of the book carries for this run (None: no banner): which dataset it ran on
+    when not the phantom (name and sha256, from chapter 1's record), and for smoke the classes whose HU signature
+    the run's image size erases (chapter 1's check), which no smoke number can show."""
+    own = None
+    if runs_root is not None:
+        from difflung.data.own_dataset import describe
+
+        own = describe(runs_root)
+    data = (f"This book ran on the dataset <b>{html.escape(own['name'])}</b> (manifest sha256 "
+            f"{own['sha256'][:16]}), prepared from labelled CT, not on the phantom. ") if own else ""
     if profile != "smoke":
-        return None
+        return data or None
     lost = []
     if runs_root is not None:
         from difflung.judging.instruments import read_signature
@@ -197,7 +244,7 @@ def banner_text(profile: str, runs_root: Path | None = None) -> str | None:
             lost = [c for c, (ok, _) in read_signature(Path(runs_root) / "01_data_preparation").items() if not ok]
         except (FileNotFoundError, ValueError):
             lost = []
-    return ("This copy was built with the <b>smoke</b> profile: it checks that the pipeline runs end to end. "
+    return (data + "This copy was built with the <b>smoke</b> profile: it checks that the pipeline runs end to end. "
             "Its models and instruments are too small to test the paper's claims"
             + (f", and at its image size {' and '.join(lost)} {'loses its' if len(lost) == 1 else 'lose their'} HU "
                f"signature, so nothing here can show {'it' if len(lost) == 1 else 'them'}" if lost else "")
@@ -218,7 +265,7 @@ def _run_notebook(stem, nb, out_nb, params, key, root, runs_root, prov, prov_pat
         rec["error"] = _failure_message(stem, err, nb)
         write_json_atomic(prov_path, prov)
         raise PipelineError(rec["error"] + f"\n  partial notebook kept at "
-                            f"{os.path.relpath(root / runs_root / stem / (stem + '.failed.ipynb'), root)}")
+                            f"{os.path.relpath(root / runs_root / stem / (nb.stem + '.failed.ipynb'), root)}")
     rec["status"] = "ok"
     write_json_atomic(prov_path, prov)
     return rec

@@ -50,10 +50,12 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ProfileError(f"{path}: not valid YAML ({e})") from e
-    if not isinstance(data, dict) or set(data) - {"common", "notebooks"}:
-        raise ProfileError(f"{path}: expected top-level keys 'common' and 'notebooks' only")
+    if not isinstance(data, dict) or set(data) - {"common", "notebooks", "parts"}:
+        raise ProfileError(f"{path}: expected top-level keys 'common', 'notebooks' and optionally 'parts' only")
     data["common"] = data.get("common") or {}
     data["notebooks"] = data.get("notebooks") or {}
+    data["parts"] = data.get("parts") or {}
+    _check_parts(data["parts"], path)
     _check_common(data["common"], path)
     for stem, section in data["notebooks"].items():
         if not isinstance(section, dict):
@@ -61,6 +63,28 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict:
     data["name"] = name
     data["path"] = str(path)
     return data
+
+
+def _check_parts(parts, path: Path) -> None:
+    """`parts`: {name: [notebook stems]}, a run too long for one sitting cut into consecutive groups of chapters,
+    each run (`run --part NAME`) and archived (`archive --part NAME`) on its own; a stem in at most one part."""
+    if not isinstance(parts, dict) or not all(isinstance(v, list) and v and all(isinstance(s, str) for s in v)
+                                              for v in parts.values()):
+        raise ProfileError(f"{path}: parts must map each part's name to a list of notebook names")
+    seen = [s for v in parts.values() for s in v]
+    if len(seen) != len(set(seen)):
+        raise ProfileError(f"{path}: parts name a notebook twice ({sorted({s for s in seen if seen.count(s) > 1})})")
+
+
+def part_chapters(profile: dict, part: str, chapters: list[str]) -> list[str]:
+    """The chapters of `part` in book order; ProfileError naming the profile when the part or a chapter is unknown."""
+    parts = profile.get("parts") or {}
+    if part not in parts:
+        raise ProfileError(f"{profile['path']}: no part {part!r} (parts: {', '.join(parts) or 'none'})")
+    unknown = sorted(set(parts[part]) - set(chapters))
+    if unknown:
+        raise ProfileError(f"{profile['path']}: part {part!r} names {unknown}, not chapters of _toc.yml")
+    return [s for s in chapters if s in parts[part]]
 
 
 def _check_common(common, path: Path) -> None:
@@ -167,10 +191,32 @@ def apply_overrides(profile: dict, overrides: list[str]) -> dict:
     return prof
 
 
+# chapter -> (the notebook that fills its page when the profile's `dataset` is set, the section keys only the
+# phantom's notebook uses): a run on a prepared dataset adopts it instead of building the phantom
+OWN_DATASET_NOTEBOOKS = {"01_data_preparation": ("01_own_dataset", {
+    "n_patients", "slices_per_patient", "phantom_size", "real_ct", "device"})}
+
+
+def own_dataset(profile: dict) -> str:
+    """The prepared dataset folder the run uses instead of the phantom ("" for the phantom)."""
+    return str(profile["common"].get("dataset") or "")
+
+
+def source_notebook(profile: dict, stem: str) -> str:
+    """The notebook (stem) executed for chapter `stem`: the own-dataset variant when the profile's `dataset` is
+    set and the chapter has one, else the chapter's own."""
+    if own_dataset(profile) and stem in OWN_DATASET_NOTEBOOKS:
+        return OWN_DATASET_NOTEBOOKS[stem][0]
+    return stem
+
+
 def notebook_parameters(profile: dict, stem: str, declared: set[str], runs_root: str) -> dict:
     """Parameters papermill injects into notebook `stem`: common keys it declares, its own section,
-    plus `profile`, `run_dir` and `runs_root`. A section key the notebook does not declare is an error."""
-    section = profile["notebooks"].get(stem, {})
+    plus `profile`, `run_dir` and `runs_root`. A section key the notebook does not declare is an error (except
+    the phantom-only keys of a chapter whose own-dataset variant runs)."""
+    section = dict(profile["notebooks"].get(stem, {}))
+    if source_notebook(profile, stem) != stem:
+        section = {k: v for k, v in section.items() if k not in OWN_DATASET_NOTEBOOKS[stem][1]}
     unknown = sorted(set(section) - declared)
     if unknown:
         raise ProfileError(f"{profile['path']}: notebooks.{stem} sets {unknown}, which notebooks/{stem}.ipynb "
