@@ -32,10 +32,10 @@ mask_boost = {"emphysema": 0.06, "fibrosis": 0.08}
 n_synthetic_masks = 24
 
 # %% tags=["remove-input"]
-from difflung.chapters import own_dataset as ch
+from difflung.chapters import data_preparation as ch
 
-ds = ch.adopt(dataset, run_dir, size=size)
-ch.glue_facts(ch.dataset_facts(ds, run_dir))
+ds = ch.own_adopt(dataset, run_dir, size=size)
+ch.glue_facts(ch.own_facts(ds, run_dir))
 
 # %% [markdown]
 # ## The dataset
@@ -45,16 +45,16 @@ ch.glue_facts(ch.dataset_facts(ds, run_dir))
 # {glue:text}`size` pixels per side. No patient appears in two splits.
 
 # %% tags=["hide-input"]
-ch.table_splits(ds)
+ch.own_table_splits(ds)
 
 # %% [markdown]
 # Per patient, as `prepare` recorded it (spacing of the source volume; the slices were resized to the run's size):
 
 # %% tags=["hide-input"]
-ch.table_patients(ds)
+ch.own_table_patients(ds)
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Apex, middle and base slices of one training patient of the run's dataset at the run's size, without (top) and with (bottom) its label overlay; the colour bar gives the display window in HU. Made by `difflung.chapters.own_dataset.figure_levels`.", "name": "ch1-own-levels"}}
-ch.figure_levels(ds, run_dir, seed=seed)
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Apex, middle and base slices of one training patient of the run's dataset at the run's size, without (top) and with (bottom) its label overlay; the colour bar gives the display window in HU. Made by `difflung.chapters.data_preparation.own_figure_levels`.", "name": "ch1-own-levels"}}
+ch.own_figure_levels(ds, run_dir, seed=seed)
 
 # %% [markdown]
 # ## The label scheme
@@ -73,8 +73,8 @@ ch.table_labels()
 # run's size; later chapters report a class that fails it as *not measurable*.
 
 # %% tags=["hide-input"]
-signature = ch.hu_signature(ds, run_dir)
-ch.table_signature(signature)
+signature = ch.own_hu_signature(ds, run_dir)
+ch.own_table_signature(signature)
 
 # %% [markdown]
 # ## Class frequencies
@@ -97,14 +97,15 @@ ch.table_frequencies(freq, "f_cbmat")
 # of the lung field), as in the phantom run; they feed the ablation study and the segmentation experiment.
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Training masks (top) and the synthetic masks built on them (bottom). Made by `difflung.chapters.data_preparation.figure_mask_synthesis`.", "name": "ch1-own-mask-synthesis"}}
-fig, synth_report, synthesis = ch.mask_synthesis(ds, run_dir, boost=mask_boost, seed=seed, n_masks=n_synthetic_masks)
+fig, synth_report, synthesis = ch.own_mask_synthesis(ds, run_dir, boost=mask_boost, seed=seed,
+                                                    n_masks=n_synthetic_masks)
 fig
 
 # %% tags=["hide-input"]
 ch.table_mask_synthesis(synth_report)
 
 # %% tags=["remove-input"]
-metrics = ch.write_chapter_metrics(run_dir, ds, signature, seed=seed)
+metrics = ch.own_write_metrics(run_dir, ds, signature, seed=seed)
 
 # %% tags=["remove-input"]
-ch.scope(profile, ds, signature)
+ch.own_scope(profile, ds, signature)

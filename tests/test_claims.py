@@ -188,3 +188,16 @@ def test_cbmat_conclusions_read_chapter_4s_comparator_and_chapter_2s_strategies(
     assert t.loc["dice_emphysema_generated_cbmat_vs_uniform", "verdict"].startswith(
         "not measurable: judge Dice on real emphysema")
     assert t.loc["dice_ggo_generated_cosine_vs_constant", "verdict"] == "not measurable: chapter 2 did not run"
+
+
+def test_a_class_the_dataset_lacks_reads_absent(tmp_path):
+    """A run on a user's dataset without fibrosis: its fibrosis claims are not measurable for that reason."""
+    _ch4(tmp_path)
+    _ch5(tmp_path)
+    ds = runs.phantom_dataset_dir(tmp_path)
+    ds.mkdir(parents=True)
+    (ds / "manifest.json").write_text(json.dumps({"class_names": ["background", "body", "lung", "emphysema"]}))
+    t = claims.judge_run(tmp_path).set_index("key")
+    assert t.loc["dice_fibrosis_difflung_vs_ref", "verdict"] == "not measurable: fibrosis absent from this dataset"
+    assert t.loc["dice_emphysema_difflung_vs_ref", "verdict"] == "reproduced"
+    assert t.loc["psnr_difflung_vs_spade", "verdict"] == "reproduced"  # class "all"

@@ -20,6 +20,7 @@ stay comparable.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -129,6 +130,12 @@ def _signature(runs_root) -> dict[str, tuple[bool, str]]:
         return {}
 
 
+def _dataset_classes(runs_root) -> list[str] | None:
+    """The class names of the run's dataset (chapter 1's artifact); None when chapter 1 did not run."""
+    path = runs.phantom_dataset_dir(runs_root) / "manifest.json"
+    return json.loads(path.read_text())["class_names"] if path.is_file() else None
+
+
 def _missing(c: Claim, reason: str) -> Comparison:
     return Comparison(c.text, math.nan, direction=c.direction, margin=c.margin, reported=c.reported,
                       measurable=False, reason=reason,
@@ -192,10 +199,12 @@ def comparisons(runs_root, seed: int = 0, claims=CLAIMS) -> list[Comparison]:
         seed: unused (the t-tests draw nothing); kept for existing callers.
     """
     m4, m5 = _metrics(runs_root, runs.BASELINE_COMPARISON), _metrics(runs_root, runs.SEGMENTATION_AUGMENTATION)
-    records, signature = _records(runs_root), _signature(runs_root)
+    records, signature, held = _records(runs_root), _signature(runs_root), _dataset_classes(runs_root)
     out = []
     for c in claims:
-        if c.kind == "image quality":
+        if held is not None and c.cls not in ("all", *held):
+            out.append(_missing(c, f"{c.cls} absent from this dataset"))
+        elif c.kind == "image quality":
             out.append(_quality(c, m4, records) if m4 is not None else _missing(c, "chapter 4 did not run"))
         elif c.kind == "generation":
             out.append(_quality(c, m4, records, _judge_floors(runs_root, runs.BASELINE_COMPARISON) or {})
