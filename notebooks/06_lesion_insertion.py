@@ -27,6 +27,7 @@
 profile = "smoke"
 seed = 0
 run_dir = "runs/smoke/06_lesion_insertion"
+runs_root = "runs/smoke"
 device = "auto"
 per_class = 2
 slices_per_patient = 6
@@ -218,4 +219,4 @@ metrics = ch.write_outputs(run_dir, checks, cost, summary, seed=seed, judged=jud
 
 # %% tags=["remove-input"]
 ch.scope(profile, checks, per_class=per_class, patch_size=patch_size, steps=steps, judged=judged, zcont=zcont,
-         truthed=truthed)
+         truthed=truthed, runs_root=runs_root)

@@ -33,6 +33,7 @@ from difflung.diffusion.patch_model import lesion_focused, train_patch_model
 from difflung.insertion.patches import PATCH_SPACING_MM
 from difflung.plots import hu_colorbar, legend_handles, plt, save_figure, show_ct, sig, table, window_name
 from difflung.data.realdata import fetch_pyradiomics
+from difflung.data import own_dataset
 from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 
 MODEL = "insert-patch"  # the model key in metrics.csv
@@ -384,9 +385,10 @@ def table_truth(tt: pd.DataFrame):
 
 def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int, steps: int,
           judged: pd.DataFrame | None, zcont: pd.DataFrame | None = None,
-          truthed: pd.DataFrame | None = None) -> Scope:
+          truthed: pd.DataFrame | None = None, runs_root=None) -> Scope:
     """The chapter's "What this run can and cannot show" box, from its own numbers (with `zcont` and `truthed`:
-    whether z-continuity and the held-out truth met their targets, class by class)."""
+    whether z-continuity and the held-out truth met their targets, class by class; with `runs_root`, whether the
+    run used a prepared dataset, which this chapter does not)."""
     exact = int(checks["outside_differences"].sum()) == 0
     s = Scope(profile, facts={"training scans": f"{per_class * len(LESIONS)} phantom patients + {TRAIN_SCAN}",
                               "insertion scan": TARGET_SCAN, "patch": f"{patch_size} px at 1 mm",
@@ -396,6 +398,11 @@ def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int
     s.can.append("What one insertion costs on this machine, per lesion and per UNet call.")
     s.cannot.append("That the inserted texture is realistic: one scan, one seed, and the HU distance to the phantom "
                     "is a distribution check, not a reader study.")
+    own = own_dataset.describe(runs_root) if runs_root is not None else None
+    if own:
+        s.cannot.append(f"Anything about the run's dataset ({own['name']}): this chapter trains and inserts on the "
+                        "phantom and the real CT named above, since its ground truth needs the same anatomy rendered "
+                        "with and without lesions, which only the phantom has.")
     if profile == "smoke":
         s.cannot.append("A trained insertion model: the smoke patch model is small and far from converged.")
     if judged is None:
