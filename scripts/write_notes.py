@@ -68,6 +68,13 @@ def _run_section(meta: dict, prov: dict) -> list[str]:
         lines.append(f"| {stem} | {r.get('status', '?')} | {wall} | {r.get('started', '?')} |")
     total = sum(prov["notebooks"].get(s, {}).get("wall_s", 0.0) for s in meta["chapters"])
     lines += [f"| all chapters | | {_minutes(total)} | |", ""]
+    if meta.get("parts"):  # a run in parts (`run --part`): each part's own chapters, its revision, its note
+        lines += ["| part | chapters | wall time | git | note |", "|---|---|---|---|---|"]
+        for name, part in meta["parts"].items():
+            revs = ", ".join(r[:12] + ("+dirty" if r.endswith("+dirty") else "") for r in part.get("git_revision", []))
+            lines.append(f"| {name} | {', '.join(part['chapters'])} | {_minutes(part.get('wall_s', 0.0))} | {revs} "
+                         f"| {meta.get('notes', {}).get(name, '')} |")
+        lines.append("")
     return lines
 
 

@@ -58,3 +58,14 @@ def test_missing_file_is_named_and_nothing_written(tmp_path):
     before = (folder / "NOTES.md").read_bytes()
     assert W.main(["laptop", "--root", str(tmp_path)]) == 1
     assert (folder / "NOTES.md").read_bytes() == before
+
+
+def test_a_run_in_parts_lists_each_parts_wall_time_and_revision():
+    meta = {"profile": "laptop", "chapters": ["01_a", "02_b"], "git_revision": "abc",
+            "parts": {"gen": {"chapters": ["01_a"], "wall_s": 600.0, "git_revision": ["a" * 40]},
+                      "seg": {"chapters": ["02_b"], "wall_s": 5400.0, "git_revision": ["a" * 40]}},
+            "notes": {"seg": "resumed once"}}
+    prov = {"notebooks": {"01_a": {"wall_s": 600.0, "status": "ok"}, "02_b": {"wall_s": 5400.0, "status": "ok"}}}
+    lines = W._run_section(meta, prov)
+    assert "| gen | 01_a | 10.0 min | aaaaaaaaaaaa |  |" in lines
+    assert "| seg | 02_b | 90.0 min | aaaaaaaaaaaa | resumed once |" in lines
