@@ -70,6 +70,9 @@ glance_text, glance = ch.glance_source(ref, claims, ref_claims, profile)
 display(Markdown(glance_text))
 table(ch.table_at_a_glance(glance))
 
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "The claims of the table above as effects: ours with its 95 % interval (dots; grey: not measurable) against the poster's reported difference (open diamonds), one panel per scale; where a dot's interval crosses 0 the run cannot tell. Made by `difflung.chapters.results.figure_claims`.", "name": "ch7-glance"}}
+ch.figure_claims(glance, run_dir, seed=seed, name="claims_at_a_glance.png")
+
 # %% [markdown]
 # ## The poster's claims in this run
 
@@ -79,12 +82,10 @@ table(ch.table_claims(claims))
 # %% tags=["remove-input"]
 Markdown(ch.summary_markdown(claims, profile))
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Our paired effects with their 95 % intervals (dots; grey: not measurable) against the poster's reported differences (diamonds), per unit of replication; made by `difflung.chapters.results.figure_claims`.", "name": "ch7-claims"}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "This run's claims as effects, as in the figure at the top: ours with its 95 % interval (dots; grey: not measurable) against the poster's reported difference (open diamonds), one panel per scale. Made by `difflung.chapters.results.figure_claims`.", "name": "ch7-claims"}}
 ch.figure_claims(claims, run_dir, seed=seed)
 
 # %% [markdown]
-# {numref}`ch7-claims` shows the same table as effects: where a dot's interval crosses 0 the run cannot tell.
-#
 # ## The archived reference run
 #
 # A run that can test the paper takes longer than a continuous-integration build. Its numbers are archived in

@@ -286,7 +286,8 @@ def test_page_facts_are_the_library_constants():
 def test_results_prose_and_figure_quote_the_statistics_constants(tmp_path):
     from difflung.chapters import results
 
-    claims = pd.DataFrame({"claim": ["a > b", "c > d"], "verdict": ["inconclusive", "not measurable: judge floor"],
+    claims = pd.DataFrame({"claim": ["PSNR: a > b", "SSIM: c > d"],
+                           "verdict": ["inconclusive", "not measurable: judge floor"],
                            "unit": ["test patients", "test patients"], "n": [1, 1], "estimate": [0.5, np.nan],
                            "lo": [-1.0, np.nan], "hi": [2.0, np.nan], "reported": [1.0, 0.3],
                            "family": ["poster", "poster"]})
@@ -297,6 +298,8 @@ def test_results_prose_and_figure_quote_the_statistics_constants(tmp_path):
     fig = results.figure_claims(claims, tmp_path)
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "ours (95 % interval)" in labels and (tmp_path / "claims.png").is_file()
+    # dB and SSIM never share an axis: one panel each
+    assert [ax.get_xlabel().split(",")[0] for ax in fig.axes] == ["PSNR difference (dB)", "SSIM difference"]
 
 
 def test_segmentation_chapter_sections_without_real_ct_or_difflung_arm(tmp_path):

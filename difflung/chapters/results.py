@@ -161,32 +161,43 @@ def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
     return "\n\n".join(parts)
 
 
-def _unit_family(unit: str) -> str:
-    """Image-quality claims (test patients, or test patients x training seeds) share a panel; segmentation its own."""
-    return "test patients" if str(unit).startswith("test patients") else str(unit)
+# one panel per scale, so dB, SSIM and Dice never share an axis: (panel, x label, test on the claim's text)
+PANELS = (("PSNR", "PSNR difference (dB), unit: test patients x training seeds", lambda t: t.startswith("PSNR")),
+          ("SSIM", "SSIM difference, unit: test patients x training seeds", lambda t: t.startswith("SSIM")),
+          ("judge Dice", "judge Dice difference on generated slices", lambda t: t.startswith("judge Dice")),
+          ("Dice", "Dice difference of the segmenters, unit: training seeds", lambda t: t.startswith("Dice")))
 
 
-def figure_claims(claims: pd.DataFrame, run_dir, *, seed: int = 0):
-    """Our effects with intervals (dots; grey when not measurable) against the poster's (diamonds), per unit."""
-    claims = claims.assign(unit=claims["unit"].map(_unit_family))
-    units = [u for u in ("test patients", "training seeds") if (claims["unit"] == u).any()] or ["test patients"]
-    fig, axes = plt.subplots(1, len(units), figsize=(5.5 * len(units), 0.42 * max(len(claims) / len(units), 4) + 1.4),
-                             squeeze=False, layout="constrained")
-    for ax, unit in zip(axes[0], units):
-        s = claims[claims["unit"] == unit].reset_index(drop=True)
+def _panel(claim: str) -> str:
+    return next(name for name, _, test in PANELS if test(claim))
+
+
+def figure_claims(claims: pd.DataFrame, run_dir, *, seed: int = 0, name: str = "claims.png"):
+    """Every claim's effect with its interval (dots; grey when not measurable) against the poster's reported
+    difference (open diamonds), one panel per scale (PSNR, SSIM, judge Dice of generated slices, segmenters'
+    Dice), claims in table order."""
+    claims = claims.assign(panel=claims["claim"].map(_panel))
+    panels = [p for p in PANELS if (claims["panel"] == p[0]).any()]
+    heights = [max(int((claims["panel"] == p[0]).sum()), 2) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.5, 0.3 * sum(heights) + 1.2 * len(panels)), squeeze=False,
+                             layout="constrained", gridspec_kw={"height_ratios": heights})
+    for ax, (panel, xlabel, _) in zip(axes[:, 0], panels):
+        s = claims[claims["panel"] == panel].reset_index(drop=True)
         y = np.arange(len(s))
         ok = ~s["verdict"].str.startswith("not measurable")
         for sel, color, lab in ((ok, "C0", f"ours ({CONFIDENCE} interval)"), (~ok, "0.6", "ours, not measurable")):
             t = s[sel]
+            if t.empty:
+                continue
             err = np.nan_to_num(np.vstack([t["estimate"] - t["lo"], t["hi"] - t["estimate"]]), nan=0.0)
-            ax.errorbar(t["estimate"], y[sel.to_numpy()], xerr=err, fmt="o", color=color, label=lab)
-        ax.scatter(s["reported"], y, marker="D", facecolors="none", edgecolors="C3", label=LABEL)
+            ax.errorbar(t["estimate"], y[sel.to_numpy()], xerr=err, fmt="o", color=color, label=lab, ms=4)
+        ax.scatter(s["reported"], y, marker="D", facecolors="none", edgecolors="C3", label=LABEL, zorder=3)
         ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(y, s["claim"], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"effect (a - b), unit: {unit}")
-        ax.legend(fontsize=7, frameon=False, loc="lower right")
-    save_figure(fig, Path(run_dir) / "claims.png", seed=seed)
+        ax.set_yticks(y, s["claim"], fontsize=7)
+        ax.set_ylim(len(s) - 0.5, -0.5)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.legend(fontsize=7, frameon=False, loc="best")
+    save_figure(fig, Path(run_dir) / name, seed=seed)
     return fig
 
 
