@@ -217,6 +217,11 @@ def test_chapter_experiment_end_to_end(tmp_path):
                         tmp_path / "runs" / folder, device="cpu", progress=False)
     inputs = ch5.locate_inputs(tmp_path / "runs")
     assert set(inputs.models) == {"+difflung", "+segguided", "+insert"} and inputs.real_dataset is None
+    # the optional +uniform arm joins once the run holds chapter 2's uniform model
+    train_diffusion(ds, TrainConfig(preset="tiny", steps=1, batch_size=4, strategy="uniform"),
+                    tmp_path / "runs" / "02_mask_ablation_study/models/uniform", device="cpu", progress=False)
+    inputs = ch5.locate_inputs(tmp_path / "runs")
+    assert set(inputs.models) == {"+difflung", "+segguided", "+insert", "+uniform"}
     cfg = SegConfig(channels=(4, 8), strides=(2,), num_res_units=0, steps=3, batch_size=4)
     run_dir = tmp_path / "ch5"
     kw = dict(tag="phantom", models=inputs.models, config=cfg, seeds=[0, 1], seed=0, mix_ratio=0.5,
@@ -229,7 +234,8 @@ def test_chapter_experiment_end_to_end(tmp_path):
     assert len(syn.dose.images) == n_real and (run_dir / "phantom/synthetic_difflung-dose.npz").is_file()
     assert res.timings[-1]["n_train"] == 2 * n_real and {t["n_train"] for t in res.timings} == {
         n_real, n_real + n, 2 * n_real}
-    extra_arms = ["oversample-UNet", "copy-paste-UNet", "Seg-Guided-UNet", "Diff-Lung-UNet", "Insert-UNet"]
+    extra_arms = ["oversample-UNet", "copy-paste-UNet", "Seg-Guided-UNet", "Diff-Lung-UNet", "Insert-UNet",
+                  "uniform-UNet"]
     assert (balance.loc[extra_arms, "images"] == len(ds.split("train")) + n).all()
     assert all(s.images.shape == (n, 32, 32) and np.array_equal(s.labels, syn.masks) for s in syn.sets.values())
     ch5.write_chapter_metrics(run_dir, [res], config=cfg, seed=0, synthetic=syn.sets)
@@ -244,7 +250,7 @@ def test_chapter_experiment_end_to_end(tmp_path):
     curve = A.dose_response(m)
     assert sorted(set(curve.share)) == [0.0, 0.5, 1.0] and len(curve) == 3 * 2 * len(ds.classes)
     p = pd.read_csv(run_dir / "phantom/dice_per_patient.csv")
-    assert set(p.patient) == set(ds.split("test").patient) and len(p) == 8 * 2 * len(ds.classes)  # 8 arms, 2 seeds
+    assert set(p.patient) == set(ds.split("test").patient) and len(p) == 9 * 2 * len(ds.classes)  # 9 arms, 2 seeds
     res3, _, _ = A.run_experiment(inputs.dataset, run_dir, **kw)  # every segmenter reused from its folder
     assert res3.dice.equals(res.dice) and (run_dir / "phantom/segmenters/ref-seed1/segmenter.json").is_file()
     for f in ("phantom/synthetic_difflung.npz", "phantom/dice_per_slice.csv", "phantom/segmenters/ref/segmenter.json",

@@ -300,13 +300,17 @@ def test_convergence_table():
 
 def test_claims_come_from_the_poster_tables():
     claims = {c.key: c for c in reported.CLAIMS}
-    assert len(claims) == len(reported.CLAIMS) == 28  # 10 image quality, 12 segmentation, 6 conclusions
+    assert len(claims) == len(reported.CLAIMS) == 31  # 10 image quality, 12 segmentation, 9 conclusions
     assert not any(w in c.text for c in claims.values() for w in ("GFLOP", "cost", "10x"))  # cost: ratios only
     assert {c.table for c in claims.values()} == {reported.TABLE_QUALITY, reported.TABLE_SEGMENTATION,
                                                  reported.TABLE_GGO, reported.TABLE_CONCLUSIONS}
     cbmat = claims["dice_ggo_generated_cbmat_vs_uniform"]
     assert (cbmat.a, cbmat.b, cbmat.kind) == ("difflung", "uniform", "generation") and np.isnan(cbmat.reported)
     assert cbmat.text == "judge Dice ggo on generated slices: Diff-Lung (CBMAT) > uniform p=0.5 (the parent's ablation)"
+    down = claims["dice_fibrosis_difflung_vs_uniform"]  # CBMAT's conclusion downstream: the segmenters' Dice
+    assert (down.a, down.b, down.kind, down.table) == ("+difflung", "+uniform", "segmentation",
+                                                        reported.TABLE_CONCLUSIONS)
+    assert down.text == "Dice fibrosis: Diff-Lung-UNet > uniform-UNet"
     m = [c for c in claims.values() if c.margin > 0]
     assert [c.key for c in m] == ["dice_lung_difflung_vs_ref", "dice_lung_segguided_vs_ref"]
     assert all(len(c.margin_reason) > 20 for c in m)

@@ -13,6 +13,7 @@ of steps with the same seeds on a different training set, scored on the held-out
     +segguided   real + `n_extra` synthetic pairs: synthesised masks, images by Segmentation-Guided Diffusion
     +difflung    real + the same `n_extra` synthesised masks, images by Diff-Lung (CBMAT)
     +insert      real + the same masks' new lesions inserted into their own real base slices, background kept exact
+    +uniform     real + the same masks, images by Diff-Lung's network trained with uniform ablation (CBMAT's control)
 
 `ARMS` is the registry: a new arm is one `ArmSpec` entry. Beside it, the dose-response of the Diff-Lung arm
 (`dose_arms`, `build_dose_arms`): real + a share of the real set's size in Diff-Lung images, named `+difflung@<share>`
@@ -47,6 +48,7 @@ class ArmSpec:
     producer: str | None = None  # the chapter that writes `model`, named in the error when it is missing
     criteria: str | None = None  # synthetic arms: the chapter folder whose criteria.json judges the generator
     generator: str | None = None  # the generator's key in that criteria.json
+    optional: bool = False  # synthetic arms: run only when the run holds the generator (else left out, with a note)
 
 
 ARMS = {a.key: a for a in (
@@ -59,6 +61,10 @@ ARMS = {a.key: a for a in (
             f"chapter 3 ({runs.CBMAT_TRAINING})", runs.CBMAT_TRAINING, "difflung"),
     ArmSpec("+insert", "Insert-UNet", "insert", f"{runs.CBMAT_TRAINING}/model",
             f"chapter 3 ({runs.CBMAT_TRAINING})", runs.CBMAT_TRAINING, "difflung"),
+    # CBMAT's downstream claim: the same network and one-hot masks trained with the parent's uniform ablation
+    # (chapter 4's matched comparator where it trained one, else chapter 2's `uniform` strategy)
+    ArmSpec("+uniform", "uniform-UNet", "synthetic", f"{runs.MASK_ABLATION}/models/uniform",
+            f"chapter 2 ({runs.MASK_ABLATION})", runs.MASK_ABLATION, "uniform", optional=True),
 )}
 ARM_NAMES = {k: a.label for k, a in ARMS.items()}
 SYNTHETIC_ARMS = tuple(k for k, a in ARMS.items() if a.extra in ("synthetic", "insert"))  # arms with a generator

@@ -75,6 +75,9 @@ def locate_inputs(runs_root, *, dataset=None, models: dict | None = None, real_d
     # the generator chapter 4 compared (where its training stopped), else its producing chapter's folder
     chosen = ({k: runs.compared_model_dir(root, ARMS[k].generator) or root / ARMS[k].model for k in SYNTHETIC_ARMS}
               if models is None else {arm: Path(p) for arm, p in models.items()})
+    if models is None:  # an optional arm whose generator this run did not train is left out
+        chosen = {k: p for k, p in chosen.items()
+                  if not ARMS[k].optional or (p / "difflung_config.json").is_file()}
     for arm, p in chosen.items():
         if arm not in SYNTHETIC_ARMS:
             raise ValueError(f"models: unknown arm {arm!r}; synthetic arms are {SYNTHETIC_ARMS}")

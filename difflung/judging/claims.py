@@ -35,7 +35,7 @@ from difflung.judging.reported import CLAIMS, CONTROL_CLAIMS, EXTENSION_CLAIMS, 
 from difflung.judging.stats import Comparison, compare_generators, compare_seeds, judge_claims
 
 # synthetic arm -> the generator it paints with
-ARM_GENERATOR = {"+difflung": "difflung", "+segguided": "segguided", "+insert": "difflung"}
+ARM_GENERATOR = {"+difflung": "difflung", "+segguided": "segguided", "+insert": "difflung", "+uniform": "uniform"}
 
 
 def _metrics(runs_root, stem: str) -> pd.DataFrame | None:

@@ -46,7 +46,8 @@ SEGMENTATION_DICE = {
 POSTER_NAMES = {"pix2pix": "Pix2Pix", "spade": "SPADE", "segguided": "Seg-Guided",
                 "difflung": "Diff-Lung (CBMAT)", "ref": "ref-UNet", "+segguided": "Seg-Guided-UNet",
                 "+difflung": "Diff-Lung-UNet", "+insert": "Insert-UNet", "oversample": "oversample-UNet",
-                "copypaste": "copy-paste-UNet", "uniform": "uniform p=0.5 (the parent's ablation)",
+                "copypaste": "copy-paste-UNet", "+uniform": "uniform-UNet",
+                "uniform": "uniform p=0.5 (the parent's ablation)",
                 "cbmat": "CBMAT (Diff-Lung)", "cbmat-constant": "CBMAT, not annealed"}
 
 
@@ -141,11 +142,15 @@ def _segmentation_claims() -> list[Claim]:
 def _conclusion_claims() -> list[Claim]:
     """The poster's conclusions about CBMAT, on the rare classes it is for: against the parent's uniform ablation
     with Diff-Lung's network and one-hot masks (chapter 4's matched comparator, every training seed), and
-    cosine-annealed against constant CBMAT (chapter 2's strategies)."""
+    cosine-annealed against constant CBMAT (chapter 2's strategies); downstream, Diff-Lung-UNet against
+    uniform-UNet (chapter 5)."""
     rare = ("emphysema", "ggo", "fibrosis")
     out = [Claim(f"dice_{c}_generated_cbmat_vs_uniform", "generation", "dice", c, "difflung", "uniform",
                  table=TABLE_CONCLUSIONS) for c in rare]
     out += [Claim(f"dice_{c}_generated_cosine_vs_constant", "ablation", "dice", c, "cbmat", "cbmat-constant",
+                  table=TABLE_CONCLUSIONS) for c in rare]
+    # downstream: segmenters trained with either generator's images of the same synthesised masks
+    out += [Claim(f"dice_{c}_difflung_vs_uniform", "segmentation", "dice", c, "+difflung", "+uniform",
                   table=TABLE_CONCLUSIONS) for c in rare]
     return out
 
