@@ -41,6 +41,7 @@ from difflung.core.provenance import write_json_atomic
 from difflung.judging.reported import ALL_CLAIMS, LABEL, SEGMENTATION_DICE
 from difflung.core import runs
 from difflung.core.runs import phantom_dataset_dir, real_dataset_dir
+from difflung.data import own_dataset
 from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 from difflung.segmentation import SegConfig
 
@@ -96,7 +97,8 @@ def table_inputs(inputs: Inputs) -> pd.DataFrame:
     """What this chapter reads, with sizes and classes, for the reader."""
     rows = []
     ds = Dataset(inputs.dataset)
-    rows.append({"input": "phantom dataset", "path": str(inputs.dataset),
+    own = own_dataset.describe(Path(inputs.dataset).parent.parent)  # a run on a prepared dataset names it
+    rows.append({"input": f"dataset {own['name']}" if own else "phantom dataset", "path": str(inputs.dataset),
                  "detail": f"{ds.size} px, classes {', '.join(L.names(ds.classes))}, "
                            f"{ds.manifest['splits']['train']['n_slices']} train / "
                            f"{ds.manifest['splits']['test']['n_slices']} test slices"})
