@@ -106,8 +106,8 @@ def test_bad_config_values(ds, tmp_path):
         train_diffusion(ds, TrainConfig(steps=3, warmup=5, **TINY), tmp_path / "m", device="cpu", progress=False)
     with pytest.raises(ValueError, match="steps=0"):
         train_diffusion(ds, TrainConfig(steps=0, **TINY), tmp_path / "m", device="cpu", progress=False)
-    with pytest.raises(ValueError, match="low_res_steps=3"):
-        train_diffusion(ds, TrainConfig(steps=3, low_res_steps=3, **TINY), tmp_path / "m", device="cpu")
+    with pytest.raises(ValueError, match="low_res_share=1"):
+        train_diffusion(ds, TrainConfig(steps=3, low_res_share=1.0, **TINY), tmp_path / "m", device="cpu")
     with pytest.raises(FileNotFoundError, match="01_data_preparation"):
         train_diffusion(tmp_path / "nothing", TrainConfig(steps=2, **TINY), tmp_path / "m", device="cpu")
 
@@ -175,7 +175,7 @@ def test_new_recipe_fields_at_their_defaults_keep_the_run_key():
     from dataclasses import fields
 
     new = {"prediction_type", "snr_gamma", "lesion_weight", "lesion_classes", "beta_schedule", "low_t_share",
-           "init_from", "low_res_steps"}
+           "init_from", "low_res_share"}
     old = {f.name for f in fields(TrainConfig)} - new - {"checkpoint_every", "keep_checkpoints", "log_every"}
     assert set(TrainConfig(prediction_type="epsilon").result_key()) == old
     assert TrainConfig().result_key()["prediction_type"] == "v_prediction"  # the default since the benchmark
@@ -310,7 +310,7 @@ def test_progressive_resolution_trains_half_size_first_then_full_size(ds, tmp_pa
     from difflung.diffusion.train import _Batches, _accelerator
     from difflung.core.training import seed_streams
 
-    cfg = TrainConfig(steps=4, low_res_steps=2, lesion_weight=1.0, lesion_classes=[4], **TINY)
+    cfg = TrainConfig(steps=4, low_res_share=0.5, lesion_weight=1.0, lesion_classes=[4], **TINY)
     batches = _Batches(ds, cfg, seed_streams(0, ("init", "data", "ablation", "noise")), _accelerator("cpu", "no"))
     inp, t, target, lesion = batches.draw(0)
     assert inp.shape[-2:] == target.shape[-2:] == lesion.shape[-2:] == (ds.size // 2, ds.size // 2)
@@ -320,7 +320,7 @@ def test_progressive_resolution_trains_half_size_first_then_full_size(ds, tmp_pa
     plain = train_diffusion(ds, TrainConfig(steps=4, lesion_weight=1.0, lesion_classes=[4], **TINY), tmp_path / "p",
                             device="cpu", progress=False)
     assert r.finished and losses(r.loss_csv)[:2] != losses(plain.loss_csv)[:2]
-    assert TrainConfig(low_res_steps=2).result_key()["low_res_steps"] == 2
+    assert TrainConfig(low_res_share=0.5).result_key()["low_res_share"] == 0.5
 
 
 def test_bf16_autocast_on_the_cpu_when_asked(ds, tmp_path):

@@ -44,7 +44,7 @@ NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0
 _EXECUTION_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every")
 # fields added after models were saved: in the run key only when they differ from these defaults
 _OPTIONAL_FIELDS = {"prediction_type": "epsilon", "snr_gamma": None, "lesion_weight": 0.0, "lesion_classes": (),
-                    "beta_schedule": "linear", "low_t_share": 0.0, "init_from": None, "low_res_steps": 0}
+                    "beta_schedule": "linear", "low_t_share": 0.0, "init_from": None, "low_res_share": 0.0}
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")  # diffusers' names; every sampler of difflung supports both
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 FOLDER = FolderSpec(FORMAT, META_FILE, WEIGHTS_FILE, "a finished difflung diffusion model", ("config.json",))
@@ -91,9 +91,9 @@ class TrainConfig:
         init_from: a finished model folder whose (EMA) weights start this run instead of a random init: a warm
             restart (Loshchilov & Hutter, SGDR) that trains a model on with a fresh LR schedule and, for CBMAT, a
             fresh annealing over `steps`. The run key holds the parent's run key, not its path.
-        low_res_steps: progressive resolution: the first `low_res_steps` steps train at half the size (images
-            area-averaged 2x2, one-hot masks likewise, so a pixel's condition holds each class's share of it),
-            at about a quarter of the step cost; the convolutional UNet then trains on at full size. 0: off.
+        low_res_share: progressive resolution: the first `low_res_share` of the steps train at half the size
+            (images area-averaged 2x2, one-hot masks likewise, so a pixel's condition holds each class's share of
+            it), at about a quarter of the step cost; the convolutional UNet then trains on at full size. 0: off.
         mixed_precision: "auto" is bf16 autocast on CUDA and fp32 on the CPU; "bf16" is bf16 autocast on either
             (a CPU lever: on CPUs with native bf16, e.g. AVX512-BF16, about 1.4x faster per step; slower elsewhere).
         The last six enter the run key only when they differ from the values models had before they existed
@@ -126,7 +126,7 @@ class TrainConfig:
     beta_schedule: str = "linear"
     low_t_share: float = 0.0
     init_from: str | None = None
-    low_res_steps: int = 0
+    low_res_share: float = 0.0
 
     def __post_init__(self):
         self.lesion_classes = tuple(int(c) for c in self.lesion_classes)  # lists from JSON or the CLI
@@ -276,8 +276,8 @@ def _check(cfg: TrainConfig) -> int:
         raise ValueError(f"TrainConfig.lesion_weight={cfg.lesion_weight}: must be >= 0, and > 0 needs lesion_classes")
     if not 0 <= cfg.low_t_share < 1:
         raise ValueError(f"TrainConfig.low_t_share={cfg.low_t_share}: must lie in [0, 1)")
-    if not 0 <= cfg.low_res_steps < cfg.steps:
-        raise ValueError(f"TrainConfig.low_res_steps={cfg.low_res_steps}: must lie in [0, steps={cfg.steps})")
+    if not 0 <= cfg.low_res_share < 1:
+        raise ValueError(f"TrainConfig.low_res_share={cfg.low_res_share}: must lie in [0, 1)")
     warmup = min(500, cfg.steps // 10) if cfg.warmup is None else cfg.warmup
     if warmup >= cfg.steps:
         raise ValueError(f"TrainConfig.warmup={warmup} must be smaller than steps={cfg.steps}")
@@ -421,6 +421,7 @@ class _Batches:
         self.order, self.gens = BatchOrder(len(self.images), gens["data"]), gens
         self.generators = {"ablation": gens["ablation"], "noise": gens["noise"]}  # checkpointed with the modules
         self.cfg, self.classes, self.dev = cfg, ds.classes, acc.device
+        self.low_res_steps = round(cfg.low_res_share * cfg.steps)  # progressive resolution: these steps at S/2
         self.part = slice(acc.process_index, None, acc.num_processes)
         self.cuda = acc.device.type == "cuda"
         self.mem_format = torch.channels_last if self.cuda and cfg.channels_last else torch.contiguous_format
@@ -434,14 +435,14 @@ class _Batches:
         t = draw_timesteps(len(idx), self.noise_sched.config.num_train_timesteps, cfg.low_t_share, self.gens["noise"])
         x0, noise, t = self.images[idx][part].to(dev), noise[part].to(dev), t[part].to(dev)
         cond = encode_mask(lab[part], self.classes, cfg.mask_mode).to(dev)  # (b, C, S, S)
-        if step < cfg.low_res_steps:  # progressive resolution: (b, *, S/2, S/2), noise of that size from its stream
+        if step < self.low_res_steps:  # progressive resolution: (b, *, S/2, S/2), noise of that size from its stream
             x0, cond = F.avg_pool2d(x0, 2), F.avg_pool2d(cond, 2)
             noise = noise[..., ::2, ::2].contiguous()  # i.i.d. N(0, 1) stays so; the stream advances as at full size
         x_t = self.noise_sched.add_noise(x0, noise, t)  # q(x_t | x_0)
         target = noise if cfg.prediction_type == "epsilon" else self.noise_sched.get_velocity(x0, noise, t)
         inp = torch.cat([x_t, cond], dim=1).contiguous(memory_format=self.mem_format)  # (b, 1 + C, S, S)
         lesion = self.labs[idx][part].to(dev) if cfg.lesion_weight else None  # lesions hidden from the mask count
-        if lesion is not None and step < cfg.low_res_steps:
+        if lesion is not None and step < self.low_res_steps:
             lesion = lesion[..., ::2, ::2]
         return inp, t, target, lesion
 
