@@ -201,3 +201,22 @@ def test_a_class_the_dataset_lacks_reads_absent(tmp_path):
     assert t.loc["dice_fibrosis_difflung_vs_ref", "verdict"] == "not measurable: fibrosis absent from this dataset"
     assert t.loc["dice_emphysema_difflung_vs_ref", "verdict"] == "reproduced"
     assert t.loc["psnr_difflung_vs_spade", "verdict"] == "reproduced"  # class "all"
+
+
+def test_cost_claims_read_chapter_4s_measurements_as_ratios(tmp_path):
+    d = runs.chapter_dir(tmp_path, runs.BASELINE_COMPARISON)
+    gflops = {"difflung": 40.0, "segguided": 38.0, "pix2pix": 0.05, "spade": 8.0}
+    write_metrics(d, [{"model": k, "metric": "gflops_per_image", "class": "all", "seed": -1, "slice": -1, "value": v}
+                      for k, v in gflops.items()])
+    (d / "metrics.json").write_text(json.dumps({"timings": {k: {"s_per_image": s} for k, s in (
+        ("difflung", 2.0), ("segguided", 5.0), ("pix2pix", 0.01), ("spade", 0.5))}}))
+    t = claims.judge_run(tmp_path).set_index("key")
+    cost = t[t.family == "cost"]
+    assert len(cost) == 6 and cost["p (Holm)"].isna().all() and (cost.unit == "exact measurement").all()
+    assert t.loc["cost_gflops_difflung_vs_segguided", "estimate"] == pytest.approx(40 / 38)
+    assert t.loc["cost_gflops_difflung_vs_segguided", "verdict"] == "reproduced"  # within 2x
+    assert t.loc["cost_s_difflung_vs_segguided", "verdict"] == "contradicted"  # 0.4x
+    assert t.loc["cost_gflops_difflung_vs_pix2pix", "verdict"] == "reproduced"  # 800x >= 10x
+    assert t.loc["cost_gflops_difflung_vs_spade", "verdict"] == "contradicted"  # 5x < 10x
+    assert t.loc["cost_gflops_difflung_vs_pix2pix", "claim"] == "GFLOPs per image: Diff-Lung (CBMAT) at least 10x Pix2Pix"
+    assert t.loc["cost_gflops_difflung_vs_pix2pix", "reported"] == pytest.approx(4000 / 15)

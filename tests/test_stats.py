@@ -505,3 +505,16 @@ def test_crossed_interval_covers_the_truth_with_9_patients_and_3_seeds():
         lo, hi = crossed_t(_rows(a), _rows(b)).interval()
         hits += lo <= 0.2 <= hi
     assert hits / n_sim >= 0.93
+
+
+def test_an_exact_measurement_is_read_against_its_range_without_a_test():
+    c = Comparison("GFLOPs per image: a at least 10x b", 1106.0, reported=267.0, exact_range=(10.0, math.inf),
+                         n=1, unit="exact measurement")
+    v = verdict(c)
+    assert (v.label, v.magnitude) == ("reproduced", "larger than reported") and "no sampling unit" in v.note
+    eq = replace(c, estimate=1.3, reported=1.0, exact_range=(0.5, 2.0))
+    assert (verdict(eq).label, verdict(eq).magnitude) == ("reproduced", "as reported")
+    slow = replace(eq, estimate=3.1)
+    assert verdict(slow).label == "contradicted"
+    t = judge_claims([c, slow])
+    assert t["p (Holm)"].isna().all() and list(t["verdict"]) == ["reproduced", "contradicted"]

@@ -85,6 +85,8 @@ def _n_text(n, unit) -> str:
     """The units behind an interval in words: "9 patients", "9 seeds", "9 patients x 3/3 seeds"."""
     import re
 
+    if str(unit) == "exact measurement":
+        return "exact"
     if not n or not np.isfinite(n):
         return ""
     unit = str(unit)
@@ -101,7 +103,7 @@ VERDICT_MARKS = {"reproduced": "✔ reproduced", "contradicted": "✘ contradict
 def table_at_a_glance(claims: pd.DataFrame) -> pd.DataFrame:
     """The poster's claims in one table a reader takes in within a minute: reported, ours with its interval, the
     verdict with a mark, and one short reason (why not measurable, or how our effect compares with the poster's)."""
-    poster = claims[claims["family"] == "poster"] if "family" in claims else claims
+    poster = claims[claims["family"].isin(("poster", "cost"))] if "family" in claims else claims
     label = poster["verdict"].str.split(":").str[0]
     reason = [v.split(": ", 1)[1] if lab == "not measurable" else (m if isinstance(m, str) and m else "")
               for v, lab, m in zip(poster["verdict"], label,
@@ -151,7 +153,9 @@ def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
                          f"{' and '.join(short)}, so those claims can be at best inconclusive, whatever the data.")
     for family, head in (("extension", "Beyond the poster (its own Holm family)"),
                          ("controls", "Controls: the synthetic arm against rebalancing without a generator (its own "
-                                      "Holm family)")):
+                                      "Holm family)"),
+                         ("cost", "The poster's cost columns as ratios (exact measurements, read against their "
+                                  "ranges; no test)")):
         ext = all_claims[all_claims["family"] == family] if "family" in all_claims else all_claims.iloc[:0]
         if len(ext):
             parts.append(f"{head}: " + "; ".join(f"{c}: {v}" for c, v in zip(ext["claim"], ext["verdict"])) + ".")
@@ -165,7 +169,8 @@ def summary_markdown(all_claims: pd.DataFrame, profile: str) -> str:
 PANELS = (("PSNR", "PSNR difference (dB), unit: test patients x training seeds", lambda t: t.startswith("PSNR")),
           ("SSIM", "SSIM difference, unit: test patients x training seeds", lambda t: t.startswith("SSIM")),
           ("judge Dice", "judge Dice difference on generated slices", lambda t: t.startswith("judge Dice")),
-          ("Dice", "Dice difference of the segmenters, unit: training seeds", lambda t: t.startswith("Dice")))
+          ("Dice", "Dice difference of the segmenters, unit: training seeds", lambda t: t.startswith("Dice")),
+          ("cost", "cost ratio a / b, exact measurement (log scale)", lambda t: t.startswith(("GFLOPs", "seconds"))))
 
 
 def _panel(claim: str) -> str:
@@ -192,7 +197,9 @@ def figure_claims(claims: pd.DataFrame, run_dir, *, seed: int = 0, name: str = "
             err = np.nan_to_num(np.vstack([t["estimate"] - t["lo"], t["hi"] - t["estimate"]]), nan=0.0)
             ax.errorbar(t["estimate"], y[sel.to_numpy()], xerr=err, fmt="o", color=color, label=lab, ms=4)
         ax.scatter(s["reported"], y, marker="D", facecolors="none", edgecolors="C3", label=LABEL, zorder=3)
-        ax.axvline(0, color="grey", lw=0.8)
+        ax.axvline(1 if panel == "cost" else 0, color="grey", lw=0.8)
+        if panel == "cost":
+            ax.set_xscale("log")
         ax.set_yticks(y, s["claim"], fontsize=7)
         ax.set_ylim(len(s) - 0.5, -0.5)
         ax.set_xlabel(xlabel, fontsize=8)
@@ -254,15 +261,9 @@ def table_segmentation(runs_root, seed: int = 0) -> pd.DataFrame:
 
 
 def table_cost_ratios(runs_root) -> pd.DataFrame:
-    """The poster's cost ratios beside ours (no threshold: the poster states none)."""
-    m = _metrics(runs_root, runs.BASELINE_COMPARISON)
-    timings = _json(runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON) / "metrics.json").get("timings", {})
-    ours = {}
-    for key in QUALITY_MODELS:
-        g = m.loc[(m.model == key) & (m.metric == "gflops_per_image"), "value"] if m is not None else []
-        ours[key] = {"gflops_per_image": float(g.iloc[0]) if len(g) else np.nan,
-                     "s_per_image": timings.get(key, {}).get("s_per_image", np.nan)}
-    t = cost_ratio_frame(ours)
+    """The poster's cost ratios beside ours (chapter 4's measurements, `claims.cost_values`); the cost claims of the
+    claims table read the same ratios against their ranges."""
+    t = cost_ratio_frame(C.cost_values(runs_root))
     return t.assign(**{c: t[c].map(sig) for c in ("reported ratio", "our ratio")}).set_index(["comparison", "metric"])
 
 

@@ -31,7 +31,7 @@ from difflung.core import runs
 from difflung.judging.criteria import read_criteria
 from difflung.judging.instruments import DICE_RATIO_MIN, read_signature
 from difflung.core.metrics_csv import read_metrics
-from difflung.judging.reported import CLAIMS, CONTROL_CLAIMS, EXTENSION_CLAIMS, POSTER_NAMES, Claim
+from difflung.judging.reported import CLAIMS, CONTROL_CLAIMS, COST_CLAIMS, EXTENSION_CLAIMS, POSTER_NAMES, Claim
 from difflung.judging.stats import Comparison, compare_generators, compare_seeds, judge_claims
 
 # synthetic arm -> the generator it paints with
@@ -160,6 +160,29 @@ def _quality(c: Claim, m4: pd.DataFrame, records: dict, measurable: dict | None 
                                           (bool(ok[0]), ok[1])))
 
 
+def cost_values(runs_root) -> dict[str, dict[str, float]]:
+    """generator -> {gflops_per_image, s_per_image} as chapter 4 measured them (NaN where it did not)."""
+    m = _metrics(runs_root, runs.BASELINE_COMPARISON)
+    path = runs.chapter_dir(runs_root, runs.BASELINE_COMPARISON) / "metrics.json"
+    timings = json.loads(path.read_text()).get("timings", {}) if path.is_file() else {}
+    out = {}
+    for key in ("pix2pix", "spade", "segguided", "difflung"):
+        g = m.loc[(m.model == key) & (m.metric == "gflops_per_image"), "value"] if m is not None else []
+        out[key] = {"gflops_per_image": float(g.iloc[0]) if len(g) else math.nan,
+                    "s_per_image": float(timings.get(key, {}).get("s_per_image", math.nan))}
+    return out
+
+
+def _cost(c: Claim, runs_root) -> Comparison:
+    """A cost claim: our ratio a / b (FLOPs counted, seconds a median of repeats) against its range."""
+    ours = cost_values(runs_root)
+    a, b = ours.get(c.a, {}).get(c.metric, math.nan), ours.get(c.b, {}).get(c.metric, math.nan)
+    if not (np.isfinite(a) and np.isfinite(b) and b > 0):
+        return Comparison(c.text, math.nan, reported=c.reported, measurable=False, unit="exact measurement",
+                          reason=f"chapter 4 has no {c.metric} of {c.a} and {c.b}")
+    return Comparison(c.text, a / b, reported=c.reported, exact_range=c.ratio_range, n=1, unit="exact measurement")
+
+
 def _judge_floors(runs_root, stem: str) -> dict | None:
     """A chapter's measurable classes (judge floors, HU signature) from its criteria.json; None without one."""
     try:
@@ -204,6 +227,8 @@ def comparisons(runs_root, seed: int = 0, claims=CLAIMS) -> list[Comparison]:
     for c in claims:
         if held is not None and c.cls not in ("all", *held):
             out.append(_missing(c, f"{c.cls} absent from this dataset"))
+        elif c.kind == "cost":
+            out.append(_cost(c, runs_root))
         elif c.kind == "image quality":
             out.append(_quality(c, m4, records) if m4 is not None else _missing(c, "chapter 4 did not run"))
         elif c.kind == "generation":
@@ -219,7 +244,8 @@ def comparisons(runs_root, seed: int = 0, claims=CLAIMS) -> list[Comparison]:
     return out
 
 
-FAMILIES = {"poster": CLAIMS, "extension": EXTENSION_CLAIMS, "controls": CONTROL_CLAIMS}  # Holm within each family
+FAMILIES = {"poster": CLAIMS, "extension": EXTENSION_CLAIMS, "controls": CONTROL_CLAIMS,  # Holm within each family
+            "cost": COST_CLAIMS}  # exact measurements: no test
 
 
 def judge_run(runs_root, seed: int = 0) -> pd.DataFrame:

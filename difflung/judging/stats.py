@@ -249,6 +249,7 @@ class Comparison:
     n: int = 0
     unit: str = ""
     convergence: str = ""
+    exact_range: tuple[float, float] | None = None  # an exact measurement (a cost ratio): the range it must lie in
 
     @property
     def valid(self) -> bool:
@@ -302,6 +303,8 @@ def verdict(c: Comparison, alpha: float = ALPHA) -> Verdict:
        for a non-inferiority claim);
     3. contradicted: Holm-adjusted p < alpha and the estimate on the other side;
     4. inconclusive: anything else (including no interval or no test, e.g. fewer than `MIN_SEEDS` seeds).
+    An exact measurement (`exact_range`: a cost ratio, FLOPs counted) has no sampling unit: reproduced when it lies
+    in the claim's range, else contradicted; "as reported" within a factor 2 of the poster's ratio.
     The Holm-adjusted p decides; since interval and p come from one t-statistic, a significant claim's interval
     lies wholly on its verdict's side (a Comparison where it does not is an error, not a verdict).
     """
@@ -309,6 +312,16 @@ def verdict(c: Comparison, alpha: float = ALPHA) -> Verdict:
         failed = [k for k, ok in (("instrument", c.instrument_ok), ("measurability", c.measurable)) if not ok]
         reason = c.reason or f"{', '.join(failed)} check failed"
         return Verdict("not measurable", f"not measurable: {reason}", reason, None)
+    if c.exact_range is not None:  # no sampling unit: the measured value against the claim's range, no test
+        lo, hi = c.exact_range
+        mag = None if not (np.isfinite(c.reported) and c.reported > 0 and c.estimate > 0) else (
+            MAGNITUDES[1] if 0.5 <= c.estimate / c.reported <= 2 else
+            MAGNITUDES[0] if c.estimate < c.reported else MAGNITUDES[2])
+        if not np.isfinite(c.estimate):
+            return Verdict("inconclusive", "inconclusive", "not measured", None)
+        why = f"an exact measurement ({c.estimate:.3g}x), no sampling unit: read against {lo:g} .. {hi:g}"
+        return (Verdict("reproduced", "reproduced", why, mag) if lo <= c.estimate <= hi else
+                Verdict("contradicted", "contradicted", why, mag))
     try:
         th = threshold(c.direction, c.margin)
     except ValueError as e:
