@@ -161,11 +161,23 @@ ch.show_judge(judged)
 # %% tags=["hide-input"]
 truthed = ch.truth(result.model_dir, classes=lesion_classes, dz_mm=ins.spacing[0], insert_steps=insert_steps,
                    jump_length=jump_length, jump_n_sample=jump_n_sample, margin_mm=margin_mm, seed=seed,
-                   device=device)
+                   device=device, study_dir=f"{run_dir}/reader_study")
 ch.table_truth(truthed)
 
 # %% tags=["remove-input"]
 ch.glue_facts(ch.truth_facts(truthed))
+
+# %% [markdown]
+# ### A reader study of these insertions
+#
+# Whether a radiologist can tell an inserted lesion from a rendered one is a reading, not a computation. The chapter
+# builds the kit: lesion-centred crops of the same slices from the rendered truth and from the insertion, windowed
+# alike and shuffled into one offline page (`reader_study.html` in this chapter's run folder, with its key apart in
+# `reader_study_key.json`; `python -m difflung reader-study --score answers.csv --key reader_study_key.json` scores
+# the readers' exported answers with binomial intervals).
+
+# %% tags=["hide-input"]
+ch.table_reader_study(ch.reader_study(run_dir, seed=seed))
 
 # %% [markdown]
 # The issue's targets on these patients: HU W1 to truth at most 30 HU is met for {glue:text}`truth_w1_met`

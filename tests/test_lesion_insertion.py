@@ -219,3 +219,23 @@ def test_scope_box_follows_z_continuity_and_truth():
     assert any("HU W1 at most 30 HU for fibrosis" in c for c in box.can)
     assert any("Inserted emphysema with the HU of the rendered truth" in c for c in box.cannot)
     assert any("30 points off" in c for c in box.cannot)
+
+
+def test_the_chapter_writes_a_reader_study_of_its_held_out_insertions(tmp_path):
+    from difflung.chapters import lesion_insertion as ch
+
+    rng = np.random.default_rng(0)
+    truth_hu = rng.normal(-850, 40, (6, 100, 100)).astype(np.float32)
+    inserted = truth_hu + 5
+    lesions = np.zeros(truth_hu.shape, bool)
+    lesions[1:4, 40:60, 70:95] = True  # near the edge: the crop is shifted inside the volume
+    for cls in ("ggo", "fibrosis"):
+        assert ch.study_crops(tmp_path / "reader_study", cls, truth_hu, inserted, lesions) == 3
+    crop = np.load(tmp_path / "reader_study" / "real" / "ggo" / "ggo_z001.npy")
+    assert crop.shape == (ch.STUDY_CROP, ch.STUDY_CROP) and np.array_equal(crop, truth_hu[1, 18:82, 36:100])
+    key = ch.reader_study(tmp_path, seed=0)
+    assert (tmp_path / "reader_study.html").is_file() and (tmp_path / "reader_study_key.json").is_file()
+    t = ch.table_reader_study(key)
+    assert t.to_dict() == {"rendered (truth)": {"fibrosis": 3, "ggo": 3}, "inserted": {"fibrosis": 3, "ggo": 3}}
+    page = (tmp_path / "reader_study.html").read_text()
+    assert "ggo_z001" not in page and "/real/" not in page  # nothing but the pixels tells the sides apart

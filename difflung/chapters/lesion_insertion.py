@@ -329,9 +329,50 @@ def truth_case(cls: int, *, dz_mm: float, fraction: float, seed: int, slices: in
     raise RuntimeError(f"no held-out phantom patient with {L.BY_ID[cls].name} in {max_tries} draws")
 
 
+STUDY_CROP = 64  # reader-study tiles: lesion-centred crops of this many pixels (1 mm each: 64 mm)
+STUDY_SLICES = 3  # per class: the slices holding most of the lesion
+
+
+def study_crops(study_dir, cls: str, truth_hu: np.ndarray, inserted_hu: np.ndarray, lesions: np.ndarray) -> int:
+    """Write lesion-centred crops of the same slices from the rendered truth (`real/<cls>/`) and the insertion
+    (`synthetic/<cls>/`) as .npy HU, the reader study's inputs; returns the crops written per side."""
+    per = lesions.reshape(len(lesions), -1).sum(1)
+    zs = [int(z) for z in np.argsort(-per, kind="stable")[:STUDY_SLICES] if per[z] > 0]
+    half = STUDY_CROP // 2
+    for side, vol in (("real", truth_hu), ("synthetic", inserted_hu)):
+        out = Path(study_dir) / side / cls
+        out.mkdir(parents=True, exist_ok=True)
+        for z in zs:
+            ys, xs = np.nonzero(lesions[z])
+            cy = int(np.clip(round(ys.mean()), half, vol.shape[1] - half))
+            cx = int(np.clip(round(xs.mean()), half, vol.shape[2] - half))
+            np.save(out / f"{cls}_z{z:03d}.npy", vol[z, cy - half:cy + half, cx - half:cx + half].astype(np.float32))
+    return len(zs)
+
+
+def reader_study(run_dir, *, seed: int) -> dict:
+    """The reader-study kit for the held-out insertions (`difflung.judging.reader_study.build_study`): the rendered
+    truth's lesion crops against the inserted ones at the same places, shuffled into `reader_study.html` with its
+    key apart (`reader_study_key.json`). The page is built here; the reading is a radiologist's."""
+    from difflung.judging.reader_study import build_study
+
+    root = Path(run_dir) / "reader_study"
+    return build_study(root / "real", root / "synthetic", Path(run_dir) / "reader_study.html",
+                       key=Path(run_dir) / "reader_study_key.json", size=192, per_volume=1, seed=seed,
+                       title="Inserted or rendered? Lesion crops of held-out phantom patients")
+
+
+def table_reader_study(key: dict) -> pd.DataFrame:
+    """The study's tiles per class and truth (counts only: the key stays apart from the page)."""
+    tiles = pd.DataFrame(key["tiles"].values())
+    t = tiles.groupby(["class", "truth"]).size().unstack("truth", fill_value=0)
+    return t.rename(columns={"real": "rendered (truth)", "synthetic": "inserted"})
+
+
 def truth(model_dir, *, classes, dz_mm: float, insert_steps: int, jump_length: int,
           jump_n_sample: int, margin_mm: float, seed: int, fraction: float = TRUTH_FRACTION,
-          slices: int = TRUTH_SLICES, pixel_mm: float = PATCH_SPACING_MM, device: str = "auto") -> pd.DataFrame:
+          slices: int = TRUTH_SLICES, pixel_mm: float = PATCH_SPACING_MM, device: str = "auto",
+          study_dir=None) -> pd.DataFrame:
     """Insertion against ground truth (`difflung.insertion.truth.truth_table`): per class, one held-out phantom
     patient (`truth_case`) rendered with and without its lesions; its lesion labels inserted into the lesion-free
     render by the chapter's patch model, and the same region repainted with no label (the null insertion, one
@@ -340,7 +381,8 @@ def truth(model_dir, *, classes, dz_mm: float, insert_steps: int, jump_length: i
     Args:
         model_dir: the patch model; classes: class names; dz_mm: slice spacing of the renders (the target scan's);
         fraction: the phantom's pathology knob; slices: slices per patient (`truth_case`); pixel_mm: the patch
-        model's spacing (the renders' pixel size); the rest as `insert_all`.
+        model's spacing (the renders' pixel size); study_dir: where `study_crops` writes the reader study's
+        crops (None: none); the rest as `insert_all`.
     """
     import torch
 
@@ -352,6 +394,10 @@ def truth(model_dir, *, classes, dz_mm: float, insert_steps: int, jump_length: i
                        margin_mm=margin_mm, spacing_mm=pixel_mm, seed=seed)
     device = resolve_device(device)
     unet, meta = load_model(model_dir, device=device)
+    if study_dir is not None:  # this run's crops only
+        import shutil
+
+        shutil.rmtree(study_dir, ignore_errors=True)
     tables = []
     for cls in (L.BY_NAME[c].id for c in classes):
         case = truth_case(cls, dz_mm=dz_mm, fraction=fraction, seed=seed, slices=slices, pixel_mm=pixel_mm)
@@ -360,6 +406,8 @@ def truth(model_dir, *, classes, dz_mm: float, insert_steps: int, jump_length: i
         null, _ = insert_into_case(case, unet, meta, cfg, torch.Generator().manual_seed(seed), null=True,
                                    device=device)
         t = truth_table(case, inserted, null, region, margin_mm=margin_mm).loc[[L.BY_ID[cls].name]]
+        if study_dir is not None:
+            study_crops(study_dir, L.BY_ID[cls].name, case.truth.hu, inserted, case.lesions == cls)
         lo, hi = sorted((t["seam_null"].iloc[0], t["seam_truth"].iloc[0]))
         t["seam_in_band"] = bool(lo <= t["seam_inserted"].iloc[0] <= hi)
         tables.append(t)
