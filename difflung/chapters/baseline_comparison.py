@@ -123,6 +123,8 @@ def open_comparison(runs_root, run_dir, *, seed: int, n_seeds: int = 1, min_seed
 
 def _main_model(cmp: Setup):
     """Chapter 3's Diff-Lung folder and TrainConfig when it fits this dataset and seed, else (None, None)."""
+    from dataclasses import fields
+
     from difflung.diffusion import TrainConfig
 
     ch3 = runs.main_model_dir(cmp.runs_root)
@@ -131,7 +133,8 @@ def _main_model(cmp: Setup):
     meta = json.loads((ch3 / "difflung_config.json").read_text())
     tc = meta.get("train_config", {})
     fits = (tc.get("strategy") == "cbmat" and tc.get("mask_mode") == "onehot" and tc.get("seed") == cmp.seed
-            and meta.get("dataset", {}).get("sha256") == cmp.dataset.manifest["splits"]["train"]["sha256"])
+            and meta.get("dataset", {}).get("sha256") == cmp.dataset.manifest["splits"]["train"]["sha256"]
+            and not set(tc) - {f.name for f in fields(TrainConfig)})  # a model of another difflung version: retrain
     return (ch3, TrainConfig(**tc)) if fits else (None, None)
 
 
