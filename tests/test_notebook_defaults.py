@@ -10,7 +10,7 @@ import jupytext
 import pytest
 
 from difflung.run import pipeline
-from difflung.run.profiles import common_values, load_profile
+from difflung.run.profiles import OWN_DATASET_NOTEBOOKS, common_values, load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = "smoke"
@@ -31,11 +31,17 @@ def parameter_defaults(path) -> dict:
     return out
 
 
+# a notebook that stands in for a chapter (chapter 1 on your own dataset) gets that chapter's section and run folder,
+# less the keys only the chapter's own notebook uses
+STANDS_IN = {own: (chapter, drop) for chapter, (own, drop) in OWN_DATASET_NOTEBOOKS.items()}
+
+
 def profile_values(profile: dict, stem: str, declared: set[str]) -> dict:
     """What the pipeline injects into notebook `stem`: common keys it declares, its section, run paths."""
+    chapter, drop = STANDS_IN.get(stem, (stem, set()))
     values = {k: v for k, v in common_values(profile).items() if k in declared}
-    values.update(profile["notebooks"].get(stem, {}))
-    run = {"profile": profile["name"], "runs_root": RUNS_ROOT, "run_dir": f"{RUNS_ROOT}/{stem}"}
+    values.update({k: v for k, v in profile["notebooks"].get(chapter, {}).items() if k not in drop})
+    run = {"profile": profile["name"], "runs_root": RUNS_ROOT, "run_dir": f"{RUNS_ROOT}/{chapter}"}
     values.update({k: v for k, v in run.items() if k in declared})
     return values
 
