@@ -128,6 +128,8 @@ def test_the_own_data_page_runs_end_to_end_on_the_standin(tmp_path):
     assert all(prov["notebooks"][s]["status"] == "ok" for s in prov["chapters"])
     claims = tmp_path / "runs" / "smoke" / "07_results" / "claims.csv"
     assert claims.is_file() and len(claims.read_text().splitlines()) > 5
+    src = own_dataset.describe(tmp_path / "runs" / "smoke")  # the banner every page of its book carries names it
+    assert src["name"] in pipeline.banner_text("smoke", tmp_path / "runs" / "smoke")
     gen = json.loads((tmp_path / "runs" / "mydata" / "generated" / "generated.json").read_text())
     assert gen["dataset"]["sha256"]
     img = sorted((tmp_path / "runs" / "mydata" / "generated" / "images").glob("*.nii.gz"))[0]
