@@ -190,7 +190,8 @@ def figure_claims(claims: pd.DataFrame, run_dir, *, seed: int = 0, name: str = "
         s = claims[claims["panel"] == panel].reset_index(drop=True)
         y = np.arange(len(s))
         ok = ~s["verdict"].str.startswith("not measurable")
-        for sel, color, lab in ((ok, "C0", f"ours ({CONFIDENCE} interval)"), (~ok, "0.6", "ours, not measurable")):
+        ours = "ours (exact measurement)" if panel == "cost" else f"ours ({CONFIDENCE} interval)"
+        for sel, color, lab in ((ok, "C0", ours), (~ok, "0.6", "ours, not measurable")):
             t = s[sel]
             if t.empty:
                 continue
