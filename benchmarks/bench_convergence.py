@@ -253,6 +253,7 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, sig, args) -> list[dict
         shutil.rmtree(out / "model", ignore_errors=True)  # every arm starts from step 0
         cpu = wall = 0.0
         rows, step = [], 0
+    tgt = target_rows(args)
     while step < args.horizon:
         step = min(max(step + args.eval_every, args.eval_from), args.horizon)
         c0, w0 = cpu_seconds(), time.perf_counter()
@@ -260,7 +261,6 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, sig, args) -> list[dict
         cpu, wall = cpu + cpu_seconds() - c0, wall + time.perf_counter() - w0
         evals = evaluate(out / "model", ds, judge, sig, args)
         primary = [e for e in evals if e["sampler"] == args.samplers[0]]
-        tgt = target_rows(args)
         stop = (any(matched(e, tgt and tgt.get((e["weights"], e["sampler"]))) for e in primary)
                 or cpu / 60 >= args.cap_min or step >= args.horizon)
         for e in evals:
@@ -275,6 +275,13 @@ def run_arm(label: str, rec: str, over: dict, ds, judge, sig, args) -> list[dict
         if stop:
             break
     return rows
+
+
+def logged_arms(out) -> dict[str, list[dict]]:
+    """{arm: its logged evaluations} of every arm with rows in `out` (arms may run in separate processes)."""
+    found = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+             for p in sorted(Path(out).glob("*/evals.jsonl"))}
+    return {k: v for k, v in found.items() if v}
 
 
 def matched_summary(arms: dict[str, list[dict]], target: str, last: dict) -> None:
@@ -370,11 +377,10 @@ def main(argv=None) -> None:
 
     specs = [parse_arm(a) for a in (args.arm or ["difflung", "parent"])]
     if args.report:
-        found = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
-                 for p in sorted(Path(args.out).glob("*/evals.jsonl"))}
-        summary({k: v for k, v in found.items() if v}, args.cap_min)
+        found = logged_arms(args.out)
+        summary(found, args.cap_min)
         if args.target:
-            matched_summary({k: v for k, v in found.items() if v}, args.target, target_rows(args))
+            matched_summary(found, args.target, target_rows(args))
         return
     ds = dataset(args)
     sig = signature(args)
@@ -394,9 +400,7 @@ def main(argv=None) -> None:
     arms = {label: run_arm(label, rec, over, ds, judge, sig, args) for label, rec, over in specs}
     summary(arms, args.cap_min)
     if args.target:
-        found = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
-                 for p in sorted(Path(args.out).glob("*/evals.jsonl"))}
-        matched_summary({**{k: v for k, v in found.items() if v}, **arms}, args.target, target_rows(args))
+        matched_summary({**logged_arms(args.out), **arms}, args.target, target_rows(args))
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ ch.table_labels()
 
 # %% tags=["hide-input"]
 signature = ch.own_hu_signature(ds, run_dir)
-ch.own_table_signature(signature)
+ch.table_signature(signature, size)
 
 # %% [markdown]
 # ## Class frequencies

@@ -16,7 +16,6 @@ import pandas as pd
 
 from difflung import labels as L
 from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
-from difflung.core.metrics_csv import write_metrics
 from difflung.data import masksynth, own_dataset, phantom_dataset as cohort, realct
 from difflung.data.dataset import Dataset, SPLITS, Volume, unwindow
 from difflung.data.phantom_dataset import frequency_pivot, hu_samples, not_measurable
@@ -49,9 +48,7 @@ def build_phantom(run_dir, *, n_patients: int, slices_per_patient: int, phantom_
                   seed: int) -> tuple[Dataset, list[Volume]]:
     """Draw the phantom cohort and write the dataset artifact (`phantom_dataset.build_phantom`); forget a prepared
     dataset an earlier run in this folder used (`--set dataset=`), so the pages say phantom again."""
-    from difflung.data.own_dataset import SOURCE_FILE
-
-    (Path(run_dir) / SOURCE_FILE).unlink(missing_ok=True)
+    (Path(run_dir) / own_dataset.SOURCE_FILE).unlink(missing_ok=True)
     return cohort.build_phantom(run_dir, n_patients=n_patients, slices_per_patient=slices_per_patient,
                                 phantom_size=phantom_size, size=size, seed=seed)
 
@@ -155,7 +152,8 @@ def table_signature(signature: pd.DataFrame, full_size: int) -> pd.DataFrame:
     size = int(signature["size"].iloc[0])
     thr = f"% < {I.EMPHYSEMA_THRESHOLD_HU:g} HU"
     out = pd.DataFrame({"class": signature["class"], "check": signature["check"]})
-    for tag, px in (("full", full_size), ("size", size)):
+    # a prepared dataset has no higher resolution than the run's: one set of columns
+    for tag, px in (("full", full_size), ("size", size))[1 if full_size == size else 0:]:
         out[f"{px} px: mean HU"] = signature[f"{tag}_mean_hu"].map(sig)
         out[f"{px} px: {thr}"] = signature[f"{tag}_share_below_threshold"].map(pct)
         out[f"{px} px: signature"] = [("kept" if ok else "lost") if chk != "none (anatomy)" else "no check"
@@ -482,17 +480,6 @@ def own_hu_signature(ds: Dataset, run_dir) -> pd.DataFrame:
     return sigtab
 
 
-def own_table_signature(signature: pd.DataFrame) -> pd.DataFrame:
-    """The signature check at the run's size: mean HU, share below the LAA threshold, kept or lost, per class."""
-    thr = f"% < {I.EMPHYSEMA_THRESHOLD_HU:g} HU"
-    out = pd.DataFrame({"class": signature["class"], "check": signature["check"],
-                        "mean HU": signature["size_mean_hu"].map(sig),
-                        thr: signature["size_share_below_threshold"].map(pct)})
-    out["signature"] = [("kept" if ok else "lost") if chk != "none (anatomy)" else "no check"
-                        for ok, chk in zip(signature["size_ok"], signature["check"])]
-    return out.set_index("class")
-
-
 def own_mask_synthesis(ds: Dataset, run_dir, *, boost: dict, seed: int, n_masks: int):
     """Chapter 1's mask synthesis on the dataset's training masks, boosting only the classes it holds."""
     held = {c: v for c, v in boost.items() if L.BY_NAME[c].id in ds.classes}
@@ -506,24 +493,9 @@ def own_absent_classes(ds: Dataset) -> list[str]:
 
 
 def own_write_metrics(run_dir, ds: Dataset, signature: pd.DataFrame, *, seed: int) -> pd.DataFrame:
-    """`<run_dir>/metrics.csv`: slices and patients per split, CBMAT's f_i, and each class's HU signature."""
-    rows = []
-    for s in SPLITS:
-        info = ds.manifest["splits"][s]
-        rows += [{"model": "dataset", "metric": "slices", "class": "all", "split": s, "value": info["n_slices"]},
-                 {"model": "dataset", "metric": "patients", "class": "all", "split": s,
-                  "value": len(info["patients"])}]
-    for r in frequency_table(ds).itertuples():
-        rows.append({"model": "dataset", "metric": "f_cbmat", "class": r[2], "split": r[1], "value": r[3]})
-    for r in signature.itertuples():
-        rows += [{"model": "dataset", "metric": "signature_mean_hu", "class": r[1], "split": "train",
-                  "value": r.size_mean_hu},
-                 {"model": "dataset", "metric": "signature_kept", "class": r[1], "split": "train",
-                  "value": float(r.size_ok)}]
-    for r in rows:
-        r["seed"] = seed
-    write_metrics(run_dir, rows)
-    return pd.DataFrame(rows)
+    """`<run_dir>/metrics.csv` as the phantom page writes it (`phantom_dataset.write_cohort_metrics`): frequencies
+    and slice counts per split and the HU signature, with no phantom HU checks."""
+    return cohort.write_cohort_metrics(run_dir, ds, {}, seed=seed, signature=signature, model="dataset")
 
 
 def own_scope(profile: str, ds: Dataset, signature: pd.DataFrame) -> Scope:

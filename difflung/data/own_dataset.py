@@ -76,8 +76,9 @@ def adopt(src, run_dir, *, size: int) -> Dataset:
         for s in SPLITS:
             name = ds.manifest["splits"][s]["file"]
             shutil.copyfile(ds.root / name, tmp / name)
+    path = Path(src).resolve()
     write_json_atomic(Path(run_dir) / SOURCE_FILE, {
-        "name": "/".join(Path(src).resolve().parts[-2:]), "path": str(Path(src).resolve()), "sha256": dataset_sha256(ds.root),
+        "name": "/".join(path.parts[-2:]), "path": str(path), "sha256": dataset_sha256(ds.root),
         "source": ds.manifest.get("source", ""), "size": ds.size})
     return Dataset(dest)
 
@@ -89,8 +90,8 @@ def describe(runs_root) -> dict | None:
 
 
 def patient_table(ds: Dataset):
-    """One row per patient of the artifact: split, slices kept, pixel spacing at the run's size and in-plane
-    spacing of the source, from the manifest (`prepare` records each case)."""
+    """One row per patient of the artifact: split, slices kept, the source volume's slice and in-plane spacing and
+    its lung volume, from the manifest (`prepare` records each case)."""
     import pandas as pd
 
     where = {p: s for s in SPLITS for p in ds.manifest["splits"][s]["patients"]}

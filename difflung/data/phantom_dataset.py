@@ -134,11 +134,12 @@ def frequency_pivot(freq: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def write_cohort_metrics(run_dir, ds: Dataset, checks: dict, *, seed: int, signature: pd.DataFrame | None = None,
-                         extra_rows=()) -> pd.DataFrame:
+                         extra_rows=(), model: str = "phantom") -> pd.DataFrame:
     """Write chapter 1's numbers to `<run_dir>/metrics.csv` (tidy long form: model, metric, class, seed, value)
-    and return them: the HU checks, the frequencies and slice counts per split, the HU signature, `extra_rows`."""
+    and return them: the HU checks, the frequencies and slice counts per split, the HU signature, `extra_rows`.
+    `model` names the dataset in the rows ("dataset" for a prepared one)."""
     def row(metric, cls, value):
-        return {"model": "phantom", "metric": metric, "class": cls, "seed": seed, "value": value}
+        return {"model": model, "metric": metric, "class": cls, "seed": seed, "value": value}
 
     rows = [row(k, "lung" if "lung" in k else "emphysema", v) for k, v in checks.items()]
     freq = frequency_table(ds)

@@ -313,12 +313,12 @@ def verdict(c: Comparison, alpha: float = ALPHA) -> Verdict:
         reason = c.reason or f"{', '.join(failed)} check failed"
         return Verdict("not measurable", f"not measurable: {reason}", reason, None)
     if c.exact_range is not None:  # no sampling unit: the measured value against the claim's range, no test
+        if not np.isfinite(c.estimate):
+            return Verdict("inconclusive", "inconclusive", "not measured", None)
         lo, hi = c.exact_range
         mag = None if not (np.isfinite(c.reported) and c.reported > 0 and c.estimate > 0) else (
             MAGNITUDES[1] if 0.5 <= c.estimate / c.reported <= 2 else
             MAGNITUDES[0] if c.estimate < c.reported else MAGNITUDES[2])
-        if not np.isfinite(c.estimate):
-            return Verdict("inconclusive", "inconclusive", "not measured", None)
         why = f"an exact measurement ({c.estimate:.3g}x), no sampling unit: read against {lo:g} .. {hi:g}"
         return (Verdict("reproduced", "reproduced", why, mag) if lo <= c.estimate <= hi else
                 Verdict("contradicted", "contradicted", why, mag))

@@ -66,8 +66,7 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
         kept = [s for s in old_meta.get("chapters", []) if s not in own]  # the other parts' chapters, as archived
         chapters = [s for s in chapters if s in own or s in kept]
     else:
-        own = kept = chapters
-        kept = []
+        own, kept = chapters, []
     failed = [s for s in own if prov.get("notebooks", {}).get(s, {}).get("status") != "ok"]
     if not own or failed:
         raise ArchiveError(f"{prov_path}: the run is not finished (not ok: {', '.join(failed) or 'no chapters'})")
