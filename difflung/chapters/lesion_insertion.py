@@ -366,7 +366,9 @@ def table_reader_study(key: dict) -> pd.DataFrame:
     """The study's tiles per class and truth (counts only: the key stays apart from the page)."""
     tiles = pd.DataFrame(key["tiles"].values())
     t = tiles.groupby(["class", "truth"]).size().unstack("truth", fill_value=0)
-    return t.rename(columns={"real": "rendered (truth)", "synthetic": "inserted"})
+    t = t.rename(columns={"real": "rendered (truth)", "synthetic": "inserted"})
+    t.columns.name = None  # the table's header is the two sides, not the key's field name
+    return t
 
 
 def truth(model_dir, *, classes, dz_mm: float, insert_steps: int, jump_length: int,
