@@ -48,6 +48,8 @@ steps = 200
 batch_size = 8
 lr = 0.002
 warmup = 20
+low_res_share = 0.0
+mixed_precision = "auto"
 n_test = 16
 sampler = "dpm"
 sampler_steps = 10
@@ -85,7 +87,8 @@ ch.figure_schedules(runs_root, run_dir, steps=steps, strategies=strategies, seed
 table(ch.train_strategies(runs_root, run_dir, steps=steps, batch_size=batch_size, preset=preset, lr=lr,
                           strategies=strategies, warmup=warmup, seed=seed, device=device, workers=workers,
                           judge_steps=judge_steps, n_val=n_val, curve_evals=curve_evals, sampler=sampler,
-                          sampler_steps=sampler_steps))
+                          sampler_steps=sampler_steps, low_res_share=low_res_share,
+                          mixed_precision=mixed_precision))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Training loss per strategy (running mean). Made by `difflung.chapters.ablation_study.figure_losses`.", "name": "ch2-losses"}}
 ch.figure_losses(run_dir, strategies=strategies, seed=seed)

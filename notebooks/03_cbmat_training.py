@@ -36,6 +36,8 @@ steps = 600
 batch_size = 8
 lr = 0.002
 warmup = 20
+low_res_share = 0.0
+mixed_precision = "auto"
 n_samples = 6
 n_test = 16
 sampler = "dpm"
@@ -58,7 +60,7 @@ ch.glue_facts(ch.page_facts())
 # %% tags=["hide-input"]
 result = ch.train_main(runs_root, steps=steps, batch_size=batch_size, preset=preset, lr=lr, warmup=warmup, seed=seed,
                        device=device, judge_steps=judge_steps, n_val=n_val, curve_evals=curve_evals, sampler=sampler,
-                       sampler_steps=sampler_steps)
+                       sampler_steps=sampler_steps, low_res_share=low_res_share, mixed_precision=mixed_precision)
 ch.write_cost(result, run_dir)
 table(ch.table_training(result))
 

@@ -87,7 +87,8 @@ def figure_schedules(runs_root, run_dir, *, steps: int, strategies=STRATEGIES, s
 def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset: str = "small", lr: float = 1e-4,
                      warmup: int | None = None, seed: int = 0, strategies=STRATEGIES, device: str = "auto",
                      workers: int = 1, judge_steps: int = 300, n_val: int = 8, curve_evals: int = 4,
-                     sampler: str = "dpm", sampler_steps: int = 10) -> pd.DataFrame:
+                     sampler: str = "dpm", sampler_steps: int = 10, low_res_share: float = 0.0,
+                     mixed_precision: str = "auto") -> pd.DataFrame:
     """Train (or reuse) one model per strategy with the same data, budget and seed, each scored on the validation
     split `curve_evals` times while it trains (`difflung.training_curves`, one budget: whether it plateaued is
     shown, not acted on here; chapter 4 trains generators on).
@@ -95,7 +96,8 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
     Args:
         runs_root: folder of the profile's runs (holds chapter 1's dataset).
         run_dir: this chapter's folder; models go to `<run_dir>/models/<strategy>/`.
-        steps, batch_size, preset, lr, warmup: `TrainConfig` fields shared by every strategy.
+        steps, batch_size, preset, lr, warmup, low_res_share, mixed_precision: `TrainConfig` fields shared by
+            every strategy.
         seed: training seed (weights, data order, ablation and noise draws), the same for every strategy.
         strategies: which strategies to train (registry keys of `difflung.generators`).
         device: "auto", "cpu" or "cuda".
@@ -110,7 +112,8 @@ def train_strategies(runs_root, run_dir, *, steps: int, batch_size: int, preset:
 
     ds, dev = open_dataset(runs_root), resolve_device(device)
     cfgs = {s: diffusion_config(s, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                                seed=seed) for s in strategies}
+                                low_res_share=low_res_share, mixed_precision=mixed_precision, seed=seed)
+            for s in strategies}
     curves = run_jobs(train_curve, [common.curve_job(
         runs_root, s, cfgs[s], runs.model_dir(run_dir, s), judge_steps=judge_steps, seed=seed, n_val=n_val,
         curve_evals=curve_evals, max_budgets=1, sampler=sampler, sampler_steps=sampler_steps, device=dev)

@@ -69,14 +69,15 @@ def train_facts(result: TrainResult) -> dict:
 def train_main(runs_root, *, steps: int, batch_size: int, preset: str = "small", lr: float = 1e-4,
                warmup: int | None = None, seed: int = 0, device: str = "auto", judge_steps: int = 300,
                n_val: int = 8, curve_evals: int = 4, sampler: str = "dpm", sampler_steps: int = 10,
-               compile: bool = False) -> TrainResult:
+               low_res_share: float = 0.0, mixed_precision: str = "auto", compile: bool = False) -> TrainResult:
     """Train (or reuse) Diff-Lung with CBMAT on the training split: one-hot masks, cosine-annealed 1 - f_i, scored on
     the validation split `curve_evals` times while it trains (`difflung.training_curves`; chapter 4 reads that curve
     and trains it on when it has not plateaued).
 
     Args:
         runs_root: the profile's runs folder (chapter 1's dataset); the model goes to `runs.main_model_dir`.
-        steps, batch_size, preset, lr, warmup: `TrainConfig` fields (the profile's). seed: training seed.
+        steps, batch_size, preset, lr, warmup, low_res_share, mixed_precision: `TrainConfig` fields (the
+            profile's). seed: training seed.
         device: "auto" (GPU when there is one), "cpu" or "cuda"; bf16 and channels_last on GPU.
         judge_steps, n_val, curve_evals, sampler, sampler_steps: how the curve is scored. compile: torch.compile
             on GPU.
@@ -87,7 +88,7 @@ def train_main(runs_root, *, steps: int, batch_size: int, preset: str = "small",
 
     dev = resolve_device(device)
     cfg = diffusion_config(MODEL, preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                           seed=seed, compile=compile)
+                           low_res_share=low_res_share, mixed_precision=mixed_precision, seed=seed, compile=compile)
     ds, main = Dataset(runs.phantom_dataset_dir(runs_root)), runs.main_model_dir(runs_root)
     shared = runs.model_dir(runs.chapter_dir(runs_root, runs.MASK_ABLATION), "cbmat")
     if not trained_with(main, ds, cfg) and trained_with(shared, ds, cfg):
@@ -110,7 +111,8 @@ RECIPE_NAMES = {"lr": "learning rate (AdamW)", "warmup": "warm-up steps", "predi
                 "snr_gamma": "min-SNR loss weighting (gamma)", "ema_decay": "EMA of the weights (decay)",
                 "batch_size": "batch size", "mixed_precision": "precision", "weight_decay": "weight decay",
                 "grad_clip": "gradient clipping (max norm)",
-                "low_t_share": "share of timesteps from the least noisy tenth"}
+                "low_t_share": "share of timesteps from the least noisy tenth",
+                "low_res_share": "share of the steps trained at half the size (progressive resolution)"}
 
 
 def _setting(key: str, value) -> str:

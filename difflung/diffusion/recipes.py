@@ -33,7 +33,7 @@ from difflung.diffusion.train import TrainConfig
 RECIPES: dict[str, dict] = {
     "parent": {"lr": 1e-4, "warmup": 500, "prediction_type": "epsilon", "snr_gamma": None, "ema_decay": None,
                "batch_size": 16, "mixed_precision": "no", "weight_decay": 1e-2, "grad_clip": 1.0,
-               "low_t_share": 0.0},  # timesteps uniform over the schedule
+               "low_t_share": 0.0, "low_res_share": 0.0},  # timesteps uniform, every step at full size
     "difflung": {"lr": 2e-3, "warmup": None, "prediction_type": "v_prediction", "snr_gamma": 5.0,
                  "ema_decay": 0.999, "batch_size": 8, "mixed_precision": "auto", "weight_decay": 1e-2,
                  "grad_clip": 1.0, "low_t_share": 0.5},

@@ -28,7 +28,7 @@ from difflung.core.provenance import REPO_ROOT
 
 PROFILE_DIR = REPO_ROOT / "profiles"
 # `common`'s groups and the keys each may hold: settings several chapters share, written once per profile
-GROUPS = {"diffusion": ("preset", "steps", "batch_size", "lr", "warmup"),
+GROUPS = {"diffusion": ("preset", "steps", "batch_size", "lr", "warmup", "low_res_share", "mixed_precision"),
           "sampling": ("sampler", "sampler_steps", "sample_seeds", "n_test"),
           "plateau": ("curve_evals", "max_budgets", "n_val")}
 
