@@ -71,6 +71,12 @@ def test_parts_are_archived_one_by_one_into_one_archive(tmp_path):
     assert meta["total_wall_s"] == 180.0 and meta["notes"] == {"gen": "part 1"}
     ref = archive.load_reference(tmp_path / "reference")
     assert ref.provenance["notebooks"]["01_a"]["wall_s"] == 60.0 and set(ref.provenance["parts"]) == {"gen", "seg"}
+    # a part run at another revision does not join the archive: the parts of a run share one revision
+    prov["notebooks"]["02_b"]["git_revision"] = "abc123"
+    prov_path.write_text(json.dumps(prov))
+    with pytest.raises(archive.ArchiveError, match="holds 01_a of revision unknown, and part 'seg' was run at abc123"):
+        archive.archive_run("laptop", runs_dir=runs, out_dir=tmp_path / "reference", part="seg")
+    assert json.loads((dest / "archive.json").read_text()) == meta  # unchanged
 
 
 def test_unfinished_or_oversized_runs_are_refused_and_nothing_written(tmp_path, monkeypatch):

@@ -71,6 +71,14 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
     if not own or failed:
         raise ArchiveError(f"{prov_path}: the run is not finished (not ok: {', '.join(failed) or 'no chapters'})")
     old_prov = json.loads((dest / "provenance.json").read_text()) if kept else {}
+    if kept:  # a run in parts is one run: every part at the same code revision
+        revision = lambda provenance, stems: sorted({str(provenance.get("notebooks", {}).get(s, {})  # noqa: E731
+                                                          .get("git_revision", "unknown")) for s in stems})
+        mine, theirs = revision(prov, own), revision(old_prov, kept)
+        if mine != theirs:
+            raise ArchiveError(f"{dest}: holds {', '.join(kept)} of revision {', '.join(theirs)}, and part {part!r} "
+                               f"was run at {', '.join(mine)}; the parts of a run share one code revision: archive "
+                               "into an empty folder (--out) or run the other parts again at this revision")
     # the provenance of each chapter where it was made: this run for the part's chapters, the archive for the rest
     notebooks = {s: (old_prov.get("notebooks", {}).get(s, {}) if s in kept else prov["notebooks"][s]) for s in chapters}
     prov = {**prov, "notebooks": notebooks, "chapters": chapters,
