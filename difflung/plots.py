@@ -102,6 +102,19 @@ def table(df, digits: int = 3, percent=(), hide_index: bool = False):
     return st.hide(axis="index") if hide_index else st
 
 
+def footnoted(df: pd.DataFrame, columns, *, name: str = "notes", sep: str = "; ") -> tuple[pd.DataFrame, str]:
+    """Long texts that repeat down a table, written once under it: each cell of `columns` is split at `sep` into
+    notes, each distinct note numbered in order of first use, and the columns replaced by one column `name` holding
+    the numbers ("1, 3"). Returns (the table, the notes as a Markdown numbered list; "" when there are none)."""
+    numbers: dict[str, int] = {}
+    marks = []
+    for row in df[list(columns)].itertuples(index=False):
+        items = [t.strip() for cell in row if isinstance(cell, str) for t in cell.split(sep) if t.strip()]
+        marks.append(", ".join(str(numbers.setdefault(t, len(numbers) + 1)) for t in dict.fromkeys(items)))
+    out = df.drop(columns=list(columns)).assign(**{name: marks})
+    return out, "\n".join(f"{i}. {t}" for t, i in numbers.items())
+
+
 def legend_handles(ids):
     from matplotlib.patches import Patch
 

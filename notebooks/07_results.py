@@ -77,7 +77,8 @@ ch.figure_claims(glance, run_dir, seed=seed, name="claims_at_a_glance.png")
 # ## The poster's claims in this run
 
 # %% tags=["hide-input"]
-table(ch.table_claims(claims))
+shown, notes = ch.table_claims(claims)
+display(table(shown), Markdown(notes))
 
 # %% tags=["remove-input"]
 Markdown(ch.summary_markdown(claims, profile))
@@ -95,7 +96,8 @@ ch.figure_claims(claims, run_dir, seed=seed)
 # %% tags=["remove-input"]
 display(Markdown(ch.reference_markdown(ref)))
 if ref_claims is not None:
-    display(table(ch.table_claims(ref_claims)))
+    ref_shown, ref_notes = ch.table_claims(ref_claims)
+    display(table(ref_shown), Markdown(ref_notes))
 
 # %% [markdown]
 # ## Image quality and cost (chapter 4)

@@ -132,7 +132,7 @@ def test_comparisons_one_rule_holm_and_validity(tmp_path):
     assert t.loc["Dice emphysema: oversample-UNet > ref-UNet", "verdict"] == "contradicted"
     assert t.loc["Dice ggo: oversample-UNet > ref-UNet", "verdict"] == "not measurable: no ggo in the test truth"
     # Seg-Guided has no convergence record: a note beside its verdict, never a gate
-    assert r["training notes (not a gate)"].startswith("segguided has no convergence")
+    assert r["training notes (not a gate)"] == "Seg-Guided has no convergence record (chapter 4 wrote no criteria)"
     assert t.loc["Dice lung: oversample-UNet > ref-UNet", "verdict"] == "inconclusive"  # a tie: no evidence
     tested = t["p (Holm)"].notna()
     # Holm over the 2 tested emphysema comparisons only (lung ties and ggo, not measurable, are not counted)
@@ -165,7 +165,7 @@ def test_non_converged_generator_gets_a_verdict_and_lost_signature_is_not_measur
     t = ch5.table_comparisons(run_dir, runs_root=root).set_index("comparison")
     r = t.loc["Dice lung: Diff-Lung-UNet > oversample-UNet"]  # a tie on lung, but judged, not gated
     assert r.verdict == "inconclusive" and r["training notes (not a gate)"] == (
-        "difflung did not meet its convergence criteria (chapter 3 (03_cbmat_training))")
+        "Diff-Lung (CBMAT) did not meet its convergence criteria (chapter 3)")
     assert t.loc["Dice emphysema: oversample-UNet > ref-UNet", "verdict"] == (
         "not measurable: at 32 px: HU signature lost")
     assert t.loc[("Dice emphysema: oversample-UNet > ref-UNet"), "p (Holm)"] != t.loc[

@@ -96,3 +96,15 @@ def test_results_at_a_glance_marks_verdicts_and_says_why():
     assert t.loc["a > b", "ours [95 % interval]"] == "2.00 [1.50, 2.50]"
     text, shown = r.glance_source(None, claims, None, "smoke")
     assert shown is claims and "no reference run" in text
+
+    # the full table: reasons and training notes numbered once under it, not repeated down its rows
+    claims["unit"], claims["n"], claims["p (Holm)"] = "training seeds", 9, [0.01, 0.4, np.nan, 0.02]
+    claims["convergence"] = ["SPADE missed its convergence criteria", "", "SPADE missed its convergence criteria; "
+                             "Pix2Pix still improving at 3x its budget", np.nan]
+    full, notes = r.table_claims(claims)
+    assert list(full.columns) == ["reported", "ours [interval]", "n", "p (Holm)", "verdict", "magnitude", "notes"]
+    assert full["notes"].tolist() == ["1", "", "2, 1, 3", ""] and full.loc["e > f", "verdict"] == "not measurable"
+    assert full["ours [interval]"].tolist() == ["2.00 [1.50, 2.50]", "0.100 [-0.200, 0.400]", "n/a", "0.200 [0.100, 0.300]"]
+    assert notes.endswith("1. SPADE missed its convergence criteria\n2. judge below its floor\n"
+                          "3. Pix2Pix still improving at 3x its budget")
+    assert r.table_claims(claims.assign(convergence="", verdict="inconclusive"))[1] == ""

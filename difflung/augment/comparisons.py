@@ -22,6 +22,7 @@ import pandas as pd
 from difflung import labels as L
 from difflung.augment.arms import ARMS, CONTROL_ARMS, SYNTHETIC_ARMS, arm_label, arm_order, dose_share
 from difflung.core import runs
+from difflung.generators import display_name
 from difflung.judging import stats
 from difflung.judging.stats import compare_to_reference
 
@@ -93,17 +94,17 @@ def arm_convergence(runs_root, arms, dataset: str = "phantom") -> dict[str, tupl
         if spec is None or spec.extra != "synthetic":
             out[arm] = (True, "")
             continue
-        path, where = Path(runs_root) / spec.criteria / CRITERIA_FILE, f"{spec.criteria}/{CRITERIA_FILE}"
+        path = Path(runs_root) / spec.criteria / CRITERIA_FILE
+        name, chapter = display_name(spec.generator), spec.producer.split(" (")[0]  # the reader's words, no ids
         if dataset != "phantom":
-            out[arm] = (False, f"no convergence criteria are measured for a {spec.generator} model trained on "
-                               f"{dataset} data")
+            out[arm] = (False, f"no convergence criteria are measured for a {name} model trained on {dataset} data")
         elif not path.is_file():
-            out[arm] = (False, f"{spec.generator} has no convergence record ({where} missing)")
+            out[arm] = (False, f"{name} has no convergence record ({chapter} wrote no criteria)")
         else:
             conv = read_criteria(path.parent)["converged"]
             out[arm] = ((True, "") if conv.get(spec.generator) else
-                        (False, f"{spec.generator} did not meet its convergence criteria ({spec.producer})"
-                         if spec.generator in conv else f"{spec.generator} not recorded in {where}"))
+                        (False, f"{name} did not meet its convergence criteria ({chapter})"
+                         if spec.generator in conv else f"{name} has no convergence record in {chapter}"))
     return out
 
 

@@ -19,7 +19,7 @@ from difflung.core import runs
 from difflung.run.archive import load_reference
 from difflung.generators import display_name
 from difflung.core.metrics_csv import read_metrics
-from difflung.plots import interval, plt, save_figure, sig
+from difflung.plots import footnoted, interval, plt, save_figure, sig
 from difflung.judging.reported import IMAGE_QUALITY, LABEL, SEGMENTATION_DICE, cost_ratio_frame
 from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 from difflung.judging import stats
@@ -64,21 +64,29 @@ def judge(runs_root, run_dir, seed: int = 0) -> pd.DataFrame:
     return C.write_claims(runs_root, run_dir, seed)[0]
 
 
-def table_claims(claims: pd.DataFrame) -> pd.DataFrame:
+def table_claims(claims: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The claims for the page: ours with its interval and unit, the poster's effect, Holm p, the verdict with its
-    magnitude note, and the convergence note (never a gate)."""
+    magnitude note; why a claim is not measurable and the training notes (never a gate) are numbered notes written
+    once under the table (`plots.footnoted`), not repeated down it. Returns (the table, the notes in Markdown)."""
+    label = claims["verdict"].str.split(": ", n=1).str[0]
     out = pd.DataFrame({
         "claim": claims["claim"],
         "reported": [sig(v) for v in claims["reported"]],
-        "ours [interval]": [_ci(e, lo, hi) for e, lo, hi in zip(claims["estimate"], claims["lo"], claims["hi"])],
+        # a claim whose instrument failed shows no number, here as at a glance and in the chapters
+        "ours [interval]": ["n/a" if lab == "not measurable" else _ci(e, lo, hi)
+                            for e, lo, hi, lab in zip(claims["estimate"], claims["lo"], claims["hi"], label)],
         "n": [_n_text(n, u) for n, u in zip(claims["n"], claims["unit"])],
         "p (Holm)": [sig(p) if np.isfinite(p) else "" for p in claims["p (Holm)"]],
-        "verdict": claims["verdict"],
+        "verdict": label,
         # an archive written before the magnitude and convergence notes has neither column
         "magnitude": claims["magnitude"].fillna("") if "magnitude" in claims else "",
-        "training notes (not a gate)": claims["convergence"].fillna("") if "convergence" in claims else "",
-    })
-    return out.set_index("claim")
+        "why": [v.split(": ", 1)[1] if lab == "not measurable" and ": " in v else ""
+                for v, lab in zip(claims["verdict"], label)],
+        "training": claims["convergence"].fillna("") if "convergence" in claims else "",
+    }).set_index("claim")
+    shown, notes = footnoted(out, ["why", "training"], name="notes")
+    return shown, (f"**Notes** (why a claim is not measurable; how its generators' training ended, never a gate):"
+                   f"\n\n{notes}" if notes else "")
 
 
 def _n_text(n, unit) -> str:
