@@ -120,6 +120,45 @@ def _claims_section(folder: Path) -> list[str]:
     return lines
 
 
+def _md_table(df: pd.DataFrame) -> list[str]:
+    """A frame as Markdown table rows (its index, when named, as the first columns)."""
+    d = df.reset_index() if any(df.index.names) else df
+    return (["| " + " | ".join(map(str, d.columns)) + " |", "|" + "---|" * len(d.columns)]
+            + ["| " + " | ".join(map(str, row)) + " |" for row in d.itertuples(index=False)])
+
+
+def _training_section(folder: Path) -> list[str]:
+    """Chapter 4: how each generator's training ended (plateau rule, budgets, steps, CPU) and its realism per
+    training seed and pooled (`baseline_comparison.table_realism_by_seed`, the chapter's own table)."""
+    from difflung.chapters.baseline_comparison import table_realism_by_seed
+    from difflung.generators import display_name
+    from difflung.judging.plateau import status
+
+    stem = "04_baseline_comparison"
+    plat = _json(folder / stem, "training_plateau.json")
+    curves, cpu = (pd.read_csv(folder / stem / f) for f in ("training_curves.csv", "training_cpu.csv"))
+    b = plat["budget"]
+    lines = ["## Chapter 4: how each generator's training ended", "",
+             f"From `{stem}/training_plateau.json`, `training_curves.csv` and `training_cpu.csv` (a budget is "
+             f"{b['steps']} steps of batch {b['batch_size']}, at most {b['max_budgets']} budgets; rule: {plat['rule']};"
+             f" score: {plat['score']}).", "",
+             "| generator | training seed | budgets | steps | last validation score (SE) | training CPU min | ended |",
+             "|---|---|---|---|---|---|---|"]
+    for key, seeds in plat["curves"].items():
+        for seed, r in seeds.items():
+            c = curves[(curves["model"] == key) & (curves["seed"] == int(seed))].sort_values("step")
+            m = cpu[(cpu["model"] == key) & (cpu["seed"] == int(seed))]
+            last = c.iloc[-1]
+            lines.append(f"| {display_name(key)} | {seed} | {r['budgets']} | {int(last['step'])} | "
+                         f"{_num(last['score'])} ({_num(last['se'])}) | {_num(m['cpu_min'].max())} | "
+                         f"{status(r['plateaued'], r['budgets'], b['max_budgets'])} |")
+    lines += ["", "## Chapter 4: realism per generator and training seed", "",
+              f"From `{stem}/metrics.csv` (`difflung.chapters.baseline_comparison.table_realism_by_seed`, the "
+              "chapter's table): judge Dice ratio per measurable class and PSNR on the test patients, mean with its "
+              "patient interval per training seed; pooled over seeds with a t-interval over training seeds.", ""]
+    return lines + _md_table(table_realism_by_seed(folder / stem)) + [""]
+
+
 def _wrap(line: str) -> str:
     """Prose and list items wrapped at 116 characters (table rows and headings as they are)."""
     if line.startswith(("|", "#", "<!--")) or len(line) <= 116:
@@ -143,6 +182,8 @@ def generated_part(folder: Path | str) -> str:
     if (folder / "04_baseline_comparison" / "criteria.json").is_file():
         lines += _criteria_section(folder, "04_baseline_comparison", "Chapter 4's generators (main training seed)",
                                    False)
+    if (folder / "04_baseline_comparison" / "training_plateau.json").is_file():
+        lines += _training_section(folder)
     lines += _claims_section(folder)
     return "\n".join(_wrap(line) for line in lines)
 

@@ -69,3 +69,24 @@ def test_a_run_in_parts_lists_each_parts_wall_time_and_revision():
     lines = W._run_section(meta, prov)
     assert "| gen | 01_a | 10.0 min | aaaaaaaaaaaa |  |" in lines
     assert "| seg | 02_b | 90.0 min | aaaaaaaaaaaa | resumed once |" in lines
+
+
+def test_chapter_4_training_and_realism_per_seed_come_from_the_archive(tmp_path):
+    folder = tmp_path / "laptop"
+    shutil.copytree(REPO / "reference" / "laptop", folder)
+    ch4 = folder / "04_baseline_comparison"
+    (ch4 / "training_plateau.json").write_text(json.dumps({
+        "rule": "the rule", "score": "the score", "budget": {"steps": 4000, "batch_size": 8, "max_budgets": 3},
+        "curves": {"spade": {"0": {"plateaued": True, "budgets": 1}, "1": {"plateaued": False, "budgets": 3}}}}))
+    (ch4 / "training_curves.csv").write_text("model,seed,phase,step,images,score,se,patients\n"
+                                             "spade,0,1,4000,32000,0.61,0.02,9\nspade,1,1,4000,32000,0.4,0.03,9\n"
+                                             "spade,1,3,12000,96000,0.5,0.01,9\n")
+    (ch4 / "training_cpu.csv").write_text("model,seed,step,cpu_s,wall_s,cpu_min\nspade,0,4000,60,60,4\n"
+                                          "spade,1,4000,60,60,4\nspade,1,12000,120,120,30\n")
+    text = W.notes_text(folder, (folder / "NOTES.md").read_text())
+    assert "| SPADE | 0 | 1 | 4000 | 0.61 (0.02) | 4 | plateaued at the budget |" in text
+    assert "| SPADE | 1 | 3 | 12000 | 0.5 (0.01) | 30 | still improving at 3x budget |" in text
+    assert "a budget is 4000 steps of batch 8, at most 3 budgets; rule: the rule; score: the score" in " ".join(text.split())
+    realism = text.split("## Chapter 4: realism per generator and training seed", 1)[1].split("## Claims", 1)[0]
+    assert "| model | training seed | judge Dice ratio, airway | judge Dice ratio, body |" in realism
+    assert "| SPADE | all 3 |" in realism and realism.count("| Diff-Lung (CBMAT) |") == 4  # 3 seeds and pooled
