@@ -57,7 +57,8 @@ def page_facts() -> dict:
 
     return {"n_timesteps": NOISE_SCHEDULE["num_train_timesteps"], "beta_schedule": NOISE_SCHEDULE["beta_schedule"],
             "parent_recipe": _recipe_words(recipe("parent")), "lung_window": window_name(),
-            "anatomy_floor": instruments.JUDGE_FLOOR_ANATOMY, "rare_floor": instruments.JUDGE_FLOOR_RARE}
+            "anatomy_floor": instruments.JUDGE_FLOOR_ANATOMY, "rare_floor": instruments.JUDGE_FLOOR_RARE,
+            "dice_ratio_min": instruments.DICE_RATIO_MIN}
 
 
 def train_facts(result: TrainResult) -> dict:
