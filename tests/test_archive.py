@@ -131,3 +131,15 @@ def test_results_page_names_the_reference_run_and_its_note(tmp_path):
     ref.code_changed, ref.changed_files = True, ["difflung/a.py", "difflung/b.py"]
     assert "has changed since" in reference_markdown(ref) and "Changed since: `difflung/a.py`, `difflung/b.py`." \
         in reference_markdown(ref)
+
+
+def test_results_page_lists_the_parts_of_a_run_in_the_order_they_ran():
+    from difflung.chapters.results import _parts_text
+
+    assert _parts_text({}) == ""
+    meta = {"parts": {"baselines": {"chapters": ["04_b"], "wall_s": 6000.0, "started": "2026-12-07T23:00:00Z"},
+                      "generators": {"chapters": ["01_a", "02_b", "03_c"], "wall_s": 2580.0,
+                                     "started": "2026-12-07T22:13:00Z"}},
+            "notes": {"baselines": "beside a benchmark."}}
+    assert _parts_text(meta) == (" It ran in 2 parts, each in one sitting: generators (chapters 1, 2, 3, 43 min); "
+                                 "baselines (chapters 4, 100 min; beside a benchmark).")

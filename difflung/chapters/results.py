@@ -302,7 +302,19 @@ def reference_markdown(ref) -> str:
     wall = ref.meta.get("total_wall_s")
     return (f"Archived reference run: **{ref.label}** ({len(ref.meta.get('chapters', []))} chapters"
             + (f", {wall / 60:.0f} min of wall time" if wall else "") + f").{stale}"
-            + (f" {ref.meta['note'].rstrip('.')}." if ref.meta.get("note") else ""))
+            + (f" {ref.meta['note'].rstrip('.')}." if ref.meta.get("note") else "") + _parts_text(ref.meta))
+
+
+def _parts_text(meta: dict) -> str:
+    """A run made in parts (`run --part`): each part's chapters, wall time and note, in the order they ran."""
+    parts = meta.get("parts") or {}
+    if not parts:
+        return ""
+    notes = meta.get("notes", {})
+    each = [f"{name} (chapters {', '.join(s.split('_')[0].lstrip('0') for s in p['chapters'])}, "
+            f"{p.get('wall_s', 0.0) / 60:.0f} min" + (f"; {notes[name].rstrip('.')}" if notes.get(name) else "") + ")"
+            for name, p in sorted(parts.items(), key=lambda kv: str(kv[1].get("started", "")))]
+    return f" It ran in {len(parts)} parts, each in one sitting: {'; '.join(each)}."
 
 
 def provenance_table(runs_root) -> pd.DataFrame:
