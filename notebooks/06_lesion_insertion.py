@@ -47,6 +47,7 @@ jump_length = 5
 jump_n_sample = 1
 margin_mm = 2.0
 patch_judge_steps = 0
+truth_patients = 1  # held-out phantom patients per class for the ground-truth comparison
 
 # %% tags=["remove-input"]
 from difflung.chapters import lesion_insertion as ch
@@ -150,9 +151,9 @@ ch.show_judge(judged)
 # ### Against ground truth
 #
 # The phantom can render one patient with and without its lesions: the same anatomy, vessels and noise voxel for
-# voxel (`difflung.insertion.truth`). For each class, one held-out phantom patient (drawn from streams no training
-# patient uses), at the patch spacing and `lung2`'s slice spacing, is cut to the few slices holding most of the
-# class; its lesion labels are inserted into the lesion-free render by this chapter's model and compared with the
+# voxel (`difflung.insertion.truth`). For each class, {glue:text}`truth_patients` held-out phantom patient(s) (drawn
+# from streams no training patient uses, each with its own sampling seed), at the patch spacing and `lung2`'s slice
+# spacing, are cut to the few slices holding most of the class; its lesion labels are inserted into the lesion-free render by this chapter's model and compared with the
 # render that has them, inside the lesions: HU W1 to truth (and of the lesion-free render, the do-nothing
 # reference), mean HU, LAA-950 (share below -950 HU), texture spread and z-continuity. The same region repainted
 # with no lesion label (the null insertion) gives the seam score's floor; the truth render's own seam is the
@@ -161,7 +162,7 @@ ch.show_judge(judged)
 # %% tags=["hide-input"]
 truthed = ch.truth(result.model_dir, classes=lesion_classes, dz_mm=ins.spacing[0], insert_steps=insert_steps,
                    jump_length=jump_length, jump_n_sample=jump_n_sample, margin_mm=margin_mm, seed=seed,
-                   device=device, study_dir=f"{run_dir}/reader_study")
+                   patients=truth_patients, device=device, study_dir=f"{run_dir}/reader_study")
 ch.table_truth(truthed)
 
 # %% tags=["remove-input"]
@@ -180,10 +181,10 @@ ch.glue_facts(ch.truth_facts(truthed))
 ch.table_reader_study(ch.reader_study(run_dir, seed=seed))
 
 # %% [markdown]
-# The issue's targets on these patients: HU W1 to truth at most 30 HU is met for {glue:text}`truth_w1_met`
-# (worst class {glue:text}`truth_w1_worst:.3g` HU); inserted emphysema's LAA-950 is
+# The targets an insertion should meet on these patients (means over them): HU W1 to truth at most 30 HU is met for
+# {glue:text}`truth_w1_met` (worst class {glue:text}`truth_w1_worst:.3g` HU); inserted emphysema's LAA-950 is
 # {glue:text}`truth_laa_gap:.3g` points from the truth's (target: within 5). The seam score lies between the null
-# insertion and the natural edge for {glue:text}`truth_seam_in_band`.
+# insertion and the natural edge, for every patient of the class, for {glue:text}`truth_seam_in_band`.
 
 # %% [markdown]
 # ### Is the texture continuous in z?

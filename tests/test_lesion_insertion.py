@@ -184,8 +184,8 @@ def test_insertion_against_phantom_ground_truth_on_a_held_out_patient(tmp_path):
     m = case.lesions == L.GGO
     tt = ch.truth(model, classes=["ggo"], dz_mm=10.0, fraction=0.15, insert_steps=2, jump_length=1, jump_n_sample=1,
                   margin_mm=2.0, seed=0, slices=3, pixel_mm=px, device="cpu")
-    assert list(tt.index) == ["ggo"]
-    r = tt.loc["ggo"]
+    assert list(tt.index) == [("ggo", 0)]
+    r = tt.loc[("ggo", 0)]
     assert r["voxels"] == m.sum()
     assert r["w1_base_to_truth"] == pytest.approx(wasserstein_distance(case.base.hu[m], case.truth.hu[m]))
     assert r["laa950_truth"] == pytest.approx(100.0 * (case.truth.hu[m] < LAA_HU).mean())
@@ -203,6 +203,20 @@ def test_insertion_against_phantom_ground_truth_on_a_held_out_patient(tmp_path):
     rows = ch.write_outputs(tmp_path, checks, C.cost_table(s, 0.0), s, seed=0, judged=None, truthed=tt)
     got = rows.set_index("metric")["value"]
     assert got["truth_w1_to_truth"] == r["w1_to_truth"] and got["truth_seam_in_band"] == float(r["seam_in_band"])
+    # two held-out patients: the first is the one above, the second another patient with its own seed
+    two = ch.truth(model, classes=["ggo"], dz_mm=10.0, fraction=0.15, insert_steps=2, jump_length=1,
+                   jump_n_sample=1, margin_mm=2.0, seed=0, patients=2, slices=3, pixel_mm=px, device="cpu")
+    assert list(two.index) == [("ggo", 0), ("ggo", 1)] and two.loc[("ggo", 0)].equals(r)
+    other = ch.truth_case(L.GGO, dz_mm=10.0, fraction=0.15, seed=1, slices=3, pixel_mm=px)
+    assert two.loc[("ggo", 1), "voxels"] == (other.lesions == L.GGO).sum()
+    mean = ch.truth_summary(two).loc["ggo"]
+    assert mean["w1_to_truth"] == pytest.approx(two["w1_to_truth"].mean()) and mean["patients"] == 2
+    cells = ch.table_truth(two).data
+    assert cells.loc["seam within null .. truth", "ggo"].endswith("of 2 patients")
+    assert " to " in cells.loc["HU W1 to truth", "ggo"] and ch.truth_facts(two)["truth_patients"] == 2
+    with pytest.raises(ValueError, match="patients=0"):
+        ch.truth(model, classes=["ggo"], dz_mm=10.0, insert_steps=2, jump_length=1, jump_n_sample=1, margin_mm=2.0,
+                 seed=0, patients=0, pixel_mm=px, device="cpu")
 
 
 def test_scope_box_follows_z_continuity_and_truth():
