@@ -253,3 +253,35 @@ def test_the_chapter_writes_a_reader_study_of_its_held_out_insertions(tmp_path):
     assert t.to_dict() == {"rendered (truth)": {"fibrosis": 3, "ggo": 3}, "inserted": {"fibrosis": 3, "ggo": 3}}
     page = (tmp_path / "reader_study.html").read_text()
     assert "ggo_z001" not in page and "/real/" not in page  # nothing but the pixels tells the sides apart
+
+
+def test_per_scan_table_sums_each_class_and_counts_changes_outside_the_region(tmp_path):
+    rng = np.random.default_rng(0)
+    before = rng.normal(-850, 30, (6, 24, 24)).astype(np.float32)
+    lesions = np.zeros(before.shape, np.uint8)
+    lesions[1:4, 4:8, 4:8] = L.GGO
+    lesions[1:3, 14:18, 14:18] = L.GGO  # a second GGO lesion
+    lesions[2:5, 4:10, 14:20] = L.EMPHYSEMA
+    region = lesions > 0
+    after = np.where(region, before + 200, before).astype(np.float32)
+    ins = C.Insertion("ggo+emphysema", before, after, lesions, region, np.ones_like(region), (5.0, 1.0, 1.0), {})
+    summary = {"per_lesion": [{"class": "ggo", "requested_ml": 0.048, "achieved_ml": 0.03, "mean_hu": -650.0},
+                              {"class": "ggo", "requested_ml": 0.032, "achieved_ml": 0.01, "mean_hu": -610.0},
+                              {"class": "emphysema", "requested_ml": 0.108, "achieved_ml": None, "mean_hu": -700.0}]}
+    shifted = C.Insertion(ins.cls, before, after.copy(), lesions, region, ins.lung, ins.spacing, {})
+    shifted.after[0, 0, :3] += 1.0  # three voxels changed outside the region
+    ps = ch.per_scan({"lung2": (summary, ins), "lung1": (summary, shifted)})
+    assert list(ps.index) == [("lung2", "ggo"), ("lung2", "emphysema"), ("lung1", "ggo"), ("lung1", "emphysema")]
+    g = ps.loc[("lung2", "ggo")]
+    assert g["lesions"] == 2 and g["requested_ml"] == pytest.approx(0.08) and g["achieved_ml"] == pytest.approx(0.04)
+    assert g["mean_hu"] == pytest.approx((0.048 * -650 + 0.032 * -610) / 0.08) and g["slices_per_lesion"] == 2.5
+    assert np.isnan(ps.loc[("lung2", "emphysema"), "achieved_ml"])  # no HU range: not "0 ml"
+    assert ps.loc[("lung2", "ggo"), "outside_differences"] == 0 and ps.loc[("lung1", "ggo"), "outside_differences"] == 3
+    shown = ch.table_scans(ps).data
+    assert ("lung1 (its patches trained the model)", "ggo") in shown.index and "requested (ml)" in shown.columns
+    checks = pd.DataFrame({"w1_after": [1.0, 2.0]}, index=pd.Index(["ggo", "emphysema"], name="class"))
+    s = {"lesion_ml": {"ggo": 1.0}, "seconds_by_stage": {"painting": 1.0}, "seconds_placement": 0.0, "seconds": 1.0,
+         "lesions": 3, "windows": 1, "network_calls_per_window": 2, "device": "cpu", "config": {}}
+    rows = ch.write_outputs(tmp_path, checks, C.cost_table(s, 0.0), s, seed=0, judged=None, scanned=ps)
+    got = rows.set_index(["metric", "class"])["value"]
+    assert got[("lung1_outside_differences", "ggo")] == 3 and got[("lung2_lesions", "ggo")] == 2

@@ -38,7 +38,7 @@ from difflung.data import own_dataset
 from difflung.chapters.scope import Scope, glue_facts, smoke_caveat  # noqa: F401  (glue_facts: for the page)
 
 MODEL = "insert-patch"  # the model key in metrics.csv
-JUDGE_NOT_MEASURED = ("Not measured in this profile (patch_judge_steps = 0). The run's judge segments whole slices at "
+JUDGE_NOT_MEASURED = ("Not measured in this profile (its patch judge is off). The run's judge segments whole slices at "
                       "the profile's image size, where a lesion of a few ml covers a handful of pixels; a judge at the "
                       "1 mm patch scale needs its own training, which on a CPU costs more than this chapter's whole "
                       "smoke budget.")
@@ -81,21 +81,58 @@ def train_model(run_dir, *, per_class: int, slices_per_patient: int, fraction: f
 
 
 def insert_all(run_dir, model_dir, *, classes, target_ml: float, insert_steps: int, jump_length: int,
-               jump_n_sample: int, margin_mm: float, seed: int, device: str = "auto") -> tuple[dict, C.Insertion]:
-    """`target_ml` of each class placed in lung2's healthy lung (the `--synthesize` placement) and inserted in one
-    pass (`insert_lesions` with the mask). Returns the insertion summary and the insertion read back from the
-    files it wrote (`difflung.insertion.checks.read_insertion`: input, edited CT, lesion labels, edit region)."""
+               jump_n_sample: int, margin_mm: float, seed: int, scan: str = TARGET_SCAN,
+               device: str = "auto") -> tuple[dict, C.Insertion]:
+    """`target_ml` of each class placed in the healthy lung of pyradiomics' `scan` (the `--synthesize` placement)
+    and inserted in one pass (`insert_lesions` with the mask). Returns the insertion summary and the insertion read
+    back from the files it wrote (`difflung.insertion.checks.read_insertion`: input, edited CT, lesion labels, edit
+    region)."""
     cfg = InsertConfig(steps=insert_steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
                        margin_mm=margin_mm, seed=seed)
-    ct, out = scans()[f"{TARGET_SCAN}_image"], Path(run_dir) / "inserted"
+    ct, out = scans()[f"{scan}_image"], Path(run_dir) / "inserted"
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    synthesize_mask_file(ct, out / f"{TARGET_SCAN}_placed.nii.gz", classes, target_ml, seed=seed)
+    synthesize_mask_file(ct, out / f"{scan}_placed.nii.gz", classes, target_ml, seed=seed)
     placement = time.perf_counter() - t0
-    s = insert_lesions(ct, out / f"{TARGET_SCAN}_inserted.nii.gz", model_dir,
-                       lesion_mask=out / f"{TARGET_SCAN}_placed.nii.gz", config=cfg, device=device)
+    s = insert_lesions(ct, out / f"{scan}_inserted.nii.gz", model_dir,
+                       lesion_mask=out / f"{scan}_placed.nii.gz", config=cfg, device=device)
     s = {**s, "seconds_placement": round(placement, 2)}
     return s, C.read_insertion(s["input"], s)
+
+
+SCAN_NAMES = {"lesions": "lesions", "requested_ml": "requested (ml)", "achieved_ml": "painted in its HU range (ml)",
+              "mean_hu": "mean HU inside", "slices_per_lesion": "slices per lesion (median)",
+              "zcont": "z-continuity", "outside_differences": "voxels changed outside the edit region"}
+
+
+def per_scan(insertions: dict) -> pd.DataFrame:
+    """Per scan and inserted class, requested against achieved (`insert.lesion_report` of the insertion summary,
+    summed over the class's lesions): lesions, requested ml, ml painted within the class's HU range, mean HU
+    (volume-weighted), median slices per lesion, z-continuity of the painted texture (`checks.z_continuity`), and
+    the scan's voxels changed outside the edit region.
+
+    Args:
+        insertions: {scan name: (summary, Insertion)} as `insert_all` returns them.
+    """
+    rows = []
+    for scan, (summary, ins) in insertions.items():
+        outside = C.outside_differences(ins)
+        for cls, g in pd.DataFrame(summary["per_lesion"]).groupby("class", sort=False):
+            c, w = L.BY_NAME[cls].id, g["requested_ml"]
+            achieved = pd.to_numeric(g["achieved_ml"], errors="coerce")
+            rows.append({"scan": scan, "class": cls, "lesions": len(g), "requested_ml": float(w.sum()),
+                         "achieved_ml": float(achieved.sum()) if achieved.notna().all() else np.nan,
+                         "mean_hu": float((g["mean_hu"] * w).sum() / w.sum()),
+                         "slices_per_lesion": slices_per_lesion(ins.lesions, c),
+                         "zcont": C.z_continuity(ins.after, ins.lesions == c, ins.spacing),
+                         "outside_differences": float(outside)})
+    return pd.DataFrame(rows).set_index(["scan", "class"])
+
+
+def table_scans(ps: pd.DataFrame):
+    """`per_scan` for the page: one row per scan and class (the training scan marked), readable names."""
+    marked = ps.rename(index={TRAIN_SCAN: f"{TRAIN_SCAN} (its patches trained the model)"}, level="scan")
+    return table(marked.rename(columns=SCAN_NAMES))
 
 
 def insertion_facts(summary: dict) -> dict:
@@ -142,14 +179,19 @@ def cost_facts(cost: pd.DataFrame, summary: dict) -> dict:
 
 def write_outputs(run_dir, checks: pd.DataFrame, cost: pd.DataFrame, summary: dict, *, seed: int,
                   judged: pd.DataFrame | None, zcont: pd.DataFrame | None = None,
-                  truthed: pd.DataFrame | None = None) -> pd.DataFrame:
+                  truthed: pd.DataFrame | None = None, scanned: pd.DataFrame | None = None) -> pd.DataFrame:
     """metrics.csv (no timings: a seeded CPU run writes the same bytes) and cost.json (`checks.write_outputs`);
-    with `zcont` (`z_continuity`), its numeric columns (`ZCONT_METRICS`) as further rows per class, and with
-    `truthed` (`truth`), its columns as rows "truth_<column>" per class."""
+    with `zcont` (`z_continuity`), its numeric columns (`ZCONT_METRICS`) as further rows per class, with
+    `truthed` (`truth`), its columns as rows "truth_<column>" per class, and with `scanned` (`per_scan`), each
+    scan's columns as rows "<scan>_<column>" per class."""
     if zcont is not None:
         checks = checks.join(zcont[list(ZCONT_METRICS)].astype(float))
     if truthed is not None:
         checks = checks.join(truth_summary(truthed).add_prefix("truth_").astype(float))
+    if scanned is not None:  # every scan's row per class as "<scan>_<column>"
+        wide = pd.concat([g.droplevel("scan").add_prefix(f"{scan}_") for scan, g in scanned.groupby(level="scan")],
+                         axis=1)
+        checks = checks.join(wide.astype(float))
     return C.write_outputs(run_dir, checks, cost, summary, model=MODEL, seed=seed, judged=judged)
 
 
