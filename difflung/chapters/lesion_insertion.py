@@ -521,13 +521,14 @@ def scope(profile: str, checks: pd.DataFrame, *, per_class: int, patch_size: int
     run used a prepared dataset, which this chapter does not)."""
     exact = int(checks["outside_differences"].sum()) == 0
     s = Scope(profile, facts={"training scans": f"{per_class * len(LESIONS)} phantom patients + {TRAIN_SCAN}",
-                              "insertion scan": TARGET_SCAN, "patch": f"{patch_size} px at 1 mm",
+                              "insertion scans": f"{TARGET_SCAN}, {TRAIN_SCAN}", "patch": f"{patch_size} px at 1 mm",
                               "training steps": str(steps)})
     s.can.append("That insertion leaves every voxel outside the edit region bit-identical to the input."
                  if exact else "Nothing about exactness: voxels outside the edit region changed (see the table).")
     s.can.append("What one insertion costs on this machine, per lesion and per UNet call.")
-    s.cannot.append("That the inserted texture is realistic: one scan, one seed, and the HU distance to the phantom "
-                    "is a distribution check, not a reader study.")
+    s.cannot.append(f"That the inserted texture is realistic to a reader: two real scans ({TRAIN_SCAN} trained the "
+                    "model), one placement seed, and the HU distance to the phantom is a distribution check; the "
+                    "reader-study kit below is built, not read.")
     own = own_dataset.describe(runs_root) if runs_root is not None else None
     if own:
         s.cannot.append(f"Anything about the run's dataset ({own['name']}): this chapter trains and inserts on the "
