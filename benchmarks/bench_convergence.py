@@ -214,6 +214,18 @@ def matched(row: dict, target: dict | None) -> bool:
     return True
 
 
+def shortfall(row: dict, target: dict) -> list[str]:
+    """The criteria on which `row` is not yet as good as `target` (`matched`'s rule), as "name value (target)"."""
+    out = []
+    for name, (tv, tmet) in target["criteria"].items():
+        if name.startswith(CONTROL_PREFIX):
+            continue
+        v, met = row["criteria"].get(name, (math.nan, False))
+        if not (met if tmet else badness(name, v) <= badness(name, tv)):
+            out.append(f"{name} {v:.3g} ({tv:.3g})")
+    return out
+
+
 def target_rows(args) -> dict | None:
     """{(weights, sampler): the target arm's last evaluation} of `--target`'s finished arm in `--out`."""
     if not args.target:
@@ -298,6 +310,9 @@ def matched_summary(arms: dict[str, list[dict]], target: str, last: dict) -> Non
             if h is None:
                 sel = [r for r in rows if r["weights"] == w and r.get("sampler", "dpm") == smp]
                 when = f"not reached in {sel[-1]['cpu_min']:.1f} min (step {sel[-1]['step']})" if sel else "no rows"
+                if sel and base is not None:  # how far from the target, at what share of its CPU
+                    when += (f"; {base['cpu_min'] / sel[-1]['cpu_min']:.2f}x less CPU than {target}, short on: "
+                             + "; ".join(shortfall(sel[-1], t)))
                 print(f"  {a:24s} {w} {smp:7s}: {when}")
                 continue
             ratio = f"  speed-up {base['cpu_min'] / h['cpu_min']:.2f}x" if base is not None else ""
