@@ -72,7 +72,10 @@ def _run_section(meta: dict, prov: dict) -> list[str]:
         lines += ["| part | chapters | wall time | git | note |", "|---|---|---|---|---|"]
         for name, part in meta["parts"].items():
             revs = ", ".join(r[:12] + ("+dirty" if r.endswith("+dirty") else "") for r in part.get("git_revision", []))
-            lines.append(f"| {name} | {', '.join(part['chapters'])} | {_minutes(part.get('wall_s', 0.0))} | {revs} "
+            first = part.get("first_pass")
+            chapters = ", ".join(part["chapters"]) + (" (first pass: " + ", ".join(f"{k} {v}" for k, v in first.items())
+                                                      + ")" if first else "")
+            lines.append(f"| {name} | {chapters} | {_minutes(part.get('wall_s', 0.0))} | {revs} "
                          f"| {meta.get('notes', {}).get(name, '')} |")
         lines.append("")
     return lines

@@ -71,6 +71,16 @@ def test_parts_are_archived_one_by_one_into_one_archive(tmp_path):
     assert meta["total_wall_s"] == 180.0 and meta["notes"] == {"gen": "part 1"}
     ref = archive.load_reference(tmp_path / "reference")
     assert ref.provenance["notebooks"]["01_a"]["wall_s"] == 60.0 and set(ref.provenance["parts"]) == {"gen", "seg"}
+    # a first pass (a part that ran a chapter with fewer seeds) records its time, not its chapter's files
+    prov["parts"] = {"pre": {"chapters": ["02_b"], "wall_s": 30.0, "started": "w", "git_revision": ["unknown"],
+                             "first_pass": {"n_seeds": 1}}}
+    prov_path.write_text(json.dumps(prov))
+    before = sorted(p.name for p in (dest / "02_b").iterdir())
+    dest = archive.archive_run("laptop", runs_dir=runs, out_dir=tmp_path / "reference", part="pre")
+    meta = json.loads((dest / "archive.json").read_text())
+    assert meta["chapters"] == CHAPTERS and set(meta["parts"]) == {"gen", "seg", "pre"}
+    assert sorted(p.name for p in (dest / "02_b").iterdir()) == before and meta["total_wall_s"] == 180.0
+    prov["parts"] = {"seg": {"chapters": ["02_b"], "wall_s": 120.0, "started": "y", "git_revision": ["unknown"]}}
     # a part run at another revision does not join the archive: the parts of a run share one revision
     prov["notebooks"]["02_b"]["git_revision"] = "abc123"
     prov_path.write_text(json.dumps(prov))
@@ -142,4 +152,8 @@ def test_results_page_lists_the_parts_of_a_run_in_the_order_they_ran():
                                      "started": "2026-12-07T22:13:00Z"}},
             "notes": {"baselines": "beside a benchmark."}}
     assert _parts_text(meta) == (" It ran in 2 parts, each in one sitting: generators (chapters 1, 2, 3, 43 min); "
-                                 "baselines (chapters 4, 100 min; beside a benchmark).")
+                                 "baselines (chapter 4, 100 min; beside a benchmark).")
+    meta["parts"]["tuning"] = {"chapters": ["04_b"], "wall_s": 3000.0, "started": "2026-12-07T22:50:00Z",
+                               "first_pass": {"n_seeds": 1}}
+    assert "; tuning (chapter 4, a first pass at fewer settings whose models the chapter's own part reuses, 50 min); " \
+           "baselines" in _parts_text(meta)

@@ -69,6 +69,9 @@ def test_a_run_in_parts_lists_each_parts_wall_time_and_revision():
     lines = W._run_section(meta, prov)
     assert "| gen | 01_a | 10.0 min | aaaaaaaaaaaa |  |" in lines
     assert "| seg | 02_b | 90.0 min | aaaaaaaaaaaa | resumed once |" in lines
+    meta["parts"]["pre"] = {"chapters": ["02_b"], "wall_s": 60.0, "git_revision": ["a" * 40],
+                            "first_pass": {"n_seeds": 1, "min_seeds": 1}}
+    assert "| pre | 02_b (first pass: n_seeds 1, min_seeds 1) | 60 s | aaaaaaaaaaaa |  |" in W._run_section(meta, prov)
 
 
 def test_chapter_4_training_and_realism_per_seed_come_from_the_archive(tmp_path):

@@ -91,6 +91,30 @@ def test_a_part_runs_its_chapters_after_the_stale_ones_before_it_and_records_its
         _run(mini_book, part="a")
 
 
+def test_a_first_pass_part_runs_its_chapter_with_its_settings_then_the_chapters_part_runs_it_whole(mini_book):
+    prof = mini_book / "profiles" / "tiny.yml"
+    prof.write_text(yaml.safe_dump({**yaml.safe_load(prof.read_text()), "parts": {
+        "data": ["01_a"], "first": {"chapters": ["01_a"], "set": {"n": 7}}, "use": ["02_b"]}}))
+    prov, logs = _run(mini_book, part="first")
+    assert (mini_book / "runs/tiny/01_a/out.txt").read_text() == "73"  # n = 7, seed 3
+    assert prov["parts"]["first"]["first_pass"] == {"n": 7} and prov["parts"]["first"]["chapters"] == ["01_a"]
+    prov, logs = _run(mini_book, part="data")  # the chapter's own part: other parameters, so it runs again, whole
+    assert logs[0].startswith("[ run  ] 01_a") and (mini_book / "runs/tiny/01_a/out.txt").read_text() == "23"
+    assert "first_pass" not in prov["parts"]["data"] and set(prov["parts"]) == {"first", "data"}
+    prof.write_text(yaml.safe_dump({**yaml.safe_load(prof.read_text()), "parts": {
+        "first": {"chapters": ["01_a"], "set": {"m": 1}}}}))
+    with pytest.raises(ProfileError, match="part 'first' sets \\['m'\\], which notebooks/01_a.ipynb does not declare"):
+        _run(mini_book, part="first")
+    for bad in ({"first": {"chapters": ["01_a"], "sets": {"n": 1}}}, {"first": {"chapters": [], "set": {}}}):
+        prof.write_text(yaml.safe_dump({**yaml.safe_load(prof.read_text()), "parts": bad}))
+        with pytest.raises(ProfileError, match="first pass"):
+            _run(mini_book, part="first")
+    prof.write_text(yaml.safe_dump({**yaml.safe_load(prof.read_text()), "parts": {
+        "a": {"chapters": ["01_a"], "set": {"n": 1}}, "b": {"chapters": ["01_a"], "set": {"n": 2}}}}))
+    with pytest.raises(ProfileError, match="twice"):  # one first pass per chapter
+        _run(mini_book, part="a")
+
+
 def test_failing_notebook_names_cell_keeps_partial_and_book_page_untouched(mini_book):
     with pytest.raises(pipeline.PipelineError) as e:
         _run(mini_book, overrides=["fail=true"])

@@ -311,8 +311,11 @@ def _parts_text(meta: dict) -> str:
     if not parts:
         return ""
     notes = meta.get("notes", {})
-    each = [f"{name} (chapters {', '.join(s.split('_')[0].lstrip('0') for s in p['chapters'])}, "
-            f"{p.get('wall_s', 0.0) / 60:.0f} min" + (f"; {notes[name].rstrip('.')}" if notes.get(name) else "") + ")"
+    each = [f"{name} (chapter{'s' if len(p['chapters']) > 1 else ''} "
+            f"{', '.join(s.split('_')[0].lstrip('0') for s in p['chapters'])}"
+            + (", a first pass at fewer settings whose models the chapter's own part reuses" if p.get("first_pass")
+               else "") + f", {p.get('wall_s', 0.0) / 60:.0f} min"
+            + (f"; {notes[name].rstrip('.')}" if notes.get(name) else "") + ")"
             for name, p in sorted(parts.items(), key=lambda kv: str(kv[1].get("started", "")))]
     return f" It ran in {len(parts)} parts, each in one sitting: {'; '.join(each)}."
 

@@ -63,8 +63,10 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
             raise ArchiveError(f"{prov_path}: no part {part!r} was run (`python -m difflung run --profile {profile} "
                                f"--part {part}`)")
         own = prov["parts"][part]["chapters"]
-        kept = [s for s in old_meta.get("chapters", []) if s not in own]  # the other parts' chapters, as archived
-        chapters = [s for s in chapters if s in own or s in kept]
+        first = bool(prov["parts"][part].get("first_pass"))  # its chapters' files come with their own part
+        # the other parts' chapters, as archived
+        kept = [s for s in old_meta.get("chapters", []) if s not in own or first]
+        chapters = [s for s in chapters if (s in own and not first) or s in kept]
     else:
         own, kept = chapters, []
     failed = [s for s in own if prov.get("notebooks", {}).get(s, {}).get("status") != "ok"]
@@ -84,7 +86,7 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
     prov = {**prov, "notebooks": notebooks, "chapters": chapters,
             **({"parts": {**old_prov.get("parts", {}), part: prov["parts"][part]}} if part else {})}
     files = []
-    for stem in own:
+    for stem in ([] if part is not None and first else own):
         for p in sorted((run / stem).glob("*")):
             figure_sidecar = p.suffix == ".json" and p.with_suffix(".png").exists()
             if p.is_file() and p.suffix in SUFFIXES and not figure_sidecar and p.stat().st_size <= MAX_FILE_BYTES:
@@ -94,10 +96,11 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
     if total > MAX_BYTES:
         raise ArchiveError(f"{run}: its numbers take {total / 2**20:.2f} MB, above the archive's "
                            f"{MAX_BYTES / 2**20:.0f} MB limit")
-    revisions = sorted({str(prov["notebooks"][s].get("git_revision", "unknown")) for s in chapters})
+    revisions = sorted({str(prov["notebooks"][s].get("git_revision", "unknown")) for s in chapters}
+                       | (set(prov["parts"][part]["git_revision"]) if part else set()))
     meta = {"profile": profile, "archived": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "git_revision": revisions[0] if len(revisions) == 1 else revisions,
-            "finished": max(prov["notebooks"][s].get("started", "") for s in chapters),
+            "finished": max((prov["notebooks"][s].get("started", "") for s in chapters), default=""),
             # the chapters' own wall times: a run finished by later invocations (e.g. one chapter re-run) still
             # reports what its chapters cost, not what its last invocation took
             "total_wall_s": round(sum(prov["notebooks"][s].get("wall_s", 0.0) for s in chapters), 2),

@@ -117,6 +117,7 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
             raise PipelineError("--part and --only together: choose one")
         own = P.part_chapters(prof, part, stems)
         only = stems[:stems.index(own[-1]) + 1]  # the part's chapters and, when not current, those before them
+        first_pass = P.part_settings(prof, part)
     if only:
         unknown = sorted(set(only) - set(stems))
         if unknown:
@@ -143,6 +144,12 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
             if not nb.is_file():
                 raise PipelineError(f"notebook {stem}: {nb} does not exist (listed in _toc.yml)")
             params = P.notebook_parameters(prof, stem, declared_parameters(nb), runs_root)
+            if part is not None and stem in own and first_pass:  # a first pass: the part's settings on its chapters
+                unknown = sorted(set(first_pass) - declared_parameters(nb))
+                if unknown:
+                    raise P.ProfileError(f"{prof['path']}: part {part!r} sets {unknown}, which notebooks/{stem}.ipynb "
+                                         "does not declare in its parameters cell")
+                params = {**params, **first_pass}
             key = input_key(nb, params, code, upstream)
             upstream.append(key)
             out_nb = out_dir / f"{stem}.ipynb"
@@ -171,7 +178,8 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, o
         prov.setdefault("parts", {})[part] = {
             "chapters": own, "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs), 2),
             "started": min(r.get("started", "") for r in recs),
-            "git_revision": sorted({str(r.get("git_revision")) for r in recs})}
+            "git_revision": sorted({str(r.get("git_revision")) for r in recs}),
+            **({"first_pass": first_pass} if first_pass else {})}
     write_json_atomic(prov_path, prov)
     if out_dir == root / "book" / "chapters":  # the book's own run: its Reproduction page and banner
         write_reproduction_pages(prov, root / "book" / "_generated", root / runs_root)

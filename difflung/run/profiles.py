@@ -65,15 +65,41 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict:
     return data
 
 
+def _part_spec(value) -> tuple[list, dict] | None:
+    """(chapters, first-pass settings) of one part's entry, or None when malformed: a list of notebook names, or
+    {"chapters": [...], "set": {key: value}} for a first pass (see `_check_parts`)."""
+    if isinstance(value, list):
+        value = {"chapters": value}
+    if not isinstance(value, dict) or set(value) - {"chapters", "set"}:
+        return None
+    chapters, settings = value.get("chapters"), value.get("set", {})
+    if not (isinstance(chapters, list) and chapters and all(isinstance(c, str) for c in chapters)
+            and isinstance(settings, dict)):
+        return None
+    return chapters, settings
+
+
 def _check_parts(parts, path: Path) -> None:
     """`parts`: {name: [notebook stems]}, a run too long for one sitting cut into consecutive groups of chapters,
-    each run (`run --part NAME`) and archived (`archive --part NAME`) on its own; a stem in at most one part."""
-    if not isinstance(parts, dict) or not all(isinstance(v, list) and v and all(isinstance(s, str) for s in v)
-                                              for v in parts.values()):
-        raise ProfileError(f"{path}: parts must map each part's name to a list of notebook names")
-    seen = [s for v in parts.values() for s in v]
-    if len(seen) != len(set(seen)):
-        raise ProfileError(f"{path}: parts name a notebook twice ({sorted({s for s in seen if seen.count(s) > 1})})")
+    each run (`run --part NAME`) and archived (`archive --part NAME`) on its own; a stem in at most one part.
+
+    A part may instead be {"chapters": [stems], "set": {key: value}}: a first pass of chapters too long for one
+    sitting, run with those parameters (fewer seeds, one budget) so that it trains the first of the chapters' models;
+    the chapter's own part then runs it whole, reusing what the first pass trained (the same configurations, so the
+    same models as one run would train). A stem may be in one first pass besides its own part."""
+    specs = {name: _part_spec(v) for name, v in parts.items()} if isinstance(parts, dict) else None
+    if specs is None or any(v is None for v in specs.values()):
+        raise ProfileError(f"{path}: parts must map each part's name to a list of notebook names, or to "
+                           "{chapters: [...], set: {key: value}} for a first pass")
+    for first in (False, True):
+        seen = [s for chapters, settings in specs.values() if bool(settings) == first for s in chapters]
+        if len(seen) != len(set(seen)):
+            raise ProfileError(f"{path}: parts name a notebook twice ({sorted({s for s in seen if seen.count(s) > 1})})")
+
+
+def part_settings(profile: dict, part: str) -> dict:
+    """The parameters a first-pass part sets on its chapters ({} for a plain part)."""
+    return _part_spec((profile.get("parts") or {})[part])[1]
 
 
 def part_chapters(profile: dict, part: str, chapters: list[str]) -> list[str]:
@@ -81,10 +107,11 @@ def part_chapters(profile: dict, part: str, chapters: list[str]) -> list[str]:
     parts = profile.get("parts") or {}
     if part not in parts:
         raise ProfileError(f"{profile['path']}: no part {part!r} (parts: {', '.join(parts) or 'none'})")
-    unknown = sorted(set(parts[part]) - set(chapters))
+    names = _part_spec(parts[part])[0]
+    unknown = sorted(set(names) - set(chapters))
     if unknown:
         raise ProfileError(f"{profile['path']}: part {part!r} names {unknown}, not chapters of _toc.yml")
-    return [s for s in chapters if s in parts[part]]
+    return [s for s in chapters if s in names]
 
 
 def _check_common(common, path: Path) -> None:
