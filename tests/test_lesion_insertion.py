@@ -278,7 +278,7 @@ def test_per_scan_table_sums_each_class_and_counts_changes_outside_the_region(tm
     assert np.isnan(ps.loc[("lung2", "emphysema"), "achieved_ml"])  # no HU range: not "0 ml"
     assert ps.loc[("lung2", "ggo"), "outside_differences"] == 0 and ps.loc[("lung1", "ggo"), "outside_differences"] == 3
     shown = ch.table_scans(ps).data
-    assert ("lung1 (its patches trained the model)", "ggo") in shown.index and "requested (ml)" in shown.columns
+    assert ("lung1 (training scan)", "ggo") in shown.index and "requested (ml)" in shown.columns
     checks = pd.DataFrame({"w1_after": [1.0, 2.0]}, index=pd.Index(["ggo", "emphysema"], name="class"))
     s = {"lesion_ml": {"ggo": 1.0}, "seconds_by_stage": {"painting": 1.0}, "seconds_placement": 0.0, "seconds": 1.0,
          "lesions": 3, "windows": 1, "network_calls_per_window": 2, "device": "cpu", "config": {}}

@@ -80,13 +80,18 @@ def table_claims(claims: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         "verdict": label,
         # an archive written before the magnitude and convergence notes has neither column
         "magnitude": claims["magnitude"].fillna("") if "magnitude" in claims else "",
-        "why": [v.split(": ", 1)[1] if lab == "not measurable" and ": " in v else ""
-                for v, lab in zip(claims["verdict"], label)],
+        "why": [_reason(v) for v in claims["verdict"]],
         "training": claims["convergence"].fillna("") if "convergence" in claims else "",
     }).set_index("claim")
     shown, notes = footnoted(out, ["why", "training"], name="notes")
     return shown, (f"**Notes** (why a claim is not measurable; how its generators' training ended, never a gate):"
                    f"\n\n{notes}" if notes else "")
+
+
+def _reason(verdict: str) -> str:
+    """Why a claim is not measurable ("" for a measured verdict)."""
+    label, _, reason = str(verdict).partition(": ")
+    return reason if label == "not measurable" else ""
 
 
 def _n_text(n, unit) -> str:
@@ -113,7 +118,7 @@ def table_at_a_glance(claims: pd.DataFrame) -> pd.DataFrame:
     verdict with a mark, and one short reason (why not measurable, or how our effect compares with the poster's)."""
     poster = claims[claims["family"].isin(("poster", "cost"))] if "family" in claims else claims
     label = poster["verdict"].str.split(":").str[0]
-    reason = [v.split(": ", 1)[1] if lab == "not measurable" else (m if isinstance(m, str) and m else "")
+    reason = [_reason(v) or (m if lab != "not measurable" and isinstance(m, str) else "")
               for v, lab, m in zip(poster["verdict"], label,
                                    poster["magnitude"] if "magnitude" in poster else [""] * len(poster))]
     return pd.DataFrame({"claim": poster["claim"],

@@ -150,7 +150,8 @@ def _quality(c: Claim, m4: pd.DataFrame, records: dict, measurable: dict | None 
     x = x[(x["class"] == c.cls) & (x["slice"] >= 0)] if "class" in x else x[x["slice"] >= 0]
     a, b = x[x.model == c.a], x[x.model == c.b]
     if a.empty or b.empty or not set(a["slice"]) & set(b["slice"]):
-        return _missing(c, f"{chapter} has no {c.metric} scores of {c.a} and {c.b} on the same test slices")
+        return _missing(c, f"{chapter} has no {c.metric} scores of {POSTER_NAMES.get(c.a, c.a)} and "
+                           f"{POSTER_NAMES.get(c.b, c.b)} on the same test slices")
     shared = sorted(set(a["slice"]) & set(b["slice"]))
     a, b = a[a["slice"].isin(shared)], b[b["slice"].isin(shared)]
     ok = (True, "") if c.cls == "all" or measurable is None else measurable.get(

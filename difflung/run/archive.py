@@ -68,7 +68,7 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
         kept = [s for s in old_meta.get("chapters", []) if s not in own or first]
         chapters = [s for s in chapters if (s in own and not first) or s in kept]
     else:
-        own, kept = chapters, []
+        own, kept, first = chapters, [], False
     failed = [s for s in own if prov.get("notebooks", {}).get(s, {}).get("status") != "ok"]
     if not own or failed:
         raise ArchiveError(f"{prov_path}: the run is not finished (not ok: {', '.join(failed) or 'no chapters'})")
@@ -86,7 +86,7 @@ def archive_run(profile: str, *, runs_dir: Path | str = REPO_ROOT / "runs",
     prov = {**prov, "notebooks": notebooks, "chapters": chapters,
             **({"parts": {**old_prov.get("parts", {}), part: prov["parts"][part]}} if part else {})}
     files = []
-    for stem in ([] if part is not None and first else own):
+    for stem in ([] if first else own):
         for p in sorted((run / stem).glob("*")):
             figure_sidecar = p.suffix == ".json" and p.with_suffix(".png").exists()
             if p.is_file() and p.suffix in SUFFIXES and not figure_sidecar and p.stat().st_size <= MAX_FILE_BYTES:
